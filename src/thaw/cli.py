@@ -1,0 +1,157 @@
+"""`thaw-train`: the Hydra application. Config errors are caught before TensorFlow is imported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List
+
+import hydra
+from omegaconf import DictConfig
+
+from thaw.config import register_configs, validate
+from thaw.errors import ThawError
+from thaw.paths import conf_dir
+
+log = logging.getLogger("thaw")
+
+register_configs()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines)[:600]
+
+
+def _die(message: str) -> None:
+    print(f"thaw-train: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _fixed_overrides(overrides: List[str]) -> List[str]:
+    """Drop sweep overrides (a=1,2 / choice(...)) so the fixed part can be composed and checked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def precheck(argv: List[str]) -> None:
+    """Compose the config exactly as Hydra will and validate it; exit 2 with one line on bad input."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+            or args.experimental_rerun or args.config_path or args.config_dir):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        overrides = _fixed_overrides(args.overrides) if args.multirun else list(args.overrides)
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
+            cfg = compose(config_name=args.config_name or "train", overrides=overrides)
+        validate(cfg)
+    except ThawError as exc:
+        _die(_one_line(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        _die(_one_line(exc))
+
+
+def _remove_if_only_hydra_files(out: Path) -> None:
+    """A run that failed on bad input leaves nothing behind (only Hydra's own files were written)."""
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError:
+        return
+    if names <= {".hydra", "train.log"}:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run(cfg: DictConfig):
+    """The Hydra task: train one configuration, return its objective for the sweeper."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from thaw.sweeper.trial import attach_trial
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    out = Path(hc.runtime.output_dir)
+    trial = attach_trial(hc)
+    try:
+        validate(cfg)
+        from thaw.train import Pruned, train
+
+        try:
+            result = train(cfg, out, reporter=trial)
+        except Pruned as exc:
+            log.info("trial pruned: %s", exc)
+            if trial is not None:
+                trial.prune(str(exc))
+            return None
+    except ThawError as exc:
+        if trial is not None:
+            trial.fail(_one_line(exc))
+        if not multirun:
+            logging.shutdown()
+            _remove_if_only_hydra_files(out)
+            _die(_one_line(exc))
+        raise
+    except KeyboardInterrupt:
+        if trial is not None:
+            trial.fail("interrupted (SIGINT/SIGTERM)")
+        raise
+    except BaseException as exc:
+        if trial is not None:
+            trial.fail(f"{type(exc).__name__}: {_one_line(exc)}")
+        log.error("run failed: %s: %s", type(exc).__name__, _one_line(exc))
+        raise
+    finally:
+        if trial is not None:
+            trial.close()
+        if "keras" in sys.modules:  # release graphs so in-process sweeps do not grow
+            import gc
+
+            import keras
+
+            keras.backend.clear_session()
+            gc.collect()
+    if trial is not None:
+        trial.complete(result.objective, out)
+    log.info("objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out)
+    print(f"objective {result.metrics['objective_name']} = {result.objective}", flush=True)
+    return result.objective
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig):
+    return run(cfg)
+
+
+def _install_sigterm() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    precheck(sys.argv[1:])
+    _install_sigterm()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Typed config schema (Hydra structured configs) and value checks that run before TensorFlow loads.
+
+A wrong key fails at composition; a wrong value fails here, in about a second, with one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from thaw.errors import ConfigError
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int = 160
+    weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
+    num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
+    # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
+    batchnorm: str = "auto"
+
+
+@dataclass
+class HeadConfig:
+    name: str = "linear"
+    dropout: float = 0.2
+    hidden_units: int = 0  # mlp: size of the hidden layer
+    activation: str = "relu"
+
+
+@dataclass
+class LRConfig:
+    name: str = "constant"
+    base: float = 1e-4
+    finetune_factor: float = 0.1
+    final_fraction: float = 0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
+
+
+@dataclass
+class UnfreezeConfig:
+    name: str = "top_blocks"
+    depth: int = 3
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    path: Optional[str] = None
+    batch_size: int = 32
+    augment: bool = False
+    num_classes: Optional[int] = None  # inferred from class folders where possible
+    val_fraction: float = 0.2  # folder without train/ + validation/: share held out for validation
+    test_fraction: float = 0.0  # share of the validation split held out as a test split
+    max_per_class: Optional[int] = None  # cap images per class and split (quick runs)
+    on_bad_image: str = "error"  # "error": refuse the data set; "skip": drop the file with a warning
+    # synthetic
+    num_train: int = 256
+    num_val: int = 128
+    num_test: int = 0
+    # TensorFlow Datasets
+    tfds_name: str = "cats_vs_dogs"
+    tfds_data_dir: Optional[str] = None
+    tfds_train_split: str = "train[:80%]"
+    tfds_val_split: str = "train[80%:90%]"
+    tfds_test_split: Optional[str] = "train[90%:]"
+
+
+@dataclass
+class TrainerConfig:
+    head_epochs: int = 10
+    finetune_epochs: int = 10
+    seed: int = 42
+    objective: Any = "val_accuracy"  # a metric name, or a list of them for multi-objective sweeps
+    optimizer: str = "adam"
+    deterministic: bool = False
+    save_model: bool = True
+    export_h5: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    lr: LRConfig = field(default_factory=LRConfig)
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "test_accuracy",
+              "wall_seconds", "trainable_params")
+HEADS = ("linear", "mlp")
+LRS = ("constant", "cosine")
+UNFREEZE = ("top_blocks", "none", "all")
+DATA = ("synthetic", "folder", "cats_vs_dogs")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+LOGGERS = ("none",)
+
+
+def register_configs() -> None:
+    """Put the schema and the experiment presets in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from thaw.paths import experiments_dir
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    exp_dir = experiments_dir()
+    if exp_dir.is_dir():
+        for path in sorted(exp_dir.glob("*.yaml")):
+            cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_",
+                     provider="thaw")
+
+
+def _finite_positive(value: Any, key: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{key}: must be a finite number > 0, got {value!r}")
+    return v
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError."""
+    from thaw.backbones import get_spec
+
+    b = cfg.backbone
+    spec = get_spec(b.name)
+    if b.num_blocks != spec.num_blocks:
+        raise ConfigError(f"backbone.num_blocks: {b.name} has {spec.num_blocks} blocks, not "
+                          f"{b.num_blocks} (it is fixed by the architecture)")
+    if b.image_size < spec.min_size:
+        raise ConfigError(f"backbone.image_size: {b.image_size} is below {b.name}'s minimum "
+                          f"of {spec.min_size} px")
+    if b.image_size > 1024:
+        raise ConfigError(f"backbone.image_size: {b.image_size} is too large (max 1024)")
+    if b.batchnorm not in ("auto", "inference", "train"):
+        raise ConfigError(f"backbone.batchnorm: expected auto, inference or train, got {b.batchnorm!r}")
+    _finite_positive(b.alpha, "backbone.alpha")
+    if b.weights == "imagenet" and spec.imagenet_alphas is not None and b.alpha not in spec.imagenet_alphas:
+        raise ConfigError(f"backbone.alpha: ImageNet weights for {b.name} exist only for alpha in "
+                          f"{list(spec.imagenet_alphas)}, got {b.alpha}")
+    if b.weights not in (None, "imagenet"):
+        if not os.path.isfile(b.weights):
+            raise ConfigError(f"backbone.weights: no such file: {b.weights} "
+                              "(use imagenet, null, or a path to a Keras weights file)")
+
+    if cfg.head.name not in HEADS:
+        raise ConfigError(f"head.name: expected one of {', '.join(HEADS)}, got {cfg.head.name!r}")
+    if not 0 <= cfg.head.dropout < 1:
+        raise ConfigError(f"head.dropout: must be in [0, 1), got {cfg.head.dropout}")
+    if cfg.head.name == "mlp" and cfg.head.hidden_units < 1:
+        raise ConfigError(f"head.hidden_units: must be >= 1 for the mlp head, got {cfg.head.hidden_units}")
+
+    if cfg.lr.name not in LRS:
+        raise ConfigError(f"lr.name: expected one of {', '.join(LRS)}, got {cfg.lr.name!r}")
+    _finite_positive(cfg.lr.base, "lr.base")
+    _finite_positive(cfg.lr.finetune_factor, "lr.finetune_factor")
+    if not 0 <= cfg.lr.final_fraction <= 1:
+        raise ConfigError(f"lr.final_fraction: must be in [0, 1], got {cfg.lr.final_fraction}")
+
+    u = cfg.unfreeze
+    if u.name not in UNFREEZE:
+        raise ConfigError(f"unfreeze.name: expected one of {', '.join(UNFREEZE)}, got {u.name!r}")
+    if u.name == "top_blocks":
+        if u.depth < 0:
+            raise ConfigError(f"unfreeze.depth: must be >= 0, got {u.depth}")
+        if u.depth > spec.num_blocks:
+            raise ConfigError(f"unfreeze.depth: {u.depth} is more than {b.name}'s {spec.num_blocks} "
+                              f"blocks (use 0..{spec.num_blocks}, or unfreeze=all)")
+
+    t = cfg.trainer
+    if t.head_epochs < 0 or t.finetune_epochs < 0:
+        raise ConfigError("trainer.head_epochs/finetune_epochs: must be >= 0")
+    if t.head_epochs + t.finetune_epochs == 0:
+        raise ConfigError("trainer.head_epochs: at least one epoch must be trained")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    objectives = t.objective if OmegaConf.is_list(t.objective) or isinstance(t.objective, list) else [t.objective]
+    for obj in objectives:
+        if obj not in OBJECTIVES:
+            raise ConfigError(f"trainer.objective: unknown metric {obj!r}; choose from {', '.join(OBJECTIVES)}")
+
+    if cfg.logger.name not in LOGGERS:
+        raise ConfigError(f"logger.name: expected one of {', '.join(LOGGERS)}, got {cfg.logger.name!r}")
+
+    d = cfg.data
+    if d.name not in DATA:
+        raise ConfigError(f"data.name: expected one of {', '.join(DATA)}, got {d.name!r}")
+    if d.batch_size < 1:
+        raise ConfigError(f"data.batch_size: must be >= 1, got {d.batch_size}")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    if not 0 <= d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction: must be in [0, 1), got {d.test_fraction}")
+    if d.on_bad_image not in ("error", "skip"):
+        raise ConfigError(f"data.on_bad_image: expected error or skip, got {d.on_bad_image!r}")
+    if d.max_per_class is not None and d.max_per_class < 1:
+        raise ConfigError(f"data.max_per_class: must be >= 1, got {d.max_per_class}")
+    if d.name == "synthetic":
+        n = d.num_classes or 2
+        if not 2 <= n <= 4:
+            raise ConfigError(f"data.num_classes: synthetic data has 2 to 4 classes, got {n}")
+        if d.num_train < n or d.num_val < n:
+            raise ConfigError("data.num_train/num_val: need at least one image per class")
+    if d.name == "folder":
+        from thaw.data import scan_folder
+
+        scan_folder(d)  # raises DataError on a missing/empty/one-class folder

@@ -1,0 +1,357 @@
+"""Data: scan a folder (pure Python, before TensorFlow), decode every image once, serve tf.data.
+
+Images are decoded and resized once into uint8 arrays; epochs and phases read from memory,
+never from JPEG again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from thaw.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_MAGIC = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG": "png",
+    b"GIF8": "gif",
+    b"BM": "bmp",
+}
+TRAIN_DIRS = ("train",)
+VAL_DIRS = ("validation", "val")
+
+
+@dataclass
+class FileSplit:
+    files: List[str]
+    labels: List[int]
+
+
+@dataclass
+class FolderScan:
+    class_names: List[str]
+    train: FileSplit
+    val: FileSplit
+    test: Optional[FileSplit]
+    skipped: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8, (N, S, S, 3)
+    labels: np.ndarray  # int32, (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class Dataset:
+    class_names: List[str]
+    train: Split
+    val: Split
+    test: Optional[Split] = None
+    skipped: List[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _name_key(path: str) -> str:
+    """Deterministic, name-based order for splitting (independent of directory listing order)."""
+    return hashlib.sha1(os.path.basename(path).encode()).hexdigest()
+
+
+def sniff_image(path: str) -> Optional[str]:
+    """Why a file cannot be an image we decode, or None if its header looks right."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not any(head.startswith(m) for m in _MAGIC):
+        return "not a JPEG, PNG, GIF or BMP image"
+    return None
+
+
+def _list_class_dir(class_dir: Path, on_bad: str, skipped: List[str]) -> List[str]:
+    files = []
+    for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        try:
+            if not entry.is_file():  # also false for a dangling or looping symlink
+                raise OSError
+        except OSError:
+            problem = "not a regular file (broken or looping link?)"
+        else:
+            problem = sniff_image(entry.path)
+        if problem:
+            if on_bad == "skip":
+                log.warning("skipping %s: %s", entry.path, problem)
+                skipped.append(entry.path)
+                continue
+            raise DataError(f"{entry.path}: {problem} (remove it, or set data.on_bad_image=skip)")
+        files.append(entry.path)
+    return files
+
+
+def _class_dirs(root: Path) -> List[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_split(root: Path, on_bad: str, skipped: List[str], what: str) -> dict:
+    classes = _class_dirs(root)
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders found in the {what} folder")
+    out = {}
+    for name in classes:
+        files = _list_class_dir(root / name, on_bad, skipped)
+        if not files:
+            raise DataError(f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        out[name] = files
+    if len(out) < 2:
+        raise DataError(f"{root}: only one class ({classes[0]}); a classifier needs at least two "
+                        "class sub-folders")
+    return out
+
+
+def _take(files: List[str], limit: Optional[int]) -> List[str]:
+    return files[:limit] if limit else files
+
+
+def scan_folder(cfg) -> FolderScan:
+    """Find classes and files, split them deterministically by file name; no image is decoded here."""
+    if not cfg.path:
+        raise ConfigError("data.path: required for data=folder (a directory of class sub-folders)")
+    root = Path(os.path.expanduser(str(cfg.path)))
+    if not root.exists():
+        raise DataError(f"data.path: no such directory: {root}")
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is a file; expected a directory of class sub-folders")
+    skipped: List[str] = []
+    on_bad = cfg.on_bad_image
+    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
+    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    if train_dir is not None and val_dir is not None:
+        train_map = _scan_split(train_dir, on_bad, skipped, "train")
+        val_map = _scan_split(val_dir, on_bad, skipped, "validation")
+        if set(train_map) != set(val_map):
+            raise DataError(f"data.path: train/ and {val_dir.name}/ have different classes "
+                            f"({sorted(train_map)} vs {sorted(val_map)})")
+    else:
+        all_map = _scan_split(root, on_bad, skipped, "data")
+        train_map, val_map = {}, {}
+        for name, files in all_map.items():
+            ordered = sorted(files, key=_name_key)
+            n_val = max(1, int(round(len(ordered) * cfg.val_fraction)))
+            if n_val >= len(ordered):
+                raise DataError(f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
+                                f"validation with data.val_fraction={cfg.val_fraction}")
+            val_map[name] = sorted(ordered[:n_val])
+            train_map[name] = sorted(ordered[n_val:])
+    class_names = sorted(train_map)
+    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
+        raise ConfigError(f"data.num_classes: set to {cfg.num_classes} but {root} has "
+                          f"{len(class_names)} classes ({', '.join(class_names)})")
+
+    train = FileSplit([], [])
+    val = FileSplit([], [])
+    test = FileSplit([], []) if cfg.test_fraction > 0 else None
+    for label, name in enumerate(class_names):
+        for f in _take(train_map[name], cfg.max_per_class):
+            train.files.append(f)
+            train.labels.append(label)
+        vfiles = val_map[name]
+        if test is not None:
+            ordered = sorted(vfiles, key=_name_key)
+            n_test = int(round(len(ordered) * cfg.test_fraction))
+            if n_test < 1 or n_test >= len(ordered):
+                raise DataError(f"data.test_fraction={cfg.test_fraction}: class {name} has "
+                                f"{len(ordered)} validation image(s), too few to hold out a test split")
+            for f in _take(sorted(ordered[:n_test]), cfg.max_per_class):
+                test.files.append(f)
+                test.labels.append(label)
+            vfiles = sorted(ordered[n_test:])
+        for f in _take(vfiles, cfg.max_per_class):
+            val.files.append(f)
+            val.labels.append(label)
+    return FolderScan(class_names, train, val, test, skipped)
+
+
+# ---------------------------------------------------------------- decoding (TensorFlow from here on)
+
+def _decode_fn(image_size: int):
+    import tensorflow as tf
+
+    def decode(path):
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+        img.set_shape([None, None, 3])
+        img = tf.image.resize(img, (image_size, image_size), method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+    return decode
+
+
+def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[str]):
+    """Decode all files in parallel; if any fails, find which ones file by file."""
+    import tensorflow as tf
+
+    if not files:
+        return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
+    decode = _decode_fn(image_size)
+    ds = (tf.data.Dataset.from_tensor_slices(files)
+          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(256).prefetch(2))
+    try:
+        arrays = [b.numpy() for b in ds]
+        return np.concatenate(arrays), np.ones(len(files), bool)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.ResourceExhaustedError):
+        pass
+    out = np.zeros((len(files), image_size, image_size, 3), np.uint8)
+    ok = np.ones(len(files), bool)
+    for i, f in enumerate(files):
+        try:
+            out[i] = decode(tf.constant(f)).numpy()
+        except (tf.errors.OpError, ValueError) as exc:
+            msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            if on_bad != "skip":
+                raise DataError(f"{f}: cannot decode image ({msg}); remove it, "
+                                "or set data.on_bad_image=skip") from None
+            log.warning("skipping %s: cannot decode image (%s)", f, msg)
+            skipped.append(f)
+            ok[i] = False
+    return out[ok], ok
+
+
+def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: List[str]) -> Split:
+    images, ok = _decode_files(split.files, image_size, on_bad, skipped)
+    labels = np.asarray(split.labels, np.int32)[ok]
+    return Split(images, labels)
+
+
+def load_folder(cfg, image_size: int) -> Dataset:
+    scan = scan_folder(cfg)
+    skipped = list(scan.skipped)
+    train = _materialize(scan.train, image_size, cfg.on_bad_image, skipped)
+    val = _materialize(scan.val, image_size, cfg.on_bad_image, skipped)
+    test = _materialize(scan.test, image_size, cfg.on_bad_image, skipped) if scan.test else None
+    return Dataset(scan.class_names, train, val, test, skipped)
+
+
+# ---------------------------------------------------------------- synthetic shapes
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def _draw(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    bg = rng.uniform(0, 120, 3)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = bg
+    img += rng.normal(0, 12, img.shape)
+    r = rng.uniform(0.18, 0.32)
+    cy, cx = rng.uniform(r, 1 - r, 2)
+    dy, dx = yy - cy, xx - cx
+    shape = SHAPES[label]
+    if shape == "circle":
+        mask = dy ** 2 + dx ** 2 <= r ** 2
+    elif shape == "square":
+        mask = (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85)
+    elif shape == "triangle":
+        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+    else:
+        w = r * 0.3
+        mask = ((np.abs(dy) <= w) & (np.abs(dx) <= r)) | ((np.abs(dx) <= w) & (np.abs(dy) <= r))
+    img[mask] = rng.uniform(130, 255, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _synth_split(n: int, classes: int, size: int, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int32) % classes
+    rng.shuffle(labels)
+    images = np.stack([_draw(rng, int(lab), size) for lab in labels]) if n else \
+        np.zeros((0, size, size, 3), np.uint8)
+    return Split(images, labels)
+
+
+def load_synthetic(cfg, image_size: int, seed: int) -> Dataset:
+    """Coloured shapes on noisy backgrounds: a learnable task with no download."""
+    k = cfg.num_classes or 2
+    train = _synth_split(cfg.num_train, k, image_size, seed)
+    val = _synth_split(cfg.num_val, k, image_size, seed + 1)
+    test = _synth_split(cfg.num_test, k, image_size, seed + 2) if cfg.num_test else None
+    return Dataset(list(SHAPES[:k]), train, val, test)
+
+
+# ---------------------------------------------------------------- TensorFlow Datasets
+
+def load_tfds(cfg, image_size: int) -> Dataset:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("data=cats_vs_dogs needs tensorflow-datasets (pip install -e '.[tfds]'); "
+                        "offline, use data=folder data.path=/path/to/images") from None
+    import tensorflow as tf
+
+    def take(split_name):
+        try:
+            ds, info = tfds.load(cfg.tfds_name, split=split_name, as_supervised=True, with_info=True,
+                                 data_dir=cfg.tfds_data_dir)
+        except Exception as exc:  # download or preparation failure
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
+                            "offline, use data=folder data.path=/path/to/images") from None
+        ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(
+            tf.image.resize(x, (image_size, image_size))), 0, 255), tf.uint8), y),
+            num_parallel_calls=tf.data.AUTOTUNE)
+        if cfg.max_per_class:
+            ds = ds.take(cfg.max_per_class * info.features["label"].num_classes)
+        imgs, labels = [], []
+        for x, y in ds.batch(256):
+            imgs.append(x.numpy())
+            labels.append(y.numpy())
+        return Split(np.concatenate(imgs), np.concatenate(labels).astype(np.int32)), info
+
+    train, info = take(cfg.tfds_train_split)
+    val, _ = take(cfg.tfds_val_split)
+    test = take(cfg.tfds_test_split)[0] if cfg.tfds_test_split and cfg.test_fraction > 0 else None
+    return Dataset(list(info.features["label"].names), train, val, test)
+
+
+def load(cfg, image_size: int, seed: int) -> Dataset:
+    if cfg.name == "synthetic":
+        return load_synthetic(cfg, image_size, seed)
+    if cfg.name == "folder":
+        return load_folder(cfg, image_size)
+    if cfg.name == "cats_vs_dogs":
+        return load_tfds(cfg, image_size)
+    raise ConfigError(f"data.name: unknown data source {cfg.name!r}")
+
+
+def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
+    """A batched, prefetched tf.data pipeline over the in-memory images (float32 pixels 0..255)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

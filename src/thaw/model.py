@@ -1,0 +1,51 @@
+"""Assemble input -> augmentation -> preprocess_input -> base -> head as one Keras model."""
+
+from __future__ import annotations
+
+from thaw.backbones import build_base, get_spec, preprocessing_layer
+from thaw.heads import build_head
+
+
+def base_training_flag(cfg_backbone):
+    """What `training` the base is called with.
+
+    A pretrained base runs BatchNorm in inference mode in both phases (training=False), as the
+    Keras transfer-learning guide requires: updating its statistics on a small new data set wrecks
+    the features. A random-init base has no statistics worth keeping, so its BatchNorm trains
+    normally (training=None follows fit/predict), or it stays at chance.
+    """
+    mode = cfg_backbone.batchnorm
+    if mode == "inference":
+        return False
+    if mode == "train":
+        return None
+    return None if cfg_backbone.weights is None else False
+
+
+def build_classifier(cfg, num_classes: int):
+    """Returns (model, base)."""
+    import keras
+    from keras import layers
+
+    spec = get_spec(cfg.backbone.name)
+    size = cfg.backbone.image_size
+    weights = cfg.backbone.weights
+    if weights is not None and weights != "imagenet":
+        weights = str(weights)
+    base = build_base(spec, float(cfg.backbone.alpha), size, weights)
+    inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
+    x = inputs
+    if cfg.data.augment:
+        x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+        x = layers.RandomRotation(0.1, name="augment_rotate")(x)
+    x = preprocessing_layer(spec)(x)
+    x = base(x, training=base_training_flag(cfg.backbone))
+    outputs = build_head(x, cfg.head, num_classes)
+    model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
+    return model, base
+
+
+def count_trainable(model) -> int:
+    import numpy as np
+
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

@@ -1,0 +1,100 @@
+"""The job side of a sweep: re-attach to its Optuna trial through the storage, report, prune, tell.
+
+The job (not the sweeper) tells the trial's final state, so pruning and failures are recorded the
+same way whether the launcher runs the job in-process, in a joblib worker or on a SLURM node.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+
+class TrialHandle:
+    def __init__(self, storage_url: str, study_name: str, number: int, pruner_cfg: Any,
+                 heartbeat_interval: Optional[int], grace_period: Optional[int]):
+        import optuna
+        from hydra.utils import instantiate
+
+        from thaw.sweeper.storage import make_storage
+
+        self.number = number
+        self.storage = make_storage(storage_url, heartbeat_interval, grace_period)
+        pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
+        self.study = optuna.load_study(study_name=study_name, storage=self.storage, pruner=pruner)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        self.trial = optuna.trial.Trial(self.study, trial_id)
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._beat = None
+        self._told = False
+        if heartbeat_interval and hasattr(self.storage, "record_heartbeat"):
+            self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_interval,), daemon=True)
+            self._beat.start()
+
+    def _heartbeat(self, interval: int) -> None:
+        while not self._stop.is_set():
+            try:
+                self.storage.record_heartbeat(self._trial_id)
+            except Exception as exc:  # a missed beat is not fatal; the grace period covers it
+                log.debug("heartbeat failed: %s", exc)
+            self._stop.wait(interval)
+
+    # -- reporting during training
+    def report(self, step: int, value: float) -> bool:
+        """Record an intermediate value; True when the pruner says stop."""
+        self.trial.report(value, step)
+        return self.trial.should_prune()
+
+    # -- final state
+    def _tell(self, **kwargs) -> None:
+        if self._told:
+            return
+        self._told = True
+        from optuna.trial import TrialState
+
+        state = self.storage.get_trial(self._trial_id).state
+        if state.is_finished():
+            return
+        self.study.tell(self.number, **kwargs)
+        del TrialState
+
+    def complete(self, values, run_dir: Path) -> None:
+        self.trial.set_user_attr("run_dir", str(run_dir))
+        self._tell(values=values)
+
+    def prune(self, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        self.trial.set_user_attr("pruned", reason)
+        self._tell(state=TrialState.PRUNED)
+
+    def fail(self, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            self.trial.set_user_attr("error", reason[:2000])
+            self._tell(state=TrialState.FAIL)
+        except Exception as exc:  # storage gone: the sweeper will mark the trial
+            log.warning("could not record the failure of trial %d: %s", self.number, exc)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def attach_trial(hydra_cfg) -> Optional[TrialHandle]:
+    """The trial this job runs for, when it was launched by the thaw sweeper; else None."""
+    sweeper = hydra_cfg.get("sweeper") if hydra_cfg is not None else None
+    if sweeper is None or sweeper.get("trial_number", None) is None:
+        return None
+    handle = TrialHandle(sweeper.storage, sweeper.study_name, int(sweeper.trial_number),
+                         sweeper.get("pruner"), sweeper.get("heartbeat_interval"), sweeper.get("grace_period"))
+    try:
+        handle.trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
+    except Exception:
+        pass
+    return handle

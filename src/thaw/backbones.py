@@ -104,7 +104,7 @@ def build_base(spec: BackboneSpec, alpha: float, image_size: int, weights: Optio
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if weights == "imagenet":
             raise WeightsError(
-                f"backbone.weights=imagenet: could not download the ImageNet weights ({first[:160]}); "
+                f"backbone.weights=imagenet: could not download the ImageNet weights ({first[:300]}); "
                 "offline, pass a local file with backbone.weights=/path/to/weights.h5 "
                 "(or backbone.weights=null for random init)"
             ) from None

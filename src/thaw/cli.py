@@ -23,6 +23,10 @@ register_configs()
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
+    text = text.split("Config search path")[0]
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text += ": " + str(cause).strip().split("\n    full_key")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines)[:600]
 

@@ -1,0 +1,60 @@
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("THAW_SHARED_DIR", REPO.parent / "shared"))
+CATS_DOGS = SHARED / "data" / "cats_vs_dogs"
+MNV2_035 = SHARED / "weights" / "mobilenet_v2_0.35_no_top_imagenet.h5"
+
+# Keras writes ~/.keras/keras.json on import; keep tests out of the user's home. W&B never prompts.
+_KERAS_HOME = tempfile.mkdtemp(prefix="thaw-keras-home-")
+os.environ.setdefault("KERAS_HOME", _KERAS_HOME)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+
+def need_cats_dogs():
+    if not (CATS_DOGS / "train").is_dir():
+        pytest.skip(f"real data absent: {CATS_DOGS} (see ../shared/data/README.md)")
+    return CATS_DOGS
+
+
+def need_mnv2_weights():
+    if not MNV2_035.is_file():
+        pytest.skip(f"real weights absent: {MNV2_035} (see ../shared/data/README.md)")
+    return MNV2_035
+
+
+@pytest.fixture
+def cats_dogs():
+    return need_cats_dogs()
+
+
+@pytest.fixture
+def mnv2_weights():
+    return need_mnv2_weights()
+
+
+def thaw_train(args, cwd, timeout=600, env=None):
+    """Run the real console entry point in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "thaw.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def compose_cfg(overrides=()):
+    from hydra import compose, initialize_config_dir
+
+    from thaw.config import register_configs
+    from thaw.paths import conf_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
+        return compose(config_name="train", overrides=list(overrides))

@@ -1,0 +1,112 @@
+"""`thaw-train` end to end, in real subprocesses."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import thaw_train
+from imagefiles import make_folder
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    res = thaw_train(["experiment=smoke", f"hydra.run.dir={out}"], cwd=out.parent)
+    return res, out
+
+
+def test_smoke_run_trains_both_phases_and_reports(smoke_run):
+    res, out = smoke_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "objective val_accuracy =" in res.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "complete"
+    assert [r["phase"] for r in m["history"]] == ["head", "finetune"]
+    assert 0.0 <= m["val_accuracy"] <= 1.0 and m["val_loss"] > 0
+    assert m["objective"] == m["val_accuracy"]
+    head, ft = m["phases"]["head"], m["phases"]["finetune"]
+    # phase 2 unfreezes the top 3 blocks: many more trainable parameters than the head alone
+    assert ft["trainable_params"] > 10 * head["trainable_params"]
+    assert ft["unfrozen_blocks"] == ["block_15", "block_16", "top"]
+    assert head["seconds"] > 0 and ft["seconds"] > 0
+    assert m["history"][1]["lr"] == pytest.approx(m["history"][0]["lr"] * 0.1)
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert (out / "train.log").read_text().count("epoch") >= 2
+
+
+def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
+    res, out = smoke_run
+    assert res.returncode == 0
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, keras
+        assert "thaw" not in sys.modules
+        m = keras.saving.load_model({str(out / 'model.keras')!r})
+        x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+        y = m.predict(x, verbose=0)
+        assert y.shape == (3, 1), y.shape
+        assert np.all(np.isfinite(y))
+        assert not any(k.startswith("thaw") for k in sys.modules), "project imported"
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["backbone=vgg99"], "backbone/vgg99"),
+    (["lr.base=-0.1"], "lr.base"),
+    (["lr.base=0"], "lr.base"),
+    (["unfreeze.depth=99"], "unfreeze.depth"),
+    (["data=folder", "data.path=/no/such/dir"], "data.path"),
+    (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
+    (["no_such_key=1"], "no_such_key"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
+    out = tmp_path / "run"
+    res = thaw_train([*args, f"hydra.run.dir={out}"], cwd=tmp_path, timeout=60)
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1, res.stderr
+    assert needle in err[0]
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not out.exists()
+
+
+def test_bad_data_folder_is_refused(tmp_path):
+    make_folder(tmp_path / "imgs", classes=("only",))
+    out = tmp_path / "run"
+    res = thaw_train(["experiment=smoke", "data=folder", f"data.path={tmp_path / 'imgs'}",
+                      f"hydra.run.dir={out}"], cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "only one class" in res.stderr
+    assert not out.exists()
+
+
+def test_imagenet_without_network_fails_fast_with_the_fix(tmp_path):
+    """No network here: the download fails in seconds with the override to use instead."""
+    import socket
+
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+        pytest.skip("network reachable: the offline failure cannot be exercised")
+    except OSError:
+        pass
+    out = tmp_path / "run"
+    res = thaw_train(["experiment=smoke", "backbone.weights=imagenet", f"hydra.run.dir={out}"],
+                     cwd=tmp_path, timeout=120, env={"KERAS_HOME": str(tmp_path / "kh")})
+    assert res.returncode == 2
+    assert "backbone.weights=/path/to/weights.h5" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_hydra_conventions_work(tmp_path):
+    r = thaw_train(["--cfg", "job", "experiment=smoke"], cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "name: smoke" in r.stdout and "backbone:" in r.stdout
+    r = thaw_train(["--help"], cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "backbone: efficientnet_b0, mobilenet_v2" in r.stdout
+    r = thaw_train(["--info", "searchpath"], cwd=tmp_path, timeout=60)
+    assert r.returncode == 0

@@ -1,0 +1,112 @@
+"""Folder scanning and splitting (pure Python), decoding, synthetic data."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from imagefiles import make_folder, write_image
+from thaw.config import DataConfig
+from thaw.data import load, load_synthetic, scan_folder
+from thaw.errors import DataError
+
+
+def cfg(**kw):
+    base = OmegaConf.structured(DataConfig(name="folder"))
+    return OmegaConf.merge(base, kw)
+
+
+def test_train_validation_layout(tmp_path):
+    make_folder(tmp_path, layout="split", per_class=3)
+    scan = scan_folder(cfg(path=str(tmp_path)))
+    assert scan.class_names == ["cats", "dogs"]
+    assert len(scan.train.files) == 6 and len(scan.val.files) == 6
+    assert all("/train/" in f for f in scan.train.files)
+    assert all("/validation/" in f for f in scan.val.files)
+
+
+def test_val_fraction_split_is_deterministic_and_disjoint(tmp_path):
+    make_folder(tmp_path, per_class=10)
+    a = scan_folder(cfg(path=str(tmp_path), val_fraction=0.3))
+    b = scan_folder(cfg(path=str(tmp_path), val_fraction=0.3))
+    assert a.train.files == b.train.files and a.val.files == b.val.files
+    assert not set(a.train.files) & set(a.val.files)
+    assert len(a.val.files) == 6 and len(a.train.files) == 14
+
+
+def test_test_split_is_held_out_of_validation(tmp_path):
+    make_folder(tmp_path, layout="split", per_class=8)
+    scan = scan_folder(cfg(path=str(tmp_path), test_fraction=0.5))
+    assert len(scan.test.files) == 8 and len(scan.val.files) == 8
+    assert not set(scan.test.files) & set(scan.val.files)
+    assert not set(scan.test.files) & set(scan.train.files)
+
+
+@pytest.mark.parametrize("problem", ["one_class", "empty_class", "different_classes", "no_classes"])
+def test_bad_folders_are_refused(tmp_path, problem):
+    if problem == "one_class":
+        make_folder(tmp_path, classes=("cats",))
+        match = "only one class"
+    elif problem == "empty_class":
+        make_folder(tmp_path)
+        (tmp_path / "birds").mkdir()
+        match = "birds: class folder has no images"
+    elif problem == "different_classes":
+        make_folder(tmp_path, layout="split")
+        (tmp_path / "validation" / "dogs").rename(tmp_path / "validation" / "wolves")
+        match = "different classes"
+    else:
+        (tmp_path / "readme.txt").write_text("hi")
+        match = "no class sub-folders"
+    with pytest.raises(DataError, match=match):
+        scan_folder(cfg(path=str(tmp_path)))
+
+
+def test_text_file_named_jpg_is_refused_or_skipped(tmp_path):
+    make_folder(tmp_path)
+    bad = tmp_path / "cats" / "fake.jpg"
+    bad.write_text("this is not an image")
+    with pytest.raises(DataError, match="fake.jpg: not a JPEG"):
+        scan_folder(cfg(path=str(tmp_path)))
+    scan = scan_folder(cfg(path=str(tmp_path), on_bad_image="skip"))
+    assert str(bad) in scan.skipped
+    assert str(bad) not in scan.train.files + scan.val.files
+
+
+def test_truncated_jpeg_is_named_at_decode(tmp_path):
+    make_folder(tmp_path, per_class=5)
+    good = write_image(tmp_path / "dogs" / "big.jpg", (10, 20, 30), size=128)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 3])  # header intact, body cut
+    with pytest.raises(DataError, match="big.jpg: cannot decode"):
+        load(cfg(path=str(tmp_path), val_fraction=0.5), 32, 0)
+    ds = load(cfg(path=str(tmp_path), val_fraction=0.5, on_bad_image="skip"), 32, 0)
+    assert str(good) in ds.skipped
+    assert len(ds.train) + len(ds.val) == 10
+
+
+def test_decoded_images_are_resized_uint8_with_labels(tmp_path):
+    make_folder(tmp_path, per_class=4, fmt="png")
+    ds = load(cfg(path=str(tmp_path), val_fraction=0.25), 40, 0)
+    assert ds.train.images.shape == (6, 40, 40, 3) and ds.train.images.dtype == np.uint8
+    assert sorted(set(ds.train.labels.tolist())) == [0, 1]
+    # class colour survives decoding: cats are red-dominant, dogs blue-dominant at the border
+    for img, lab in zip(ds.train.images, ds.train.labels):
+        r, b = int(img[0, 0, 0]), int(img[0, 0, 2])
+        assert (r > b) == (lab == 0)
+
+
+def test_synthetic_is_balanced_and_reproducible():
+    c = OmegaConf.structured(DataConfig(name="synthetic", num_classes=3, num_train=30, num_val=12))
+    a = load_synthetic(c, 32, 7)
+    b = load_synthetic(c, 32, 7)
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert np.bincount(a.train.labels).tolist() == [10, 10, 10]
+    assert a.class_names == ["circle", "square", "triangle"]
+    assert not np.array_equal(a.train.images[:12], a.val.images)
+
+
+def test_real_folder_layout_scans(cats_dogs):
+    scan = scan_folder(cfg(path=str(cats_dogs), test_fraction=0.5))
+    assert scan.class_names == ["cats", "dogs"]
+    assert len(scan.train.files) == 2000
+    assert len(scan.val.files) == 1000 and len(scan.test.files) == 1000

@@ -1,0 +1,59 @@
+"""Training in-process: learning actually happens, BatchNorm modes, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import compose_cfg
+from thaw.model import base_training_flag
+
+
+def test_batchnorm_mode_follows_the_weights():
+    assert base_training_flag(compose_cfg(["backbone.weights=imagenet"]).backbone) is False
+    assert base_training_flag(compose_cfg(["backbone.weights=null"]).backbone) is None
+    assert base_training_flag(compose_cfg(["backbone.weights=null", "backbone.batchnorm=inference"]).backbone) is False
+
+
+def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
+    from thaw.train import train
+
+    cfg = compose_cfg(["experiment=smoke", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
+                       "trainer.head_epochs=4", "trainer.finetune_epochs=1", "data.num_train=256",
+                       "data.num_val=128", "unfreeze.depth=2"])
+    result = train(cfg, tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "complete"
+    assert result.objective == m["val_accuracy"]
+    assert m["val_accuracy"] >= 0.8, m["history"]
+    # the fine-tuning phase trained only block_16 + top on top of the head
+    assert m["phases"]["finetune"]["unfrozen_blocks"] == ["block_16", "top"]
+
+
+def test_multiclass_uses_softmax_and_saves(tmp_path):
+    import keras
+
+    from thaw.train import train
+
+    cfg = compose_cfg(["experiment=smoke", "data.num_classes=3", "data.num_train=48", "data.num_val=24",
+                       "backbone.image_size=32", "head=mlp", "lr=cosine"])
+    train(cfg, tmp_path)
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    y = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert y.shape == (2, 3)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    # cosine decays within the phase: the logged end-of-epoch rate is below the start rate
+    assert m["history"][0]["lr"] < m["phases"]["head"]["learning_rate"]
+
+
+def test_nan_loss_fails_the_run(tmp_path):
+    from thaw.errors import TrainingError
+    from thaw.train import train
+
+    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=32", "data.num_train=64", "data.num_val=16",
+                       "trainer.head_epochs=3"])
+    cfg.lr.base = float("nan")  # a diverging run (validation would refuse this value up front)
+    with pytest.raises(TrainingError, match="loss became"):
+        train(cfg, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"

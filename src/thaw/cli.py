@@ -109,7 +109,7 @@ def run(cfg: DictConfig):
         raise
     except KeyboardInterrupt:
         if trial is not None:
-            trial.fail("interrupted (SIGINT/SIGTERM)")
+            trial.interrupt("interrupted (SIGINT/SIGTERM)")
         raise
     except BaseException as exc:
         if trial is not None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental.*")
 
 
 class TrialHandle:
@@ -81,6 +83,16 @@ class TrialHandle:
             self._tell(state=TrialState.FAIL)
         except Exception as exc:  # storage gone: the sweeper will mark the trial
             log.warning("could not record the failure of trial %d: %s", self.number, exc)
+
+    def interrupt(self, reason: str) -> None:
+        """Ctrl-C/SIGTERM: FAIL, marked so the sweep does not count it as a finished trial."""
+        from optuna.trial import TrialState
+
+        try:
+            self.trial.set_user_attr("interrupted", reason)
+            self._tell(state=TrialState.FAIL)
+        except Exception as exc:
+            log.warning("could not record the interruption of trial %d: %s", self.number, exc)
 
     def close(self) -> None:
         self._stop.set()

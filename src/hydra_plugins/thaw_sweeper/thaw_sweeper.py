@@ -1,0 +1,51 @@
+"""Hydra plugin entry: `hydra/sweeper=thaw`, an Optuna sweeper with pruning, resume and several workers.
+
+The logic lives in thaw.sweeper; this module only registers the plugin and its typed config.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class ThawSweeperConf:
+    _target_: str = "hydra_plugins.thaw_sweeper.thaw_sweeper.ThawSweeper"
+    # Optuna objects, built with hydra.utils.instantiate
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
+    pruner: Any = None
+    direction: Any = "maximize"  # or a list, one per objective in trainer.objective
+    # Any Optuna storage URL; default sqlite:///${hydra.sweep.dir}/study.db. A path ending in .log or a
+    # journal:///path URL uses a journal file (many processes on one machine).
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    n_trials: int = 20  # total the study should reach, across resumes and workers
+    n_jobs: int = 1  # trials launched at once through the launcher
+    max_failure_rate: float = 0.25
+    heartbeat_interval: Optional[int] = 10  # seconds; a dead worker's trial is failed after grace_period
+    grace_period: Optional[int] = 60
+    max_retry: int = 0  # re-run (with the same params) a trial whose worker died, this many times
+    params: Dict[str, Any] = field(default_factory=dict)
+    # set by the sweeper on each job it launches, not by users
+    trial_number: Optional[int] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="thaw", node=ThawSweeperConf, provider="thaw")
+
+
+class ThawSweeper(Sweeper):
+    def __init__(self, **kwargs: Any) -> None:
+        from thaw.sweeper.core import SweepRunner
+
+        cfg = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) or OmegaConf.is_list(v)
+                   else v) for k, v in kwargs.items()}
+        self.runner = SweepRunner(cfg)
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.runner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        return self.runner.sweep(arguments)

@@ -1,0 +1,333 @@
+"""The sweep loop: ask Optuna, launch trials through Hydra's launcher, keep the study consistent.
+
+`n_trials` is the total the study should reach. Counted: COMPLETE, PRUNED, and FAIL trials whose job
+raised (their error is in the user attribute `error`). Trials left RUNNING by a dead worker stop
+heartbeating, are failed as stale (not counted) and their slot is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from thaw.errors import ConfigError, ThawError
+from thaw.outputs import write_text_atomic
+from thaw.sweeper import search_space
+from thaw.sweeper.storage import make_storage, redact
+
+log = logging.getLogger("thaw.sweeper")
+
+# Heartbeats and fail_stale_trials are used deliberately outside Study.optimize (ask/tell across processes).
+warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+warnings.filterwarnings("ignore", category=Warning, module="optuna._experimental")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental.*")
+
+POLL_SECONDS = 2.0
+
+
+def _counted(trial) -> bool:
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and "error" in attrs and "interrupted" not in attrs
+
+
+class _Heartbeats:
+    """Beat for trials this process launched, while the launcher blocks on them."""
+
+    def __init__(self, storage, interval: Optional[int]):
+        self.storage, self.interval = storage, interval
+        self.ids: set = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if interval and hasattr(storage, "record_heartbeat"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.ids)
+            for tid in ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception as exc:
+                    log.debug("heartbeat failed for trial id %s: %s", tid, exc)
+
+    def add(self, trial_id):
+        if self._thread is None:
+            return
+        with self._lock:
+            self.ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)
+
+    def remove(self, trial_id):
+        with self._lock:
+            self.ids.discard(trial_id)
+
+    def stop(self):
+        self._stop.set()
+
+
+class SweepRunner:
+    def __init__(self, sweeper_cfg: Dict[str, Any]):
+        self.cfg = sweeper_cfg
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _settings(self):
+        c = self.cfg
+        n_trials = c.get("n_trials")
+        if n_trials is None or int(n_trials) < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials: must be >= 1, got {n_trials}")
+        n_jobs = int(c.get("n_jobs") or 1)
+        if n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_jobs: must be >= 1, got {n_jobs}")
+        rate = float(c.get("max_failure_rate", 0.0))
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {rate}")
+        direction = c.get("direction", "maximize")
+        directions = list(direction) if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction) \
+            else [direction]
+        for d in directions:
+            if d not in ("maximize", "minimize"):
+                raise ConfigError(f"hydra.sweeper.direction: expected maximize or minimize, got {d!r}")
+        return int(n_trials), n_jobs, rate, [str(d) for d in directions]
+
+    def _instantiate(self, key: str, default):
+        from hydra.utils import instantiate
+
+        node = self.cfg.get(key)
+        if node is None:
+            return default
+        if not isinstance(node, dict):  # Hydra already instantiated it (recursive plugin instantiation)
+            return node
+        try:
+            return instantiate(node)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ConfigError(f"hydra.sweeper.{key}: cannot build {node.get('_target_')} ({first})") from None
+
+    # ------------------------------------------------------------------ sweep
+    def sweep(self, arguments: List[str]):
+        try:
+            return self._sweep(arguments)
+        except _TooManyFailures as exc:
+            log.error("sweep stopped: %s", exc)
+            sys.exit(1)
+        except ThawError as exc:
+            print(f"thaw-train: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    def _sweep(self, arguments: List[str]):
+        import optuna
+        from optuna.trial import TrialState
+
+        n_trials, n_jobs, max_failure_rate, directions = self._settings()
+        space, fixed = search_space.parse(self.cfg.get("params") or {}, arguments)
+        if not space:
+            raise ConfigError("hydra.sweeper.params: nothing to search (give interval/range/choice "
+                              "expressions, e.g. lr.base='tag(log, interval(1e-5, 1e-2))')")
+        sampler = self._instantiate("sampler", None) or optuna.samplers.TPESampler()
+        pruner = self._instantiate("pruner", None) or optuna.pruners.NopPruner()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
+        study_name = self.cfg.get("study_name") or "thaw"
+        interval, grace = self.cfg.get("heartbeat_interval"), self.cfg.get("grace_period")
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = make_storage(url, interval, grace, int(self.cfg.get("max_retry") or 0))
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                        directions=directions, load_if_exists=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ConfigError(f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} "
+                              f"({first})") from None
+        existing = [d.name.lower() for d in study.directions]
+        if existing != directions:
+            raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
+                              f"not {directions}")
+        self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
+        self.n_trials, self.directions = n_trials, directions
+        beats = _Heartbeats(storage, interval)
+        already = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
+        log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), len(already),
+                 n_trials, ", ".join(f"{k} ~ {type(d).__name__}" for k, d in space.items()))
+        fixed_lines = list(fixed.values())
+        interrupted = False
+        try:
+            while True:
+                if interval:
+                    optuna.storages.fail_stale_trials(study)
+                trials = study.get_trials(deepcopy=False)
+                done = [t for t in trials if _counted(t)]
+                running = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+                self._check_failures(done, max_failure_rate)
+                if len(done) >= n_trials:
+                    break
+                slots = n_trials - len(done) - len([t for t in running if t.state == TrialState.RUNNING])
+                if slots <= 0:
+                    time.sleep(POLL_SECONDS)  # the rest is running in other workers
+                    continue
+                batch = []
+                for _ in range(min(n_jobs, slots)):
+                    trial = study.ask(space)
+                    if self._surplus(trial):
+                        break
+                    beats.add(trial._trial_id)
+                    batch.append(trial)
+                if not batch:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                self._run_batch(batch, fixed_lines, study_name, beats)
+                self.write_results()
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: finished trials are kept in %s; run the same command to resume",
+                        redact(url))
+        finally:
+            beats.stop()
+            self._fail_unfinished(beats)
+            if hasattr(self, "study"):
+                self.write_results(log_best=True)
+        if interrupted:
+            sys.exit(130)
+        return self.study
+
+    def _surplus(self, trial) -> bool:
+        """Another worker filled the last slot between our count and our ask: give this one back."""
+        from optuna.trial import TrialState
+
+        before = [t for t in self.study.get_trials(deepcopy=False)
+                  if t.number < trial.number and (_counted(t) or t.state in (TrialState.RUNNING,
+                                                                               TrialState.WAITING))]
+        if len(before) < self.n_trials:
+            return False
+        self.study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+        self.study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    def _run_batch(self, batch, fixed_lines, study_name, beats) -> None:
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        job_overrides = []
+        for trial in batch:
+            sampled = [f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()]
+            job_overrides.append(fixed_lines + sampled + [
+                f"hydra.sweeper.trial_number={trial.number}",
+                f"hydra.sweeper.storage={self.url}",
+                f"hydra.sweeper.study_name={study_name}",
+                f"hydra.sweep.subdir=trial_{trial.number}",
+            ])
+            log.info("trial %d: %s", trial.number, " ".join(sampled))
+        try:
+            returns = self.launcher.launch(job_overrides, initial_job_idx=batch[0].number)
+        finally:
+            for trial in batch:
+                beats.remove(trial._trial_id)
+        for trial, ret in zip(batch, returns):
+            frozen = self.storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
+                if ret.status == JobStatus.COMPLETED and ret._return_value is not None:
+                    self.study.tell(trial, ret._return_value)
+                else:
+                    err = ret._return_value if ret.status == JobStatus.FAILED else "job returned no value"
+                    self.storage.set_trial_user_attr(trial._trial_id, "error", f"{type(err).__name__}: {err}"[:2000])
+                    self.study.tell(trial, state=TrialState.FAIL)
+                frozen = self.storage.get_trial(trial._trial_id)
+            value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
+            extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""
+            level = logging.WARNING if frozen.state == TrialState.FAIL else logging.INFO
+            log.log(level, "trial %d %s value=%s %s(run dir %s)", trial.number, frozen.state.name, value,
+                    f"{extra} " if extra else "", frozen.user_attrs.get("run_dir", "?"))
+
+    def _check_failures(self, done, max_rate: float) -> None:
+        from optuna.trial import TrialState
+
+        if not done:
+            return
+        failed = [t for t in done if t.state == TrialState.FAIL]
+        rate = len(failed) / len(done)
+        if failed and rate > max_rate:
+            last = failed[-1]
+            raise _TooManyFailures(f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > "
+                                   f"hydra.sweeper.max_failure_rate={max_rate}); last error, trial "
+                                   f"{last.number}: {last.user_attrs.get('error', '?')}")
+
+    def _fail_unfinished(self, beats) -> None:
+        """Trials this process asked for but did not finish (Ctrl-C) are failed, not left RUNNING."""
+        from optuna.trial import TrialState
+
+        if not hasattr(self, "study"):
+            return
+        for tid in list(beats.ids):
+            try:
+                if self.storage.get_trial(tid).state == TrialState.RUNNING:
+                    self.storage.set_trial_user_attr(tid, "interrupted", True)
+                    self.storage.set_trial_state_values(tid, TrialState.FAIL)
+            except Exception as exc:
+                log.warning("could not fail interrupted trial id %s: %s", tid, exc)
+
+    # ------------------------------------------------------------------ results
+    def results(self) -> Dict[str, Any]:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        counts = {s.name: 0 for s in TrialState}
+        for t in trials:
+            counts[t.state.name] += 1
+        out: Dict[str, Any] = {
+            "study_name": self.study.study_name,
+            "storage": redact(self.url),
+            "direction": self.directions[0] if len(self.directions) == 1 else self.directions,
+            "n_trials": self.n_trials,
+            "n_counted": sum(1 for t in trials if _counted(t)),
+            "trial_counts": counts,
+        }
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete and len(self.directions) == 1:
+            best = self.study.best_trial
+            out.update(best_value=best.value, best_params=dict(best.params),
+                       best_trial={"number": best.number, "run_dir": best.user_attrs.get("run_dir")})
+        elif complete:
+            out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
+                                   "run_dir": t.user_attrs.get("run_dir")} for t in self.study.best_trials]
+        return out
+
+    def write_results(self, log_best: bool = False) -> None:
+        res = self.results()
+        write_text_atomic(self.sweep_dir / "optimization_results.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(res)))
+        if log_best:
+            if "best_value" in res:
+                log.info("best trial %d: value %s params %s (run dir %s)", res["best_trial"]["number"],
+                         res["best_value"], res["best_params"], res["best_trial"]["run_dir"])
+            log.info("trials by state: %s; results in %s", {k: v for k, v in res["trial_counts"].items() if v},
+                     self.sweep_dir / "optimization_results.yaml")
+
+
+class _TooManyFailures(ThawError):
+    exit_code = 1

@@ -60,7 +60,7 @@ def wait_for(pred, timeout, what):
 
 
 def test_smoke_sweep_completes_with_results(tmp_path):
-    res = thaw_train(sweep_args(tmp_path / "sw", 3), cwd=tmp_path)
+    res = thaw_train(sweep_args(tmp_path / "sw", 3, "data.num_test=16", "trainer.save_model=true"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = load(tmp_path / "sw")
     trials = study.get_trials()
@@ -76,8 +76,13 @@ def test_smoke_sweep_completes_with_results(tmp_path):
         assert m["lr"]["base"] == pytest.approx(t.params["lr.base"])
         # one intermediate value per epoch of both phases
         assert sorted(t.intermediate_values) == [0, 1]
+        # trials never look at the test split ...
+        assert ("test_accuracy" in m) == (t.number == study.best_trial.number)
     results = yaml.safe_load((tmp_path / "sw" / "optimization_results.yaml").read_text())
     assert results["trial_counts"]["COMPLETE"] == 3
+    # ... only the best trial is evaluated on it, once, after the sweep
+    assert 0.0 <= results["best_trial"]["test_accuracy"] <= 1.0
+    assert results["best_trial"]["num_test"] == 16
     assert results["best_value"] == study.best_value
     assert results["best_params"] == study.best_params
     assert "best trial" in res.stderr + res.stdout

@@ -242,7 +242,8 @@ def train(cfg, output_dir, reporter=None) -> TrainResult:
     metrics["best_epoch"] = best + 1
     metrics["best_val_accuracy"] = state.history[best].get("val_accuracy")
     metrics["trainable_params"] = state.phases.get("finetune", {}).get("trainable_params")
-    if ds.test is not None and len(ds.test):
+    # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
+    if reporter is None and ds.test is not None and len(ds.test):
         test_ds = data_mod.to_tf(ds.test, bs, shuffle=False, seed=seed)
         res = model.evaluate(test_ds, verbose=0, return_dict=True)
         metrics["test_accuracy"] = float(res["accuracy"])

@@ -211,10 +211,37 @@ class SweepRunner:
             beats.stop()
             self._fail_unfinished(beats)
             if hasattr(self, "study"):
-                self.write_results(log_best=True)
+                self.write_results(log_best=interrupted)
         if interrupted:
             sys.exit(130)
+        self._evaluate_best()
+        self.write_results(log_best=True)
         return self.study
+
+    def _evaluate_best(self) -> None:
+        """Evaluate the best trial once on the held-out test split (if the data has one)."""
+        if len(self.directions) != 1:
+            return
+        from optuna.trial import TrialState
+
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if not complete:
+            return
+        best = self.study.best_trial
+        done = self.study.user_attrs.get("test_eval") or {}
+        if done.get("trial") == best.number or not best.user_attrs.get("run_dir"):
+            return
+        try:
+            from thaw.evaluate import evaluate_test
+
+            res = evaluate_test(best.user_attrs["run_dir"])
+        except Exception as exc:  # the sweep's results stand without it
+            log.warning("could not evaluate best trial %d on the test split: %s", best.number, exc)
+            return
+        if res:  # finished trials are immutable in Optuna: the result lives on the study
+            self.study.set_user_attr("test_eval", {"trial": best.number, **res})
+            log.info("best trial %d on the held-out test split: accuracy %.4f (%d images)", best.number,
+                     res["test_accuracy"], res["num_test"])
 
     def _surplus(self, trial) -> bool:
         """Another worker filled the last slot between our count and our ask: give this one back."""
@@ -312,6 +339,9 @@ class SweepRunner:
             best = self.study.best_trial
             out.update(best_value=best.value, best_params=dict(best.params),
                        best_trial={"number": best.number, "run_dir": best.user_attrs.get("run_dir")})
+            test_eval = self.study.user_attrs.get("test_eval") or {}
+            if test_eval.get("trial") == best.number:
+                out["best_trial"].update({k: v for k, v in test_eval.items() if k != "trial"})
         elif complete:
             out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
                                    "run_dir": t.user_attrs.get("run_dir")} for t in self.study.best_trials]

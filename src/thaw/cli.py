@@ -88,18 +88,24 @@ def run(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     out = Path(hc.runtime.output_dir)
     trial = attach_trial(hc)
+    tracker = None
+    state, summary = "FAIL", {}
     try:
         validate(cfg)
+        from thaw import tracking
         from thaw.train import Pruned, train
 
+        tracker = tracking.start(cfg, out, trial)
         try:
-            result = train(cfg, out, reporter=trial)
+            result = train(cfg, out, reporter=trial, tracker=tracker)
         except Pruned as exc:
             log.info("trial pruned: %s", exc)
+            state, summary = "PRUNED", {"pruned": str(exc)}
             if trial is not None:
                 trial.prune(str(exc))
             return None
     except ThawError as exc:
+        summary = {"error": _one_line(exc)}
         if trial is not None:
             trial.fail(_one_line(exc))
         if not multirun:
@@ -108,17 +114,27 @@ def run(cfg: DictConfig):
             _die(_one_line(exc))
         raise
     except KeyboardInterrupt:
+        summary = {"error": "interrupted"}
         if trial is not None:
             trial.interrupt("interrupted (SIGINT/SIGTERM)")
         raise
     except BaseException as exc:
+        summary = {"error": f"{type(exc).__name__}: {_one_line(exc)}"}
         if trial is not None:
             trial.fail(f"{type(exc).__name__}: {_one_line(exc)}")
         log.error("run failed: %s: %s", type(exc).__name__, _one_line(exc))
         raise
+    else:
+        state = "COMPLETE"
+        m = result.metrics
+        summary = {k: m.get(k) for k in ("objective", "val_accuracy", "val_loss", "best_epoch", "test_accuracy",
+                                         "wall_seconds") if m.get(k) is not None}
     finally:
         if trial is not None:
             trial.close()
+        if tracker is not None:
+            model_path = out / "model.keras" if cfg.logger.get("log_model") and state == "COMPLETE" else None
+            tracker.finish(summary, state, model_path)
         if "keras" in sys.modules:  # release graphs so in-process sweeps do not grow
             import gc
 

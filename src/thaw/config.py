@@ -86,6 +86,15 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"
+    # wandb
+    project: str = "thaw"
+    entity: Optional[str] = None
+    mode: str = "auto"  # online | offline | disabled | auto (online with credentials, else offline)
+    group: Optional[str] = None  # default: the study name in sweeps, else the run name
+    tags: List[str] = field(default_factory=list)
+    log_model: bool = False  # upload model.keras as an artifact
+    dir: Optional[str] = None  # default: the Hydra run dir
+    init_timeout: float = 30.0
 
 
 @dataclass
@@ -107,7 +116,8 @@ LRS = ("constant", "cosine")
 UNFREEZE = ("top_blocks", "none", "all")
 DATA = ("synthetic", "folder", "cats_vs_dogs")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-LOGGERS = ("none",)
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
 
 
 def register_configs() -> None:
@@ -198,6 +208,8 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.logger.name not in LOGGERS:
         raise ConfigError(f"logger.name: expected one of {', '.join(LOGGERS)}, got {cfg.logger.name!r}")
+    if cfg.logger.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {cfg.logger.mode!r}")
 
     d = cfg.data
     if d.name not in DATA:

@@ -68,7 +68,7 @@ def _loss_and_metrics(num_classes: int):
 
 
 def _make_callback(phase: str, epochs_before: int, total_epochs: int, n_train: int, state: _RunState,
-                   write_metrics, reporter, objective_name: str):
+                   write_metrics, reporter, objective_name: str, tracker, trainable: int):
     import keras
 
     class EpochCallback(keras.callbacks.Callback):
@@ -85,6 +85,7 @@ def _make_callback(phase: str, epochs_before: int, total_epochs: int, n_train: i
                    **{k: float(v) for k, v in logs.items() if k != "learning_rate"},
                    "lr": lr, "seconds": secs, "images_per_sec": n_train / secs if secs > 0 else None}
             state.history.append(row)
+            tracker.log_epoch({**row, "trainable_params": trainable}, step=len(state.history) - 1)
             log.info("[%s] epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  "
                      "%.1fs (%.0f img/s)", phase, epoch + 1, total_epochs, logs.get("loss", math.nan),
                      logs.get("accuracy", math.nan), logs.get("val_loss", math.nan),
@@ -112,7 +113,7 @@ def _objective_value(name: str, metrics: Dict[str, Any]) -> float:
     return float(value)
 
 
-def train(cfg, output_dir, reporter=None) -> TrainResult:
+def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -120,6 +121,10 @@ def train(cfg, output_dir, reporter=None) -> TrainResult:
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if tracker is None:
+        from thaw.tracking import Tracker
+
+        tracker = Tracker()
     t_start = time.perf_counter()
     seed = int(cfg.trainer.seed)
     keras.utils.set_random_seed(seed)
@@ -197,11 +202,12 @@ def train(cfg, output_dir, reporter=None) -> TrainResult:
             info["seconds"] = 0.0
             return
         cb = _make_callback(phase, first_epoch, total_epochs, len(ds.train), state, write_metrics,
-                            reporter, objective_name)
+                            reporter, objective_name, tracker, n_trainable)
         t0 = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
                   callbacks=[cb], verbose=0, shuffle=False)
         info["seconds"] = time.perf_counter() - t0
+        tracker.log_phase(phase, info)
         run_rows = [r for r in state.history if r["phase"] == phase]
         if run_rows:
             info["images_per_sec"] = float(np.median([r["images_per_sec"] for r in run_rows]))

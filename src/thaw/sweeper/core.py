@@ -216,7 +216,25 @@ class SweepRunner:
             sys.exit(130)
         self._evaluate_best()
         self.write_results(log_best=True)
+        self._report()
         return self.study
+
+    def _report(self) -> None:
+        """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""
+        try:
+            from thaw.report import build_report
+
+            path = build_report(str(self.sweep_dir) if self.url.endswith(f"{self.sweep_dir}/study.db")
+                                else self.url, self.study.study_name, out_dir=self.sweep_dir)
+            log.info("sweep report: %s", path)
+        except Exception as exc:
+            log.warning("sweep report not written: %s", exc)
+        try:
+            from thaw.tracking import log_sweep_summary
+
+            log_sweep_summary(self.config.get("logger"), self.study, self.sweep_dir)
+        except Exception as exc:
+            log.warning("W&B sweep summary not logged: %s", exc)
 
     def _evaluate_best(self) -> None:
         """Evaluate the best trial once on the held-out test split (if the data has one)."""

@@ -1,0 +1,224 @@
+"""`thaw-report`: one self-contained HTML page (and PNGs) reviewing a sweep, from its Optuna study.
+
+Plots come from optuna.visualization (plotly, embedded inline so the page opens from disk with no
+network) and optuna.visualization.matplotlib for the PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from thaw.errors import ConfigError, ThawError
+from thaw.outputs import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEPTH, LR = "unfreeze.depth", "lr.base"
+
+
+def open_study(target: str, study_name: Optional[str] = None):
+    """(study, output dir) from a sweep dir holding study.db, or from an Optuna storage URL."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = Path(target)
+    if "://" not in target:
+        if not path.is_dir():
+            raise ConfigError(f"{target}: not a sweep directory or storage URL")
+        db = path / "study.db"
+        if not db.is_file():
+            raise ConfigError(f"{target}: no study.db in this directory (pass the storage URL instead)")
+        url, out_dir = f"sqlite:///{db.resolve()}", path
+    else:
+        url, out_dir = target, Path.cwd()
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as exc:
+        raise ConfigError(f"{target}: cannot open the storage ({str(exc).splitlines()[0][:200]})") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(f"{target}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                              "choose one with --study")
+        study_name = names[0]
+    elif study_name not in names:
+        raise ConfigError(f"--study: no study {study_name!r} in {target} (found: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=url), out_dir
+
+
+def _figures(study) -> List[Tuple[str, str, object, object]]:
+    """(slug, title, plotly figure or None, matplotlib function or None); None where too few trials."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as vmat
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    params = sorted({p for t in complete for p in t.params})
+    varying = [p for p in params if len({repr(t.params.get(p)) for t in complete}) > 1]
+    specs = [
+        ("history", "Optimisation history", lambda m: m.plot_optimization_history(study), len(complete) >= 1),
+        ("importance", "Parameter importances",
+         lambda m: m.plot_param_importances(study), len(complete) >= 2 and len(varying) >= 1),
+        ("depth", "Validation accuracy against unfreeze depth",
+         lambda m: m.plot_slice(study, params=[DEPTH]), DEPTH in params),
+        ("lr", "Validation accuracy against learning rate",
+         lambda m: m.plot_slice(study, params=[LR]), LR in params),
+        ("intermediate", "Intermediate values per trial (pruned trials stop early)",
+         lambda m: m.plot_intermediate_values(study),
+         any(t.intermediate_values for t in study.get_trials(deepcopy=False))),
+    ]
+    out = []
+    for slug, title, make, ok in specs:
+        fig = None
+        if ok and len(study.directions) == 1:
+            try:
+                fig = make(vis)
+            except Exception as exc:  # e.g. importance with degenerate data
+                log.warning("report: %s not drawn: %s", title, exc)
+        out.append((slug, title, fig, (lambda m=make: m(vmat)) if fig is not None else None))
+    return out
+
+
+def _trial_rows(study):
+    rows = []
+    params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    for t in study.get_trials(deepcopy=False):
+        value = t.values[0] if t.values and len(t.values) == 1 else (t.values or "")
+        dur = t.duration.total_seconds() if t.duration else None
+        note = t.user_attrs.get("error") or t.user_attrs.get("pruned") or t.user_attrs.get("interrupted") or ""
+        rows.append([t.number, t.state.name, value, *[t.params.get(p, "") for p in params],
+                     f"{dur:.1f}" if dur is not None else "", t.user_attrs.get("run_dir", ""), note])
+    return ["#", "state", "objective", *params, "seconds", "run dir", "note"], rows
+
+
+_SORT_JS = """
+document.querySelectorAll('table.trials th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[col].textContent, y = b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def build_report(target: str, study_name: Optional[str] = None, out_dir: Optional[Path] = None) -> Path:
+    """Write report.html and report_png/*.png; returns the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from plotly.offline import get_plotlyjs
+
+    study, default_out = open_study(target, study_name)
+    out = Path(out_dir) if out_dir else default_out
+    png_dir = out / "report_png"
+    png_dir.mkdir(parents=True, exist_ok=True)
+    esc = html.escape
+    sections = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for slug, title, fig, make_png in _figures(study):
+            if fig is None:
+                sections.append(f'<section class="plot missing"><h2>{esc(title)}</h2>'
+                                '<p>Not enough finished trials for this plot yet.</p></section>')
+                continue
+            fig.update_layout(title=None, height=420, margin=dict(l=50, r=20, t=20, b=50))
+            div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{slug}")
+            sections.append(f'<section class="plot" id="{slug}"><h2>{esc(title)}</h2>{div}'
+                            f'<p><a href="report_png/{slug}.png">PNG</a></p></section>')
+            try:
+                ax = make_png()
+                figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                figure.set_size_inches(8, 5)
+                figure.tight_layout()
+                figure.savefig(png_dir / f"{slug}.png", dpi=110)
+                plt.close(figure)
+            except Exception as exc:
+                log.warning("report: PNG for %s not written: %s", title, exc)
+    header, rows = _trial_rows(study)
+    table = ["<table class='trials'><thead><tr>", *[f"<th>{esc(str(h))}</th>" for h in header],
+             "</tr></thead><tbody>"]
+    for row in rows:
+        table.append("<tr class='%s'>" % esc(row[1].lower()) + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row)
+                     + "</tr>")
+    table.append("</tbody></table>")
+    from collections import Counter
+
+    counts = Counter(r[1] for r in rows)
+    best = ""
+    try:
+        if len(study.directions) == 1:
+            b = study.best_trial
+            best = (f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
+                    f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>")
+            test_eval = study.user_attrs.get("test_eval") or {}
+            if test_eval.get("trial") == b.number:
+                best += (f"<p class='best'>Held-out test accuracy of the best trial: "
+                         f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
+                         f"({esc(str(test_eval.get('num_test')))} images)</p>")
+    except ValueError:
+        pass
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>thaw sweep: {esc(study.study_name)}</title>
+<script type="text/javascript">{get_plotlyjs()}</script>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+section.plot {{ display: inline-block; width: 48%; min-width: 480px; vertical-align: top; }}
+table.trials {{ border-collapse: collapse; font-size: 13px; }}
+table.trials th {{ cursor: pointer; background: #eee; }}
+table.trials td, table.trials th {{ border: 1px solid #ccc; padding: 3px 8px; }}
+tr.pruned {{ color: #996600; }} tr.fail {{ color: #b00; }}
+</style></head><body>
+<h1>Sweep report: {esc(study.study_name)}</h1>
+<p>{len(rows)} trials: {esc(', '.join(f'{k} {v}' for k, v in sorted(counts.items())))}.
+Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
+{best}
+{''.join(sections)}
+<h2>Trials</h2><p>Click a column header to sort.</p>
+{''.join(table)}
+<script>{_SORT_JS}</script>
+</body></html>
+"""
+    path = out / "report.html"
+    write_text_atomic(path, page)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="thaw-report", description="Write report.html for a sweep.")
+    parser.add_argument("target", help="sweep dir (with study.db) or an Optuna storage URL")
+    parser.add_argument("--study", default=None, help="study name (needed when the storage holds several)")
+    parser.add_argument("--out", default=None, help="output dir (default: the sweep dir, or . for a URL)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = build_report(args.target, args.study, Path(args.out) if args.out else None)
+    except ThawError as exc:
+        print(f"thaw-report: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Weights & Biases: one run per training run / sweep trial, grouped by study. Never prompts, never hangs.
+
+Tracking is best effort: if W&B cannot start or fails mid-run, training goes on with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+log = logging.getLogger(__name__)
+
+
+def _has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if _has_credentials() else "offline"
+
+
+class Tracker:
+    """No-op tracker (logger=none)."""
+
+    def log_epoch(self, row: Dict[str, Any], step: int) -> None:
+        pass
+
+    def log_phase(self, phase: str, info: Dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: Dict[str, Any], state: str, model_path: Optional[Path] = None) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    def __init__(self, run):
+        self.run = run
+        self.failed = False
+
+    def _safe(self, fn, *args, **kwargs):
+        if self.failed:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # W&B trouble never stops training
+            self.failed = True
+            log.warning("W&B logging failed, training goes on without it: %s", exc)
+
+    def log_epoch(self, row, step):
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None
+                   and math.isfinite(float(v))}
+        numeric["phase"] = row.get("phase")
+        self._safe(self.run.log, numeric, step=step)
+
+    def log_phase(self, phase, info):
+        self._safe(self.run.summary.update, {f"{phase}/{k}": v for k, v in info.items()
+                                             if isinstance(v, (int, float, str))})
+
+    def finish(self, summary, state, model_path=None):
+        def _finish():
+            self.run.summary.update({**summary, "state": state})
+            if model_path is not None and Path(model_path).is_file():
+                import wandb
+
+                art = wandb.Artifact(f"model-{self.run.id}", type="model")
+                art.add_file(str(model_path))
+                self.run.log_artifact(art)
+        self._safe(_finish)
+        try:
+            self.run.finish(exit_code=0 if state in ("COMPLETE", "PRUNED") else 1)
+        except Exception as exc:
+            log.warning("W&B finish failed: %s", exc)
+
+
+def start(cfg, output_dir: Path, trial=None) -> Tracker:
+    """A tracker for this run: W&B when logger=wandb, else a no-op."""
+    lcfg = cfg.logger
+    if lcfg.name != "wandb":
+        return Tracker()
+    if os.environ.get("WANDB_MODE") == "":
+        del os.environ["WANDB_MODE"]  # an empty value makes wandb.Settings fail validation
+    mode = resolve_mode(lcfg.mode)
+    if mode == "disabled":
+        return Tracker()
+    try:
+        import wandb
+    except ImportError:
+        log.warning("logger=wandb but wandb is not installed (pip install wandb); not tracking")
+        return Tracker()
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    group, name, job_type = lcfg.group or cfg.name, None, "train"
+    if trial is not None:
+        group = lcfg.group or trial.study.study_name
+        name, job_type = f"trial-{trial.number}", "trial"
+        config["trial"] = {"number": trial.number, "params": dict(trial.trial.params)}
+    wandb_dir = Path(lcfg.dir) if lcfg.dir else Path(output_dir)
+    try:
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("W&B directory %s cannot be created (%s); not tracking", wandb_dir, exc)
+        return Tracker()
+
+    def init(m):
+        return wandb.init(project=lcfg.project, entity=lcfg.entity, group=group, job_type=job_type, name=name,
+                          tags=list(lcfg.tags or []), config=config, dir=str(wandb_dir), mode=m, reinit="finish_previous",
+                          settings=wandb.Settings(init_timeout=float(lcfg.init_timeout), silent=True,
+                                                  console="off", x_disable_stats=True))
+    try:
+        run = init(mode)
+    except Exception as exc:
+        if mode != "online":
+            log.warning("W&B could not start (%s); training goes on without tracking", str(exc)[:200])
+            return Tracker()
+        log.warning("W&B online failed (%s); falling back to offline", str(exc).splitlines()[0][:200])
+        mode = "offline"
+        try:
+            run = init(mode)
+        except Exception as exc2:
+            log.warning("W&B could not start (%s); training goes on without tracking", str(exc2)[:200])
+            return Tracker()
+    if mode == "offline":
+        log.info("W&B offline run in %s; upload later with: wandb sync %s", run.dir,
+                 Path(run.dir).parent)
+    return WandbTracker(run)
+
+
+def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
+    """One more W&B run (job_type sweep-summary): a table of all trials and the report's plots."""
+    if logger_cfg is None or logger_cfg.get("name") != "wandb":
+        return
+    mode = resolve_mode(logger_cfg.get("mode", "auto"))
+    if mode == "disabled":
+        return
+    try:
+        import wandb
+
+        run = wandb.init(project=logger_cfg.get("project", "thaw"), entity=logger_cfg.get("entity"),
+                         group=logger_cfg.get("group") or study.study_name, job_type="sweep-summary",
+                         name=f"{study.study_name}-summary", dir=str(sweep_dir), mode=mode,
+                         reinit="finish_previous",
+                         settings=wandb.Settings(init_timeout=float(logger_cfg.get("init_timeout", 30)),
+                                                 silent=True, console="off", x_disable_stats=True))
+    except Exception as exc:
+        log.warning("W&B sweep summary not logged: %s", str(exc).splitlines()[0][:200])
+        return
+    try:
+        params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+        table = wandb.Table(columns=["number", "state", "value", *params, "run_dir"])
+        for t in study.get_trials(deepcopy=False):
+            value = t.values[0] if t.values and len(t.values) == 1 else None
+            table.add_data(t.number, t.state.name, value, *[t.params.get(p) for p in params],
+                           t.user_attrs.get("run_dir", ""))
+        images = {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted((sweep_dir / "report_png").glob("*.png"))}
+        run.log({"trials": table, **images})
+        try:
+            run.summary.update({"best_value": study.best_value, "best_params": study.best_params,
+                                "best_trial": study.best_trial.number})
+        except (ValueError, RuntimeError):
+            pass
+    except Exception as exc:
+        log.warning("W&B sweep summary incomplete: %s", exc)
+    finally:
+        try:
+            run.finish()
+        except Exception:
+            pass

@@ -1,11 +1,13 @@
 """The thaw sweeper for real: Optuna on SQLite files, Hydra launchers, real worker processes."""
 
 import json
+import re
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -59,16 +61,29 @@ def wait_for(pred, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_smoke_sweep_completes_with_results(tmp_path):
-    res = thaw_train(sweep_args(tmp_path / "sw", 3, "data.num_test=16", "trainer.save_model=true"), cwd=tmp_path)
+FAKE_KEY = "thawtestsecret0123456789abcdef0123456789ab"
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """One real 3-trial sweep with W&B offline and a recognisable fake API key in the environment."""
+    tmp = tmp_path_factory.mktemp("smoke_sweep")
+    res = thaw_train(sweep_args(tmp / "sw", 3, "data.num_test=16", "trainer.save_model=true",
+                                "logger.mode=offline"), cwd=tmp,
+                     env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": ""})
+    return res, tmp / "sw"
+
+
+def test_smoke_sweep_completes_with_results(smoke_sweep):
+    res, sw = smoke_sweep
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    study = load(tmp_path / "sw")
+    study = load(sw)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
         assert 0 <= t.params["unfreeze.depth"] <= 3
         assert 1e-5 <= t.params["lr.base"] <= 1e-2
-        run_dir = tmp_path / "sw" / f"trial_{t.number}"
+        run_dir = sw / f"trial_{t.number}"
         assert t.user_attrs["run_dir"] == str(run_dir)
         m = json.loads((run_dir / "metrics.json").read_text())
         assert m["status"] == "complete" and m["objective"] == t.value
@@ -78,7 +93,7 @@ def test_smoke_sweep_completes_with_results(tmp_path):
         assert sorted(t.intermediate_values) == [0, 1]
         # trials never look at the test split ...
         assert ("test_accuracy" in m) == (t.number == study.best_trial.number)
-    results = yaml.safe_load((tmp_path / "sw" / "optimization_results.yaml").read_text())
+    results = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert results["trial_counts"]["COMPLETE"] == 3
     # ... only the best trial is evaluated on it, once, after the sweep
     assert 0.0 <= results["best_trial"]["test_accuracy"] <= 1.0
@@ -86,6 +101,115 @@ def test_smoke_sweep_completes_with_results(tmp_path):
     assert results["best_value"] == study.best_value
     assert results["best_params"] == study.best_params
     assert "best trial" in res.stderr + res.stdout
+
+
+def _wandb_records(run_dir):
+    """The records of an offline W&B run, read back with W&B's own `wandb leet inspect`."""
+    wandb_bin = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_bin), "leet", "inspect", "--json", str(run_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    recs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summ = subprocess.run([str(wandb_bin), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    return recs, json.loads(summ.stdout)
+
+
+def test_one_wandb_run_per_trial_grouped_by_study(smoke_sweep):
+    res, sw = smoke_sweep
+    assert res.returncode == 0
+    study = load(sw)
+    for t in study.get_trials():
+        runs = list((sw / f"trial_{t.number}" / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs  # under the trial's run dir, one run per trial
+        recs, summary = _wandb_records(runs[0])
+        run_rec = next(r["run"] for r in recs if r.get("type") == "run")
+        assert run_rec["run_group"] == "test" and run_rec["job_type"] == "trial"
+        assert run_rec.get("display_name") == f"trial-{t.number}"
+        cfg = summary["config"]
+        assert cfg["unfreeze"]["depth"] == t.params["unfreeze.depth"]
+        assert cfg["lr"]["base"] == pytest.approx(t.params["lr.base"])
+        history = [r["history"]["item"] for r in recs if r.get("type") == "history"]
+        assert [h["phase"] for h in history] == ["head", "finetune"]
+        assert all("val_accuracy" in h and "lr" in h and "trainable_params" in h for h in history)
+        assert summary["summary"]["state"] == "COMPLETE"
+        assert summary["summary"]["objective"] == pytest.approx(t.value)
+        assert summary["state"] == "finished"
+    summaries = list(sw.glob("wandb/offline-run-*"))
+    assert len(summaries) == 1
+    recs, _ = _wandb_records(summaries[0])
+    assert next(r["run"] for r in recs if r.get("type") == "run")["job_type"] == "sweep-summary"
+
+
+def test_no_secret_in_any_output_file(smoke_sweep):
+    res, sw = smoke_sweep
+    assert res.returncode == 0
+    assert FAKE_KEY not in res.stdout + res.stderr
+    checked = 0
+    for path in sw.rglob("*"):
+        if path.is_file():
+            checked += 1
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert checked > 20
+
+
+def test_report_is_self_contained_with_plots(smoke_sweep):
+    res, sw = smoke_sweep
+    assert res.returncode == 0
+    page = (sw / "report.html").read_text()
+    for slug in ("history", "importance", "depth", "lr", "intermediate"):
+        assert f'id="plot-{slug}"' in page, slug
+        assert (sw / "report_png" / f"{slug}.png").stat().st_size > 5000
+    from plotly.offline import get_plotlyjs
+
+    assert get_plotlyjs() in page  # plotly.js inline: opens from disk, no network
+    rest = page.replace(get_plotlyjs(), "")
+    assert not re.search(r"<script[^>]*\bsrc=", rest) and "cdn.plot.ly" not in rest
+    assert page.count("<tr class='complete'>") == 3
+
+
+def test_report_renders_in_headless_chromium(smoke_sweep, tmp_path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    res, sw = smoke_sweep
+    shot = tmp_path / "report.png"
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+                        "--window-size=1400,1800", "--virtual-time-budget=8000", f"--screenshot={shot}",
+                        f"file://{sw / 'report.html'}"], capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), r.stderr[-2000:]
+    import numpy as np
+    import tensorflow as tf
+
+    img = tf.io.decode_png(shot.read_bytes()).numpy()[..., :3].astype(int)
+    # plots rendered: many distinct colours and plenty of non-white pixels, not an empty page
+    non_white = (img.sum(axis=2) < 720).mean()
+    colours = len(np.unique(img.reshape(-1, 3)[:: 7], axis=0))
+    assert non_white > 0.05 and colours > 200, (non_white, colours)
+
+
+def test_report_command_and_html_escaping(tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = optuna.create_study(study_name="<script>alert(1)</script>", storage=storage, direction="maximize")
+    for i in range(3):
+        t = study.ask({"unfreeze.depth": optuna.distributions.IntDistribution(0, 5)})
+        study.tell(t, 0.5 + 0.1 * i)
+    t = study.ask()
+    t.set_user_attr("error", "<img src=x onerror=alert(2)>")
+    study.tell(t, state=TrialState.FAIL)
+    r = subprocess.run([str(Path(sys.executable).with_name("thaw-report")), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    r = subprocess.run([str(Path(sys.executable).with_name("thaw-report")), str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
 def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):

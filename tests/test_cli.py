@@ -62,6 +62,7 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
     (["lr.base=0"], "lr.base"),
     (["unfreeze.depth=99"], "unfreeze.depth"),
     (["data=folder", "data.path=/no/such/dir"], "data.path"),
+    (["data=folder", "data.path=/etc/hostname"], "is a file"),
     (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
     (["no_such_key=1"], "no_such_key"),
 ])

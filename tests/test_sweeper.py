@@ -333,7 +333,8 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
     assert all(list(t.intermediate_values) == [0] for t in trials)
 
 
-def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     sw = tmp_path / "sw"
     proc = popen(sweep_args(sw, 5), tmp_path)
 
@@ -342,7 +343,7 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path):
         return log.exists() and "phase head" in log.read_text()
     try:
         wait_for(first_epoch_logged, 300, "trial 0 to train")
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=120)
         out = output(proc)
     finally:

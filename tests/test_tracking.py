@@ -1,0 +1,45 @@
+"""W&B modes and failure handling (real wandb, offline or disabled; never online in tests)."""
+
+import logging
+
+from conftest import compose_cfg
+from thaw import tracking
+
+
+def test_auto_mode_is_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert tracking.resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.resolve_mode("auto") == "disabled"
+    assert tracking.resolve_mode("offline") == "offline"
+
+
+def test_unwritable_wandb_dir_warns_and_training_goes_on(tmp_path, caplog):
+    cfg = compose_cfg(["logger=wandb", "logger.mode=offline", "logger.dir=/dev/null/wandb"])
+    with caplog.at_level(logging.WARNING):
+        tracker = tracking.start(cfg, tmp_path)
+    assert type(tracker) is tracking.Tracker  # the no-op tracker: nothing to fail later
+    assert "cannot be created" in caplog.text
+    tracker.log_epoch({"phase": "head", "loss": 0.5}, step=0)
+    tracker.finish({"objective": 0.5}, "COMPLETE")
+
+
+def test_offline_run_lives_in_the_run_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg(["experiment=smoke", "logger=wandb", "logger.mode=offline"])
+    tracker = tracking.start(cfg, tmp_path)
+    assert isinstance(tracker, tracking.WandbTracker)
+    tracker.log_epoch({"phase": "head", "loss": 0.7, "val_accuracy": float("nan")}, step=0)
+    tracker.finish({"objective": 0.5}, "FAIL")
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+
+
+def test_logger_none_tracks_nothing(tmp_path):
+    tracker = tracking.start(compose_cfg(["logger=none"]), tmp_path)
+    assert type(tracker) is tracking.Tracker
+    assert not (tmp_path / "wandb").exists()

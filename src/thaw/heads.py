@@ -13,5 +13,5 @@ def build_head(x, cfg, num_classes: int):
     if cfg.dropout > 0:
         x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
     if num_classes == 2:
-        return layers.Dense(1, name="head_logit")(x)
-    return layers.Dense(num_classes, activation="softmax", name="head_softmax")(x)
+        return layers.Dense(1, name="head_logit", dtype="float32")(x)
+    return layers.Dense(num_classes, activation="softmax", name="head_softmax", dtype="float32")(x)

@@ -23,7 +23,7 @@ def base_training_flag(cfg_backbone):
 
 
 def build_classifier(cfg, num_classes: int):
-    """Returns (model, base)."""
+    """Returns (model, base, base output tensor in the model's graph)."""
     import keras
     from keras import layers
 
@@ -39,10 +39,10 @@ def build_classifier(cfg, num_classes: int):
         x = layers.RandomFlip("horizontal", name="augment_flip")(x)
         x = layers.RandomRotation(0.1, name="augment_rotate")(x)
     x = preprocessing_layer(spec)(x)
-    x = base(x, training=base_training_flag(cfg.backbone))
-    outputs = build_head(x, cfg.head, num_classes)
+    features = base(x, training=base_training_flag(cfg.backbone))
+    outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
-    return model, base
+    return model, base, features
 
 
 def count_trainable(model) -> int:

@@ -106,6 +106,29 @@ def _make_callback(phase: str, epochs_before: int, total_epochs: int, n_train: i
     return EpochCallback()
 
 
+def _feature_cache(cfg):
+    """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image."""
+    from thaw.errors import ConfigError
+    from thaw.model import base_training_flag
+
+    mode = cfg.trainer.cache_features
+    if mode in (False, "false"):
+        return None
+    reasons = []
+    if cfg.data.augment:
+        reasons.append("data.augment=true changes the images every epoch")
+    if base_training_flag(cfg.backbone) is not False:
+        reasons.append("the random-init base trains BatchNorm (backbone.batchnorm=inference allows caching)")
+    if reasons:
+        if mode in (True, "true"):
+            raise ConfigError("trainer.cache_features=true: " + "; ".join(reasons))
+        log.info("feature cache off: %s", "; ".join(reasons))
+        return None
+    from thaw.features import FeatureCache
+
+    return FeatureCache(int(cfg.trainer.cache_max_mb) * 2 ** 20, cfg.trainer.cache_dir)
+
+
 def _objective_value(name: str, metrics: Dict[str, Any]) -> float:
     value = metrics.get(name)
     if value is None:
@@ -128,6 +151,8 @@ def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     t_start = time.perf_counter()
     seed = int(cfg.trainer.seed)
     keras.utils.set_random_seed(seed)
+    # float32, or mixed precision on a GPU (the output layer stays float32, see heads.py)
+    keras.mixed_precision.set_global_policy(cfg.trainer.precision)
     if cfg.trainer.deterministic:
         import tensorflow as tf
 
@@ -155,10 +180,9 @@ def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     from thaw.model import build_classifier, count_trainable
 
     t0 = time.perf_counter()
-    model, base = build_classifier(cfg, ds.num_classes)
+    model, base, base_out = build_classifier(cfg, ds.num_classes)
     build_s = time.perf_counter() - t0
     bs = int(cfg.data.batch_size)
-    train_ds = data_mod.to_tf(ds.train, bs, shuffle=True, seed=seed)
     val_ds = data_mod.to_tf(ds.val, bs, shuffle=False, seed=seed)
     steps = math.ceil(len(ds.train) / bs)
     loss, metric_objs = _loss_and_metrics(ds.num_classes)
@@ -189,13 +213,62 @@ def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     total_epochs = head_epochs + ft_epochs
     objective_name = objectives[0] if len(objectives) == 1 else ""
 
+    cache = _feature_cache(cfg)
+    metrics["feature_cache"] = cache is not None
+
+    def phase_inputs(phase: str):
+        """(model to fit, train data, val data): the full model on images, or its trainable top on
+        cached activations of the frozen prefix (same layer objects, so the full model learns)."""
+        if cache is None or phase_epochs[phase] == 0:
+            # a fresh pipeline per phase: the same shuffle order as the cached path
+            return model, data_mod.to_tf(ds.train, bs, shuffle=True, seed=seed), val_ds, "images"
+        from thaw import features
+
+        wfp = features.weights_fingerprint(cfg.backbone, seed)
+        prefix = f"{spec.name}|{cfg.backbone.alpha}|{size}|{wfp}"
+        trainable_names = {l.name for l in base.layers if l.trainable}
+        t0 = time.perf_counter()
+        if not trainable_names:  # only the head trains: pooled features
+            pool_out = model.get_layer("head_pool").output
+            feat_model = keras.Model(model.input, pool_out)
+            fit_model = keras.Model(pool_out, model.output)
+            tag = "pooled"
+        else:
+            bt = features.boundary_tensor(base, trainable_names)
+            if bt is None:
+                log.info("feature cache: no single boundary tensor for these blocks; training on images")
+                return model, data_mod.to_tf(ds.train, bs, shuffle=True, seed=seed), val_ds, "images"
+            top = keras.Model(bt, base.output)
+            prefix_model = keras.Model(base.input, bt)
+            img = keras.Input((size, size, 3))
+            feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
+            head = keras.Model(base_out, model.output)
+            inp = keras.Input(tuple(bt.shape[1:]))
+            fit_model = keras.Model(inp, head(top(inp, training=False)))
+            tag = f"at {bt._keras_history[0].name}"
+        key_prefix = f"{prefix}|{tag}"
+        x_train = cache.get_or_compute(features.split_key(key_prefix, "train", ds.train.images),
+                                       lambda: features.predict(feat_model, ds.train.images, max(bs, 64)))
+        x_val = cache.get_or_compute(features.split_key(key_prefix, "val", ds.val.images),
+                                     lambda: features.predict(feat_model, ds.val.images, max(bs, 64)))
+        secs = time.perf_counter() - t0
+        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d)",
+                 tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses)
+        state.phases.setdefault(phase, {}).update({"cache": tag, "cache_seconds": secs})
+        tr = data_mod.to_tf(data_mod.Split(x_train, ds.train.labels), bs, shuffle=True, seed=seed)
+        va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), bs, shuffle=False, seed=seed)
+        return fit_model, tr, va, "features"
+
+    phase_epochs = {"head": head_epochs, "finetune": ft_epochs}
+
     def run_phase(phase: str, lr0: float, epochs: int, first_epoch: int) -> None:
-        model.compile(optimizer=_optimizer(cfg.trainer.optimizer,
-                                           _learning_rate(cfg.lr, lr0, epochs, steps)),
-                      loss=loss, metrics=metric_objs)
+        fit_model, tr_ds, va_ds, source = phase_inputs(phase)
+        fit_model.compile(optimizer=_optimizer(cfg.trainer.optimizer,
+                                               _learning_rate(cfg.lr, lr0, epochs, steps)),
+                          loss=loss, metrics=metric_objs, jit_compile=cfg.trainer.jit_compile)
         n_trainable = count_trainable(model)
-        log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters", phase, epochs, lr0,
-                 f"{n_trainable:,}")
+        log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s", phase, epochs, lr0,
+                 f"{n_trainable:,}", "cached activations" if source == "features" else "images")
         info = state.phases.setdefault(phase, {})
         info.update({"epochs": epochs, "learning_rate": lr0, "trainable_params": n_trainable})
         if epochs == 0:
@@ -204,8 +277,8 @@ def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
         cb = _make_callback(phase, first_epoch, total_epochs, len(ds.train), state, write_metrics,
                             reporter, objective_name, tracker, n_trainable)
         t0 = time.perf_counter()
-        model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
-                  callbacks=[cb], verbose=0, shuffle=False)
+        fit_model.fit(tr_ds, validation_data=va_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
+                      callbacks=[cb], verbose=0, shuffle=False)
         info["seconds"] = time.perf_counter() - t0
         tracker.log_phase(phase, info)
         run_rows = [r for r in state.history if r["phase"] == phase]

@@ -1,0 +1,78 @@
+"""The frozen-prefix activation cache gives the same training as the uncached path, and is reused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import compose_cfg
+from thaw import features
+
+
+def _run(tmp_path, name, *overrides):
+    from thaw.train import train
+
+    out = tmp_path / name
+    train(compose_cfg(["experiment=smoke", "head.dropout=0", "trainer.head_epochs=2", "trainer.finetune_epochs=2",
+                       "unfreeze.depth=2", "data.num_train=64", "data.num_val=32", *overrides]), out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("weights", ["random", "pretrained"])
+def test_cached_training_matches_uncached(tmp_path, weights, request):
+    if weights == "pretrained":
+        w = request.getfixturevalue("mnv2_weights")
+        common = [f"backbone.weights={w}"]
+    else:  # a random base in inference mode is also a fixed function of the image
+        common = ["backbone.batchnorm=inference"]
+    features.clear_memory_cache()
+    off = _run(tmp_path, "off", *common, "trainer.cache_features=false")
+    on = _run(tmp_path, "on", *common, "trainer.cache_features=true")
+    assert not off["feature_cache"] and on["feature_cache"]
+    assert on["phases"]["head"]["cache"] == "pooled"
+    assert on["phases"]["finetune"]["cache"].startswith("at block_")
+    for a, b in zip(off["history"], on["history"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+    assert on["phases"]["finetune"]["trainable_params"] == off["phases"]["finetune"]["trainable_params"]
+
+
+def test_auto_falls_back_with_augmentation_or_training_batchnorm(tmp_path):
+    m = _run(tmp_path, "aug", "data.augment=true", "backbone.batchnorm=inference")
+    assert m["feature_cache"] is False
+    m = _run(tmp_path, "bn", "backbone.weights=null")  # random init: BatchNorm trains
+    assert m["feature_cache"] is False
+
+
+def test_cache_true_with_augmentation_is_refused(tmp_path):
+    from thaw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.cache_features=true"):
+        _run(tmp_path, "x", "data.augment=true", "backbone.batchnorm=inference", "trainer.cache_features=true")
+
+
+def test_cache_is_reused_across_runs_and_processes(tmp_path):
+    features.clear_memory_cache()
+    cache_dir = tmp_path / "cache"
+    common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
+    _run(tmp_path, "a", *common)
+    files = sorted(cache_dir.glob("*.npy"))
+    assert len(files) == 4  # pooled train/val + boundary train/val
+    # in-process reuse: no file is rewritten
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    _run(tmp_path, "b", *common)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    # another process: memory is empty, the disk cache serves it
+    features.clear_memory_cache()
+    m = _run(tmp_path, "c", *common, "unfreeze.depth=3")
+    assert len(list(cache_dir.glob("*.npy"))) == 6  # a new boundary for depth 3, pooled reused
+    assert m["feature_cache"]
+
+
+def test_memory_cache_is_bounded():
+    features.clear_memory_cache()
+    cache = features.FeatureCache(max_bytes=3000, cache_dir=None)
+    for i in range(5):
+        cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
+    assert features._memory_bytes() <= 3000
+    assert list(features._MEMORY) == ["k2", "k3", "k4"]

@@ -1,0 +1,58 @@
+"""The same depth_lr sweep twice: cache and pruning off (how other tools run it), then both on.
+
+    python benchmarks/sweep_speed.py            # 8 trials, 160 px, full shared cats_vs_dogs
+    python benchmarks/sweep_speed.py --quick    # 6 trials, 96 px, 150 images per class and split
+
+Prints one JSON line per sweep and one with the speed-up. Needs ../shared (real data and weights).
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DATA, REPO, WEIGHTS, emit, need_shared, timed  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--trials", type=int, default=None)
+    args = ap.parse_args()
+    need_shared()
+    n_trials = args.trials or (6 if args.quick else 8)
+    common = [
+        "experiment=cats_vs_dogs_local", "sweep=depth_lr", "logger=none", "trainer.save_model=false",
+        f"data.path={DATA}", f"backbone.weights={WEIGHTS}", f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.sampler.seed=7", "hydra.sweeper.sampler.n_startup_trials=3",
+    ]
+    if args.quick:
+        common += ["backbone.image_size=96", "data.max_per_class=150", "trainer.head_epochs=3",
+                   "trainer.finetune_epochs=3"]
+    variants = {
+        "baseline": ["trainer.cache_features=false", "hydra.sweeper.pruner._target_=optuna.pruners.NopPruner",
+                     "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps"],
+        "thaw": ["trainer.cache_features=auto"],
+    }
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="thaw-bench-") as tmp:
+        for name, extra in variants.items():
+            sweep_dir = Path(tmp) / name
+            cmd = [sys.executable, "-m", "thaw.cli", "--multirun", *common, *extra,
+                   f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name=bench-{name}"]
+            secs, _ = timed(cmd, REPO, log_path=Path(tmp) / f"{name}.log")
+            res = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+            results[name] = (secs, res)
+            emit(figure="sweep", variant=name, quick=args.quick, n_trials=n_trials, wall_seconds=round(secs, 1),
+                 best_value=res.get("best_value"), best_params=res.get("best_params"),
+                 trial_counts={k: v for k, v in res["trial_counts"].items() if v})
+    (b_secs, b_res), (t_secs, t_res) = results["baseline"], results["thaw"]
+    emit(figure="speedup", quick=args.quick, speedup=round(b_secs / t_secs, 2),
+         best_value_delta_points=round(100 * ((t_res.get("best_value") or 0) - (b_res.get("best_value") or 0)), 2))
+
+
+if __name__ == "__main__":
+    main()

@@ -268,7 +268,8 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
 
 def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path):
     sw = tmp_path / "sw"
-    args = sweep_args(sw, 3, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4")
+    args = sweep_args(sw, 3, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
+                      "hydra.sweeper.max_retry=1")
     proc = popen(args, tmp_path)
     try:
         def second_trial_running():
@@ -297,6 +298,12 @@ def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path):
     stale = states[TrialState.FAIL]
     assert [t.number for t in stale] == [1] and "error" not in stale[0].user_attrs
     assert len(trials) == 4
+    # max_retry=1: the dead worker's trial is re-run with the same params
+    from optuna.storages import RetryFailedTrialCallback
+
+    retried = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == 1]
+    assert len(retried) == 1 and retried[0].params == stale[0].params
+    assert retried[0].state == TrialState.COMPLETE
 
 
 def test_two_workers_share_one_study(tmp_path):

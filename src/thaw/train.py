@@ -136,9 +136,43 @@ def _objective_value(name: str, metrics: Dict[str, Any]) -> float:
     return float(value)
 
 
+def configure_devices(cfg_trainer):
+    """Memory growth on every GPU (two workers can share a card) and, optionally, logical CPUs.
+    Must run before TensorFlow initialises its devices; later calls in the same process are no-ops."""
+    import tensorflow as tf
+
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cfg_trainer.cpu_devices:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * int(cfg_trainer.cpu_devices))
+    except RuntimeError as exc:  # devices already initialised (an earlier trial in this process)
+        log.debug("device configuration unchanged: %s", exc)
+
+
+def make_strategy(cfg_trainer):
+    import tensorflow as tf
+
+    if cfg_trainer.strategy != "mirrored":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_devices(cfg.trainer)
+    strategy = make_strategy(cfg.trainer)
+    with strategy.scope():
+        result = _train(cfg, output_dir, reporter, tracker, strategy)
+    return result
+
+
+def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
     import keras
     import numpy as np
 
@@ -200,6 +234,7 @@ def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
         "num_train": len(ds.train), "num_val": len(ds.val), "num_test": len(ds.test) if ds.test else 0,
         "skipped_files": ds.skipped, "num_skipped_files": len(ds.skipped),
         "data_seconds": load_s, "build_seconds": build_s,
+        "strategy": {"name": cfg.trainer.strategy, "replicas": int(strategy.num_replicas_in_sync)},
         "history": state.history, "phases": state.phases,
     }
 

@@ -380,7 +380,42 @@ def load_tfds(cfg, image_size: int) -> Dataset:
     return Dataset(list(info.features["label"].names), train, val, test)
 
 
+_LAST: dict = {}  # the last decoded data set: trials of an in-process sweep decode once
+
+
 def load(cfg, image_size: int, seed: int) -> Dataset:
+    """Decoded, resized splits; reused across the trials of one process while the data config is unchanged."""
+    from omegaconf import OmegaConf
+
+    key = (OmegaConf.to_yaml(cfg) if OmegaConf.is_config(cfg) else repr(cfg), image_size, seed)
+    if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
+        return _LAST["data"]
+    data = _load(cfg, image_size, seed)
+    _LAST.clear()
+    _LAST.update(key=key, data=data, stamp=_folder_stamp(cfg))
+    return data
+
+
+def _folder_stamp(cfg):
+    if cfg.name != "folder" or not cfg.path:
+        return None
+    root = os.path.expanduser(str(cfg.path))
+    stamps = []
+    try:  # a file added or removed changes the mtime of its class folder (depth 1 or 2)
+        for dirpath, dirnames, _ in os.walk(root):
+            stamps.append((dirpath, os.stat(dirpath).st_mtime_ns))
+            if dirpath.count(os.sep) - root.rstrip(os.sep).count(os.sep) >= 2:
+                dirnames[:] = []
+    except OSError:
+        return None
+    return tuple(stamps)
+
+
+def _folder_unchanged(cfg, stamp) -> bool:
+    return _folder_stamp(cfg) == stamp
+
+
+def _load(cfg, image_size: int, seed: int) -> Dataset:
     if cfg.name == "synthetic":
         return load_synthetic(cfg, image_size, seed)
     if cfg.name == "folder":

@@ -304,6 +304,9 @@ def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path):
     retried = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == 1]
     assert len(retried) == 1 and retried[0].params == stale[0].params
     assert retried[0].state == TrialState.COMPLETE
+    # the resumed, seeded sampler does not replay the first run's draws
+    fresh = [t for t in trials if t.number not in (1, retried[0].number)]
+    assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)
 
 
 def test_two_workers_share_one_study(tmp_path):
@@ -362,3 +365,16 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     assert all(t.state != TrialState.RUNNING for t in trials)
     assert trials[0].state == TrialState.FAIL and "interrupted" in trials[0].user_attrs
     assert (sw / "optimization_results.yaml").is_file()
+
+
+def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_path):
+    res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
+                      "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
+                      "hydra.sweeper.max_failure_rate=0.5",
+                      "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+                      "~hydra.sweeper.sampler.n_startup_trials",
+                      "head=choice(linear,no_such_head)", "unfreeze.depth=1", "lr.base=1e-3"], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    states = by_state(load(tmp_path / "sw"))
+    assert len(states[TrialState.COMPLETE]) == 1 and len(states[TrialState.FAIL]) == 1
+    assert "no_such_head" in states[TrialState.FAIL][0].user_attrs["error"]

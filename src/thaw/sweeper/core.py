@@ -169,6 +169,7 @@ class SweepRunner:
         if existing != directions:
             raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
                               f"not {directions}")
+        self._reseed_on_resume(study)
         self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
         self.n_trials, self.directions = n_trials, directions
         beats = _Heartbeats(storage, interval)
@@ -261,6 +262,21 @@ class SweepRunner:
             log.info("best trial %d on the held-out test split: accuracy %.4f (%d images)", best.number,
                      res["test_accuracy"], res["num_test"])
 
+    def _reseed_on_resume(self, study) -> None:
+        """A seeded sampler restarted on an existing study would replay the same random draws and
+        repeat earlier configurations: offset its seed by the number of trials already there."""
+        from hydra.utils import instantiate
+
+        n = len(study.get_trials(deepcopy=False))
+        node = self.config.hydra.sweeper.get("sampler") if self.config is not None else None
+        if not n or node is None or node.get("seed") is None:
+            return
+        try:
+            study.sampler = instantiate(node, seed=int(node.seed) + n)
+            log.info("resuming: sampler seed %d offset by the %d existing trials", int(node.seed), n)
+        except Exception as exc:
+            log.warning("could not re-seed the sampler on resume: %s", exc)
+
     def _surplus(self, trial) -> bool:
         """Another worker filled the last slot between our count and our ask: give this one back."""
         from optuna.trial import TrialState
@@ -290,10 +306,19 @@ class SweepRunner:
             log.info("trial %d: %s", trial.number, " ".join(sampled))
         try:
             returns = self.launcher.launch(job_overrides, initial_job_idx=batch[0].number)
+        except Exception as exc:  # e.g. a job's config failed to compose: fail the batch, keep sweeping
+            err = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+            log.error("launching trial(s) %s failed: %s", [t.number for t in batch], err)
+            returns = [None] * len(batch)
         finally:
             for trial in batch:
                 beats.remove(trial._trial_id)
         for trial, ret in zip(batch, returns):
+            if ret is None:
+                if self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                    self.storage.set_trial_user_attr(trial._trial_id, "error", err)
+                    self.study.tell(trial, state=TrialState.FAIL)
+                continue
             frozen = self.storage.get_trial(trial._trial_id)
             if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
                 if ret.status == JobStatus.COMPLETED and ret._return_value is not None:

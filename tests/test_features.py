@@ -13,7 +13,7 @@ def _run(tmp_path, name, *overrides):
     from thaw.train import train
 
     out = tmp_path / name
-    train(compose_cfg(["experiment=smoke", "head.dropout=0", "trainer.head_epochs=2", "trainer.finetune_epochs=2",
+    train(compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2", "trainer.finetune_epochs=2",
                        "unfreeze.depth=2", "data.num_train=64", "data.num_val=32", *overrides]), out)
     return json.loads((out / "metrics.json").read_text())
 

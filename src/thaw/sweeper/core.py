@@ -287,8 +287,15 @@ class SweepRunner:
         if len(before) < self.n_trials:
             return False
         self.study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._fail(trial._trial_id)
         return True
+
+    def _fail(self, trial_id) -> None:
+        """FAIL through the storage: Study.tell would run sampler hooks (BruteForceSampler calls
+        Study.stop, which raises outside Study.optimize, before the state is written)."""
+        from optuna.trial import TrialState
+
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def _run_batch(self, batch, fixed_lines, study_name, beats) -> None:
         from hydra.core.utils import JobStatus
@@ -317,7 +324,7 @@ class SweepRunner:
             if ret is None:
                 if self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                     self.storage.set_trial_user_attr(trial._trial_id, "error", err)
-                    self.study.tell(trial, state=TrialState.FAIL)
+                    self._fail(trial._trial_id)
                 continue
             frozen = self.storage.get_trial(trial._trial_id)
             if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
@@ -326,7 +333,7 @@ class SweepRunner:
                 else:
                     err = ret._return_value if ret.status == JobStatus.FAILED else "job returned no value"
                     self.storage.set_trial_user_attr(trial._trial_id, "error", f"{type(err).__name__}: {err}"[:2000])
-                    self.study.tell(trial, state=TrialState.FAIL)
+                    self._fail(trial._trial_id)
                 frozen = self.storage.get_trial(trial._trial_id)
             value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
             extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""

@@ -154,23 +154,17 @@ def _hydra_main(cfg: DictConfig):
     return run(cfg)
 
 
-def _install_sigterm() -> None:
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass
-
-
 def main() -> None:
+    from thaw import interrupt
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     precheck(sys.argv[1:])
-    _install_sigterm()
-    _hydra_main()
+    interrupt.install()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        print("thaw-train: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

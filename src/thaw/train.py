@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from thaw import data as data_mod
-from thaw import unfreeze
+from thaw import interrupt, unfreeze
 from thaw.backbones import get_spec
 from thaw.errors import TrainingError
 from thaw.outputs import write_json_atomic
@@ -76,6 +76,10 @@ def _make_callback(phase: str, epochs_before: int, total_epochs: int, n_train: i
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if interrupt.REQUESTED.is_set():  # Ctrl-C/SIGTERM: stop at a batch boundary
+                self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -315,6 +319,7 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
         fit_model.fit(tr_ds, validation_data=va_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
                       callbacks=[cb], verbose=0, shuffle=False)
         info["seconds"] = time.perf_counter() - t0
+        interrupt.check()
         tracker.log_phase(phase, info)
         run_rows = [r for r in state.history if r["phase"] == phase]
         if run_rows:
@@ -329,6 +334,7 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
             raise Pruned(errors["pruned"])
 
     try:
+        interrupt.check()
         # Phase 1: the whole base frozen, only the head learns.
         unfreeze.freeze_all(base)
         run_phase("head", float(cfg.lr.base), head_epochs, 0)

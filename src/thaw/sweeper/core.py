@@ -179,7 +179,10 @@ class SweepRunner:
         fixed_lines = list(fixed.values())
         interrupted = False
         try:
+            from thaw import interrupt
+
             while True:
+                interrupt.check()
                 if interval:
                     optuna.storages.fail_stale_trials(study)
                 trials = study.get_trials(deepcopy=False)

@@ -26,8 +26,10 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     else:  # a random base in inference mode is also a fixed function of the image
         common = ["backbone.batchnorm=inference"]
     features.clear_memory_cache()
-    off = _run(tmp_path, "off", *common, "trainer.cache_features=false")
-    on = _run(tmp_path, "on", *common, "trainer.cache_features=true")
+    off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
+    on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
+    # the full model (not the sub-model that trained) is evaluated on the test split
+    assert on["test_accuracy"] == pytest.approx(off["test_accuracy"], abs=1e-6)
     assert not off["feature_cache"] and on["feature_cache"]
     assert on["phases"]["head"]["cache"] == "pooled"
     assert on["phases"]["finetune"]["cache"].startswith("at block_")

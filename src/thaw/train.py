@@ -364,6 +364,7 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
     metrics["trainable_params"] = state.phases.get("finetune", {}).get("trainable_params")
     # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
     if reporter is None and ds.test is not None and len(ds.test):
+        model.compile(loss=loss, metrics=metric_objs)  # the phases may have fit a sub-model (feature cache)
         test_ds = data_mod.to_tf(ds.test, bs, shuffle=False, seed=seed)
         res = model.evaluate(test_ds, verbose=0, return_dict=True)
         metrics["test_accuracy"] = float(res["accuracy"])

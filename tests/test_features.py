@@ -12,9 +12,15 @@ from thaw import features
 def _run(tmp_path, name, *overrides):
     from thaw.train import train
 
+    from omegaconf import OmegaConf
+
     out = tmp_path / name
-    train(compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2", "trainer.finetune_epochs=2",
-                       "unfreeze.depth=2", "data.num_train=64", "data.num_val=32", *overrides]), out)
+    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2",
+                       "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
+                       *overrides])
+    train(cfg, out)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra would, for thaw.evaluate
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -28,8 +34,13 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     features.clear_memory_cache()
     off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
     on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
-    # the full model (not the sub-model that trained) is evaluated on the test split
+    # the full model (not the sub-model that trained) is evaluated on the test split, with fresh
+    # metric state: the same figure as reloading model.keras and evaluating it (thaw.evaluate)
+    from thaw.evaluate import evaluate_test
+
     assert on["test_accuracy"] == pytest.approx(off["test_accuracy"], abs=1e-6)
+    assert on["test_accuracy"] == pytest.approx(evaluate_test(tmp_path / "on")["test_accuracy"], abs=1e-6)
+    assert (on["test_accuracy"] * 16) == pytest.approx(round(on["test_accuracy"] * 16), abs=1e-4)
     assert not off["feature_cache"] and on["feature_cache"]
     assert on["phases"]["head"]["cache"] == "pooled"
     assert on["phases"]["finetune"]["cache"].startswith("at block_")

@@ -223,7 +223,9 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
     bs = int(cfg.data.batch_size)
     val_ds = data_mod.to_tf(ds.val, bs, shuffle=False, seed=seed)
     steps = math.ceil(len(ds.train) / bs)
-    loss, metric_objs = _loss_and_metrics(ds.num_classes)
+    # Fresh loss/metric objects for every compile: a metric object reused by a newly compiled model
+    # keeps the state of its last pass until the model's metrics are built (stale accuracy).
+    loss, _ = _loss_and_metrics(ds.num_classes)
     objectives = list(cfg.trainer.objective) if not isinstance(cfg.trainer.objective, str) else [cfg.trainer.objective]
     state = _RunState()
     metrics: Dict[str, Any] = {
@@ -304,7 +306,8 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
         fit_model, tr_ds, va_ds, source = phase_inputs(phase)
         fit_model.compile(optimizer=_optimizer(cfg.trainer.optimizer,
                                                _learning_rate(cfg.lr, lr0, epochs, steps)),
-                          loss=loss, metrics=metric_objs, jit_compile=cfg.trainer.jit_compile)
+                          loss=loss, metrics=_loss_and_metrics(ds.num_classes)[1],
+                          jit_compile=cfg.trainer.jit_compile)
         n_trainable = count_trainable(model)
         log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s", phase, epochs, lr0,
                  f"{n_trainable:,}", "cached activations" if source == "features" else "images")
@@ -364,7 +367,8 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
     metrics["trainable_params"] = state.phases.get("finetune", {}).get("trainable_params")
     # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
     if reporter is None and ds.test is not None and len(ds.test):
-        model.compile(loss=loss, metrics=metric_objs)  # the phases may have fit a sub-model (feature cache)
+        # the phases may have fit a sub-model (feature cache): compile the full model afresh
+        model.compile(loss=loss, metrics=_loss_and_metrics(ds.num_classes)[1])
         test_ds = data_mod.to_tf(ds.test, bs, shuffle=False, seed=seed)
         res = model.evaluate(test_ds, verbose=0, return_dict=True)
         metrics["test_accuracy"] = float(res["accuracy"])

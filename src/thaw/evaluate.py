@@ -35,7 +35,7 @@ def evaluate_test(run_dir) -> Optional[Dict[str, Any]]:
     ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))
     if ds.test is None or not len(ds.test):
         return None
-    model = keras.saving.load_model(model_path, safe_mode=True)
+    model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     if ds.num_classes == 2:
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
         metric = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)

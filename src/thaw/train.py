@@ -365,6 +365,9 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
     metrics["best_epoch"] = best + 1
     metrics["best_val_accuracy"] = state.history[best].get("val_accuracy")
     metrics["trainable_params"] = state.phases.get("finetune", {}).get("trainable_params")
+    if cfg.trainer.save_model:
+        _save_model(model, out, cfg.trainer.export_h5)
+        metrics["model_path"] = str(out / "model.keras")
     # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
     if reporter is None and ds.test is not None and len(ds.test):
         # the phases may have fit a sub-model (feature cache): compile the full model afresh
@@ -375,9 +378,6 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
         metrics["test_loss"] = float(res["loss"])
         log.info("test: accuracy %.4f  loss %.4f (%d images)", metrics["test_accuracy"],
                  metrics["test_loss"], len(ds.test))
-    if cfg.trainer.save_model:
-        _save_model(model, out, cfg.trainer.export_h5)
-        metrics["model_path"] = str(out / "model.keras")
     metrics["wall_seconds"] = time.perf_counter() - t_start
     values = [_objective_value(name, metrics) for name in objectives]
     metrics["objective"] = values[0] if len(values) == 1 else values

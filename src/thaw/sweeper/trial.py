@@ -57,13 +57,9 @@ class TrialHandle:
         if self._told:
             return
         self._told = True
-        from optuna.trial import TrialState
-
-        state = self.storage.get_trial(self._trial_id).state
-        if state.is_finished():
+        if self.storage.get_trial(self._trial_id).state.is_finished():
             return
         self.study.tell(self.number, **kwargs)
-        del TrialState
 
     def complete(self, values, run_dir: Path) -> None:
         self.trial.set_user_attr("run_dir", str(run_dir))

@@ -378,3 +378,24 @@ def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_pat
     states = by_state(load(tmp_path / "sw"))
     assert len(states[TrialState.COMPLETE]) == 1 and len(states[TrialState.FAIL]) == 1
     assert "no_such_head" in states[TrialState.FAIL][0].user_attrs["error"]
+
+
+def test_workers_creating_a_new_storage_at_once_do_not_fail(tmp_path):
+    """Several processes opening a brand-new SQLite study file race on its schema; all must succeed."""
+    import threading
+
+    from thaw.sweeper.storage import make_storage
+
+    url, errors = f"sqlite:///{tmp_path}/new.db", []
+
+    def open_it():
+        try:
+            make_storage(url, 10, 60)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -32,11 +32,19 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period, failed_trial_callback=callback)
-    except Exception as exc:  # sqlalchemy / driver errors
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"hydra.sweeper.storage: cannot open {redact(url)} ({first})") from None
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import time
+
+    for attempt in range(6):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period, failed_trial_callback=callback)
+        except Exception as exc:  # sqlalchemy / driver errors
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # Several processes creating the schema of a new database at once race on it
+            # ("UNIQUE constraint failed: alembic_version"): the loser retries and finds it made.
+            if attempt < 5 and any(k in first for k in ("IntegrityError", "UniqueViolation", "already exists", "locked")):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"hydra.sweeper.storage: cannot open {redact(url)} ({first})") from None
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -21,6 +21,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--trials", type=int, default=None)
+    ap.add_argument("--only", choices=["baseline", "thaw"], help="run one variant (no speed-up line)")
+    ap.add_argument("--keep", metavar="DIR", help="keep the sweep dirs and logs here")
     args = ap.parse_args()
     need_shared()
     n_trials = args.trials or (6 if args.quick else 8)
@@ -37,8 +39,13 @@ def main():
                      "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps"],
         "thaw": ["trainer.cache_features=auto"],
     }
+    if args.only:
+        variants = {args.only: variants[args.only]}
     results = {}
     with tempfile.TemporaryDirectory(prefix="thaw-bench-") as tmp:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         for name, extra in variants.items():
             sweep_dir = Path(tmp) / name
             cmd = [sys.executable, "-m", "thaw.cli", "--multirun", *common, *extra,
@@ -49,6 +56,8 @@ def main():
             emit(figure="sweep", variant=name, quick=args.quick, n_trials=n_trials, wall_seconds=round(secs, 1),
                  best_value=res.get("best_value"), best_params=res.get("best_params"),
                  trial_counts={k: v for k, v in res["trial_counts"].items() if v})
+    if args.only:
+        return
     (b_secs, b_res), (t_secs, t_res) = results["baseline"], results["thaw"]
     emit(figure="speedup", quick=args.quick, speedup=round(b_secs / t_secs, 2),
          best_value_delta_points=round(100 * ((t_res.get("best_value") or 0) - (b_res.get("best_value") or 0)), 2))

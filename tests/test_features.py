@@ -9,7 +9,7 @@ from conftest import compose_cfg
 from thaw import features
 
 
-def _run(tmp_path, name, *overrides):
+def _run(tmp_path, name, *overrides, reporter=None):
     from thaw.train import train
 
     from omegaconf import OmegaConf
@@ -18,7 +18,7 @@ def _run(tmp_path, name, *overrides):
     cfg = compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2",
                        "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
                        *overrides])
-    train(cfg, out)
+    train(cfg, out, reporter=reporter)
     (out / ".hydra").mkdir()
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra would, for thaw.evaluate
     return json.loads((out / "metrics.json").read_text())
@@ -80,6 +80,46 @@ def test_cache_is_reused_across_runs_and_processes(tmp_path):
     m = _run(tmp_path, "c", *common, "unfreeze.depth=3")
     assert len(list(cache_dir.glob("*.npy"))) == 6  # a new boundary for depth 3, pooled reused
     assert m["feature_cache"]
+
+
+class NeverPrune:
+    """What a sweep trial's TrialHandle offers train(): report(step, value) -> prune?"""
+
+    def __init__(self):
+        self.steps = []
+
+    def report(self, step, value):
+        self.steps.append(step)
+        return False
+
+
+def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
+    features.clear_memory_cache()
+    cache_dir = tmp_path / "cache"
+    common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
+    deep = NeverPrune()
+    _run(tmp_path, "deep", *common, "unfreeze.depth=4", reporter=deep)
+    assert deep.steps == [0, 1, 2, 3]
+    files = set(cache_dir.glob("*.npy"))
+    assert len(files) > 4  # pooled + depth 4's boundary + shallower ones, train and val each
+    # later trials at shallower depths are served from that one pass: nothing new is computed
+    for depth in (3, 2, 1):
+        _run(tmp_path, f"d{depth}", *common, f"unfreeze.depth={depth}", reporter=NeverPrune())
+        assert set(cache_dir.glob("*.npy")) == files, depth
+    # and train exactly as without any cache
+    features.clear_memory_cache()
+    fresh = _run(tmp_path, "fresh", "backbone.batchnorm=inference", "trainer.cache_features=false", "unfreeze.depth=2")
+    served = json.loads((tmp_path / "d2" / "metrics.json").read_text())
+    for a, b in zip(fresh["history"], served["history"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+
+
+def test_single_runs_store_only_their_own_boundary(tmp_path):
+    features.clear_memory_cache()
+    cache_dir = tmp_path / "cache"
+    _run(tmp_path, "one", "backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}", "unfreeze.depth=4")
+    assert len(list(cache_dir.glob("*.npy"))) == 4
 
 
 def test_memory_cache_is_bounded():

@@ -56,6 +56,13 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
+    def __contains__(self, key: str) -> bool:
+        return key in _MEMORY or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self._remember(key, arr)
+        self._write(key, arr)
+
     def get_or_compute(self, key: str, compute) -> np.ndarray:
         if key in _MEMORY:
             _MEMORY.move_to_end(key)
@@ -73,15 +80,20 @@ class FeatureCache:
         self.misses += 1
         arr = compute()
         self._remember(key, arr)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, arr)
-                os.replace(tmp, path)
-            except OSError as exc:
-                log.warning("feature cache not written to %s: %s", path, exc)
+        self._write(key, arr)
         return arr
+
+    def _write(self, key: str, arr: np.ndarray) -> None:
+        if self.dir is None:
+            return
+        path = self.dir / f"{key}.npy"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("feature cache not written to %s: %s", path, exc)
 
     def _remember(self, key: str, arr: np.ndarray) -> None:
         if arr.nbytes > self.max_bytes:
@@ -107,16 +119,26 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-def predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def predict(model, x: np.ndarray, batch_size: int):
     """The frozen prefix over all images, as one traced function (eager per-batch calls of a
-    functional model spend most of their time dispatching ops on a CPU)."""
+    functional model spend most of their time dispatching ops on a CPU). A model with several
+    outputs gives a list of arrays."""
     import tensorflow as tf
 
     forward = tf.function(lambda b: model(tf.cast(b, tf.float32), training=False), reduce_retracing=True)
     ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2)
-    out = [forward(b).numpy() for b in ds]
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    outs = None
+    for b in ds:
+        res = forward(b)
+        res = [r.numpy() for r in res] if isinstance(res, (list, tuple)) else [res.numpy()]
+        outs = [[] for _ in res] if outs is None else outs
+        for acc, r in zip(outs, res):
+            acc.append(r)
+    if outs is None:
+        return np.zeros((0,), np.float32)
+    arrays = [np.concatenate(a) for a in outs]
+    return arrays if len(arrays) > 1 or isinstance(model.output, (list, tuple)) else arrays[0]
 
 
-def split_key(prefix: str, split_name: str, images: np.ndarray) -> str:
-    return hashlib.sha1(f"{prefix}|{split_name}|{fingerprint_array(images)}".encode()).hexdigest()[:24]
+def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
+    return hashlib.sha1(f"{prefix}|{split_name}|{images_fingerprint}".encode()).hexdigest()[:24]

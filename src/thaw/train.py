@@ -133,6 +133,36 @@ def _feature_cache(cfg):
     return FeatureCache(int(cfg.trainer.cache_max_mb) * 2 ** 20, cfg.trainer.cache_dir)
 
 
+def _shallower_boundaries(base, spec, boundary, cache, keys, n_images: int):
+    """(tensor, tag) of the single boundary tensors of fewer top blocks than `boundary` has, not yet
+    cached, whose float32 activations for n_images fit in half the cache budget together."""
+    from thaw import features
+
+    mapping = unfreeze.layer_blocks(base, spec)
+    order = unfreeze.block_order(base, spec)
+    trainable_blocks = {mapping[l.name] for l in base.layers if l.trainable}
+    budget = cache.max_bytes // 2 - _nbytes(boundary, n_images)
+    seen = {id(boundary)}
+    out = []
+    for depth in range(len(trainable_blocks) - 1, 0, -1):
+        top = set(order[len(order) - depth:])
+        bt = features.boundary_tensor(base, {name for name, block in mapping.items() if block in top})
+        if bt is None or id(bt) in seen:
+            continue
+        seen.add(id(bt))
+        tag = f"at {bt._keras_history[0].name}"
+        need = _nbytes(bt, n_images)
+        if need > budget or all(k in cache for k in keys(tag)):
+            continue
+        budget -= need
+        out.append((bt, tag))
+    return out
+
+
+def _nbytes(tensor, n_images: int) -> int:
+    return int(math.prod(int(d) for d in tensor.shape[1:])) * 4 * n_images
+
+
 def _objective_value(name: str, metrics: Dict[str, Any]) -> float:
     value = metrics.get(name)
     if value is None:
@@ -267,8 +297,17 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
 
         wfp = features.weights_fingerprint(cfg.backbone, seed)
         prefix = f"{spec.name}|{cfg.backbone.alpha}|{size}|{wfp}"
+        for split_name, split in (("train", ds.train), ("val", ds.val)):
+            if split_name not in fingerprints:  # hashing the images once per run, not per key
+                fingerprints[split_name] = features.fingerprint_array(split.images)
+
+        def keys(tag):
+            return tuple(features.split_key(f"{prefix}|{tag}", n, fingerprints[n]) for n in ("train", "val"))
+
         trainable_names = {l.name for l in base.layers if l.trainable}
         t0 = time.perf_counter()
+        img = keras.Input((size, size, 3))
+        extras = []
         if not trainable_names:  # only the head trains: pooled features
             pool_out = model.get_layer("head_pool").output
             feat_model = keras.Model(model.input, pool_out)
@@ -280,27 +319,42 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
                 log.info("feature cache: no single boundary tensor for these blocks; training on images")
                 return model, data_mod.to_tf(ds.train, bs, shuffle=True, seed=seed), val_ds, "images"
             top = keras.Model(bt, base.output)
-            prefix_model = keras.Model(base.input, bt)
-            img = keras.Input((size, size, 3))
-            feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
             head = keras.Model(base_out, model.output)
             inp = keras.Input(tuple(bt.shape[1:]))
             fit_model = keras.Model(inp, head(top(inp, training=False)))
             tag = f"at {bt._keras_history[0].name}"
-        key_prefix = f"{prefix}|{tag}"
-        x_train = cache.get_or_compute(features.split_key(key_prefix, "train", ds.train.images),
-                                       lambda: features.predict(feat_model, ds.train.images, max(bs, 64)))
-        x_val = cache.get_or_compute(features.split_key(key_prefix, "val", ds.val.images),
-                                     lambda: features.predict(feat_model, ds.val.images, max(bs, 64)))
+            if reporter is not None and not all(k in cache for k in keys(tag)):
+                # A sweep trial: the same pass also stores the boundaries of shallower depths (later,
+                # smaller tensors) within half the cache budget, so later trials at those depths hit.
+                extras = _shallower_boundaries(base, spec, bt, cache, keys,
+                                               len(ds.train) + len(ds.val))
+            outputs = [bt] + [t for t, _ in extras]
+            prefix_model = keras.Model(base.input, outputs if extras else bt)
+            feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
+        k_train, k_val = keys(tag)
+        if extras:
+            cache.misses += 1
+            outs_train = features.predict(feat_model, ds.train.images, max(bs, 64))
+            outs_val = features.predict(feat_model, ds.val.images, max(bs, 64))
+            for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
+                k_tr, k_va = keys(t)
+                cache.put(k_tr, a_tr)
+                cache.put(k_va, a_va)
+            x_train, x_val = outs_train[0], outs_val[0]
+        else:
+            x_train = cache.get_or_compute(k_train, lambda: features.predict(feat_model, ds.train.images, max(bs, 64)))
+            x_val = cache.get_or_compute(k_val, lambda: features.predict(feat_model, ds.val.images, max(bs, 64)))
         secs = time.perf_counter() - t0
-        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d)",
-                 tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses)
+        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s)",
+                 tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,
+                 f"; {len(extras)} shallower boundaries stored too" if extras else "")
         state.phases.setdefault(phase, {}).update({"cache": tag, "cache_seconds": secs})
         tr = data_mod.to_tf(data_mod.Split(x_train, ds.train.labels), bs, shuffle=True, seed=seed)
         va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), bs, shuffle=False, seed=seed)
         return fit_model, tr, va, "features"
 
     phase_epochs = {"head": head_epochs, "finetune": ft_epochs}
+    fingerprints: Dict[str, str] = {}
 
     def run_phase(phase: str, lr0: float, epochs: int, first_epoch: int) -> None:
         fit_model, tr_ds, va_ds, source = phase_inputs(phase)

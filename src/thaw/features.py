@@ -15,7 +15,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -119,25 +119,16 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-def predict(model, x: np.ndarray, batch_size: int):
-    """The frozen prefix over all images, as one traced function (eager per-batch calls of a
-    functional model spend most of their time dispatching ops on a CPU). A model with several
-    outputs gives a list of arrays."""
+def predict(model, x: np.ndarray, batch_size: int) -> List[np.ndarray]:
+    """Each output of the frozen prefix over all images, as one traced function (eager per-batch
+    calls of a functional model spend most of their time dispatching ops on a CPU)."""
+    import keras
     import tensorflow as tf
 
-    forward = tf.function(lambda b: model(tf.cast(b, tf.float32), training=False), reduce_retracing=True)
-    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(2)
-    outs = None
-    for b in ds:
-        res = forward(b)
-        res = [r.numpy() for r in res] if isinstance(res, (list, tuple)) else [res.numpy()]
-        outs = [[] for _ in res] if outs is None else outs
-        for acc, r in zip(outs, res):
-            acc.append(r)
-    if outs is None:
-        return np.zeros((0,), np.float32)
-    arrays = [np.concatenate(a) for a in outs]
-    return arrays if len(arrays) > 1 or isinstance(model.output, (list, tuple)) else arrays[0]
+    forward = tf.function(lambda b: keras.tree.flatten(model(tf.cast(b, tf.float32), training=False)),
+                          reduce_retracing=True)
+    batches = [[t.numpy() for t in forward(b)] for b in tf.data.Dataset.from_tensor_slices(x).batch(batch_size)]
+    return [np.concatenate(outs) for outs in zip(*batches)]
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:

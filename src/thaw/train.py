@@ -133,20 +133,16 @@ def _feature_cache(cfg):
     return FeatureCache(int(cfg.trainer.cache_max_mb) * 2 ** 20, cfg.trainer.cache_dir)
 
 
-def _shallower_boundaries(base, spec, boundary, cache, keys, n_images: int):
-    """(tensor, tag) of the single boundary tensors of fewer top blocks than `boundary` has, not yet
+def _shallower_boundaries(base, spec, boundary, depth: int, cache, keys, n_images: int):
+    """(tensor, tag) of the single boundary tensors of fewer than `depth` top blocks, not yet
     cached, whose float32 activations for n_images fit in half the cache budget together."""
     from thaw import features
 
-    mapping = unfreeze.layer_blocks(base, spec)
-    order = unfreeze.block_order(base, spec)
-    trainable_blocks = {mapping[l.name] for l in base.layers if l.trainable}
     budget = cache.max_bytes // 2 - _nbytes(boundary, n_images)
     seen = {id(boundary)}
     out = []
-    for depth in range(len(trainable_blocks) - 1, 0, -1):
-        top = set(order[len(order) - depth:])
-        bt = features.boundary_tensor(base, {name for name, block in mapping.items() if block in top})
+    for d in range(depth - 1, 0, -1):
+        bt = features.boundary_tensor(base, unfreeze.top_block_layers(base, spec, d))
         if bt is None or id(bt) in seen:
             continue
         seen.add(id(bt))
@@ -306,7 +302,6 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
 
         trainable_names = {l.name for l in base.layers if l.trainable}
         t0 = time.perf_counter()
-        img = keras.Input((size, size, 3))
         extras = []
         if not trainable_names:  # only the head trains: pooled features
             pool_out = model.get_layer("head_pool").output
@@ -326,10 +321,10 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
             if reporter is not None and not all(k in cache for k in keys(tag)):
                 # A sweep trial: the same pass also stores the boundaries of shallower depths (later,
                 # smaller tensors) within half the cache budget, so later trials at those depths hit.
-                extras = _shallower_boundaries(base, spec, bt, cache, keys,
-                                               len(ds.train) + len(ds.val))
-            outputs = [bt] + [t for t, _ in extras]
-            prefix_model = keras.Model(base.input, outputs if extras else bt)
+                depth = len(state.phases["finetune"]["unfrozen_blocks"])
+                extras = _shallower_boundaries(base, spec, bt, depth, cache, keys, len(ds.train) + len(ds.val))
+            prefix_model = keras.Model(base.input, [bt] + [t for t, _ in extras])
+            img = keras.Input((size, size, 3))
             feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
         k_train, k_val = keys(tag)
         if extras:
@@ -342,8 +337,8 @@ def _train(cfg, output_dir, reporter, tracker, strategy) -> TrainResult:
                 cache.put(k_va, a_va)
             x_train, x_val = outs_train[0], outs_val[0]
         else:
-            x_train = cache.get_or_compute(k_train, lambda: features.predict(feat_model, ds.train.images, max(bs, 64)))
-            x_val = cache.get_or_compute(k_val, lambda: features.predict(feat_model, ds.val.images, max(bs, 64)))
+            x_train = cache.get_or_compute(k_train, lambda: features.predict(feat_model, ds.train.images, max(bs, 64))[0])
+            x_val = cache.get_or_compute(k_val, lambda: features.predict(feat_model, ds.val.images, max(bs, 64))[0])
         secs = time.perf_counter() - t0
         log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s)",
                  tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,

@@ -44,6 +44,12 @@ def trainable_blocks(base, spec, mode: str, depth: int) -> List[str]:
     return order[len(order) - depth:] if depth else []
 
 
+def top_block_layers(base, spec, depth: int) -> set:
+    """Names of the layers in the top `depth` blocks."""
+    blocks = set(trainable_blocks(base, spec, "top_blocks", depth))
+    return {name for name, block in layer_blocks(base, spec).items() if block in blocks}
+
+
 def freeze_all(base) -> None:
     base.trainable = False
 

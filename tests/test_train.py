@@ -57,3 +57,26 @@ def test_nan_loss_fails_the_run(tmp_path):
     with pytest.raises(TrainingError, match="loss became"):
         train(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
+    """The GPU precision path, run on CPU: float16 compute, float32 variables and output, loss scaling."""
+    import keras
+
+    from thaw.train import train
+
+    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
+                       "trainer.precision=mixed_float16", "trainer.head_epochs=1", "trainer.finetune_epochs=1"])
+    try:
+        train(cfg, tmp_path)
+        model = keras.saving.load_model(tmp_path / "model.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["status"] == "complete" and np.isfinite(m["history"][-1]["loss"])
+    base = next(l for l in model.layers if isinstance(l, keras.Model))
+    convs = [l for l in base.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs and all(l.compute_dtype == "float16" and l.variable_dtype == "float32" for l in convs)
+    y = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert y.dtype == np.float32
+    assert model.layers[-1].compute_dtype == "float32"

@@ -84,7 +84,7 @@ def main():
         script = Path(tmp) / "plain.py"
         script.write_text(PLAIN)
 
-        def plain():
+        def plain(_round):
             secs, out = timed([sys.executable, str(script), str(DATA), str(WEIGHTS), str(size), str(per_class),
                                str(he), str(fe), "block_11_expand"], REPO)
             res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -110,7 +110,7 @@ def main():
             order = list(runs) if r % 2 == 0 else list(reversed(runs))
             got = {}
             for name in order:
-                secs, acc, ips = runs[name]() if name == "plain_keras" else runs[name](r)
+                secs, acc, ips = runs[name](r)
                 got[name] = secs
                 walls[name].append(secs)
                 emit(figure=name, round=r + 1, wall_seconds=round(secs, 1), val_accuracy=round(acc, 4),

@@ -60,7 +60,7 @@ def test_nan_loss_fails_the_run(tmp_path):
 
 
 def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
-    """The GPU precision path, run on CPU: float16 compute, float32 variables and output, loss scaling."""
+    """The GPU precision path, run on CPU: float16 compute, float32 variables and output."""
     import keras
 
     from thaw.train import train

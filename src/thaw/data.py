@@ -20,12 +20,6 @@ from thaw.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-_MAGIC = {
-    b"\xff\xd8\xff": "jpeg",
-    b"\x89PNG": "png",
-    b"GIF8": "gif",
-    b"BM": "bmp",
-}
 TRAIN_DIRS = ("train",)
 VAL_DIRS = ("validation", "val")
 
@@ -73,61 +67,36 @@ def _name_key(path: str) -> str:
 
 
 MAX_PIXELS = 50_000_000  # a decompression bomb (or a 10000x10000 scan) is refused before decoding
-
-
-def _jpeg_dims(fh) -> Optional[tuple]:
-    fh.seek(2)
-    while True:
-        b = fh.read(1)
-        while b and b != b"\xff":
-            b = fh.read(1)
-        while b == b"\xff":
-            b = fh.read(1)
-        if not b:
-            return None
-        marker = b[0]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            continue
-        seg = fh.read(2)
-        if len(seg) < 2:
-            return None
-        length = int.from_bytes(seg, "big")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            data = fh.read(5)
-            return (int.from_bytes(data[3:5], "big"), int.from_bytes(data[1:3], "big")) if len(data) == 5 else None
-        fh.seek(length - 2, 1)
-
-
-def image_dims(path: str) -> Optional[tuple]:
-    """(width, height) from the file header without decoding, or None if unknown."""
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        if head.startswith(b"\x89PNG") and len(head) >= 24:
-            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        if head.startswith(b"GIF8") and len(head) >= 10:
-            return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-        if head.startswith(b"BM") and len(head) >= 26:
-            return abs(int.from_bytes(head[18:22], "little", signed=True)), \
-                abs(int.from_bytes(head[22:26], "little", signed=True))
-        if head.startswith(b"\xff\xd8"):
-            return _jpeg_dims(fh)
-    return None
+# What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from cameras).
+DECODABLE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}
 
 
 def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> Optional[str]:
-    """Why a file cannot be an image we decode, or None if its header looks right."""
+    """Why a file cannot be an image we decode, or None if its header looks right.
+
+    Pillow reads only the header here (format and size); pixels are decoded later, in parallel.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        if not any(head.startswith(m) for m in _MAGIC):
-            return "not a JPEG, PNG, GIF or BMP image"
-        dims = image_dims(path)
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    if dims and dims[0] * dims[1] > max_pixels:
-        return f"image too large ({dims[0]}x{dims[1]} pixels; the limit is {max_pixels:,})"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, (width, height) = im.format, im.size
+    except UnidentifiedImageError:
+        return "not a JPEG, PNG, GIF or BMP image"
+    except Image.DecompressionBombError as exc:
+        return f"image too large ({exc}; the limit is {max_pixels:,} pixels)"
+    except OSError as exc:  # errno set: the file system refused; else Pillow found a broken header
+        return f"unreadable ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})"
+    if fmt not in DECODABLE_FORMATS:
+        return f"not a JPEG, PNG, GIF or BMP image (a {fmt} file)"
+    if width * height > max_pixels:
+        return f"image too large ({width}x{height} pixels; the limit is {max_pixels:,})"
     return None
 
 

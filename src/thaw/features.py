@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
+
+from thaw import data as data_mod
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +137,160 @@ def predict(model, x: np.ndarray, batch_size: int) -> List[np.ndarray]:
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
     return hashlib.sha1(f"{prefix}|{split_name}|{images_fingerprint}".encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- what each phase fits
+
+class PhaseData(NamedTuple):
+    model: Any  # the model to fit: the full classifier, or its trainable top on activations
+    train: Any  # tf.data pipelines
+    val: Any
+    source: str  # "images" or "features"
+    cache_tag: Optional[str] = None  # "pooled" or "at <layer>" when source == "features"
+    cache_seconds: float = 0.0
+
+
+def open_cache(cfg) -> Optional[FeatureCache]:
+    """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image."""
+    from thaw.errors import ConfigError
+    from thaw.model import base_training_flag
+
+    mode = cfg.trainer.cache_features
+    if mode in (False, "false"):
+        return None
+    reasons = []
+    if cfg.data.augment:
+        reasons.append("data.augment=true changes the images every epoch")
+    if base_training_flag(cfg.backbone) is not False:
+        reasons.append("the random-init base trains BatchNorm (backbone.batchnorm=inference allows caching)")
+    if reasons:
+        if mode in (True, "true"):
+            raise ConfigError("trainer.cache_features=true: " + "; ".join(reasons))
+        log.info("feature cache off: %s", "; ".join(reasons))
+        return None
+    return FeatureCache(int(cfg.trainer.cache_max_mb) * 2 ** 20, cfg.trainer.cache_dir)
+
+
+class PhaseInputs:
+    """Inputs for each phase: the full model on images, or its trainable top on cached activations
+    of the frozen prefix (the same layer objects, so the full model learns)."""
+
+    def __init__(self, cfg, clf, ds, sweep: bool):
+        self.cfg, self.clf, self.ds, self.sweep = cfg, clf, ds, sweep
+        self.bs = int(cfg.data.batch_size)
+        self.seed = int(cfg.trainer.seed)
+        self.cache = open_cache(cfg)
+        self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
+        self._fingerprints: Dict[str, str] = {}
+
+    @property
+    def cached(self) -> bool:
+        return self.cache is not None
+
+    def for_phase(self, phase) -> PhaseData:
+        if self.cache is None or phase.epochs == 0:
+            return self._images()
+        trainable = {l.name for l in self.clf.base.layers if l.trainable}
+        if not trainable:  # only the head trains: pooled features
+            return self._from_cache(*self._pooled_models(), "pooled", [])
+        bt = boundary_tensor(self.clf.base, trainable)
+        if bt is None:
+            log.info("feature cache: no single boundary tensor for these blocks; training on images")
+            return self._images()
+        tag = f"at {bt._keras_history[0].name}"
+        extras = []
+        if self.sweep and not all(k in self.cache for k in self._keys(tag)):
+            # A sweep trial: the same pass also stores the boundaries of shallower depths (later,
+            # smaller tensors) within half the cache budget, so later trials at those depths hit.
+            extras = self._shallower_boundaries(bt, len(phase.blocks))
+        feat_model, fit_model = self._boundary_models(bt, [t for t, _ in extras])
+        return self._from_cache(feat_model, fit_model, tag, extras)
+
+    # -- the models on either side of the cut
+    def _images(self) -> PhaseData:
+        # a fresh pipeline per phase: the same shuffle order as the cached path
+        train = data_mod.to_tf(self.ds.train, self.bs, shuffle=True, seed=self.seed)
+        return PhaseData(self.clf.model, train, self.val_images, "images")
+
+    def _pooled_models(self):
+        import keras
+
+        model = self.clf.model
+        pool_out = model.get_layer("head_pool").output
+        return keras.Model(model.input, pool_out), keras.Model(pool_out, model.output)
+
+    def _boundary_models(self, bt, extra_tensors):
+        """(image -> activations at bt [+ extras], activations at bt -> classifier output)."""
+        import keras
+
+        model, base = self.clf.model, self.clf.base
+        top = keras.Model(bt, base.output)
+        head = keras.Model(self.clf.base_output, model.output)
+        inp = keras.Input(tuple(bt.shape[1:]))
+        fit_model = keras.Model(inp, head(top(inp, training=False)))
+        prefix_model = keras.Model(base.input, [bt] + list(extra_tensors))
+        size = int(self.cfg.backbone.image_size)
+        img = keras.Input((size, size, 3))
+        feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
+        return feat_model, fit_model
+
+    # -- the cache
+    def _keys(self, tag: str):
+        cfg = self.cfg
+        wfp = weights_fingerprint(cfg.backbone, self.seed)
+        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{int(cfg.backbone.image_size)}|{wfp}|{tag}"
+        for name, split in (("train", self.ds.train), ("val", self.ds.val)):
+            if name not in self._fingerprints:  # hashing the images once per run, not per key
+                self._fingerprints[name] = fingerprint_array(split.images)
+        return tuple(split_key(prefix, n, self._fingerprints[n]) for n in ("train", "val"))
+
+    def _from_cache(self, feat_model, fit_model, tag: str, extras) -> PhaseData:
+        t0 = time.perf_counter()
+        cache, ds, batch = self.cache, self.ds, max(self.bs, 64)
+        if extras:
+            cache.misses += 1
+            outs_train = predict(feat_model, ds.train.images, batch)
+            outs_val = predict(feat_model, ds.val.images, batch)
+            for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
+                k_tr, k_va = self._keys(t)
+                cache.put(k_tr, a_tr)
+                cache.put(k_va, a_va)
+            x_train, x_val = outs_train[0], outs_val[0]
+        else:
+            k_train, k_val = self._keys(tag)
+            x_train = cache.get_or_compute(k_train, lambda: predict(feat_model, ds.train.images, batch)[0])
+            x_val = cache.get_or_compute(k_val, lambda: predict(feat_model, ds.val.images, batch)[0])
+        secs = time.perf_counter() - t0
+        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s)",
+                 tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,
+                 f"; {len(extras)} shallower boundaries stored too" if extras else "")
+        tr = data_mod.to_tf(data_mod.Split(x_train, ds.train.labels), self.bs, shuffle=True, seed=self.seed)
+        va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
+        return PhaseData(fit_model, tr, va, "features", tag, secs)
+
+    def _shallower_boundaries(self, boundary, depth: int):
+        """(tensor, tag) of the single boundary tensors of fewer than `depth` top blocks, not yet
+        cached, whose float32 activations fit in half the cache budget together."""
+        from thaw import unfreeze
+
+        base, spec = self.clf.base, self.clf.spec
+        n_images = len(self.ds.train) + len(self.ds.val)
+        budget = self.cache.max_bytes // 2 - _nbytes(boundary, n_images)
+        seen = {id(boundary)}
+        out = []
+        for d in range(depth - 1, 0, -1):
+            bt = boundary_tensor(base, unfreeze.top_block_layers(base, spec, d))
+            if bt is None or id(bt) in seen:
+                continue
+            seen.add(id(bt))
+            tag = f"at {bt._keras_history[0].name}"
+            need = _nbytes(bt, n_images)
+            if need > budget or all(k in self.cache for k in self._keys(tag)):
+                continue
+            budget -= need
+            out.append((bt, tag))
+        return out
+
+
+def _nbytes(tensor, n_images: int) -> int:
+    return int(math.prod(int(d) for d in tensor.shape[1:])) * 4 * n_images

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from thaw.backbones import build_base, get_spec, preprocessing_layer
 from thaw.heads import build_head
 
@@ -22,8 +24,14 @@ def base_training_flag(cfg_backbone):
     return None if cfg_backbone.weights is None else False
 
 
-def build_classifier(cfg, num_classes: int):
-    """Returns (model, base, base output tensor in the model's graph)."""
+class Classifier(NamedTuple):
+    model: Any  # image (raw RGB 0..255) -> logits / probabilities
+    base: Any  # the convolutional base (a nested keras.Model), frozen and unfrozen by blocks
+    base_output: Any  # the base's output tensor in the model's graph (the head's input)
+    spec: Any  # thaw.backbones.BackboneSpec: block names, preprocessing
+
+
+def build_classifier(cfg, num_classes: int) -> Classifier:
     import keras
     from keras import layers
 
@@ -42,7 +50,7 @@ def build_classifier(cfg, num_classes: int):
     features = base(x, training=base_training_flag(cfg.backbone))
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
-    return model, base, features
+    return Classifier(model, base, features, spec)
 
 
 def count_trainable(model) -> int:

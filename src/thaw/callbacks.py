@@ -1,0 +1,72 @@
+"""The per-epoch Keras callback of a phase: progress line, run record, tracking, pruning, NaN guard.
+
+Imported only once training starts (it imports Keras).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Optional
+
+import keras
+
+from thaw import interrupt
+
+log = logging.getLogger("thaw.train")
+
+
+class EpochCallback(keras.callbacks.Callback):
+    """Records every epoch and decides whether the phase stops early.
+
+    `stop_reason` says why it stopped the phase: "nan", "pruned" (the sweeper's pruner) or None;
+    `stop_message` is the one line that goes into metrics.json and the log.
+    """
+
+    def __init__(self, phase, run, trainable: int):
+        super().__init__()
+        self.phase = phase
+        self.run = run
+        self.trainable = trainable
+        self.stop_reason: Optional[str] = None
+        self.stop_message = ""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if interrupt.REQUESTED.is_set():  # Ctrl-C/SIGTERM: stop at a batch boundary
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        secs = time.perf_counter() - self._t0
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        n_train = self.run.num_train
+        row = {"phase": self.phase.name, "epoch": epoch + 1,
+               **{k: float(v) for k, v in logs.items() if k != "learning_rate"},
+               "lr": lr, "seconds": secs, "images_per_sec": n_train / secs if secs > 0 else None}
+        step = self.run.record.add_epoch(row)
+        self.run.tracker.log_epoch({**row, "trainable_params": self.trainable}, step=step)
+        log.info("[%s] epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  "
+                 "%.1fs (%.0f img/s)", self.phase.name, epoch + 1, self.phase.total_epochs,
+                 logs.get("loss", math.nan), logs.get("accuracy", math.nan), logs.get("val_loss", math.nan),
+                 logs.get("val_accuracy", math.nan), lr, secs, row["images_per_sec"] or 0)
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._stop("nan", f"loss became {loss} in {self.phase.name} epoch {epoch + 1}")
+            return
+        self._maybe_prune(step, epoch, logs)
+
+    def _maybe_prune(self, step: int, epoch: int, logs) -> None:
+        reporter, name = self.run.reporter, self.run.objective_name
+        if reporter is None or name not in ("val_accuracy", "val_loss"):
+            return
+        value = logs.get(name)
+        if value is not None and reporter.report(step, float(value)):
+            self._stop("pruned", f"pruned after {self.phase.name} epoch {epoch + 1} ({name}={value:.4f})")
+
+    def _stop(self, reason: str, message: str) -> None:
+        self.model.stop_training = True
+        self.stop_reason, self.stop_message = reason, message

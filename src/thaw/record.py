@@ -1,0 +1,104 @@
+"""The run record: what metrics.json says about one run, rewritten atomically after every epoch.
+
+A crash, a pruned trial or Ctrl-C keeps everything recorded so far; `finish` adds the summary
+(last and best epoch, objective) that sweeps and users read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from thaw.errors import TrainingError
+from thaw.outputs import write_json_atomic
+
+
+class RunRecord:
+    def __init__(self, path, **fields: Any):
+        self.path = Path(path)
+        self.started = time.perf_counter()
+        self.history: List[Dict[str, Any]] = []
+        self.phases: Dict[str, Dict[str, Any]] = {}
+        self.data: Dict[str, Any] = {"status": "running", **fields,
+                                     "history": self.history, "phases": self.phases}
+
+    @classmethod
+    def for_run(cls, path, cfg, ds, replicas: int, **timings: float) -> "RunRecord":
+        objectives = objective_names(cfg)
+        return cls(
+            path, name=cfg.name,
+            objective_name=objectives[0] if len(objectives) == 1 else objectives,
+            backbone=cfg.backbone.name, image_size=int(cfg.backbone.image_size),
+            unfreeze={"mode": cfg.unfreeze.name, "depth": int(cfg.unfreeze.depth)},
+            lr={"base": float(cfg.lr.base), "finetune": float(cfg.lr.base * cfg.lr.finetune_factor),
+                "schedule": cfg.lr.name},
+            classes=ds.class_names, num_train=len(ds.train), num_val=len(ds.val),
+            num_test=len(ds.test) if ds.test else 0,
+            skipped_files=ds.skipped, num_skipped_files=len(ds.skipped),
+            **timings, strategy={"name": cfg.trainer.strategy, "replicas": replicas})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def phase(self, name: str) -> Dict[str, Any]:
+        """The mutable record of one phase (epochs, learning rate, seconds, cache, ...)."""
+        return self.phases.setdefault(name, {})
+
+    def add_epoch(self, row: Dict[str, Any]) -> int:
+        """Append one epoch's row and rewrite the file; returns the epoch's global step (0-based)."""
+        self.history.append(row)
+        self.write("running")
+        return len(self.history) - 1
+
+    def write(self, status: str) -> None:
+        self.data["status"] = status
+        self.data["wall_seconds"] = time.perf_counter() - self.started
+        write_json_atomic(self.path, self.data)
+
+    def fail(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.data["error"] = f"{type(exc).__name__}: {first}"
+        self.write("failed")
+
+    def best_epoch(self, objective: str = "val_accuracy") -> int:
+        """Index of the epoch with the best validation value (the first of equals)."""
+        sign = -1.0 if objective.endswith("loss") else 1.0
+        scores = [sign * r[objective] if r.get(objective) is not None else -float("inf")
+                  for r in self.history]
+        return max(range(len(scores)), key=scores.__getitem__)
+
+    def summarize(self) -> None:
+        """Last and best epoch, after training ended normally."""
+        last = self.history[-1]
+        self.data.update(val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"),
+                         train_accuracy=last.get("accuracy"), train_loss=last.get("loss"))
+        best = self.best_epoch("val_accuracy")
+        self.data["best_epoch"] = best + 1
+        self.data["best_val_accuracy"] = self.history[best].get("val_accuracy")
+        self.data["trainable_params"] = self.phases.get("finetune", {}).get("trainable_params")
+
+    def complete(self, objectives: List[str]) -> Any:
+        """Write the final record; returns the objective value (a list for several objectives)."""
+        values = [self._objective_value(name) for name in objectives]
+        self.data["wall_seconds"] = time.perf_counter() - self.started
+        self.data["objective"] = values[0] if len(values) == 1 else values
+        self.write("complete")
+        return self.data["objective"]
+
+    def _objective_value(self, name: str) -> float:
+        value: Optional[float] = self.data.get(name)
+        if value is None:
+            raise TrainingError(f"trainer.objective: {name} was not measured in this run")
+        return float(value)
+
+
+def objective_names(cfg) -> List[str]:
+    obj = cfg.trainer.objective
+    return [obj] if isinstance(obj, str) else list(obj)

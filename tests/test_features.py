@@ -50,18 +50,20 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     assert on["phases"]["finetune"]["trainable_params"] == off["phases"]["finetune"]["trainable_params"]
 
 
-def test_auto_falls_back_with_augmentation_or_training_batchnorm(tmp_path):
-    m = _run(tmp_path, "aug", "data.augment=true", "backbone.batchnorm=inference")
+def test_auto_falls_back_with_fresh_augmentation_or_training_batchnorm(tmp_path):
+    # augmentation drawn afresh every epoch (augment_views=0) cannot be cached; views can (test_augment.py)
+    m = _run(tmp_path, "aug", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference")
     assert m["feature_cache"] is False
     m = _run(tmp_path, "bn", "backbone.weights=null")  # random init: BatchNorm trains
     assert m["feature_cache"] is False
 
 
-def test_cache_true_with_augmentation_is_refused(tmp_path):
+def test_cache_true_with_fresh_augmentation_is_refused(tmp_path):
     from thaw.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="trainer.cache_features=true"):
-        _run(tmp_path, "x", "data.augment=true", "backbone.batchnorm=inference", "trainer.cache_features=true")
+    with pytest.raises(ConfigError, match="trainer.cache_features=true.*augment_views=0"):
+        _run(tmp_path, "x", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference",
+             "trainer.cache_features=true")
 
 
 def test_cache_is_reused_across_runs_and_processes(tmp_path):

@@ -20,8 +20,10 @@ log = logging.getLogger("thaw.train")
 class EpochCallback(keras.callbacks.Callback):
     """Records every epoch and decides whether the phase stops early.
 
-    `stop_reason` says why it stopped the phase: "nan", "pruned" (the sweeper's pruner) or None;
-    `stop_message` is the one line that goes into metrics.json and the log.
+    `stop_reason` says why it stopped the phase: "nan", "pruned" (the sweeper's pruner),
+    "patience" (no improvement for trainer.patience epochs) or None; `stop_message` is the one line
+    that goes into metrics.json and the log. Every epoch that beats the run's best so far hands its
+    weights to `run.best` (restore_best), like EarlyStopping(restore_best_weights=True) across phases.
     """
 
     def __init__(self, phase, run, trainable: int):
@@ -31,6 +33,8 @@ class EpochCallback(keras.callbacks.Callback):
         self.trainable = trainable
         self.stop_reason: Optional[str] = None
         self.stop_message = ""
+        self._phase_best: Optional[float] = None
+        self._waited = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -57,16 +61,64 @@ class EpochCallback(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(loss):
             self._stop("nan", f"loss became {loss} in {self.phase.name} epoch {epoch + 1}")
             return
-        self._maybe_prune(step, epoch, logs)
+        self._track_best(step, epoch, logs)
+        # the pruner's step is the planned epoch (a phase stopped early leaves a gap), so step k means
+        # the same point of the recipe in every trial
+        self._maybe_prune(epoch, logs)
 
-    def _maybe_prune(self, step: int, epoch: int, logs) -> None:
+    def _track_best(self, step: int, epoch: int, logs) -> None:
+        best = self.run.best
+        value = logs.get(best.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        best.offer(step, float(value), self.run.clf.model)
+        if self._phase_best is None or best.better(float(value), self._phase_best):
+            self._phase_best, self._waited = float(value), 0
+            return
+        self._waited += 1
+        patience = int(self.run.cfg.trainer.patience)
+        if patience and self._waited >= patience and self.stop_reason is None:
+            self.model.stop_training = True
+            self.stop_reason = "patience"
+            self.stop_message = (f"{self.phase.name}: no {best.monitor} improvement for {patience} epoch(s), "
+                                 f"phase stopped after epoch {epoch + 1 - self.phase.first_epoch} of "
+                                 f"{self.phase.epochs}")
+
+    def _maybe_prune(self, epoch: int, logs) -> None:
         reporter, name = self.run.reporter, self.run.objective_name
         if reporter is None or name not in ("val_accuracy", "val_loss"):
             return
         value = logs.get(name)
-        if value is not None and reporter.report(step, float(value)):
+        if value is not None and reporter.report(epoch, float(value)):
             self._stop("pruned", f"pruned after {self.phase.name} epoch {epoch + 1} ({name}={value:.4f})")
 
     def _stop(self, reason: str, message: str) -> None:
         self.model.stop_training = True
         self.stop_reason, self.stop_message = reason, message
+
+
+class BestWeights:
+    """The best validation epoch of a run so far (across both phases) and, with restore_best, its weights."""
+
+    def __init__(self, monitor: str, keep_weights: bool):
+        self.monitor = monitor  # val_accuracy (higher is better) or val_loss (lower)
+        self.keep_weights = keep_weights
+        self.value: Optional[float] = None
+        self.step: Optional[int] = None
+        self.weights = None
+
+    def better(self, value: float, than: float) -> bool:
+        return value < than if self.monitor.endswith("loss") else value > than
+
+    def offer(self, step: int, value: float, model) -> None:
+        if self.value is None or self.better(value, self.value):
+            self.value, self.step = value, step
+            if self.keep_weights:
+                self.weights = model.get_weights()
+
+    def restore(self, model, last_step: int) -> Optional[int]:
+        """Put the best epoch's weights back; returns that epoch's step, or None if nothing changed."""
+        if self.weights is None or self.step == last_step:
+            return None
+        model.set_weights(self.weights)
+        return self.step

@@ -72,6 +72,18 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-image augmentation (thaw.augment); validation and test images are never augmented."""
+
+    name: str = "none"
+    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
+    rotation: float = 0.0  # +- this fraction of a full turn (Keras RandomRotation's factor)
+    zoom: float = 0.0  # scale in [1 - zoom, 1 + zoom]
+    translate: float = 0.0  # shift up to +- this fraction of the image side
+    contrast: float = 0.0  # contrast factor in [1 - contrast, 1 + contrast]
+
+
+@dataclass
 class TrainerConfig:
     head_epochs: int = 10
     finetune_epochs: int = 10
@@ -86,6 +98,11 @@ class TrainerConfig:
     cache_features: Any = "auto"
     cache_dir: Optional[str] = None
     cache_max_mb: int = 2048
+    # Augmented views per training image computed once through the frozen layers and cached
+    # (epoch e uses view (e + offset) % V); 0 = a fresh draw every epoch, on images, no cache.
+    augment_views: int = 8
+    restore_best: bool = True  # model.keras and the objective come from the best validation epoch
+    patience: int = 0  # stop a phase after this many epochs without improvement (0: never)
     precision: str = "float32"  # or mixed_float16 (GPU)
     jit_compile: Any = "auto"  # Keras: XLA on GPU, off on CPU (where it is ~10x slower)
     # default: one device; mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPUs)
@@ -115,6 +132,7 @@ class TrainConfig:
     lr: LRConfig = field(default_factory=LRConfig)
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -153,6 +171,17 @@ def _finite_positive(value: Any, key: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise ConfigError(f"{key}: must be a finite number > 0, got {value!r}")
     return v
+
+
+def _validate_augment(a) -> None:
+    from thaw.augment import FLIPS
+
+    if a.flip not in FLIPS:
+        raise ConfigError(f"augment.flip: expected one of {', '.join(FLIPS)}, got {a.flip!r}")
+    for key, top in (("rotation", 0.5), ("zoom", 0.9), ("translate", 0.5), ("contrast", 1.0)):
+        value = float(a[key])
+        if not (math.isfinite(value) and 0 <= value <= top):
+            raise ConfigError(f"augment.{key}: must be in [0, {top}], got {a[key]}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -213,6 +242,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.cache_features: expected auto, true or false, got {t.cache_features!r}")
     if t.cache_max_mb < 0:
         raise ConfigError(f"trainer.cache_max_mb: must be >= 0, got {t.cache_max_mb}")
+    if t.augment_views < 0:
+        raise ConfigError(f"trainer.augment_views: must be >= 0, got {t.augment_views}")
+    if t.patience < 0:
+        raise ConfigError(f"trainer.patience: must be >= 0 (0 = never stop early), got {t.patience}")
+    _validate_augment(cfg.augment)
     if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
         raise ConfigError(f"trainer.precision: expected float32, mixed_float16 or mixed_bfloat16, got {t.precision!r}")
     if t.jit_compile not in ("auto", True, False):

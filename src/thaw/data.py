@@ -404,3 +404,20 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, batch_fn):
+    """Several epochs as one tf.data pipeline: epoch e is a permutation of range(n) drawn from
+    (seed, e), batched, each batch made by batch_fn(indices, e) -> (x, y). Fit it with
+    steps_per_epoch=ceil(n / batch_size) (Keras then keeps one iterator across epochs), so a batch
+    knows its epoch: the view rotation of augmented training needs it."""
+    import tensorflow as tf
+
+    def one_epoch(epoch):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(int(seed), tf.int64), epoch]))
+        return (tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
+                .map(lambda idx: batch_fn(idx, epoch), num_parallel_calls=tf.data.AUTOTUNE))
+
+    ds = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(one_epoch)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -123,15 +123,23 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-def predict(model, x: np.ndarray, batch_size: int) -> List[np.ndarray]:
+def predict(model, x: np.ndarray, batch_size: int, params=None) -> List[np.ndarray]:
     """Each output of the frozen prefix over all images, as one traced function (eager per-batch
-    calls of a functional model spend most of their time dispatching ops on a CPU)."""
+    calls of a functional model spend most of their time dispatching ops on a CPU). With `params`
+    (one augmentation draw per image), the images are augmented first: one cached view."""
     import keras
     import tensorflow as tf
 
-    forward = tf.function(lambda b: keras.tree.flatten(model(tf.cast(b, tf.float32), training=False)),
+    from thaw import augment
+
+    def prepare(b, p=None):
+        return tf.cast(b, tf.float32) if p is None else augment.apply(b, p)
+
+    forward = tf.function(lambda *b: keras.tree.flatten(model(prepare(*b), training=False)),
                           reduce_retracing=True)
-    batches = [[t.numpy() for t in forward(b)] for b in tf.data.Dataset.from_tensor_slices(x).batch(batch_size)]
+    slices = x if params is None else (x, params)
+    batches = [[t.numpy() for t in forward(*(b if params is not None else (b,)))]
+               for b in tf.data.Dataset.from_tensor_slices(slices).batch(batch_size)]
     return [np.concatenate(outs) for outs in zip(*batches)]
 
 
@@ -148,10 +156,13 @@ class PhaseData(NamedTuple):
     source: str  # "images" or "features"
     cache_tag: Optional[str] = None  # "pooled" or "at <layer>" when source == "features"
     cache_seconds: float = 0.0
+    steps_per_epoch: Optional[int] = None  # set when `train` spans all the phase's epochs
+    views: int = 0  # augmented views per training image (0: none, or fresh draws every epoch)
 
 
-def open_cache(cfg) -> Optional[FeatureCache]:
-    """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image."""
+def open_cache(cfg, aug=None) -> Optional[FeatureCache]:
+    """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image
+    (and of the augmentation draw, with augmentation)."""
     from thaw.errors import ConfigError
     from thaw.model import base_training_flag
 
@@ -159,8 +170,8 @@ def open_cache(cfg) -> Optional[FeatureCache]:
     if mode in (False, "false"):
         return None
     reasons = []
-    if cfg.data.augment:
-        reasons.append("data.augment=true changes the images every epoch")
+    if aug is not None and int(cfg.trainer.augment_views) == 0:
+        reasons.append("trainer.augment_views=0 draws new augmentations every epoch (set it > 0 to cache views)")
     if base_training_flag(cfg.backbone) is not False:
         reasons.append("the random-init base trains BatchNorm (backbone.batchnorm=inference allows caching)")
     if reasons:
@@ -175,13 +186,15 @@ class PhaseInputs:
     """Inputs for each phase: the full model on images, or its trainable top on cached activations
     of the frozen prefix (the same layer objects, so the full model learns)."""
 
-    def __init__(self, cfg, clf, ds, sweep: bool):
-        self.cfg, self.clf, self.ds, self.sweep = cfg, clf, ds, sweep
+    def __init__(self, cfg, clf, ds, sweep: bool, aug=None):
+        self.cfg, self.clf, self.ds, self.sweep, self.aug = cfg, clf, ds, sweep, aug
         self.bs = int(cfg.data.batch_size)
         self.seed = int(cfg.trainer.seed)
-        self.cache = open_cache(cfg)
+        self.views = int(cfg.trainer.augment_views) if aug is not None else 0
+        self.cache = open_cache(cfg, aug)
         self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
         self._fingerprints: Dict[str, str] = {}
+        self._warned = False
 
     @property
     def cached(self) -> bool:
@@ -189,15 +202,20 @@ class PhaseInputs:
 
     def for_phase(self, phase) -> PhaseData:
         if self.cache is None or phase.epochs == 0:
-            return self._images()
+            return self._images(phase)
         trainable = {l.name for l in self.clf.base.layers if l.trainable}
         if not trainable:  # only the head trains: pooled features
-            return self._from_cache(*self._pooled_models(), "pooled", [])
+            feat_model, fit_model = self._pooled_models()
+            if self.aug is not None:
+                return self._from_cached_views(feat_model, fit_model, "pooled", phase)
+            return self._from_cache(feat_model, fit_model, "pooled", [])
         bt = boundary_tensor(self.clf.base, trainable)
         if bt is None:
             log.info("feature cache: no single boundary tensor for these blocks; training on images")
-            return self._images()
+            return self._images(phase)
         tag = f"at {bt._keras_history[0].name}"
+        if self.aug is not None:
+            return self._from_cached_views(*self._boundary_models(bt, []), tag, phase)
         extras = []
         if self.sweep and not all(k in self.cache for k in self._keys(tag)):
             # A sweep trial: the same pass also stores the boundaries of shallower depths (later,
@@ -207,10 +225,37 @@ class PhaseInputs:
         return self._from_cache(feat_model, fit_model, tag, extras)
 
     # -- the models on either side of the cut
-    def _images(self) -> PhaseData:
+    def _images(self, phase) -> PhaseData:
+        if self.aug is not None:
+            return self._augmented_images(phase)
         # a fresh pipeline per phase: the same shuffle order as the cached path
         train = data_mod.to_tf(self.ds.train, self.bs, shuffle=True, seed=self.seed)
         return PhaseData(self.clf.model, train, self.val_images, "images")
+
+    def _augmented_images(self, phase, views: Optional[int] = None) -> PhaseData:
+        """Images augmented as they are fed: view (epoch + offset) % V of each image, or a fresh
+        draw every epoch with trainer.augment_views=0. The same draws as the cached views."""
+        import tensorflow as tf
+
+        from thaw import augment
+
+        views = self.views if views is None else views
+        n, aug, seed = len(self.ds.train), self.aug, self.seed
+        images, labels = tf.constant(self.ds.train.images), tf.constant(self.ds.train.labels)
+        offsets = augment.view_offsets(n, views, seed)
+        table = tf.stack([augment.draw(aug, n, seed, v) for v in range(views)]) if views else None
+
+        def batch(idx, epoch):
+            view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
+            if table is not None:
+                params = tf.gather_nd(table, tf.stack([view, idx], axis=1))
+            else:
+                params = tf.gather(augment.draw(aug, n, seed, view[0]), idx)
+            return augment.apply(tf.gather(images, idx), params), tf.gather(labels, idx)
+
+        train = data_mod.epoch_batches(n, self.bs, seed, phase.first_epoch, phase.epochs, batch)
+        return PhaseData(self.clf.model, train, self.val_images, "images",
+                         steps_per_epoch=math.ceil(n / self.bs), views=views)
 
     def _pooled_models(self):
         import keras
@@ -267,6 +312,54 @@ class PhaseInputs:
         tr = data_mod.to_tf(data_mod.Split(x_train, ds.train.labels), self.bs, shuffle=True, seed=self.seed)
         va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, tr, va, "features", tag, secs)
+
+    def _from_cached_views(self, feat_model, fit_model, tag: str, phase) -> PhaseData:
+        """Training activations of V augmented views per image (as many as fit the cache budget),
+        computed once through the frozen prefix; validation activations of the plain images."""
+        import tensorflow as tf
+
+        from thaw import augment
+
+        t0 = time.perf_counter()
+        ds, cache, batch = self.ds, self.cache, max(self.bs, 64)
+        n = len(ds.train)
+        per_view = _nbytes(fit_model.inputs[0], n)
+        views = min(self.views, (cache.max_bytes - _nbytes(fit_model.inputs[0], len(ds.val))) // max(1, per_view))
+        views = max(0, views)
+        if views < self.views:
+            self._say_once(f"feature cache: {self.views} augmented views of {per_view / 2**20:.0f} MB each "
+                           f"do not fit trainer.cache_max_mb={self.cfg.trainer.cache_max_mb}; using "
+                           + (f"{views} views" if views else "images, augmented on the fly, for this phase"))
+            if views == 0:
+                return self._augmented_images(phase)
+        key = self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.seed}|views={views}")[0]
+
+        def compute():
+            return np.stack([predict(feat_model, ds.train.images, batch,
+                                     params=augment.draw(self.aug, n, self.seed, v).numpy())[0]
+                             for v in range(views)])
+
+        x_views = cache.get_or_compute(key, compute)
+        x_val = cache.get_or_compute(self._keys(tag)[1], lambda: predict(feat_model, ds.val.images, batch)[0])
+        secs = time.perf_counter() - t0
+        log.info("feature cache (%s): %d views x %d training + %d validation activations of shape %s "
+                 "ready in %.1fs (hits %d, misses %d)", tag, views, n, len(x_val), x_val.shape[1:], secs,
+                 cache.hits, cache.misses)
+        stacked, labels = tf.constant(x_views), tf.constant(ds.train.labels)
+        offsets = augment.view_offsets(n, views, self.seed)
+
+        def batch_fn(idx, epoch):
+            view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
+            return tf.gather_nd(stacked, tf.stack([view, idx], axis=1)), tf.gather(labels, idx)
+
+        train = data_mod.epoch_batches(n, self.bs, self.seed, phase.first_epoch, phase.epochs, batch_fn)
+        val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
+        return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views)
+
+    def _say_once(self, message: str) -> None:
+        if not self._warned:
+            log.warning(message)
+            self._warned = True
 
     def _shallower_boundaries(self, boundary, depth: int):
         """(tensor, tag) of the single boundary tensors of fewer than `depth` top blocks, not yet

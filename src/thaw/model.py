@@ -1,4 +1,7 @@
-"""Assemble input -> augmentation -> preprocess_input -> base -> head as one Keras model."""
+"""Assemble input -> preprocess_input -> base -> head as one Keras model.
+
+Augmentation is not part of the model: it is applied to training batches (thaw.augment), so the
+frozen layers can be cached per augmented view and model.keras is clean for inference."""
 
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ class Classifier(NamedTuple):
 
 def build_classifier(cfg, num_classes: int) -> Classifier:
     import keras
-    from keras import layers
 
     spec = get_spec(cfg.backbone.name)
     size = cfg.backbone.image_size
@@ -43,9 +45,6 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     base = build_base(spec, float(cfg.backbone.alpha), size, weights)
     inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
     x = inputs
-    if cfg.data.augment:
-        x = layers.RandomFlip("horizontal", name="augment_flip")(x)
-        x = layers.RandomRotation(0.1, name="augment_rotate")(x)
     x = preprocessing_layer(spec)(x)
     features = base(x, training=base_training_flag(cfg.backbone))
     outputs = build_head(features, cfg.head, num_classes)

@@ -74,11 +74,16 @@ class RunRecord:
                   for r in self.history]
         return max(range(len(scores)), key=scores.__getitem__)
 
-    def summarize(self) -> None:
-        """Last and best epoch, after training ended normally."""
-        last = self.history[-1]
-        self.data.update(val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"),
-                         train_accuracy=last.get("accuracy"), train_loss=last.get("loss"))
+    def summarize(self, monitor: str = "val_accuracy", restore_best: bool = False) -> None:
+        """After training ended normally: the figures of the epoch whose weights the model holds
+        (the best by `monitor` with restore_best, else the last) and which epoch that is."""
+        chosen = self.best_epoch(monitor) if restore_best else len(self.history) - 1
+        row = self.history[chosen]
+        self.data.update(val_accuracy=row.get("val_accuracy"), val_loss=row.get("val_loss"),
+                         train_accuracy=row.get("accuracy"), train_loss=row.get("loss"),
+                         objective_epoch=chosen + 1,
+                         objective_from=f"best epoch by {monitor}" if restore_best else "last epoch",
+                         last_val_accuracy=self.history[-1].get("val_accuracy"))
         best = self.best_epoch("val_accuracy")
         self.data["best_epoch"] = best + 1
         self.data["best_val_accuracy"] = self.history[best].get("val_accuracy")

@@ -73,6 +73,7 @@ class Run:
     reporter: Any  # the sweep trial (report -> prune?), or None
     loss: Any
     steps_per_epoch: int
+    best: Any  # callbacks.BestWeights: the best validation epoch so far and its weights
 
     @property
     def num_train(self) -> int:
@@ -159,7 +160,7 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int) -> TrainResult:
         blocks = unfreeze.apply(base, spec, cfg.unfreeze.name, int(cfg.unfreeze.depth))
         run.record.phase("finetune")["unfrozen_blocks"] = blocks
         fit_phase(run, finetune_phase(cfg, blocks))
-    run.record.summarize()
+    run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))
     if cfg.trainer.save_model:
         save_model(run.clf.model, out, cfg.trainer.export_h5)
         run.record.update(model_path=str(out / "model.keras"))
@@ -172,6 +173,8 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int) -> TrainResult:
 
 def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     """Seeds, data, model, run record and phase inputs: everything the phases share."""
+    from thaw import augment
+    from thaw.callbacks import BestWeights
     from thaw.features import PhaseInputs
     from thaw.model import build_classifier
     from thaw.tracking import Tracker
@@ -184,13 +187,18 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     record = RunRecord.for_run(out / "metrics.json", cfg, ds, replicas, data_seconds=load_s,
                                build_seconds=build_s)
     record.started = started
-    inputs = PhaseInputs(cfg, clf, ds, sweep=reporter is not None)
-    record.update(feature_cache=inputs.cached)
+    aug = augment.resolve(cfg)
+    inputs = PhaseInputs(cfg, clf, ds, sweep=reporter is not None, aug=aug)
+    record.update(feature_cache=inputs.cached,
+                  augment=None if aug is None else {"config": augment.signature(aug), "views": inputs.views})
+    name = objective_names(cfg)[0]
+    best = BestWeights(name if name in ("val_accuracy", "val_loss") else "val_accuracy",
+                       keep_weights=bool(cfg.trainer.restore_best))
     # Fresh loss/metric objects for every compile: a metric object reused by a newly compiled model
     # keeps the state of its last pass until the model's metrics are built (stale accuracy).
     loss, _ = _loss_and_metrics(ds.num_classes)
     steps = math.ceil(len(ds.train) / int(cfg.data.batch_size))
-    return Run(cfg, ds, clf, inputs, record, tracker or Tracker(), reporter, loss, steps)
+    return Run(cfg, ds, clf, inputs, record, tracker or Tracker(), reporter, loss, steps, best)
 
 
 def fit_phase(run: Run, phase: Phase) -> None:
@@ -203,6 +211,8 @@ def fit_phase(run: Run, phase: Phase) -> None:
     info = run.record.phase(phase.name)
     if data.cache_tag is not None:
         info.update(cache=data.cache_tag, cache_seconds=data.cache_seconds)
+    if data.views:
+        info["augment_views"] = data.views
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
     data.model.compile(optimizer=_optimizer(cfg.trainer.optimizer, lr), loss=run.loss,
                        metrics=_loss_and_metrics(run.ds.num_classes)[1], jit_compile=cfg.trainer.jit_compile)
@@ -217,9 +227,11 @@ def fit_phase(run: Run, phase: Phase) -> None:
     callback = EpochCallback(phase, run, n_trainable)
     t0 = time.perf_counter()
     data.model.fit(data.train, validation_data=data.val, epochs=phase.first_epoch + phase.epochs,
-                   initial_epoch=phase.first_epoch, callbacks=[callback], verbose=0, shuffle=False)
+                   initial_epoch=phase.first_epoch, steps_per_epoch=data.steps_per_epoch,
+                   callbacks=[callback], verbose=0, shuffle=False)
     info["seconds"] = time.perf_counter() - t0
     interrupt.check()
+    _restore_best(run, info, callback)
     run.tracker.log_phase(phase.name, info)
     _record_throughput(run.record, phase.name)
     _raise_if_stopped(run.record, callback)
@@ -297,6 +309,20 @@ def _record_throughput(record: RunRecord, phase: str) -> None:
     rows = [r["images_per_sec"] for r in record.history if r["phase"] == phase]
     if rows:
         record.phase(phase)["images_per_sec"] = float(np.median(rows))
+
+
+def _restore_best(run: Run, info: Dict[str, Any], callback) -> None:
+    """After a phase: note an early stop, and put the best epoch's weights back (restore_best), so
+    fine-tuning starts from the best head and model.keras holds the best epoch."""
+    if callback.stop_reason == "patience":
+        info["stopped_early"] = callback.stop_message
+        log.info("%s", callback.stop_message)
+    if callback.stop_reason in ("nan", "pruned") or not run.cfg.trainer.restore_best:
+        return
+    step = run.best.restore(run.clf.model, len(run.record.history) - 1)
+    if step is not None:
+        info["restored_epoch"] = step + 1
+        log.info("restored the weights of epoch %d (best %s %.4f)", step + 1, run.best.monitor, run.best.value)
 
 
 def _raise_if_stopped(record: RunRecord, callback) -> None:

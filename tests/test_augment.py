@@ -1,0 +1,144 @@
+"""Augmentation as numbered draws: deterministic views, view rotation, cached views equal to the same
+draws applied on the fly, cache keys, the budget fallback, the deprecated data.augment alias."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from thaw import augment, features
+
+
+def _aug(**kw):
+    base = {"name": "t", "flip": "none", "rotation": 0.0, "zoom": 0.0, "translate": 0.0, "contrast": 0.0}
+    return OmegaConf.create({**base, **kw})
+
+
+def _images(n=6, size=20, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+def test_a_draw_is_a_pure_function_of_seed_and_view():
+    aug = _aug(flip="horizontal", rotation=0.1, zoom=0.2, translate=0.1, contrast=0.3)
+    a = augment.draw(aug, 50, 3, 2).numpy()
+    assert a.shape == (50, augment.NUM_PARAMS)
+    np.testing.assert_array_equal(a, augment.draw(aug, 50, 3, 2).numpy())
+    assert not np.allclose(a, augment.draw(aug, 50, 3, 1).numpy())
+    assert not np.allclose(a, augment.draw(aug, 50, 4, 2).numpy())
+    assert set(np.unique(a[:, 0])) == {0.0, 1.0} and (a[:, 1] == 0).all()  # horizontal flips only
+    assert np.abs(a[:, 2]).max() <= 0.1 * 2 * np.pi and (np.abs(a[:, 3] - 1) <= 0.2).all()
+
+
+def test_identity_draw_keeps_the_image_and_a_flip_mirrors_it():
+    x = _images()
+    ident = augment.draw(_aug(), len(x), 0, 0)
+    np.testing.assert_allclose(augment.apply(x, ident).numpy(), x.astype(np.float32), atol=1e-3)
+    flip = np.zeros((len(x), augment.NUM_PARAMS), np.float32)
+    flip[:, 0], flip[:, 3], flip[:, 6] = 1.0, 1.0, 1.0
+    np.testing.assert_allclose(augment.apply(x, flip).numpy(), x[:, :, ::-1].astype(np.float32), atol=1e-3)
+    # and a real draw changes pixels but stays in 0..255
+    out = augment.apply(x, augment.draw(_aug(rotation=0.1, contrast=0.5), len(x), 0, 1)).numpy()
+    assert not np.allclose(out, x) and out.min() >= 0 and out.max() <= 255
+
+
+def test_every_image_uses_every_view_before_repeating_one():
+    n, views = 40, 4
+    offsets = augment.view_offsets(n, views, seed=1)
+    seen = np.stack([augment.epoch_views(offsets, e, views).numpy() for e in range(2, 2 + views)])
+    assert (np.sort(seen, axis=0) == np.arange(views)[:, None]).all()  # each column is a permutation
+    assert len({tuple(seen[:, i]) for i in range(n)}) > 1  # images do not move in lockstep
+    fresh = [augment.epoch_views(offsets, e, 0).numpy() for e in range(3)]
+    assert len({int(f[0]) for f in fresh}) == 3 and all((f == f[0]).all() for f in fresh)
+
+
+def _run(tmp_path, name, *overrides):
+    from thaw.train import train
+
+    out = tmp_path / name
+    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=3",
+                       "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
+                       "backbone.batchnorm=inference", "augment=standard", "trainer.augment_views=3",
+                       *overrides])
+    train(cfg, out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
+    features.clear_memory_cache()
+    off = _run(tmp_path, "off", "trainer.cache_features=false")
+    on = _run(tmp_path, "on", "trainer.cache_features=true")
+    assert not off["feature_cache"] and on["feature_cache"]
+    assert on["phases"]["head"]["augment_views"] == 3 and on["phases"]["finetune"]["augment_views"] == 3
+    assert on["phases"]["finetune"]["cache"].startswith("at block_")
+    assert len(on["history"]) == len(off["history"]) == 5
+    for a, b in zip(off["history"], on["history"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
+    # augmentation really changed the training images: the same run without it trains differently
+    plain = _run(tmp_path, "plain", "augment=none", "trainer.cache_features=true")
+    assert plain["augment"] is None
+    assert any(abs(a["loss"] - b["loss"]) > 1e-4 for a, b in zip(plain["history"], on["history"]))
+
+
+def test_view_cache_keys_cover_augmentation_seed_and_count(tmp_path):
+    features.clear_memory_cache()
+    cache = tmp_path / "cache"
+    common = [f"trainer.cache_dir={cache}", "trainer.finetune_epochs=0", "unfreeze.depth=0"]
+    _run(tmp_path, "a", *common)
+    first = set(cache.glob("*.npy"))
+    assert len(first) == 2  # pooled views of the training images + plain pooled validation features
+    views = [np.load(f) for f in first if np.load(f).ndim == 3]
+    assert len(views) == 1 and views[0].shape[:2] == (3, 64)
+    _run(tmp_path, "b", *common)  # the same config: nothing new
+    assert set(cache.glob("*.npy")) == first
+    _run(tmp_path, "c", *common, "augment.rotation=0.2")  # another augmentation: new training views only
+    assert len(set(cache.glob("*.npy")) - first) == 1
+    _run(tmp_path, "d", *common, "trainer.seed=7")  # another seed: other draws
+    _run(tmp_path, "e", *common, "trainer.augment_views=2")  # another count
+    assert len(set(cache.glob("*.npy"))) == 2 + 1 + 2 + 1  # seed 7 also decodes other synthetic images
+
+
+def test_views_that_do_not_fit_the_budget_are_reduced_with_one_warning(tmp_path, caplog):
+    features.clear_memory_cache()
+    caplog.set_level(logging.WARNING)
+    # pooled features: 1280 floats x 64 images = 320 KiB a view; 1 MiB holds 2 besides validation
+    m = _run(tmp_path, "small", "trainer.cache_max_mb=1", "trainer.augment_views=8", "trainer.finetune_epochs=0",
+             "unfreeze.depth=0", "trainer.cache_features=true")
+    assert m["phases"]["head"]["augment_views"] == 2 and m["feature_cache"]
+    warnings = [r.getMessage() for r in caplog.records if "do not fit" in r.getMessage()]
+    assert len(warnings) == 1 and "using 2 views" in warnings[0] and "trainer.cache_max_mb=1" in warnings[0]
+    assert len(m["history"]) == 3 and all(np.isfinite(r["loss"]) for r in m["history"])
+
+
+def test_nothing_fits_trains_on_images_and_says_so(tmp_path, caplog):
+    features.clear_memory_cache()
+    caplog.set_level(logging.WARNING)
+    m = _run(tmp_path, "none", "trainer.cache_max_mb=0", "trainer.finetune_epochs=0", "unfreeze.depth=0",
+             "trainer.cache_features=true")
+    assert "cache" not in m["phases"]["head"] and m["phases"]["head"]["augment_views"] == 3
+    assert any("using images, augmented on the fly" in r.getMessage() for r in caplog.records)
+
+
+def test_deprecated_data_augment_alias_warns_and_augments(caplog):
+    cfg = compose_cfg(["data.augment=true"])
+    caplog.set_level(logging.WARNING)
+    aug = augment.resolve(cfg)
+    assert aug is not None and aug.flip == "horizontal" and aug.rotation == 0.1
+    assert any("data.augment=true is deprecated" in r.getMessage() for r in caplog.records)
+    assert augment.resolve(compose_cfg([])) is None
+    assert augment.resolve(compose_cfg(["augment=standard"])).zoom > 0
+
+
+@pytest.mark.parametrize("override, key", [("augment.flip=diagonal", "augment.flip"),
+                                           ("augment.rotation=0.9", "augment.rotation"),
+                                           ("trainer.augment_views=-1", "trainer.augment_views"),
+                                           ("trainer.patience=-2", "trainer.patience")])
+def test_bad_augmentation_values_name_the_key(override, key):
+    from thaw.config import validate
+    from thaw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_cfg([override]))

@@ -142,3 +142,35 @@ def test_bad_augmentation_values_name_the_key(override, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_cfg([override]))
+
+
+class NeverPrune:
+    def report(self, step, value):
+        return False
+
+
+def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
+    """The head phase's pass through the whole base also stores every depth's boundary views that
+    fit half the budget: a later trial at another depth computes nothing new."""
+    from thaw.train import train
+
+    features.clear_memory_cache()
+    cache = tmp_path / "cache"
+    common = ["experiment=smoke", "backbone.image_size=48", "data.num_train=64", "data.num_val=32",
+              "backbone.batchnorm=inference", "augment=flip", "trainer.augment_views=2",
+              "trainer.head_epochs=1", "trainer.finetune_epochs=1", f"trainer.cache_dir={cache}"]
+    train(compose_cfg([*common, "unfreeze.depth=4"]), tmp_path / "t0", reporter=NeverPrune())
+    files = set(cache.glob("*.npy"))
+    assert len(files) > 4  # pooled + depth 4 + other depths, train views and val each
+    m = json.loads((tmp_path / "t0" / "metrics.json").read_text())
+    assert m["phases"]["finetune"]["cache"].startswith("at ") and m["phases"]["finetune"]["augment_views"] == 2
+    train(compose_cfg([*common, "unfreeze.depth=2"]), tmp_path / "t1", reporter=NeverPrune())
+    assert set(cache.glob("*.npy")) == files
+    # served from the other trial's pass, the run trains as a single run computing its own views
+    features.clear_memory_cache()
+    alone = tmp_path / "alone"
+    train(compose_cfg([*common[:-1], "unfreeze.depth=2"]), alone)
+    a = json.loads((alone / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "t1" / "metrics.json").read_text())["history"]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-3, abs=1e-4)

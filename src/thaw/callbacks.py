@@ -77,7 +77,8 @@ class EpochCallback(keras.callbacks.Callback):
             return
         self._waited += 1
         patience = int(self.run.cfg.trainer.patience)
-        if patience and self._waited >= patience and self.stop_reason is None:
+        last = epoch + 1 >= self.phase.first_epoch + self.phase.epochs
+        if patience and self._waited >= patience and self.stop_reason is None and not last:
             self.model.stop_training = True
             self.stop_reason = "patience"
             self.stop_message = (f"{self.phase.name}: no {best.monitor} improvement for {patience} epoch(s), "

@@ -203,25 +203,25 @@ class PhaseInputs:
     def for_phase(self, phase) -> PhaseData:
         if self.cache is None or phase.epochs == 0:
             return self._images(phase)
-        trainable = {l.name for l in self.clf.base.layers if l.trainable}
+        base = self.clf.base
+        trainable = {l.name for l in base.layers if l.trainable}
         if not trainable:  # only the head trains: pooled features
-            feat_model, fit_model = self._pooled_models()
-            if self.aug is not None:
-                return self._from_cached_views(feat_model, fit_model, "pooled", phase)
-            return self._from_cache(feat_model, fit_model, "pooled", [])
-        bt = boundary_tensor(self.clf.base, trainable)
-        if bt is None:
-            log.info("feature cache: no single boundary tensor for these blocks; training on images")
-            return self._images(phase)
-        tag = f"at {bt._keras_history[0].name}"
+            cut, tag = base.output, "pooled"
+        else:
+            cut = boundary_tensor(base, trainable)
+            if cut is None:
+                log.info("feature cache: no single boundary tensor for these blocks; training on images")
+                return self._images(phase)
+            tag = f"at {cut._keras_history[0].name}"
+        # A sweep trial: the pass that computes this phase's activations also stores the boundaries
+        # of other depths within half the cache budget, so later trials at those depths start at once.
+        extras = self._more_boundaries(cut, tag, len(phase.blocks)) if self.sweep else []
+        if tag == "pooled":
+            feat_model, fit_model = self._pooled_models([t for t, _ in extras])
+        else:
+            feat_model, fit_model = self._boundary_models(cut, [t for t, _ in extras])
         if self.aug is not None:
-            return self._from_cached_views(*self._boundary_models(bt, []), tag, phase)
-        extras = []
-        if self.sweep and not all(k in self.cache for k in self._keys(tag)):
-            # A sweep trial: the same pass also stores the boundaries of shallower depths (later,
-            # smaller tensors) within half the cache budget, so later trials at those depths hit.
-            extras = self._shallower_boundaries(bt, len(phase.blocks))
-        feat_model, fit_model = self._boundary_models(bt, [t for t, _ in extras])
+            return self._from_cached_views(feat_model, fit_model, tag, phase, extras)
         return self._from_cache(feat_model, fit_model, tag, extras)
 
     # -- the models on either side of the cut
@@ -257,12 +257,20 @@ class PhaseInputs:
         return PhaseData(self.clf.model, train, self.val_images, "images",
                          steps_per_epoch=math.ceil(n / self.bs), views=views)
 
-    def _pooled_models(self):
+    def _pooled_models(self, extra_tensors=()):
+        """(image -> pooled features [+ activations at extra_tensors], pooled features -> output)."""
         import keras
 
         model = self.clf.model
         pool_out = model.get_layer("head_pool").output
-        return keras.Model(model.input, pool_out), keras.Model(pool_out, model.output)
+        fit_model = keras.Model(pool_out, model.output)
+        if not extra_tensors:
+            return keras.Model(model.input, pool_out), fit_model
+        base = self.clf.base
+        prefix = keras.Model(base.input, [base.output] + list(extra_tensors))
+        img = keras.Input(tuple(model.input.shape[1:]))
+        outs = prefix(model.get_layer("preprocess")(img), training=False)
+        return keras.Model(img, [model.get_layer("head_pool")(outs[0])] + list(outs[1:])), fit_model
 
     def _boundary_models(self, bt, extra_tensors):
         """(image -> activations at bt [+ extras], activations at bt -> classifier output)."""
@@ -313,7 +321,7 @@ class PhaseInputs:
         va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, tr, va, "features", tag, secs)
 
-    def _from_cached_views(self, feat_model, fit_model, tag: str, phase) -> PhaseData:
+    def _from_cached_views(self, feat_model, fit_model, tag: str, phase, extras) -> PhaseData:
         """Training activations of V augmented views per image (as many as fit the cache budget),
         computed once through the frozen prefix; validation activations of the plain images."""
         import tensorflow as tf
@@ -321,7 +329,7 @@ class PhaseInputs:
         from thaw import augment
 
         t0 = time.perf_counter()
-        ds, cache, batch = self.ds, self.cache, max(self.bs, 64)
+        ds, cache = self.ds, self.cache
         n = len(ds.train)
         per_view = _nbytes(fit_model.inputs[0], n)
         views = min(self.views, (cache.max_bytes - _nbytes(fit_model.inputs[0], len(ds.val))) // max(1, per_view))
@@ -332,19 +340,12 @@ class PhaseInputs:
                            + (f"{views} views" if views else "images, augmented on the fly, for this phase"))
             if views == 0:
                 return self._augmented_images(phase)
-        key = self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.seed}|views={views}")[0]
-
-        def compute():
-            return np.stack([predict(feat_model, ds.train.images, batch,
-                                     params=augment.draw(self.aug, n, self.seed, v).numpy())[0]
-                             for v in range(views)])
-
-        x_views = cache.get_or_compute(key, compute)
-        x_val = cache.get_or_compute(self._keys(tag)[1], lambda: predict(feat_model, ds.val.images, batch)[0])
+            extras = []
+        x_views, x_val = self._views_and_val(feat_model, tag, views, extras)
         secs = time.perf_counter() - t0
         log.info("feature cache (%s): %d views x %d training + %d validation activations of shape %s "
-                 "ready in %.1fs (hits %d, misses %d)", tag, views, n, len(x_val), x_val.shape[1:], secs,
-                 cache.hits, cache.misses)
+                 "ready in %.1fs (hits %d, misses %d%s)", tag, views, n, len(x_val), x_val.shape[1:], secs,
+                 cache.hits, cache.misses, f"; {len(extras)} other depths stored too" if extras else "")
         stacked, labels = tf.constant(x_views), tf.constant(ds.train.labels)
         offsets = augment.view_offsets(n, views, self.seed)
 
@@ -356,33 +357,70 @@ class PhaseInputs:
         val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views)
 
+    def _views_and_val(self, feat_model, tag: str, views: int, extras):
+        """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the cache
+        or computed in one pass per view (that also stores the extras' views)."""
+        from thaw import augment
+
+        ds, cache, batch, n = self.ds, self.cache, max(self.bs, 64), len(self.ds.train)
+
+        def train_views():
+            per_view = [predict(feat_model, ds.train.images, batch,
+                                params=augment.draw(self.aug, n, self.seed, v).numpy()) for v in range(views)]
+            return [np.stack(outs) for outs in zip(*per_view)]
+
+        if not extras:
+            x_views = cache.get_or_compute(self._view_key(tag, views), lambda: train_views()[0])
+            x_val = cache.get_or_compute(self._keys(tag)[1], lambda: predict(feat_model, ds.val.images, batch)[0])
+            return x_views, x_val
+        cache.misses += 1
+        outs_train, outs_val = train_views(), predict(feat_model, ds.val.images, batch)
+        for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
+            cache.put(self._view_key(t, views), a_tr)
+            cache.put(self._keys(t)[1], a_va)
+        return outs_train[0], outs_val[0]
+
     def _say_once(self, message: str) -> None:
         if not self._warned:
             log.warning(message)
             self._warned = True
 
-    def _shallower_boundaries(self, boundary, depth: int):
-        """(tensor, tag) of the single boundary tensors of fewer than `depth` top blocks, not yet
-        cached, whose float32 activations fit in half the cache budget together."""
+    def _more_boundaries(self, cut, tag: str, depth: int):
+        """(tensor, tag) of the boundaries of other depths to store in the same pass: every depth
+        below the base's block count after the head phase, fewer than `depth` blocks after a
+        fine-tuning cut; smallest first, not yet cached, within half of the cache budget."""
         from thaw import unfreeze
 
         base, spec = self.clf.base, self.clf.spec
-        n_images = len(self.ds.train) + len(self.ds.val)
-        budget = self.cache.max_bytes // 2 - _nbytes(boundary, n_images)
-        seen = {id(boundary)}
+        if self._cached(tag):
+            return []  # no pass will run
+        rows = len(self.ds.train) * max(1, self.views) + len(self.ds.val)
+        budget = self.cache.max_bytes // 2 - _nbytes(cut, rows)
+        seen = {id(cut), id(base.input)}
         out = []
-        for d in range(depth - 1, 0, -1):
+        for d in range(1, spec.num_blocks if tag == "pooled" else depth):
             bt = boundary_tensor(base, unfreeze.top_block_layers(base, spec, d))
             if bt is None or id(bt) in seen:
                 continue
             seen.add(id(bt))
-            tag = f"at {bt._keras_history[0].name}"
-            need = _nbytes(bt, n_images)
-            if need > budget or all(k in self.cache for k in self._keys(tag)):
+            t = f"at {bt._keras_history[0].name}"
+            need = _nbytes(bt, rows)
+            if need > budget or self._cached(t):
                 continue
             budget -= need
-            out.append((bt, tag))
+            out.append((bt, t))
         return out
+
+    def _cached(self, tag: str) -> bool:
+        k_train, k_val = self._keys(tag)
+        if self.aug is not None:
+            k_train = self._view_key(tag, self.views)
+        return k_train in self.cache and k_val in self.cache
+
+    def _view_key(self, tag: str, views: int) -> str:
+        from thaw import augment
+
+        return self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.seed}|views={views}")[0]
 
 
 def _nbytes(tensor, n_images: int) -> int:

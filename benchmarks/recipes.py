@@ -1,0 +1,104 @@
+"""The experiment tables of experiments/README.md: recipes on a real photo folder, test accuracy once.
+
+    python benchmarks/recipes.py --data cats_vs_dogs                 # probe, tutorial, sweep, random init
+    python benchmarks/recipes.py --data hymenoptera --rows probe,sweep --trials 12
+    python benchmarks/recipes.py --data hymenoptera --views-vs-fly --seeds 1,2,3
+
+Rows (160 px, MobileNetV2 alpha 0.35 shared weights, half of the validation folder held out as the
+test split, evaluated once per run; a sweep evaluates only its best trial):
+  probe     frozen-base linear probe: depth 0, head trained to convergence (30 epochs, patience 5)
+  tutorial  the TensorFlow tutorial's recipe: flip + rotation 0.2, 10 head epochs at 1e-4, then the
+            top 7 blocks 10 epochs at 1e-5
+  preset    experiment=cats_vs_dogs_local as it is (one run, no search)
+  sweep     the default sweep: experiment=cats_vs_dogs_local sweep=depth_lr, --trials trials
+  random    random-init control (backbone.weights=null, BatchNorm trains, no cache)
+--views-vs-fly: the same augmented recipe with cached views (trainer.augment_views=8) and with
+fresh draws every epoch on images (trainer.augment_views=0), one run per seed each.
+Prints one JSON line per run. Needs ../shared (real data and weights).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import REPO, SHARED, WEIGHTS, emit, timed  # noqa: E402
+
+ROWS = {
+    "probe": ["unfreeze.depth=0", "trainer.finetune_epochs=0", "trainer.head_epochs=30", "trainer.patience=5",
+              "lr.base=1e-3", "augment=none"],
+    "tutorial": ["augment=flip", "augment.rotation=0.2", "unfreeze.depth=7", "lr.base=1e-4",
+                 "lr.finetune_factor=0.1", "trainer.head_epochs=10", "trainer.finetune_epochs=10",
+                 "trainer.patience=0"],
+    "preset": [],
+    "random": ["backbone.weights=null", "trainer.head_epochs=3", "trainer.finetune_epochs=3", "trainer.patience=0",
+               "augment=none"],
+}
+# the augmented recipe compared with and without cached views
+VIEWS_RECIPE = ["augment=standard", "unfreeze.depth=5", "lr.base=1e-3", "trainer.head_epochs=5",
+                "trainer.finetune_epochs=5", "trainer.patience=0"]
+
+
+def run_one(data_dir, run_dir, extra):
+    cmd = [sys.executable, "-m", "thaw.cli", "experiment=cats_vs_dogs_local", "logger=none",
+           f"data.path={data_dir}", f"backbone.weights={WEIGHTS}", "trainer.save_model=true",
+           f"hydra.run.dir={run_dir}", *extra]
+    secs, _ = timed(cmd, REPO, log_path=Path(run_dir).with_suffix(".log"))
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return secs, m
+
+
+def run_sweep(data_dir, sweep_dir, trials, extra=()):
+    cmd = [sys.executable, "-m", "thaw.cli", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
+           "logger=none", f"data.path={data_dir}", f"backbone.weights={WEIGHTS}",
+           f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep_dir}", *extra]
+    secs, _ = timed(cmd, REPO, log_path=Path(sweep_dir).with_suffix(".log"))
+    return secs, yaml.safe_load((Path(sweep_dir) / "optimization_results.yaml").read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="cats_vs_dogs", help="a folder under ../shared/data, or a path")
+    ap.add_argument("--rows", default="probe,tutorial,sweep,random")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--views-vs-fly", action="store_true")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override, all runs")
+    ap.add_argument("--keep", metavar="DIR", help="keep run dirs and logs here")
+    args = ap.parse_args()
+    data_dir = Path(args.data) if "/" in args.data else SHARED / "data" / args.data
+    if not data_dir.is_dir() or not WEIGHTS.is_file():
+        sys.exit(f"needs {data_dir} and {WEIGHTS} (see ../shared/data/README.md)")
+    tmp = args.keep or tempfile.mkdtemp(prefix="thaw-recipes-")
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    name = data_dir.name
+    if args.views_vs_fly:
+        for seed in args.seeds.split(","):
+            for variant, extra in (("cached_views", ["trainer.augment_views=8"]),
+                                   ("on_the_fly", ["trainer.augment_views=0"])):
+                secs, m = run_one(data_dir, Path(tmp) / f"{name}-{variant}-{seed}",
+                                  [*VIEWS_RECIPE, *extra, f"trainer.seed={seed}", *args.set])
+                emit(data=name, figure="views_vs_fly", variant=variant, seed=int(seed), wall_seconds=round(secs, 1),
+                     val_accuracy=m["val_accuracy"], test_accuracy=m.get("test_accuracy"),
+                     feature_cache=m["feature_cache"])
+        return
+    for row in args.rows.split(","):
+        if row == "sweep":
+            secs, res = run_sweep(data_dir, Path(tmp) / f"{name}-sweep", args.trials, args.set)
+            best = res.get("best_trial") or {}
+            emit(data=name, row=row, wall_seconds=round(secs, 1), n_trials=args.trials,
+                 val_accuracy=res.get("best_value"), test_accuracy=best.get("test_accuracy"),
+                 best_params=res.get("best_params"), trial_counts={k: v for k, v in res["trial_counts"].items() if v})
+            continue
+        secs, m = run_one(data_dir, Path(tmp) / f"{name}-{row}", [*ROWS[row], *args.set])
+        emit(data=name, row=row, wall_seconds=round(secs, 1), val_accuracy=m["val_accuracy"],
+             test_accuracy=m.get("test_accuracy"), objective_epoch=m.get("objective_epoch"),
+             epochs=len(m["history"]), feature_cache=m["feature_cache"])
+
+
+if __name__ == "__main__":
+    main()

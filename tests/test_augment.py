@@ -83,22 +83,47 @@ def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
     assert any(abs(a["loss"] - b["loss"]) > 1e-4 for a, b in zip(plain["history"], on["history"]))
 
 
-def test_view_cache_keys_cover_augmentation_seed_and_count(tmp_path):
+def test_view_cache_keys_cover_augmentation_seed_and_count(tmp_path, mnv2_weights):
+    """Folder data and pretrained weights: neither depends on the seed, so only the draws do."""
+    from imagefiles import make_folder
+
     features.clear_memory_cache()
     cache = tmp_path / "cache"
-    common = [f"trainer.cache_dir={cache}", "trainer.finetune_epochs=0", "unfreeze.depth=0"]
+    folder = make_folder(tmp_path / "photos", per_class=8)
+    common = [f"trainer.cache_dir={cache}", "trainer.finetune_epochs=0", "unfreeze.depth=0", "data=folder",
+              f"data.path={folder}", "data.val_fraction=0.25", f"backbone.weights={mnv2_weights}"]
     _run(tmp_path, "a", *common)
     first = set(cache.glob("*.npy"))
     assert len(first) == 2  # pooled views of the training images + plain pooled validation features
-    views = [np.load(f) for f in first if np.load(f).ndim == 3]
-    assert len(views) == 1 and views[0].shape[:2] == (3, 64)
+    views = [a for a in (np.load(f) for f in first) if a.ndim == 3]
+    assert len(views) == 1 and views[0].shape[:2] == (3, 12)
+    assert not np.allclose(views[0][0], views[0][1])  # the views differ
     _run(tmp_path, "b", *common)  # the same config: nothing new
     assert set(cache.glob("*.npy")) == first
-    _run(tmp_path, "c", *common, "augment.rotation=0.2")  # another augmentation: new training views only
-    assert len(set(cache.glob("*.npy")) - first) == 1
-    _run(tmp_path, "d", *common, "trainer.seed=7")  # another seed: other draws
-    _run(tmp_path, "e", *common, "trainer.augment_views=2")  # another count
-    assert len(set(cache.glob("*.npy"))) == 2 + 1 + 2 + 1  # seed 7 also decodes other synthetic images
+    seen = set(first)
+    for override in ("augment.rotation=0.2", "trainer.seed=7", "trainer.augment_views=2"):
+        _run(tmp_path, override, *common, override)
+        new = set(cache.glob("*.npy")) - seen
+        assert len(new) == 1, override  # new training views; validation (never augmented) reused
+        seen |= new
+
+
+def test_epoch_batches_know_their_epoch_through_keras_fit():
+    """fit(steps_per_epoch=...) keeps one iterator across epochs, so batch k of epoch e is built
+    for epoch e (the view rotation depends on it), also when fit starts at initial_epoch > 0."""
+    import keras
+    import tensorflow as tf
+
+    from thaw import data as data_mod
+
+    n, bs = 10, 4
+    ds = data_mod.epoch_batches(n, bs, 0, 3, 4, lambda idx, e: (
+        tf.fill([tf.shape(idx)[0], 1], tf.cast(e, tf.float32)), tf.zeros([tf.shape(idx)[0], 1])))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="ones")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse",
+                  metrics=[keras.metrics.MeanMetricWrapper(lambda y, p: keras.ops.mean(p), name="epoch")])
+    hist = model.fit(ds, epochs=7, initial_epoch=3, steps_per_epoch=-(-n // bs), verbose=0, shuffle=False)
+    assert hist.history["epoch"] == pytest.approx([3.0, 4.0, 5.0, 6.0])
 
 
 def test_views_that_do_not_fit_the_budget_are_reduced_with_one_warning(tmp_path, caplog):
@@ -172,5 +197,6 @@ def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
     train(compose_cfg([*common[:-1], "unfreeze.depth=2"]), alone)
     a = json.loads((alone / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "t1" / "metrics.json").read_text())["history"]
+    assert len(a) == len(b) == 2
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-3, abs=1e-4)

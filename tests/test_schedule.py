@@ -52,6 +52,19 @@ def test_patience_stops_a_phase_that_stopped_improving(tmp_path):
         best_at = int(np.argmax(rows))  # first best epoch of the phase
         assert len(rows) == best_at + 1 + 2  # stopped exactly `patience` epochs after the phase's best
         assert max(rows[best_at + 1:]) <= rows[best_at]
+    # epochs are numbered as planned: fine-tuning starts at epoch 13 however early the head stopped
+    assert [r["epoch"] for r in m["history"] if r["phase"] == "finetune"][0] == 13
+    best = max(range(len(m["history"])), key=lambda i: m["history"][i]["val_accuracy"])
+    assert m["objective_epoch"] == m["history"][best]["epoch"]
+
+
+def test_patience_does_not_claim_an_early_stop_on_the_last_epoch(tmp_path):
+    _, m, _ = _run(tmp_path, "q", "backbone.batchnorm=inference", "trainer.head_epochs=3",
+                   "trainer.finetune_epochs=0", "trainer.patience=2")
+    rows = [r["val_accuracy"] for r in m["history"]]
+    assert len(rows) == 3
+    if int(np.argmax(rows)) == 0:  # two epochs without improvement end exactly at the last epoch
+        assert "stopped_early" not in m["phases"]["head"]
 
 
 def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights):
@@ -67,12 +80,12 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
                           "unfreeze=all", "head.dropout=0")
     vals = [r["val_accuracy"] for r in m["history"]]
     best = int(np.argmax(vals))
-    assert m["objective_epoch"] == best + 1 and m["objective_from"].startswith("best epoch")
+    assert m["objective_epoch"] == m["history"][best]["epoch"] and m["objective_from"].startswith("best epoch")
     assert result.objective == m["val_accuracy"] == vals[best]
     assert m["last_val_accuracy"] == vals[-1]
-    if best == len(vals) - 1:
+    if vals[-1] == vals[best]:
         pytest.skip(f"fine-tuning did not get worse this time ({vals}): nothing to restore")
-    assert m["phases"]["finetune"]["restored_epoch"] == best + 1
+    assert m["phases"]["finetune"]["restored_epoch"] == m["history"][best]["epoch"]
     cfg = compose_cfg(["experiment=smoke", "backbone.image_size=96", "data.num_train=128", "data.num_val=64"])
     ds = data_mod.load(cfg.data, 96, 42)
     model = keras.saving.load_model(out / "model.keras", compile=False)

@@ -36,8 +36,9 @@ def resolve(cfg) -> Optional[Any]:
     if cfg.data.get("augment"):
         from omegaconf import OmegaConf
 
-        log.warning("data.augment=true is deprecated: use augment=flip (or augment=standard); "
-                    "running as before: horizontal flip + rotation 0.1")
+        log.warning("data.augment=true is deprecated: use augment=flip (or augment=standard); running "
+                    "with a horizontal flip + rotation 0.1 as before, now on trainer.augment_views cached "
+                    "views (trainer.augment_views=0: fresh draws every epoch, as before)")
         return OmegaConf.create({"name": "data.augment", "flip": "horizontal", "rotation": 0.1, "zoom": 0.0,
                                  "translate": 0.0, "contrast": 0.0})
     return None

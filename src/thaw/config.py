@@ -93,8 +93,8 @@ class TrainerConfig:
     deterministic: bool = False
     save_model: bool = True
     export_h5: bool = False
-    # Frozen-prefix activation cache: auto (on when augmentation is off and the base is in inference
-    # mode), true, false. Bounded in memory (cache_max_mb); shared across processes via cache_dir.
+    # Frozen-prefix activation cache: auto (on when the base is in inference mode and augmentation,
+    # if any, uses cached views), true, false. Bounded in memory (cache_max_mb); shared across processes via cache_dir.
     cache_features: Any = "auto"
     cache_dir: Optional[str] = None
     cache_max_mb: int = 2048

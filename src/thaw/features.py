@@ -192,6 +192,11 @@ class PhaseInputs:
         self.seed = int(cfg.trainer.seed)
         self.views = int(cfg.trainer.augment_views) if aug is not None else 0
         self.cache = open_cache(cfg, aug)
+        if self.cache is None and cfg.trainer.cache_features not in (False, "false"):
+            # nothing can be cached (e.g. a random-init base whose BatchNorm trains): draw afresh
+            # every epoch. With cache_features=false the same V draws are used on images, which
+            # is what makes the cached and uncached paths comparable exactly.
+            self.views = 0
         self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
         self._fingerprints: Dict[str, str] = {}
         self._warned = False
@@ -201,7 +206,9 @@ class PhaseInputs:
         return self.cache is not None
 
     def for_phase(self, phase) -> PhaseData:
-        if self.cache is None or phase.epochs == 0:
+        if phase.epochs == 0:  # compiled for the record, never fit
+            return PhaseData(self.clf.model, None, None, "images")
+        if self.cache is None:
             return self._images(phase)
         base = self.clf.base
         trainable = {l.name for l in base.layers if l.trainable}
@@ -291,7 +298,8 @@ class PhaseInputs:
     def _keys(self, tag: str):
         cfg = self.cfg
         wfp = weights_fingerprint(cfg.backbone, self.seed)
-        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{int(cfg.backbone.image_size)}|{wfp}|{tag}"
+        precision = "" if cfg.trainer.precision == "float32" else f"|{cfg.trainer.precision}"
+        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{int(cfg.backbone.image_size)}|{wfp}{precision}|{tag}"
         for name, split in (("train", self.ds.train), ("val", self.ds.val)):
             if name not in self._fingerprints:  # hashing the images once per run, not per key
                 self._fingerprints[name] = fingerprint_array(split.images)
@@ -395,7 +403,8 @@ class PhaseInputs:
         if self._cached(tag):
             return []  # no pass will run
         rows = len(self.ds.train) * max(1, self.views) + len(self.ds.val)
-        budget = self.cache.max_bytes // 2 - _nbytes(cut, rows)
+        cached = self.clf.model.get_layer("head_pool").output if tag == "pooled" else cut
+        budget = self.cache.max_bytes // 2 - _nbytes(cached, rows)
         seen = {id(cut), id(base.input)}
         out = []
         for d in range(1, spec.num_blocks if tag == "pooled" else depth):

@@ -6,6 +6,7 @@ A crash, a pruned trial or Ctrl-C keeps everything recorded so far; `finish` add
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -68,11 +69,20 @@ class RunRecord:
         self.write("failed")
 
     def best_epoch(self, objective: str = "val_accuracy") -> int:
-        """Index of the epoch with the best validation value (the first of equals)."""
+        """Index in the history of the epoch with the best validation value (the first of equals;
+        a missing or non-finite value never wins)."""
         sign = -1.0 if objective.endswith("loss") else 1.0
-        scores = [sign * r[objective] if r.get(objective) is not None else -float("inf")
-                  for r in self.history]
-        return max(range(len(scores)), key=scores.__getitem__)
+
+        def score(row):
+            v = row.get(objective)
+            return sign * v if v is not None and math.isfinite(v) else -math.inf
+
+        return max(range(len(self.history)), key=lambda i: score(self.history[i]))
+
+    def epoch_number(self, index: int) -> int:
+        """The planned epoch number of a history row (1-based; a phase stopped early by patience
+        leaves a gap before the next phase's epochs)."""
+        return int(self.history[index]["epoch"])
 
     def summarize(self, monitor: str = "val_accuracy", restore_best: bool = False) -> None:
         """After training ended normally: the figures of the epoch whose weights the model holds
@@ -81,11 +91,11 @@ class RunRecord:
         row = self.history[chosen]
         self.data.update(val_accuracy=row.get("val_accuracy"), val_loss=row.get("val_loss"),
                          train_accuracy=row.get("accuracy"), train_loss=row.get("loss"),
-                         objective_epoch=chosen + 1,
+                         objective_epoch=self.epoch_number(chosen),
                          objective_from=f"best epoch by {monitor}" if restore_best else "last epoch",
                          last_val_accuracy=self.history[-1].get("val_accuracy"))
         best = self.best_epoch("val_accuracy")
-        self.data["best_epoch"] = best + 1
+        self.data["best_epoch"] = self.epoch_number(best)
         self.data["best_val_accuracy"] = self.history[best].get("val_accuracy")
         self.data["trainable_params"] = self.phases.get("finetune", {}).get("trainable_params")
 

@@ -160,14 +160,14 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int) -> TrainResult:
         blocks = unfreeze.apply(base, spec, cfg.unfreeze.name, int(cfg.unfreeze.depth))
         run.record.phase("finetune")["unfrozen_blocks"] = blocks
         fit_phase(run, finetune_phase(cfg, blocks))
-    run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))
-    if cfg.trainer.save_model:
-        save_model(run.clf.model, out, cfg.trainer.export_h5)
-        run.record.update(model_path=str(out / "model.keras"))
-    # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
-    if reporter is None:
-        evaluate_test_split(run)
-    objective = run.record.complete(objective_names(cfg))
+        run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))
+        if cfg.trainer.save_model:
+            save_model(run.clf.model, out, cfg.trainer.export_h5)
+            run.record.update(model_path=str(out / "model.keras"))
+        # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
+        if reporter is None:
+            evaluate_test_split(run)
+        objective = run.record.complete(objective_names(cfg))
     return TrainResult(objective, run.record.data)
 
 
@@ -290,13 +290,15 @@ def _seed_and_precision(cfg_trainer) -> None:
 
 @contextmanager
 def _recorded(record: RunRecord):
-    """Whatever ends the phases early is written to metrics.json before it propagates."""
+    """Whatever ends the run early is written to metrics.json before it propagates."""
     try:
         yield
     except KeyboardInterrupt:
         record.write("interrupted")
         raise
-    except (Pruned, TrainingError):
+    except (Pruned, TrainingError) as exc:
+        if record["status"] == "running":  # not yet recorded (e.g. an objective this run never measured)
+            record.fail(exc)
         raise
     except Exception as exc:
         record.fail(exc)
@@ -321,14 +323,16 @@ def _restore_best(run: Run, info: Dict[str, Any], callback) -> None:
         return
     step = run.best.restore(run.clf.model, len(run.record.history) - 1)
     if step is not None:
-        info["restored_epoch"] = step + 1
-        log.info("restored the weights of epoch %d (best %s %.4f)", step + 1, run.best.monitor, run.best.value)
+        info["restored_epoch"] = run.record.epoch_number(step)
+        log.info("restored the weights of epoch %d (best %s %.4f)", info["restored_epoch"], run.best.monitor,
+                 run.best.value)
 
 
 def _raise_if_stopped(record: RunRecord, callback) -> None:
     if callback.stop_reason == "nan":
-        record.write("failed")
-        raise TrainingError(callback.stop_message)
+        error = TrainingError(callback.stop_message)
+        record.fail(error)
+        raise error
     if callback.stop_reason == "pruned":
         record.update(pruned_reason=callback.stop_message)
         record.write("pruned")

@@ -1,12 +1,15 @@
 """A median pruner for two-phase fine-tuning.
 
 Optuna's MedianPruner and PercentilePruner judge a trial by its BEST intermediate value so far.
-In thaw a trial reports every epoch of the head phase and then of the fine-tuning phase, and its
-objective is the value after the last epoch; a strong head phase then shields a fine-tune that is
-collapsing. Measured on the shared cats-vs-dogs photos: a trial at 0.958 after the head phase fell
-to 0.841 in its first fine-tuning epoch (the median of finished trials there was 0.931), was not
-pruned, and spent 166 s more to end at 0.913. This pruner compares the value AT the current step
-with the median of the finished trials at that step.
+In thaw a trial reports every epoch of the head phase and then of the fine-tuning phase; a strong
+head phase then shields a fine-tune that is collapsing. Measured on the shared cats-vs-dogs photos
+(when the objective was the last epoch's value): a trial at 0.958 after the head phase fell to 0.841
+in its first fine-tuning epoch (the median of finished trials there was 0.931), was not pruned, and
+spent 166 s more to end at 0.913. This pruner compares the value AT the current step with the
+median of the finished trials at that step. With trainer.restore_best (the default) such a trial's
+objective is its best epoch, so it would not end worse than its head; it is still pruned, because
+the question a sweep asks is which fine-tuning pays, and a fine-tune below the median at the same
+epoch rarely catches up (the trial keeps its intermediate values, best included, as PRUNED).
 """
 
 from __future__ import annotations

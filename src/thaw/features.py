@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -123,24 +124,54 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-def predict(model, x: np.ndarray, batch_size: int, params=None) -> List[np.ndarray]:
-    """Each output of the frozen prefix over all images, as one traced function (eager per-batch
-    calls of a functional model spend most of their time dispatching ops on a CPU). With `params`
-    (one augmentation draw per image), the images are augmented first: one cached view."""
+_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    """One traced function per prefix model, shared by every call (training views, validation):
+    eager per-batch calls of a functional model spend most of their time dispatching ops on a CPU,
+    and a new trace per call costs seconds."""
     import keras
+    import tensorflow as tf
+
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(lambda b: keras.tree.flatten(model(b, training=False)),
+                                      reduce_retracing=True)
+    return _FORWARD[model]
+
+
+def _run(model, batches) -> List[np.ndarray]:
+    import tensorflow as tf
+
+    forward = _forward(model)
+    outs = [[t.numpy() for t in forward(b)] for b in batches.prefetch(tf.data.AUTOTUNE)]
+    return [np.concatenate(o) for o in zip(*outs)]
+
+
+def predict(model, x: np.ndarray, batch_size: int) -> List[np.ndarray]:
+    """Each output of the frozen prefix over all images."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(lambda b: tf.cast(b, tf.float32))
+    return _run(model, ds)
+
+
+def predict_views(model, x: np.ndarray, table, batch_size: int) -> List[np.ndarray]:
+    """Each output of the frozen prefix over V augmented views of all images, as (V, n, ...) arrays;
+    `table` holds one augmentation draw per view and image, (V, n, augment.NUM_PARAMS)."""
     import tensorflow as tf
 
     from thaw import augment
 
-    def prepare(b, p=None):
-        return tf.cast(b, tf.float32) if p is None else augment.apply(b, p)
+    views, n = int(table.shape[0]), len(x)
+    images = tf.constant(x)
 
-    forward = tf.function(lambda *b: keras.tree.flatten(model(prepare(*b), training=False)),
-                          reduce_retracing=True)
-    slices = x if params is None else (x, params)
-    batches = [[t.numpy() for t in forward(*(b if params is not None else (b,)))]
-               for b in tf.data.Dataset.from_tensor_slices(slices).batch(batch_size)]
-    return [np.concatenate(outs) for outs in zip(*batches)]
+    def batch(k):  # rows k = view * n + image
+        params = tf.gather_nd(table, tf.stack([k // n, k % n], axis=1))
+        return augment.apply(tf.gather(images, k % n), params)
+
+    ds = tf.data.Dataset.range(views * n).batch(batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return [o.reshape((views, n) + o.shape[1:]) for o in _run(model, ds)]
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
@@ -190,7 +221,9 @@ class PhaseInputs:
         self.cfg, self.clf, self.ds, self.sweep, self.aug = cfg, clf, ds, sweep, aug
         self.bs = int(cfg.data.batch_size)
         self.seed = int(cfg.trainer.seed)
-        self.views = int(cfg.trainer.augment_views) if aug is not None else 0
+        # an image is trained on one view per epoch: no run needs more views than its longest phase
+        longest = max(int(cfg.trainer.head_epochs), int(cfg.trainer.finetune_epochs))
+        self.views = min(int(cfg.trainer.augment_views), longest) if aug is not None else 0
         self.cache = open_cache(cfg, aug)
         if self.cache is None and cfg.trainer.cache_features not in (False, "false"):
             # nothing can be cached (e.g. a random-init base whose BatchNorm trains): draw afresh
@@ -368,14 +401,15 @@ class PhaseInputs:
     def _views_and_val(self, feat_model, tag: str, views: int, extras):
         """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the cache
         or computed in one pass per view (that also stores the extras' views)."""
+        import tensorflow as tf
+
         from thaw import augment
 
         ds, cache, batch, n = self.ds, self.cache, max(self.bs, 64), len(self.ds.train)
 
         def train_views():
-            per_view = [predict(feat_model, ds.train.images, batch,
-                                params=augment.draw(self.aug, n, self.seed, v).numpy()) for v in range(views)]
-            return [np.stack(outs) for outs in zip(*per_view)]
+            table = tf.stack([augment.draw(self.aug, n, self.seed, v) for v in range(views)])
+            return predict_views(feat_model, ds.train.images, table, batch)
 
         if not extras:
             x_views = cache.get_or_compute(self._view_key(tag, views), lambda: train_views()[0])

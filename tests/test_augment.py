@@ -73,6 +73,8 @@ def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
     assert not off["feature_cache"] and on["feature_cache"]
     assert on["phases"]["head"]["augment_views"] == 3 and on["phases"]["finetune"]["augment_views"] == 3
     assert on["phases"]["finetune"]["cache"].startswith("at block_")
+    assert {p["trained_on"] for p in on["phases"].values()} == {"cached activations"}
+    assert {p["trained_on"] for p in off["phases"].values()} == {"images"}
     assert len(on["history"]) == len(off["history"]) == 5
     for a, b in zip(off["history"], on["history"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -144,6 +146,7 @@ def test_nothing_fits_trains_on_images_and_says_so(tmp_path, caplog):
     m = _run(tmp_path, "none", "trainer.cache_max_mb=0", "trainer.finetune_epochs=0", "unfreeze.depth=0",
              "trainer.cache_features=true")
     assert "cache" not in m["phases"]["head"] and m["phases"]["head"]["augment_views"] == 3
+    assert m["phases"]["head"]["trained_on"] == "images"
     assert any("using images, augmented on the fly" in r.getMessage() for r in caplog.records)
 
 

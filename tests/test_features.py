@@ -50,6 +50,7 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     assert on["phases"]["finetune"]["trainable_params"] == off["phases"]["finetune"]["trainable_params"]
 
 
+@pytest.mark.slow  # ~60 s; the refusal with cache_features=true runs by default
 def test_auto_falls_back_with_fresh_augmentation_or_training_batchnorm(tmp_path):
     # augmentation drawn afresh every epoch (augment_views=0) cannot be cached; views can (test_augment.py)
     m = _run(tmp_path, "aug", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference")
@@ -95,6 +96,7 @@ class NeverPrune:
         return False
 
 
+@pytest.mark.slow  # ~75 s; the views variant in test_augment.py runs by default
 def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
     features.clear_memory_cache()
     cache_dir = tmp_path / "cache"
@@ -123,3 +125,13 @@ def test_memory_cache_is_bounded():
         cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
     assert features._memory_bytes() <= 3000
     assert list(features._MEMORY) == ["k2", "k3", "k4"]
+
+
+def test_an_entry_over_half_the_budget_is_used_but_does_not_evict_the_rest():
+    features.clear_memory_cache()
+    cache = features.FeatureCache(max_bytes=4000, cache_dir=None)
+    for i in range(3):
+        cache.get_or_compute(f"small{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
+    big = cache.get_or_compute("big", lambda: np.ones(750, np.float32))  # 3000 bytes: over half
+    assert big.shape == (750,) and (big == 1).all()
+    assert list(features._MEMORY) == ["small0", "small1", "small2"]

@@ -117,6 +117,7 @@ def test_slurm_launcher_config_composes():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (1, 1, 120)
 
 
+@pytest.mark.slow  # ~80 s with teardown; the Ray launcher test runs by default
 def test_submitit_launcher_runs_each_trial_as_a_job(tmp_path):
     """The SLURM launcher's engine (submitit) with its local executor: jobs are pickled, run in their
     own processes with their own logs, exactly as on SLURM nodes minus sbatch."""

@@ -67,6 +67,7 @@ def test_patience_does_not_claim_an_early_stop_on_the_last_epoch(tmp_path):
         assert "stopped_early" not in m["phases"]["head"]
 
 
+@pytest.mark.slow  # ~70 s; BestWeights is unit-tested in the default run
 def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights):
     """A fine-tuning phase at a destructive learning rate: the head phase's best epoch wins, and
     model.keras holds it (evaluated afresh on the validation split: the same accuracy)."""

@@ -59,6 +59,7 @@ def test_nan_loss_fails_the_run(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # ~50 s; the GPU precision path on CPU
 def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
     """The GPU precision path, run on CPU: float16 compute, float32 variables and output."""
     import keras

@@ -101,7 +101,9 @@ class FeatureCache:
             log.warning("feature cache not written to %s: %s", path, exc)
 
     def _remember(self, key: str, arr: np.ndarray) -> None:
-        if arr.nbytes > self.max_bytes:
+        # An entry over half the budget (a deep cut: activations nearly as large as the images) is
+        # used by its run but not kept: it would evict many small entries that later trials reuse.
+        if arr.nbytes > self.max_bytes // 2:
             return
         _MEMORY[key] = arr
         while _memory_bytes() > self.max_bytes and len(_MEMORY) > 1:

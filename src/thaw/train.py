@@ -220,7 +220,8 @@ def fit_phase(run: Run, phase: Phase) -> None:
     log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s", phase.name, phase.epochs,
              phase.learning_rate, f"{n_trainable:,}",
              "cached activations" if data.source == "features" else "images")
-    info.update(epochs=phase.epochs, learning_rate=phase.learning_rate, trainable_params=n_trainable)
+    info.update(epochs=phase.epochs, learning_rate=phase.learning_rate, trainable_params=n_trainable,
+                trained_on="cached activations" if data.source == "features" else "images")
     if phase.epochs == 0:
         info["seconds"] = 0.0
         return

@@ -88,16 +88,19 @@ def run(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     out = Path(hc.runtime.output_dir)
     trial = attach_trial(hc)
-    tracker = None
+    started: list = []  # the tracker, once train() has loaded the data and built the model
     state, summary = "FAIL", {}
     try:
         validate(cfg)
         from thaw import tracking
         from thaw.train import Pruned, train
 
-        tracker = tracking.start(cfg, out, trial)
+        def start_tracker():  # W&B starts only for a run that got past bad input (no orphan run)
+            started.append(tracking.start(cfg, out, trial))
+            return started[0]
+
         try:
-            result = train(cfg, out, reporter=trial, tracker=tracker)
+            result = train(cfg, out, reporter=trial, tracker=start_tracker)
         except Pruned as exc:
             log.info("trial pruned: %s", exc)
             state, summary = "PRUNED", {"pruned": str(exc)}
@@ -132,7 +135,8 @@ def run(cfg: DictConfig):
     finally:
         if trial is not None:
             trial.close()
-        if tracker is not None:
+        if started:
+            tracker = started[0]
             model_path = out / "model.keras" if cfg.logger.get("log_model") and state == "COMPLETE" else None
             tracker.finish(summary, state, model_path)
         if "keras" in sys.modules:  # release graphs so in-process sweeps do not grow

@@ -139,7 +139,8 @@ def make_strategy(cfg_trainer):
 
 
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
-    """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir."""
+    """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir.
+    `tracker` may be a Tracker or a function that starts one, called once data and model are ready."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     configure_devices(cfg.trainer)
     strategy = make_strategy(cfg.trainer)
@@ -198,6 +199,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     # keeps the state of its last pass until the model's metrics are built (stale accuracy).
     loss, _ = _loss_and_metrics(ds.num_classes)
     steps = math.ceil(len(ds.train) / int(cfg.data.batch_size))
+    if callable(tracker):  # a factory: start tracking now that the data and model are ready
+        tracker = tracker()
     return Run(cfg, ds, clf, inputs, record, tracker or Tracker(), reporter, loss, steps, best)
 
 

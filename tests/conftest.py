@@ -11,12 +11,21 @@ SHARED = Path(os.environ.get("THAW_SHARED_DIR", REPO.parent / "shared"))
 CATS_DOGS = SHARED / "data" / "cats_vs_dogs"
 MNV2_035 = SHARED / "weights" / "mobilenet_v2_0.35_no_top_imagenet.h5"
 
-# Keras writes ~/.keras/keras.json on import; keep tests out of the user's home. W&B never prompts.
+# Keras writes ~/.keras/keras.json on import; keep tests out of the user's home.
 _KERAS_HOME = tempfile.mkdtemp(prefix="thaw-keras-home-")
 os.environ.setdefault("KERAS_HOME", _KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+# W&B is isolated whatever the caller exported (WANDB_MODE=online, a key, a `wandb login`): tests never
+# send anything anywhere, never prompt, and never read or write the user's W&B settings. Tests that
+# exercise W&B ask for offline mode themselves.
+_WANDB_HOME = Path(tempfile.mkdtemp(prefix="thaw-wandb-home-"))
+for _key in [k for k in os.environ if k.startswith("WANDB_")]:
+    del os.environ[_key]
+os.environ.update(WANDB_MODE="disabled", WANDB_CONFIG_DIR=str(_WANDB_HOME / "config"),
+                  WANDB_CACHE_DIR=str(_WANDB_HOME / "cache"), WANDB_DATA_DIR=str(_WANDB_HOME / "data"),
+                  NETRC=str(_WANDB_HOME / "netrc-absent"), WANDB_SILENT="true")
 
 
 def need_cats_dogs():

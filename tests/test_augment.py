@@ -58,7 +58,7 @@ def _run(tmp_path, name, *overrides):
     from thaw.train import train
 
     out = tmp_path / name
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=3",
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=3",
                        "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
                        "backbone.batchnorm=inference", "augment=standard", "trainer.augment_views=3",
                        *overrides])
@@ -184,7 +184,7 @@ def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
 
     features.clear_memory_cache()
     cache = tmp_path / "cache"
-    common = ["experiment=smoke", "backbone.image_size=48", "data.num_train=64", "data.num_val=32",
+    common = ["experiment=tiny", "backbone.image_size=48", "data.num_train=64", "data.num_val=32",
               "backbone.batchnorm=inference", "augment=flip", "trainer.augment_views=2",
               "trainer.head_epochs=2", "trainer.finetune_epochs=1", f"trainer.cache_dir={cache}"]
     train(compose_cfg([*common, "unfreeze.depth=4"]), tmp_path / "t0", reporter=NeverPrune())

@@ -36,19 +36,23 @@ def test_every_group_option_composes(group, option):
     assert cfg[group].name == option
 
 
-@pytest.mark.parametrize("experiment", ["smoke", "cats_vs_dogs"])
+@pytest.mark.parametrize("experiment", ["smoke", "tiny", "cats_vs_dogs", "cats_vs_dogs_local"])
 def test_experiments_compose_and_validate(experiment):
     cfg = compose_cfg([f"experiment={experiment}"])
     assert cfg.name == experiment
     validate(cfg)
 
 
-def test_smoke_is_offline_and_tiny():
-    cfg = compose_cfg(["experiment=smoke"])
-    assert cfg.backbone.weights is None and cfg.backbone.alpha == 0.35
-    assert 32 <= cfg.backbone.image_size <= 96
-    assert cfg.data.name == "synthetic"
-    assert cfg.trainer.head_epochs == 1 and cfg.trainer.finetune_epochs == 1
+def test_smoke_and_tiny_are_offline():
+    for name in ("smoke", "tiny"):
+        cfg = compose_cfg([f"experiment={name}"])
+        assert cfg.backbone.weights is None and cfg.backbone.alpha == 0.35
+        assert 32 <= cfg.backbone.image_size <= 96
+        assert cfg.data.name == "synthetic"
+    tiny = compose_cfg(["experiment=tiny"])
+    assert tiny.trainer.head_epochs == 1 and tiny.trainer.finetune_epochs == 1
+    smoke = compose_cfg(["experiment=smoke"])  # learns from scratch: every layer, BatchNorm statistics that keep up
+    assert smoke.unfreeze.name == "all" and smoke.backbone.batchnorm_momentum == 0.9
 
 
 def test_unknown_key_fails_at_composition():

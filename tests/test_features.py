@@ -15,7 +15,7 @@ def _run(tmp_path, name, *overrides, reporter=None):
     from omegaconf import OmegaConf
 
     out = tmp_path / name
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2",
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2",
                        "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
                        *overrides])
     train(cfg, out, reporter=reporter)

@@ -36,7 +36,7 @@ def _run(tmp_path, name, *overrides):
     from thaw.train import train
 
     out = tmp_path / name
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
                        "data.num_test=32", *overrides])
     result = train(cfg, out)
     return result, json.loads((out / "metrics.json").read_text()), out
@@ -87,7 +87,7 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
     if vals[-1] == vals[best]:
         pytest.skip(f"fine-tuning did not get worse this time ({vals}): nothing to restore")
     assert m["phases"]["finetune"]["restored_epoch"] == m["history"][best]["epoch"]
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=96", "data.num_train=128", "data.num_val=64"])
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=96", "data.num_train=128", "data.num_val=64"])
     ds = data_mod.load(cfg.data, 96, 42)
     model = keras.saving.load_model(out / "model.keras", compile=False)
     model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True),

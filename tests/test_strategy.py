@@ -10,7 +10,7 @@ from conftest import thaw_train
 @pytest.mark.parametrize("cache", [pytest.param("false", marks=pytest.mark.slow), "true"])  # false: ~40 s more
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cache):
     out = tmp_path / "run"
-    res = thaw_train(["experiment=smoke", "logger=none", "backbone.image_size=32", "data.num_train=64",
+    res = thaw_train(["experiment=tiny", "logger=none", "backbone.image_size=32", "data.num_train=64",
                       "data.num_val=32", "backbone.batchnorm=inference", "trainer.strategy=mirrored",
                       "trainer.cpu_devices=2", f"trainer.cache_features={cache}", f"hydra.run.dir={out}"],
                      cwd=tmp_path)

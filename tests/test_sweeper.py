@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from conftest import thaw_train
 
 # A trial here takes seconds: 32 px, 32 images, no model file.
-TINY = ["experiment=smoke", "backbone.image_size=32", "data.num_train=32", "data.num_val=16",
+TINY = ["experiment=tiny", "backbone.image_size=32", "data.num_train=32", "data.num_val=16",
         "data.batch_size=16", "trainer.save_model=false"]
 
 
@@ -98,6 +98,11 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
     # ... only the best trial is evaluated on it, once, after the sweep
     assert 0.0 <= results["best_trial"]["test_accuracy"] <= 1.0
     assert results["best_trial"]["num_test"] == 16
+    # one progress line per trial, counted like the study, with the best so far and time left
+    out = res.stdout + res.stderr
+    for k in (1, 2, 3):
+        assert f"sweep: {k}/3 trials done (COMPLETE {k}); best " in out
+    assert "about 0s left" in out
     assert results["best_value"] == study.best_value
     assert results["best_params"] == study.best_params
     assert "best trial" in res.stderr + res.stdout

@@ -30,7 +30,7 @@ def test_unwritable_wandb_dir_warns_and_training_goes_on(tmp_path, caplog):
 
 def test_offline_run_lives_in_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = compose_cfg(["experiment=smoke", "logger=wandb", "logger.mode=offline"])
+    cfg = compose_cfg(["experiment=tiny", "logger=wandb", "logger.mode=offline"])
     tracker = tracking.start(cfg, tmp_path)
     assert isinstance(tracker, tracking.WandbTracker)
     tracker.log_epoch({"phase": "head", "loss": 0.7, "val_accuracy": float("nan")}, step=0)

@@ -18,7 +18,7 @@ def test_batchnorm_mode_follows_the_weights():
 def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
     from thaw.train import train
 
-    cfg = compose_cfg(["experiment=smoke", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
+    cfg = compose_cfg(["experiment=tiny", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
                        "trainer.head_epochs=4", "trainer.finetune_epochs=1", "data.num_train=256",
                        "data.num_val=128", "unfreeze.depth=2"])
     result = train(cfg, tmp_path)
@@ -35,7 +35,7 @@ def test_multiclass_uses_softmax_and_saves(tmp_path):
 
     from thaw.train import train
 
-    cfg = compose_cfg(["experiment=smoke", "data.num_classes=3", "data.num_train=48", "data.num_val=24",
+    cfg = compose_cfg(["experiment=tiny", "data.num_classes=3", "data.num_train=48", "data.num_val=24",
                        "backbone.image_size=32", "head=mlp", "lr=cosine"])
     train(cfg, tmp_path)
     model = keras.saving.load_model(tmp_path / "model.keras")
@@ -51,7 +51,7 @@ def test_nan_loss_fails_the_run(tmp_path):
     from thaw.errors import TrainingError
     from thaw.train import train
 
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=32", "data.num_train=64", "data.num_val=16",
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=16",
                        "trainer.head_epochs=3"])
     cfg.lr.base = float("nan")  # a diverging run (validation would refuse this value up front)
     with pytest.raises(TrainingError, match="loss became"):
@@ -66,7 +66,7 @@ def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
 
     from thaw.train import train
 
-    cfg = compose_cfg(["experiment=smoke", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
+    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
                        "trainer.precision=mixed_float16", "trainer.head_epochs=1", "trainer.finetune_epochs=1"])
     try:
         train(cfg, tmp_path)

@@ -92,6 +92,13 @@ def run(cfg: DictConfig):
     state, summary = "FAIL", {}
     try:
         validate(cfg)
+        from thaw.tf_startup import import_tensorflow
+
+        import_tensorflow()  # without TensorFlow's C++ start-up lines (THAW_TF_LOGS=1 keeps them)
+        if trial is not None:
+            from thaw.record import objective_names
+
+            trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
         from thaw import tracking
         from thaw.train import Pruned, train
 

@@ -24,6 +24,10 @@ class BackboneConfig:
     num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
     # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
     batchnorm: str = "auto"
+    # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned for
+    # long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation, which
+    # uses the moving statistics, stays at chance while training accuracy climbs.
+    batchnorm_momentum: Optional[float] = None
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DataConfig:
     test_fraction: float = 0.0  # share of the validation split held out as a test split
     max_per_class: Optional[int] = None  # cap images per class and split (quick runs)
     on_bad_image: str = "error"  # "error": refuse the data set; "skip": drop the file with a warning
+    train_on_val: bool = False  # retraining a winner: validation images join training (needs restore_best=false)
     # synthetic
     num_train: int = 256
     num_val: int = 128
@@ -200,6 +205,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"backbone.image_size: {b.image_size} is too large (max 1024)")
     if b.batchnorm not in ("auto", "inference", "train"):
         raise ConfigError(f"backbone.batchnorm: expected auto, inference or train, got {b.batchnorm!r}")
+    if b.batchnorm_momentum is not None and not 0.0 <= b.batchnorm_momentum < 1.0:
+        raise ConfigError(f"backbone.batchnorm_momentum: must be in [0, 1) or null, got {b.batchnorm_momentum}")
     _finite_positive(b.alpha, "backbone.alpha")
     if b.weights == "imagenet" and spec.imagenet_alphas is not None and b.alpha not in spec.imagenet_alphas:
         raise ConfigError(f"backbone.alpha: ImageNet weights for {b.name} exist only for alpha in "
@@ -246,6 +253,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.augment_views: must be >= 0, got {t.augment_views}")
     if t.patience < 0:
         raise ConfigError(f"trainer.patience: must be >= 0 (0 = never stop early), got {t.patience}")
+    if cfg.data.train_on_val and (t.restore_best or t.patience):
+        raise ConfigError("data.train_on_val: validation images are trained on, so they cannot choose the "
+                          "epoch; set trainer.restore_best=false trainer.patience=0 (thaw-retrain --train-on-val does)")
     _validate_augment(cfg.augment)
     if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
         raise ConfigError(f"trainer.precision: expected float32, mixed_float16 or mixed_bfloat16, got {t.precision!r}")

@@ -61,6 +61,15 @@ class Dataset:
         return len(self.class_names)
 
 
+def with_val_in_train(ds: Dataset) -> Dataset:
+    """Validation images join training (retraining a chosen config on all labelled data)."""
+    from dataclasses import replace
+
+    train = Split(np.concatenate([ds.train.images, ds.val.images]),
+                  np.concatenate([ds.train.labels, ds.val.labels]))
+    return replace(ds, train=train)
+
+
 def _name_key(path: str) -> str:
     """Deterministic, name-based order for splitting (independent of directory listing order)."""
     return hashlib.sha1(os.path.basename(path).encode()).hexdigest()

@@ -43,6 +43,7 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     if weights is not None and weights != "imagenet":
         weights = str(weights)
     base = build_base(spec, float(cfg.backbone.alpha), size, weights)
+    set_batchnorm_momentum(base, cfg.backbone.get("batchnorm_momentum"))
     inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
     x = inputs
     x = preprocessing_layer(spec)(x)
@@ -50,6 +51,18 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
     return Classifier(model, base, features, spec)
+
+
+def set_batchnorm_momentum(base, momentum) -> int:
+    """Every BatchNormalization layer's moving-average momentum; returns how many were set."""
+    import keras
+
+    if momentum is None:
+        return 0
+    layers = [layer for layer in base._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
 
 
 def count_trainable(model) -> int:

@@ -16,10 +16,9 @@ from typing import List, Optional, Tuple
 
 from thaw.errors import ConfigError, ThawError
 from thaw.outputs import write_text_atomic
+from thaw.report_plots import DEPTH, LR
 
 log = logging.getLogger(__name__)
-
-DEPTH, LR = "unfreeze.depth", "lr.base"
 
 
 def open_study(target: str, study_name: Optional[str] = None):
@@ -64,9 +63,9 @@ def _figures(study) -> List[Tuple[str, str, object, object]]:
         ("history", "Optimisation history", lambda m: m.plot_optimization_history(study), len(complete) >= 1),
         ("importance", "Parameter importances",
          lambda m: m.plot_param_importances(study), len(complete) >= 2 and len(varying) >= 1),
-        ("depth", "Validation accuracy against unfreeze depth",
+        ("depth", "Optuna slice plot: objective against unfreeze depth (COMPLETE trials only)",
          lambda m: m.plot_slice(study, params=[DEPTH]), DEPTH in params),
-        ("lr", "Validation accuracy against learning rate",
+        ("lr", "Optuna slice plot: objective against learning rate (COMPLETE trials only)",
          lambda m: m.plot_slice(study, params=[LR]), LR in params),
         ("intermediate", "Intermediate values per trial (pruned trials stop early)",
          lambda m: m.plot_intermediate_values(study),
@@ -120,12 +119,93 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _plot_section(slug: str, title: str, fig, png: Optional[str] = None) -> str:
+    esc = html.escape
+    if fig is None:
+        return (f'<section class="plot missing"><h2>{esc(title)}</h2>'
+                '<p>Not enough finished trials for this plot yet.</p></section>')
+    fig.update_layout(title=None, height=420, margin=dict(l=60, r=20, t=20, b=50))
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{slug}")
+    link = f'<p><a href="{png}">PNG</a></p>' if png else ""
+    return f'<section class="plot" id="{slug}"><h2>{esc(title)}</h2>{div}{link}</section>'
+
+
+def _save_png(make_png, path: Path, title: str) -> bool:
+    import matplotlib.pyplot as plt
+
+    try:
+        ax = make_png()
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return True
+    except Exception as exc:
+        log.warning("report: PNG for %s not written: %s", title, exc)
+        return False
+
+
+def _sections(study, png_dir: Path) -> List[str]:
+    """thaw's own plots first (every trial, learning curves, time), then Optuna's with PNG copies."""
+    from thaw.report_plots import own_figures
+
+    sections = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for slug, title, fig in own_figures(study):
+            sections.append(_plot_section(slug, title, fig))
+        for slug, title, fig, make_png in _figures(study):
+            png = f"report_png/{slug}.png" if fig is not None and _save_png(
+                make_png, png_dir / f"{slug}.png", title) else None
+            sections.append(_plot_section(slug, title, fig, png))
+    return sections
+
+
+def _table(rows, header) -> str:
+    esc = html.escape
+    table = ["<table class='trials'><thead><tr>", *[f"<th>{esc(str(h))}</th>" for h in header],
+             "</tr></thead><tbody>"]
+    for row in rows:
+        table.append("<tr class='%s'>" % esc(row[1].lower()) + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row)
+                     + "</tr>")
+    table.append("</tbody></table>")
+    return "".join(table)
+
+
+def _best_html(study) -> str:
+    esc = html.escape
+    if len(study.directions) != 1:
+        return ""
+    try:
+        b = study.best_trial
+    except ValueError:
+        return ""
+    best = (f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
+            f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>")
+    test_eval = study.user_attrs.get("test_eval") or {}
+    if test_eval.get("trial") == b.number:
+        best += (f"<p class='best'>Held-out test accuracy of the best trial: "
+                 f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
+                 f"({esc(str(test_eval.get('num_test')))} images)</p>")
+    return best
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+section.plot { display: inline-block; width: 48%; min-width: 480px; vertical-align: top; }
+table.trials { border-collapse: collapse; font-size: 13px; }
+table.trials th { cursor: pointer; background: #eee; }
+table.trials td, table.trials th { border: 1px solid #ccc; padding: 3px 8px; }
+tr.pruned { color: #996600; } tr.fail { color: #b00; }
+"""
+
+
 def build_report(target: str, study_name: Optional[str] = None, out_dir: Optional[Path] = None) -> Path:
-    """Write report.html and report_png/*.png; returns the HTML path."""
+    """Write report.html (self-contained: plotly inline) and report_png/*.png; returns the HTML path."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from plotly.offline import get_plotlyjs
 
     study, default_out = open_study(target, study_name)
@@ -133,74 +213,29 @@ def build_report(target: str, study_name: Optional[str] = None, out_dir: Optiona
     png_dir = out / "report_png"
     png_dir.mkdir(parents=True, exist_ok=True)
     esc = html.escape
-    sections = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for slug, title, fig, make_png in _figures(study):
-            if fig is None:
-                sections.append(f'<section class="plot missing"><h2>{esc(title)}</h2>'
-                                '<p>Not enough finished trials for this plot yet.</p></section>')
-                continue
-            fig.update_layout(title=None, height=420, margin=dict(l=50, r=20, t=20, b=50))
-            div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{slug}")
-            sections.append(f'<section class="plot" id="{slug}"><h2>{esc(title)}</h2>{div}'
-                            f'<p><a href="report_png/{slug}.png">PNG</a></p></section>')
-            try:
-                ax = make_png()
-                figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-                figure.set_size_inches(8, 5)
-                figure.tight_layout()
-                figure.savefig(png_dir / f"{slug}.png", dpi=110)
-                plt.close(figure)
-            except Exception as exc:
-                log.warning("report: PNG for %s not written: %s", title, exc)
+    sections = _sections(study, png_dir)
     header, rows = _trial_rows(study)
-    table = ["<table class='trials'><thead><tr>", *[f"<th>{esc(str(h))}</th>" for h in header],
-             "</tr></thead><tbody>"]
-    for row in rows:
-        table.append("<tr class='%s'>" % esc(row[1].lower()) + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row)
-                     + "</tr>")
-    table.append("</tbody></table>")
     from collections import Counter
 
     counts = Counter(r[1] for r in rows)
-    best = ""
-    try:
-        if len(study.directions) == 1:
-            b = study.best_trial
-            best = (f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
-                    f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>")
-            test_eval = study.user_attrs.get("test_eval") or {}
-            if test_eval.get("trial") == b.number:
-                best += (f"<p class='best'>Held-out test accuracy of the best trial: "
-                         f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
-                         f"({esc(str(test_eval.get('num_test')))} images)</p>")
-    except ValueError:
-        pass
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>thaw sweep: {esc(study.study_name)}</title>
 <script type="text/javascript">{get_plotlyjs()}</script>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-section.plot {{ display: inline-block; width: 48%; min-width: 480px; vertical-align: top; }}
-table.trials {{ border-collapse: collapse; font-size: 13px; }}
-table.trials th {{ cursor: pointer; background: #eee; }}
-table.trials td, table.trials th {{ border: 1px solid #ccc; padding: 3px 8px; }}
-tr.pruned {{ color: #996600; }} tr.fail {{ color: #b00; }}
-</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>Sweep report: {esc(study.study_name)}</h1>
 <p>{len(rows)} trials: {esc(', '.join(f'{k} {v}' for k, v in sorted(counts.items())))}.
 Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
-{best}
+{_best_html(study)}
 {''.join(sections)}
 <h2>Trials</h2><p>Click a column header to sort.</p>
-{''.join(table)}
+{_table(rows, header)}
 <script>{_SORT_JS}</script>
 </body></html>
 """
     path = out / "report.html"
     write_text_atomic(path, page)
+    log.info("report: %s (%.1f MB, self-contained)", path, path.stat().st_size / 1e6)
     return path
 
 

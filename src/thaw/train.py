@@ -141,7 +141,9 @@ def make_strategy(cfg_trainer):
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir.
     `tracker` may be a Tracker or a function that starts one, called once data and model are ready."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from thaw.tf_startup import import_tensorflow
+
+    import_tensorflow()
     configure_devices(cfg.trainer)
     strategy = make_strategy(cfg.trainer)
     with strategy.scope():
@@ -271,6 +273,11 @@ def load_data(cfg):
     for split_name, split in (("train", ds.train), ("validation", ds.val)):
         if len(split) == 0:
             raise DataError(f"data: the {split_name} split is empty after skipping bad images")
+    if cfg.data.train_on_val:
+        ds = data_mod.with_val_in_train(ds)
+        log.warning("data.train_on_val: training on train + validation (%d images); validation metrics are "
+                    "optimistic from here, the test split%s stays held out", len(ds.train),
+                    "" if ds.test else " (none here)")
     return ds
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from thaw.errors import ConfigError, ThawError
 from thaw.outputs import write_text_atomic
 from thaw.sweeper import search_space
+from thaw.sweeper.progress import Progress
 from thaw.sweeper.storage import make_storage, redact
 
 log = logging.getLogger("thaw.sweeper")
@@ -173,6 +174,8 @@ class SweepRunner:
         self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
         self.n_trials, self.directions = n_trials, directions
         beats = _Heartbeats(storage, interval)
+        progress = Progress(n_trials, _counted, directions)
+        progress.start(study.get_trials(deepcopy=False))
         already = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
         log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), len(already),
                  n_trials, ", ".join(f"{k} ~ {type(d).__name__}" for k, d in space.items()))
@@ -207,6 +210,7 @@ class SweepRunner:
                     continue
                 self._run_batch(batch, fixed_lines, study_name, beats)
                 self.write_results()
+                progress.report(study.get_trials(deepcopy=False), log)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: finished trials are kept in %s; run the same command to resume",

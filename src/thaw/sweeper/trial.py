@@ -46,6 +46,14 @@ class TrialHandle:
                 log.debug("heartbeat failed: %s", exc)
             self._stop.wait(interval)
 
+    def describe(self, **attrs) -> None:
+        """User attributes the report reads (head_epochs: where fine-tuning starts; objective_name)."""
+        try:
+            for key, value in attrs.items():
+                self.trial.set_user_attr(key, value)
+        except Exception as exc:  # the report draws less; the trial itself is unaffected
+            log.warning("could not describe trial %d: %s", self.number, exc)
+
     # -- reporting during training
     def report(self, step: int, value: float) -> bool:
         """Record an intermediate value; True when the pruner says stop."""

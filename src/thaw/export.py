@@ -1,0 +1,181 @@
+"""`thaw-export`: a trained model as a TensorFlow SavedModel and TensorFlow Lite files (float32, float16,
+int8), each checked against the Keras model on real images before it is trusted.
+
+int8 is full-integer quantization calibrated on a representative sample of the run's training
+images (inputs and outputs stay float, so the file is a drop-in for the float ones). Every export is
+run on the run's validation images and compared with Keras: top-1 agreement and the largest absolute
+difference of a class probability; both go into export.json with the file sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from thaw.errors import ConfigError
+from thaw.inference import as_probabilities, decode_images, list_images, load_trained, run_command
+from thaw.tf_startup import native_stderr_filtered
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
+
+
+def sample_images(trained, data: Optional[str], n_rep: int, n_check: int) -> Tuple[np.ndarray, np.ndarray, str]:
+    """(representative images, check images, where they came from): the run's own train/validation
+    splits, or a folder given with --data (split by order: first for calibration, rest for checks)."""
+    if data:
+        images, good, _ = decode_images(list_images([data]), trained.image_size)
+        rng = np.random.default_rng(0)
+        order = rng.permutation(len(good))
+        cut = min(n_rep, len(good) // 2)
+        return images[order[:cut]], images[order[cut:cut + n_check]], data
+    if trained.run_dir is None or not (trained.run_dir / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{trained.path}: no run config next to the model; give images with --data FOLDER")
+    from omegaconf import OmegaConf
+
+    from thaw import data as data_mod
+
+    cfg = OmegaConf.load(trained.run_dir / ".hydra" / "config.yaml")
+    ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed))
+    rng = np.random.default_rng(0)
+    rep = ds.train.images[np.sort(rng.permutation(len(ds.train))[:n_rep])]
+    check = ds.val.images[np.sort(rng.permutation(len(ds.val))[:n_check])]  # both classes, any n_check
+    return rep, check, f"run {trained.run_dir} (train: calibration, validation: checks)"
+
+
+def _converter(saved_model: Path, fmt: str, rep: np.ndarray):
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if fmt == "tflite_fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif fmt == "tflite_int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+        def representative():
+            for img in rep:
+                yield [img[None].astype(np.float32)]
+
+        conv.representative_dataset = representative
+    return conv
+
+
+def _interpreter(path: Path):
+    try:  # LiteRT, TensorFlow Lite's successor, where installed; else TensorFlow's own interpreter
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=str(path))
+
+
+def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+    interp = _interpreter(path)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    rows = []
+    for img in images:
+        interp.set_tensor(inp["index"], img[None].astype(np.float32))
+        interp.invoke()
+        rows.append(interp.get_tensor(out["index"])[0])
+    return np.asarray(rows)
+
+
+def run_saved_model(path: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))  # keep it referenced: its variables die with it
+    return np.concatenate([loaded.serve(tf.constant(images[i:i + 64].astype(np.float32))).numpy()
+                           for i in range(0, len(images), 64)])
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> Dict[str, float]:
+    a, b = as_probabilities(reference), as_probabilities(other)
+    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "max_abs_prob_diff": float(np.abs(a - b).max())}
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def export(target: str, out: Optional[str], formats: List[str], data: Optional[str], n_rep: int,
+           n_check: int) -> Dict[str, Any]:
+    trained = load_trained(target)
+    out_dir = Path(out) if out else (trained.run_dir or trained.path.parent) / "export"
+    rep, check, source = sample_images(trained, data, n_rep, n_check)
+    if not len(check) or ("tflite_int8" in formats and not len(rep)):
+        raise ConfigError(f"{source}: too few images to calibrate and check the exports")
+    reference = trained.model.predict(check.astype(np.float32), batch_size=64, verbose=0)
+    saved = out_dir / "saved_model"
+    trained.model.export(str(saved), format="tf_saved_model", verbose=False)
+    result: Dict[str, Any] = {"model": str(trained.path), "keras_bytes": trained.path.stat().st_size,
+                              "checked_on": {"images": int(len(check)), "source": source},
+                              "calibration_images": int(len(rep)), "exports": {}}
+    for fmt in formats:
+        t0 = time.perf_counter()
+        if fmt == "saved_model":
+            path, outputs = saved, run_saved_model(saved, check)
+        else:
+            path = out_dir / f"model_{fmt.split('_')[1]}.tflite"
+            from thaw.outputs import write_bytes_atomic
+
+            with native_stderr_filtered():
+                write_bytes_atomic(path, _converter(saved, fmt, rep).convert())
+                outputs = run_tflite(path, check)
+        result["exports"][fmt] = {"path": str(path), "bytes": _size(path), **compare(reference, outputs),
+                                  "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("%s: %s", fmt, result["exports"][fmt])
+    if "saved_model" not in formats:
+        import shutil
+
+        shutil.rmtree(saved, ignore_errors=True)
+    from thaw.outputs import write_json_atomic
+
+    write_json_atomic(out_dir / "export.json", result)
+    return result
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(prog="thaw-export", description=(
+        "Export a trained thaw model to SavedModel and TensorFlow Lite (fp32, fp16, int8), each checked "
+        "against the Keras model on real images; writes export.json."))
+    parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
+    parser.add_argument("--out", default=None, help="output dir (default: <run dir>/export)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
+    parser.add_argument("--data", default=None, help="images for calibration and checks (default: the run's data)")
+    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--check-images", type=int, default=1000)
+    args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    res = export(args.model, args.out, formats, args.data, args.calibration_images, args.check_images)
+    print(f"checked on {res['checked_on']['images']} images; model.keras {res['keras_bytes'] / 1e6:.2f} MB")
+    for fmt, e in res["exports"].items():
+        print(f"{fmt:12s} {e['bytes'] / 1e6:7.2f} MB  top-1 agreement {100 * e['top1_agreement']:6.2f} %  "
+              f"max |dp| {e['max_abs_prob_diff']:.4f}  {e['path']}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command("thaw-export", lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

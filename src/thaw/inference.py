@@ -1,0 +1,139 @@
+"""What thaw-predict, thaw-evaluate and thaw-export share: the trained model a user points at (a run
+dir, a sweep dir meaning its best trial, or a model.keras), its class names and input size, and image
+files decoded the way training decoded them, with bad files reported one by one, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from thaw.errors import ConfigError, DataError, ThawError
+
+
+def run_command(prog: str, fn: Callable[[], int]) -> int:
+    """Bad input: one line on stderr, exit code 2, no traceback."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return fn()
+    except ThawError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _best_trial_dir(sweep: Path) -> Path:
+    import yaml
+
+    res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
+    best = res.get("best_trial") or {}
+    if "number" not in best:
+        raise ConfigError(f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)")
+    recorded = Path(best.get("run_dir") or "")
+    local = sweep / f"trial_{best['number']}"
+    return recorded if recorded.is_dir() else local
+
+
+def find_run(target: str) -> Tuple[Path, Optional[Path]]:
+    """(model.keras, run dir or None) for a run dir, a sweep dir (its best trial) or a model file."""
+    p = Path(os.path.expanduser(target))
+    if not p.exists():
+        raise ConfigError(f"{target}: no such file or directory (expected a run dir, a sweep dir or a model.keras)")
+    if p.is_file():
+        if p.suffix != ".keras":
+            raise ConfigError(f"{target}: not a .keras model file (expected a run dir, a sweep dir or a model.keras)")
+        return p, p.parent if (p.parent / "metrics.json").is_file() else None
+    run = _best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
+    if not (run / "model.keras").is_file():
+        why = "the run was made with trainer.save_model=false" if (run / "metrics.json").is_file() else \
+            "not a thaw run or sweep directory"
+        raise ConfigError(f"{run}: no model.keras ({why}); retrain it with thaw-retrain {p}")
+    return run / "model.keras", run
+
+
+@dataclass
+class Trained:
+    path: Path
+    run_dir: Optional[Path]
+    class_names: List[str]
+    image_size: int
+    model: Any
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, classes) probabilities; a binary model's single logit becomes [1 - p, p]."""
+        out = self.model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+        return as_probabilities(out)
+
+
+def as_probabilities(out: np.ndarray) -> np.ndarray:
+    out = np.asarray(out, np.float64)
+    if out.ndim == 2 and out.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-out[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    return out
+
+
+def _class_names(run_dir: Optional[Path], n_out: int) -> List[str]:
+    n = 2 if n_out == 1 else n_out
+    try:
+        names = json.loads((run_dir / "metrics.json").read_text()).get("classes") if run_dir else None
+    except (OSError, ValueError):
+        names = None
+    return list(names) if names and len(names) == n else [f"class_{i}" for i in range(n)]
+
+
+def load_trained(target: str) -> Trained:
+    path, run_dir = find_run(target)
+    from thaw.tf_startup import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: cannot load the model ({first})") from None
+    size = int(model.input_shape[1])
+    return Trained(path, run_dir, _class_names(run_dir, int(model.output_shape[-1])), size, model)
+
+
+def list_images(inputs: List[str]) -> List[str]:
+    """Files as given, folders searched recursively (sorted); only image extensions from folders."""
+    from thaw.data import IMAGE_EXTENSIONS
+
+    files: List[str] = []
+    for item in inputs:
+        p = Path(os.path.expanduser(item))
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.exists() or p.is_symlink():
+            files.append(str(p))
+        else:
+            raise DataError(f"{item}: no such file or directory")
+    if not files:
+        raise DataError(f"{' '.join(inputs)}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def decode_images(files: List[str], image_size: int) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
+    """(images of the good files, the good files, {bad file: why}); decoded as in training."""
+    from thaw.data import _decode_files, sniff_image
+
+    problems: Dict[str, str] = {}
+    for f in files:
+        why = "not a regular file" if not os.path.isfile(f) else sniff_image(f)
+        if why:
+            problems[f] = why
+    candidates = [f for f in files if f not in problems]
+    skipped: List[str] = []
+    images, ok = _decode_files(candidates, image_size, "skip", skipped)
+    for f in skipped:
+        problems[f] = "cannot decode image"
+    good = [f for f, keep in zip(candidates, ok) if keep]
+    return images, good, problems

@@ -1,0 +1,62 @@
+"""`thaw-predict`: class probabilities for new photos, as CSV (one row per file, bad files included)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from typing import List, Optional
+
+from thaw.inference import decode_images, list_images, load_trained, run_command
+
+
+def predict_rows(target: str, inputs: List[str], batch_size: int = 64):
+    """(header, rows): path, predicted class, probability per class, error (bad files: error only)."""
+    trained = load_trained(target)
+    files = list_images(inputs)
+    images, good, problems = decode_images(files, trained.image_size)
+    probs = trained.probabilities(images, batch_size) if len(good) else []
+    by_file = dict(zip(good, probs))
+    names = trained.class_names
+    rows = []
+    for f in files:
+        if f in by_file:
+            p = by_file[f]
+            rows.append([f, names[int(p.argmax())], *[f"{v:.6f}" for v in p], ""])
+        else:
+            rows.append([f, "", *([""] * len(names)), problems.get(f, "not predicted")])
+    return ["path", "predicted", *[f"prob_{n}" for n in names], "error"], rows, trained
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thaw-predict", description="Predict classes for image files or folders with a trained thaw model.")
+    parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    header, rows, trained = predict_rows(args.model, args.inputs, args.batch_size)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    if args.out:
+        from thaw.outputs import write_text_atomic
+
+        write_text_atomic(args.out, buf.getvalue())
+    else:
+        sys.stdout.write(buf.getvalue())
+    bad = sum(1 for r in rows if r[-1])
+    print(f"thaw-predict: {len(rows) - bad} predicted, {bad} bad file(s), model {trained.path}"
+          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command("thaw-predict", lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The sweep report's own plots, in the user's terms: every trial (pruned and failed too) in the
+depth x learning-rate plane, learning curves against epoch with the head/fine-tune boundary, and time
+per trial. Optuna's generic plots follow them on the page (thaw.report)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+DEPTH, LR = "unfreeze.depth", "lr.base"
+MARKERS = {"COMPLETE": "circle", "PRUNED": "x", "FAIL": "square", "RUNNING": "diamond", "WAITING": "diamond"}
+COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#d98c00", "FAIL": "#b00020", "RUNNING": "#777777",
+           "WAITING": "#777777"}
+AXIS = {DEPTH: "unfreeze depth (blocks)", LR: "learning rate (lr.base)"}
+
+
+def value_label(study) -> str:
+    names = {t.user_attrs.get("objective_name") for t in study.get_trials(deepcopy=False)} - {None}
+    name = names.pop() if len(names) == 1 else "objective"
+    return {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get(name, name)
+
+
+def last_value(trial) -> Optional[float]:
+    """The final value for a COMPLETE trial; the last reported epoch for a pruned or failed one."""
+    if trial.values and len(trial.values) == 1:
+        return float(trial.values[0])
+    if trial.intermediate_values:
+        return float(trial.intermediate_values[max(trial.intermediate_values)])
+    return None
+
+
+def _axes(params: List[str]):
+    x = DEPTH if DEPTH in params else (params[0] if params else None)
+    rest = [p for p in params if p != x]
+    y = LR if LR in rest else (rest[0] if rest else None)
+    return x, y
+
+
+def trials_plane(study):
+    """Every trial at its (depth, lr), marker by state, colour by its (last) validation value."""
+    import plotly.graph_objects as go
+
+    trials = study.get_trials(deepcopy=False)
+    x, y = _axes(sorted({p for t in trials for p in t.params}))
+    if x is None:
+        return None
+    label = value_label(study)
+    fig = go.Figure()
+    for state, marker in MARKERS.items():
+        group = [t for t in trials if t.state.name == state and x in t.params]
+        if not group:
+            continue
+        values = [last_value(t) for t in group]
+        fig.add_trace(go.Scatter(
+            x=[t.params[x] for t in group], y=[t.params.get(y, 0) for t in group] if y else values,
+            mode="markers", name=f"{state.lower()} ({len(group)})",
+            marker=dict(symbol=marker, size=12, color=[v if v is not None else float("nan") for v in values],
+                        coloraxis="coloraxis", line=dict(width=1, color=COLOURS[state])),
+            text=[f"trial {t.number}: {state.lower()}, {label} "
+                  f"{'?' if v is None else f'{v:.4f}'}" for t, v in zip(group, values)],
+            hoverinfo="text"))
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=label)),
+                      xaxis_title=AXIS.get(x, x), yaxis_title=AXIS.get(y, y) if y else label,
+                      legend=dict(orientation="h", y=-0.2))
+    if y == LR:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _boundaries(trials) -> Dict[int, int]:
+    out: Dict[int, int] = {}
+    for t in trials:
+        head = t.user_attrs.get("head_epochs")
+        if head:
+            out[int(head)] = out.get(int(head), 0) + 1
+    return out
+
+
+def learning_curves(study):
+    """Validation value per epoch, one line per trial, with where fine-tuning starts."""
+    import plotly.graph_objects as go
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    if not trials:
+        return None
+    label = value_label(study)
+    fig = go.Figure()
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        fig.add_trace(go.Scatter(
+            x=[s + 1 for s in steps], y=[t.intermediate_values[s] for s in steps], mode="lines+markers",
+            name=f"trial {t.number} ({t.state.name.lower()})", line=dict(color=COLOURS.get(t.state.name)),
+            opacity=0.8))
+    for head, n in _boundaries(trials).items():
+        fig.add_vline(x=head + 0.5, line_dash="dash", line_color="#444",
+                      annotation_text="fine-tuning starts" + (f" ({n} trials)" if len(_boundaries(trials)) > 1
+                                                              else ""), annotation_position="top left")
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label, showlegend=len(trials) <= 20)
+    return fig
+
+
+def trial_times(study):
+    """Wall time per trial, coloured by state (pruned trials should be the cheap ones)."""
+    import plotly.graph_objects as go
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.duration is not None]
+    if not trials:
+        return None
+    fig = go.Figure()
+    for state in MARKERS:
+        group = [t for t in trials if t.state.name == state]
+        if group:
+            fig.add_trace(go.Bar(x=[t.number for t in group], y=[t.duration.total_seconds() for t in group],
+                                 name=state.lower(), marker_color=COLOURS[state]))
+    fig.update_layout(xaxis_title="trial", yaxis_title="seconds", barmode="overlay")
+    return fig
+
+
+def own_figures(study):
+    """(slug, title, figure or None), first on the report page."""
+    return [
+        ("trials", "Every trial: unfreeze depth x learning rate (colour: validation value; pruned at their "
+                   "last epoch)", trials_plane(study)),
+        ("curves", "Learning curves per trial (dashed: the head phase ends, fine-tuning starts)",
+         learning_curves(study)),
+        ("times", "Time per trial", trial_times(study)),
+    ]

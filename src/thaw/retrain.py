@@ -1,0 +1,77 @@
+"""`thaw-retrain`: run a sweep's winner (or any run) again from the exact config it ran with.
+
+The run's own `.hydra/config.yaml` (what ran, even if conf/ changed since) is applied on top of
+thaw's schema as a `# @package _global_` config (`+retrain=winner`, from a temporary search-path
+entry), so types are still checked and keys added to thaw since keep their defaults. Command-line
+overrides come last (more epochs, `--train-on-val`). The new run goes to
+`<sweep or run dir>/retrain_<trial>` unless `hydra.run.dir=` says otherwise, saves its model and, as
+a single run, evaluates the held-out test split once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+from thaw.errors import ConfigError
+from thaw.inference import _best_trial_dir, run_command
+
+TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer.patience=0"]
+
+
+def source_run(target: str) -> Path:
+    p = Path(target).expanduser()
+    run = _best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
+    if not (run / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{target}: not a sweep dir or run dir (no {run / '.hydra' / 'config.yaml'})")
+    return run
+
+
+def write_winner(run: Path, search_dir: Path) -> None:
+    """The run's config as an optional `retrain` group entry that overrides every key."""
+    text = (run / ".hydra" / "config.yaml").read_text()
+    (search_dir / "retrain").mkdir(parents=True, exist_ok=True)
+    (search_dir / "retrain" / "winner.yaml").write_text(f"# @package _global_\n# from {run}\n{text}")
+
+
+def retrain_argv(target: str, overrides: List[str], train_on_val: bool, search_dir: Path) -> List[str]:
+    """thaw-train's command line for the re-run (writes the winner's config under search_dir)."""
+    run = source_run(target)
+    write_winner(run, search_dir)
+    base = Path(target).expanduser().resolve()
+    default_dir = (base if base != run.resolve() else run.resolve().parent) / f"retrain_{run.name}"
+    extra = list(overrides) + (TRAIN_ON_VAL if train_on_val else [])
+    if not any(o.startswith("hydra.run.dir=") for o in extra):
+        extra.append(f"hydra.run.dir={default_dir}")
+    return [f"hydra.searchpath=[file://{search_dir.resolve()}]", "+retrain=winner", "trainer.save_model=true",
+            *extra]
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    parser = argparse.ArgumentParser(prog="thaw-retrain", description=(
+        "Re-run a sweep's best trial (or a run) from its exact saved config, with overrides."),
+        epilog="e.g. thaw-retrain multirun/smoke/2026-11-29_10-00-00 trainer.finetune_epochs=20 --train-on-val")
+    parser.add_argument("target", help="sweep dir (its best trial) or run dir")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.finetune_epochs=20")
+    parser.add_argument("--train-on-val", action="store_true",
+                        help="train on train + validation (" + " ".join(TRAIN_ON_VAL) + ")")
+    args = parser.parse_intermixed_args(argv)
+    from thaw import cli
+
+    with tempfile.TemporaryDirectory(prefix="thaw-retrain-") as tmp:
+        new_argv = retrain_argv(args.target, args.overrides, args.train_on_val, Path(tmp))
+        print("thaw-retrain: thaw-train " + " ".join(new_argv[1:]), file=sys.stderr, flush=True)
+        sys.argv = ["thaw-train", *new_argv]
+        cli.main()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command("thaw-retrain", lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

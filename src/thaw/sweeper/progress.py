@@ -1,0 +1,79 @@
+"""One line after every trial: how far the sweep is, what is best so far, and how long is left.
+
+Trials are counted the way the sweep counts them (COMPLETE, PRUNED and failed jobs; not stale or
+interrupted ones). Time left is this process's pace so far (resumed trials do not make it look
+faster than it is) times the trials still to run. On a terminal a bar follows the line (tqdm's
+meter); in logs and CI the line stays plain.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Callable, List, Optional, Sequence, TextIO
+
+
+def _clock(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    def __init__(self, n_trials: int, counted: Callable, directions: Sequence[str],
+                 stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic):
+        self.n_trials, self.counted, self.directions = n_trials, counted, list(directions)
+        self.stream = stream if stream is not None else sys.stdout
+        self.clock = clock
+        self.t0 = clock()
+        self.at_start: Optional[int] = None
+
+    def start(self, trials) -> None:
+        self.at_start = sum(1 for t in trials if self.counted(t))
+
+    def _best(self, trials):
+        from optuna.trial import TrialState
+
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        if len(self.directions) != 1 or not complete:
+            return None
+        pick = max if self.directions[0] == "maximize" else min
+        return pick(complete, key=lambda t: t.values[0])
+
+    def line(self, trials) -> str:
+        done = sum(1 for t in trials if self.counted(t))
+        if self.at_start is None:
+            self.at_start = 0
+        states = Counter(t.state.name for t in trials)
+        elapsed = self.clock() - self.t0
+        ran = done - self.at_start
+        left = max(0, self.n_trials - done)
+        eta = elapsed / ran * left if ran > 0 else None
+        best = self._best(trials)
+        best_txt = f"best {best.values[0]:.4g} (trial {best.number})" if best is not None else "no best yet"
+        state_txt = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        return (f"sweep: {done}/{self.n_trials} trials done ({state_txt}); {best_txt}; "
+                f"elapsed {_clock(elapsed)}, about {_clock(eta) if left else '0s'} left")
+
+    def bar(self, trials) -> Optional[str]:
+        """tqdm's meter for a terminal; None when the stream is not one."""
+        isatty = getattr(self.stream, "isatty", None)
+        if not (isatty and isatty()):
+            return None
+        from tqdm import tqdm
+
+        done = min(self.n_trials, sum(1 for t in trials if self.counted(t)))
+        return tqdm.format_meter(done, self.n_trials, self.clock() - self.t0, ncols=80, prefix="sweep",
+                                 unit="trial", initial=min(done, self.at_start or 0))
+
+    def report(self, trials: List, log) -> str:
+        text = self.line(trials)
+        log.info("%s", text)
+        bar = self.bar(trials)
+        if bar is not None:
+            print(bar, file=self.stream, flush=True)
+        return text

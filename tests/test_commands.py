@@ -1,0 +1,167 @@
+"""After a sweep: thaw-predict, thaw-evaluate, thaw-export and thaw-retrain, as real subprocesses on a
+real trained model (synthetic shapes here; the shared photos in test_commands_real.py)."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import thaw_train
+
+
+def command(name, *args, cwd=None, timeout=300):
+    exe = str(Path(sys.executable).with_name(name))
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def write_shapes(root: Path, per_class=12, size=64, seed=7):
+    """Synthetic shapes (the smoke data's generator) as PNG files in class folders, plus bad files."""
+    from PIL import Image
+
+    from thaw.data import _draw
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("circle", "square")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(_draw(rng, label, size)).save(root / name / f"{name}_{i}.png")
+    (root / "circle" / "notes.jpg").write_text("not an image")
+    (root / "square" / "empty.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    run = tmp / "run"
+    res = thaw_train(["experiment=tiny", "trainer.save_model=true", "logger=none", f"hydra.run.dir={run}"], cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run, write_shapes(tmp / "photos")
+
+
+def _csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path):
+    run, photos = trained
+    res = command("thaw-predict", run, photos)
+    assert res.returncode == 0, res.stderr
+    rows = _csv(res.stdout)
+    assert len(rows) == 26 and list(rows[0])[:4] == ["path", "predicted", "prob_circle", "prob_square"]
+    bad = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(bad) == {"notes.jpg", "empty.png"} and "empty file" in bad["empty.png"]
+    good = [r for r in rows if not r["error"]]
+    for r in good:
+        p = np.array([float(r["prob_circle"]), float(r["prob_square"])])
+        assert abs(p.sum() - 1) < 1e-5 and r["predicted"] == ("circle", "square")[int(p.argmax())]
+    # the same probabilities as the Keras model itself on the same decoded files
+    import keras
+
+    from thaw.inference import as_probabilities, decode_images
+
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    files = [r["path"] for r in good]
+    images, ok, _ = decode_images(files, 64)
+    expect = as_probabilities(model.predict(images.astype("float32"), verbose=0))
+    got = np.array([[float(r["prob_circle"]), float(r["prob_square"])] for r in good])
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    # --out writes the same CSV; single files work; a sweep dir means its best trial
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump({"best_trial": {"number": 3, "run_dir": str(run)}}))
+    out = tmp_path / "pred.csv"
+    res = command("thaw-predict", sweep, files[0], "--out", out)
+    assert res.returncode == 0 and res.stdout == "" and _csv(out.read_text())[0]["path"] == files[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["{tmp}/nope", "{photos}"], "no such file or directory"),
+    (["{tmp}", "{photos}"], "no model.keras"),
+    (["{run}", "{tmp}/missing.jpg"], "missing.jpg: no such file"),
+    (["{run}/metrics.json", "{photos}"], "not a .keras model file"),
+])
+def test_predict_bad_input_is_one_line_exit_2(trained, tmp_path, args, needle):
+    run, photos = trained
+    res = command("thaw-predict", *[a.format(tmp=tmp_path, run=run, photos=photos) for a in args])
+    assert res.returncode == 2 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path):
+    run, photos = trained
+    from PIL import Image
+
+    odd = photos.parent / "odd"
+    for name in ("circle", "square"):
+        (odd / name).mkdir(parents=True)
+        for f in sorted((photos / name).glob(f"{name}_*.png"))[:4]:
+            (odd / name / f.name).write_bytes(f.read_bytes())
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(odd / "square" / "<img src=x onerror=alert(1)>.png")
+    res = command("thaw-evaluate", run, odd, "--out", tmp_path / "ev")
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    cm = np.array(r["confusion_matrix"])
+    assert cm.shape == (2, 2) and cm.sum() == r["num_images"] == 9
+    assert r["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert r["per_class"]["square"]["support"] == 5 and len(r["misclassified"]) == cm.sum() - np.trace(cm)
+    for name, c in r["per_class"].items():
+        i = r["classes"].index(name)
+        if cm[:, i].sum():
+            assert c["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
+    page = (tmp_path / "ev" / "evaluation.html").read_text()
+    assert "<img src=x onerror" not in page and page.count("data:image/jpeg;base64,") == len(r["misclassified"])
+    assert f"accuracy {r['accuracy']:.4f} on 9 images" in res.stdout
+    # a class the model does not know: one line, exit 2, nothing written
+    (odd / "triangle").mkdir()
+    (odd / "triangle" / "t.png").write_bytes((photos / "circle" / "circle_0.png").read_bytes())
+    res = command("thaw-evaluate", run, odd, "--out", tmp_path / "ev2")
+    assert res.returncode == 2 and "triangle" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "ev2").exists()
+
+
+def test_export_files_agree_with_keras(trained, tmp_path):
+    run, _ = trained
+    res = command("thaw-export", run, "--out", tmp_path / "ex", "--check-images", 64, "--calibration-images", 32,
+                  timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "ex" / "export.json").read_text())
+    e = r["exports"]
+    assert set(e) == {"saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"}
+    assert r["checked_on"]["images"] == 64 and r["calibration_images"] == 32
+    for fmt in ("saved_model", "tflite_fp32"):
+        assert e[fmt]["top1_agreement"] == 1.0 and e[fmt]["max_abs_prob_diff"] < 1e-4, (fmt, e[fmt])
+    assert e["tflite_fp16"]["max_abs_prob_diff"] < 0.05
+    assert 0.0 <= e["tflite_int8"]["top1_agreement"] <= 1.0
+    assert e["tflite_int8"]["bytes"] < 0.5 * e["tflite_fp32"]["bytes"]  # int8: a quarter, plus overhead
+    assert e["tflite_fp16"]["bytes"] < 0.7 * e["tflite_fp32"]["bytes"]
+    for fmt, info in e.items():
+        assert Path(info["path"]).exists() and info["bytes"] > 10_000
+    res = command("thaw-export", run, "--formats", "tflite_fp32,onnx", "--out", tmp_path / "bad")
+    assert res.returncode == 2 and "--formats: unknown onnx" in res.stderr and not (tmp_path / "bad").exists()
+
+
+def test_retrain_reruns_the_exact_config_with_overrides(trained, tmp_path):
+    run, _ = trained
+    res = command("thaw-retrain", run, "trainer.finetune_epochs=2", "--train-on-val",
+                  f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    old = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    new = yaml.safe_load((tmp_path / "again" / ".hydra" / "config.yaml").read_text())
+    assert new["trainer"].pop("finetune_epochs") == 2 and old["trainer"].pop("finetune_epochs") == 1
+    assert new["data"].pop("train_on_val") is True and old["data"].pop("train_on_val") is False
+    assert new["trainer"].pop("restore_best") is False and old["trainer"].pop("restore_best") is True
+    assert new == old  # everything else exactly as the original run
+    m_old = json.loads((run / "metrics.json").read_text())
+    m = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert m["num_train"] == m_old["num_train"] + m_old["num_val"] and len(m["history"]) == 3
+    assert (tmp_path / "again" / "model.keras").is_file()
+    # a typo'd key fails at composition: one line, exit 2
+    res = command("thaw-retrain", run, "trainer.finetune_epoch=2", f"hydra.run.dir={tmp_path / 'typo'}", cwd=tmp_path)
+    assert res.returncode == 2 and "finetune_epoch" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,65 @@
+"""report.html's own plots on a real Optuna study with every kind of trial."""
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from thaw import report_plots
+from thaw.report import build_report
+
+SPACE = {"unfreeze.depth": IntDistribution(0, 8), "lr.base": FloatDistribution(1e-5, 1e-2, log=True)}
+
+
+def _study(tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    plan = [("COMPLETE", [0.70, 0.80, 0.85, 0.90]), ("PRUNED", [0.55, 0.60]), ("COMPLETE", [0.72, 0.81, 0.84, 0.86]),
+            ("PRUNED", [0.50]), ("FAIL", [0.52, 0.53, 0.40]), ("PRUNED", [0.65, 0.66])]
+    for state, curve in plan:
+        t = study.ask(SPACE)
+        t.set_user_attr("head_epochs", 2)
+        t.set_user_attr("objective_name", "val_accuracy")
+        for step, v in enumerate(curve):
+            t.report(v, step)
+        if state == "COMPLETE":
+            study.tell(t, curve[-1])
+        else:
+            study.tell(t, state=TrialState[state])
+    return study
+
+
+def test_every_trial_is_in_the_depth_lr_plane_by_state(tmp_path):
+    study = _study(tmp_path)
+    fig = report_plots.trials_plane(study)
+    by_name = {tr.name: tr for tr in fig.data}
+    assert set(by_name) == {"complete (2)", "pruned (3)", "fail (1)"}
+    assert sum(len(tr.x) for tr in fig.data) == 6  # none vanish, unlike Optuna's slice plot
+    pruned = by_name["pruned (3)"]
+    assert list(pruned.marker.color) == [0.60, 0.50, 0.66]  # at their last reported value
+    assert list(by_name["fail (1)"].marker.color) == [0.40]
+    trials = study.get_trials()
+    assert list(pruned.x) == [trials[i].params["unfreeze.depth"] for i in (1, 3, 5)]
+    assert fig.layout.xaxis.title.text == "unfreeze depth (blocks)"
+    assert fig.layout.yaxis.type == "log" and fig.layout.coloraxis.colorbar.title.text == "validation accuracy"
+
+
+def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
+    fig = report_plots.learning_curves(_study(tmp_path))
+    assert len(fig.data) == 6
+    assert list(fig.data[0].x) == [1, 2, 3, 4] and fig.layout.xaxis.title.text == "epoch"
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 1 and lines[0].x0 == 2.5  # after epoch 2 of the head phase
+    assert fig.layout.yaxis.title.text == "validation accuracy"
+
+
+def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
+    import logging
+
+    _study(tmp_path)
+    with caplog.at_level(logging.INFO):
+        page_path = build_report(str(tmp_path))
+    page = page_path.read_text()
+    order = [page.index(f'id="plot-{slug}"') for slug in ("trials", "curves", "times", "history")]
+    assert order == sorted(order)
+    times = report_plots.trial_times(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}"))
+    assert sum(len(tr.x) for tr in times.data) == 6 and times.layout.yaxis.title.text == "seconds"
+    assert "MB, self-contained" in caplog.text

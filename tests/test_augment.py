@@ -85,6 +85,7 @@ def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
     assert any(abs(a["loss"] - b["loss"]) > 1e-4 for a, b in zip(plain["history"], on["history"]))
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_view_cache_keys_cover_augmentation_seed_and_count(tmp_path, mnv2_weights):
     """Folder data and pretrained weights: neither depends on the seed, so only the draws do."""
     from imagefiles import make_folder
@@ -177,6 +178,7 @@ class NeverPrune:
         return False
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
     """The head phase's pass through the whole base also stores every depth's boundary views that
     fit half the budget: a later trial at another depth computes nothing new."""

@@ -42,6 +42,7 @@ def test_evaluate_and_predict_agree_on_real_photos(cats_model, tmp_path):
     assert len(rows) == 100 and dogs_recall == pytest.approx(r["per_class"]["dogs"]["recall"])
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_int8_tflite_agrees_with_keras_on_real_validation_photos(cats_model, tmp_path):
     run, _ = cats_model
     res = command("thaw-export", run, "--out", tmp_path / "ex", "--formats", "tflite_fp32,tflite_int8",

@@ -24,7 +24,7 @@ def _run(tmp_path, name, *overrides, reporter=None):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("weights", ["random", "pretrained"])
+@pytest.mark.parametrize("weights", [pytest.param("random", marks=pytest.mark.slow), "pretrained"])
 def test_cached_training_matches_uncached(tmp_path, weights, request):
     if weights == "pretrained":
         w = request.getfixturevalue("mnv2_weights")
@@ -67,6 +67,7 @@ def test_cache_true_with_fresh_augmentation_is_refused(tmp_path):
              "trainer.cache_features=true")
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_cache_is_reused_across_runs_and_processes(tmp_path):
     features.clear_memory_cache()
     cache_dir = tmp_path / "cache"

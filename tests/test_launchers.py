@@ -82,6 +82,7 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, ray_head):
     sw = tmp_path / "sw"
     res = thaw_train(_sweep(sw, 3, "hydra/launcher=ray_cluster", "hydra.sweeper.n_jobs=2",

@@ -42,6 +42,7 @@ def _run(tmp_path, name, *overrides):
     return result, json.loads((out / "metrics.json").read_text()), out
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_patience_stops_a_phase_that_stopped_improving(tmp_path):
     # a random base in inference mode learns next to nothing: validation accuracy stalls at once
     _, m, _ = _run(tmp_path, "p", "backbone.batchnorm=inference", "trainer.head_epochs=12",
@@ -97,6 +98,7 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
     assert res["accuracy"] != pytest.approx(vals[-1], abs=1e-6)
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_restore_best_off_keeps_the_last_epoch(tmp_path):
     _, m, _ = _run(tmp_path, "last", "trainer.restore_best=false", "trainer.head_epochs=2")
     assert m["objective_epoch"] == len(m["history"]) and m["objective_from"] == "last epoch"

@@ -7,7 +7,7 @@ import pytest
 from conftest import thaw_train
 
 
-@pytest.mark.parametrize("cache", [pytest.param("false", marks=pytest.mark.slow), "true"])  # false: ~40 s more
+@pytest.mark.parametrize("cache", [pytest.param("false", marks=pytest.mark.slow), pytest.param("true", marks=pytest.mark.slow)])
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cache):
     out = tmp_path / "run"
     res = thaw_train(["experiment=tiny", "logger=none", "backbone.image_size=32", "data.num_train=64",

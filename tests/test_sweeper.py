@@ -314,6 +314,7 @@ def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_two_workers_share_one_study(tmp_path):
     sw = tmp_path / "sw"
     args = sweep_args(sw, 4)
@@ -348,7 +349,7 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
     assert all(list(t.intermediate_values) == [0] for t in trials)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     sw = tmp_path / "sw"
     proc = popen(sweep_args(sw, 5), tmp_path)
@@ -372,6 +373,7 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     assert (sw / "optimization_results.yaml").is_file()
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_path):
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",

@@ -21,11 +21,15 @@ from thaw.report_plots import DEPTH, LR
 log = logging.getLogger(__name__)
 
 
-def open_study(target: str, study_name: Optional[str] = None):
-    """(study, output dir) from a sweep dir holding study.db, or from an Optuna storage URL."""
-    import optuna
+def _storage(target: str):
+    """(storage or URL, output dir) for a sweep dir, a journal file or an Optuna storage URL."""
+    from thaw.sweeper.storage import journal_path, make_storage
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = journal_path(target)
+    if journal is not None:
+        if not Path(journal).is_file():
+            raise ConfigError(f"{target}: no such journal file")
+        return make_storage(target), Path(journal).resolve().parent
     path = Path(target)
     if "://" not in target:
         if not path.is_dir():
@@ -33,9 +37,16 @@ def open_study(target: str, study_name: Optional[str] = None):
         db = path / "study.db"
         if not db.is_file():
             raise ConfigError(f"{target}: no study.db in this directory (pass the storage URL instead)")
-        url, out_dir = f"sqlite:///{db.resolve()}", path
-    else:
-        url, out_dir = target, Path.cwd()
+        return f"sqlite:///{db.resolve()}", path
+    return target, Path.cwd()
+
+
+def open_study(target: str, study_name: Optional[str] = None):
+    """(study, output dir) from a sweep dir holding study.db, a journal file, or an Optuna storage URL."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, out_dir = _storage(target)
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as exc:

@@ -24,7 +24,12 @@ class ThawSweeperConf:
     study_name: Optional[str] = None
     n_trials: int = 20  # total the study should reach, across resumes and workers
     n_jobs: int = 1  # trials launched at once through the launcher
-    max_failure_rate: float = 0.25
+    # Unset (thaw's rule): stop when more than 25 % of the finished trials failed, judged only once
+    # failure_min_trials have finished (one early failure does not end a long sweep). Set (as in
+    # hydra-optuna-sweeper configs): HOS's meaning, stop when more than this fraction of one batch
+    # (the n_jobs trials launched together) failed.
+    max_failure_rate: Optional[float] = None
+    failure_min_trials: int = 5
     heartbeat_interval: Optional[int] = 10  # seconds; a dead worker's trial is failed after grace_period
     grace_period: Optional[int] = 60
     max_retry: int = 0  # re-run (with the same params) a trial whose worker died, this many times

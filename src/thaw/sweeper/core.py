@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", category=Warning, module="optuna._experimental
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental.*")
 
 POLL_SECONDS = 2.0
+DEFAULT_FAILURE_RATE = 0.25  # thaw's rule when hydra.sweeper.max_failure_rate is unset
 
 
 def _counted(trial) -> bool:
@@ -104,16 +105,18 @@ class SweepRunner:
         n_jobs = int(c.get("n_jobs") or 1)
         if n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs: must be >= 1, got {n_jobs}")
-        rate = float(c.get("max_failure_rate", 0.0))
-        if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {rate}")
+        rate = c.get("max_failure_rate")
+        if rate is not None and not 0.0 <= float(rate) <= 1.0:
+            raise ConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1] (or unset), got {rate}")
+        if int(c.get("failure_min_trials") or 0) < 1:
+            raise ConfigError(f"hydra.sweeper.failure_min_trials: must be >= 1, got {c.get('failure_min_trials')}")
         direction = c.get("direction", "maximize")
         directions = list(direction) if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction) \
             else [direction]
         for d in directions:
             if d not in ("maximize", "minimize"):
                 raise ConfigError(f"hydra.sweeper.direction: expected maximize or minimize, got {d!r}")
-        return int(n_trials), n_jobs, rate, [str(d) for d in directions]
+        return int(n_trials), n_jobs, None if rate is None else float(rate), [str(d) for d in directions]
 
     def _instantiate(self, key: str, default):
         from hydra.utils import instantiate
@@ -191,7 +194,9 @@ class SweepRunner:
                 trials = study.get_trials(deepcopy=False)
                 done = [t for t in trials if _counted(t)]
                 running = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-                self._check_failures(done, max_failure_rate)
+                if max_failure_rate is None:
+                    self._check_failures(done, DEFAULT_FAILURE_RATE, int(self.cfg.get("failure_min_trials") or 5),
+                                         "max_failure_rate unset: thaw's rule over the finished trials")
                 if len(done) >= n_trials:
                     break
                 slots = n_trials - len(done) - len([t for t in running if t.state == TrialState.RUNNING])
@@ -210,6 +215,9 @@ class SweepRunner:
                     continue
                 self._run_batch(batch, fixed_lines, study_name, beats)
                 self.write_results()
+                if max_failure_rate is not None:  # hydra-optuna-sweeper's meaning: per batch
+                    self._check_failures([self.storage.get_trial(t._trial_id) for t in batch], max_failure_rate, 1,
+                                         f"hydra.sweeper.max_failure_rate={max_failure_rate}, per batch")
                 progress.report(study.get_trials(deepcopy=False), log)
         except KeyboardInterrupt:
             interrupted = True
@@ -348,18 +356,19 @@ class SweepRunner:
             log.log(level, "trial %d %s value=%s %s(run dir %s)", trial.number, frozen.state.name, value,
                     f"{extra} " if extra else "", frozen.user_attrs.get("run_dir", "?"))
 
-    def _check_failures(self, done, max_rate: float) -> None:
+    @staticmethod
+    def _check_failures(done, max_rate: float, min_trials: int, rule: str) -> None:
+        """Raise when more than max_rate of `done` failed, judged once at least min_trials are done."""
         from optuna.trial import TrialState
 
-        if not done:
+        if len(done) < max(1, min_trials):
             return
         failed = [t for t in done if t.state == TrialState.FAIL]
         rate = len(failed) / len(done)
         if failed and rate > max_rate:
             last = failed[-1]
-            raise _TooManyFailures(f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > "
-                                   f"hydra.sweeper.max_failure_rate={max_rate}); last error, trial "
-                                   f"{last.number}: {last.user_attrs.get('error', '?')}")
+            raise _TooManyFailures(f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > {max_rate}; "
+                                   f"{rule}); last error, trial {last.number}: {last.user_attrs.get('error', '?')}")
 
     def _fail_unfinished(self, beats) -> None:
         """Trials this process asked for but did not finish (Ctrl-C) are failed, not left RUNNING."""

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Optional
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from optuna.storages import JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 
 from thaw.errors import ConfigError
+
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+def journal_path(url: str) -> Optional[str]:
+    """The file of a journal storage URL (`journal:///path` or a path ending in .log/.journal/.jsonl)."""
+    if url.startswith("journal://"):
+        return url[len("journal://"):]
+    return url if "://" not in url and url.endswith(JOURNAL_SUFFIXES) else None
 
 
 def redact(url: str) -> str:
@@ -13,16 +28,68 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(url))
 
 
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal file with heartbeats of its own.
+
+    Optuna's JournalStorage has no heartbeat, so a trial whose worker was killed stays RUNNING for
+    ever and a resumed sweep waits on it. Here each beat touches `<journal>.heartbeats/<trial id>`
+    (the journal itself does not grow); a RUNNING trial whose file (or, before its first beat, its
+    start) is older than the grace period is stale, and Optuna's `fail_stale_trials` fails it and
+    runs the retry callback, as with an RDB storage. The folder lives beside the journal, so it is
+    on the same shared file system.
+    """
+
+    def __init__(self, path: str, heartbeat_interval: int, grace_period: Optional[int], callback):
+        from optuna.storages.journal import JournalFileBackend
+
+        super().__init__(JournalFileBackend(path))
+        self._beats = Path(path + ".heartbeats")
+        self._beats.mkdir(parents=True, exist_ok=True)
+        self._interval = int(heartbeat_interval)
+        self._grace = int(grace_period) if grace_period else 2 * self._interval
+        self._callback = callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        beat = self._beats / str(trial_id)
+        beat.touch()
+        os.utime(beat)
+
+    def _get_stale_trial_ids(self, study_id: int) -> List[int]:
+        from optuna.trial import TrialState
+
+        now, stale = time.time(), []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            try:
+                last = (self._beats / str(t._trial_id)).stat().st_mtime
+            except FileNotFoundError:
+                last = t.datetime_start.timestamp() if t.datetime_start else now
+            if now - last > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> Optional[int]:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self._callback
+
+
 def make_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
                  max_retry: int = 0):
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
-    callback = RetryFailedTrialCallback(max_retry=max_retry) if max_retry > 0 else None
-    if url.startswith("journal://") or url.endswith((".log", ".journal", ".jsonl")):
-        path = url[len("journal://"):] if url.startswith("journal://") else url
+    import optuna.storages as storages
+
+    # Optuna >= 4.9 names it for what it does; RetryFailedTrialCallback is the same, deprecated there
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", RetryFailedTrialCallback)
+    callback = retry(max_retry=max_retry) if max_retry > 0 else None
+    path = journal_path(url)
+    if path is not None:
         try:
+            if heartbeat_interval:
+                return HeartbeatJournalStorage(path, heartbeat_interval, grace_period, callback)
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
             raise ConfigError(f"hydra.sweeper.storage: cannot open journal file {path} ({exc})") from None

@@ -86,6 +86,7 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
     (["{tmp}", "{photos}"], "no model.keras"),
     (["{run}", "{tmp}/missing.jpg"], "missing.jpg: no such file"),
     (["{run}/metrics.json", "{photos}"], "not a .keras model file"),
+    (["{run}", "{photos}", "--batch-size", "0"], "--batch-size: must be >= 1"),
 ])
 def test_predict_bad_input_is_one_line_exit_2(trained, tmp_path, args, needle):
     run, photos = trained
@@ -103,27 +104,35 @@ def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path)
         (odd / name).mkdir(parents=True)
         for f in sorted((photos / name).glob(f"{name}_*.png"))[:4]:
             (odd / name / f.name).write_bytes(f.read_bytes())
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(odd / "square" / "<img src=x onerror=alert(1)>.png")
+    (odd / "square" / "<img src=x onerror=alert(1)>.png").write_bytes(b"")  # listed under bad files, escaped
     res = command("thaw-evaluate", run, odd, "--out", tmp_path / "ev")
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     cm = np.array(r["confusion_matrix"])
-    assert cm.shape == (2, 2) and cm.sum() == r["num_images"] == 9
+    assert cm.shape == (2, 2) and cm.sum() == r["num_images"] == 8
     assert r["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert r["per_class"]["square"]["support"] == 5 and len(r["misclassified"]) == cm.sum() - np.trace(cm)
+    assert r["per_class"]["square"]["support"] == 4 and len(r["misclassified"]) == cm.sum() - np.trace(cm)
+    assert [Path(f).name for f in r["bad_files"]] == ["<img src=x onerror=alert(1)>.png"]
     for name, c in r["per_class"].items():
         i = r["classes"].index(name)
         if cm[:, i].sum():
             assert c["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
     page = (tmp_path / "ev" / "evaluation.html").read_text()
-    assert "<img src=x onerror" not in page and page.count("data:image/jpeg;base64,") == len(r["misclassified"])
-    assert f"accuracy {r['accuracy']:.4f} on 9 images" in res.stdout
+    assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert page.count("data:image/jpeg;base64,") == len(r["misclassified"])
+    assert f"accuracy {r['accuracy']:.4f} on 8 images" in res.stdout
     # a class the model does not know: one line, exit 2, nothing written
     (odd / "triangle").mkdir()
     (odd / "triangle" / "t.png").write_bytes((photos / "circle" / "circle_0.png").read_bytes())
     res = command("thaw-evaluate", run, odd, "--out", tmp_path / "ev2")
     assert res.returncode == 2 and "triangle" in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "ev2").exists()
+    # nothing decodable: one line, exit 2
+    empty = tmp_path / "undecodable" / "circle"
+    empty.mkdir(parents=True)
+    (empty / "a.png").write_bytes(b"")
+    res = command("thaw-evaluate", run, empty.parent, "--out", tmp_path / "ev3")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
 def test_export_files_agree_with_keras(trained, tmp_path):
@@ -138,7 +147,7 @@ def test_export_files_agree_with_keras(trained, tmp_path):
     for fmt in ("saved_model", "tflite_fp32"):
         assert e[fmt]["top1_agreement"] == 1.0 and e[fmt]["max_abs_prob_diff"] < 1e-4, (fmt, e[fmt])
     assert e["tflite_fp16"]["max_abs_prob_diff"] < 0.05
-    assert 0.0 <= e["tflite_int8"]["top1_agreement"] <= 1.0
+    assert e["tflite_int8"]["max_abs_prob_diff"] < 0.05  # this model's outputs barely move; real photos: slow test
     assert e["tflite_int8"]["bytes"] < 0.5 * e["tflite_fp32"]["bytes"]  # int8: a quarter, plus overhead
     assert e["tflite_fp16"]["bytes"] < 0.7 * e["tflite_fp32"]["bytes"]
     for fmt, info in e.items():
@@ -165,3 +174,6 @@ def test_retrain_reruns_the_exact_config_with_overrides(trained, tmp_path):
     # a typo'd key fails at composition: one line, exit 2
     res = command("thaw-retrain", run, "trainer.finetune_epoch=2", f"hydra.run.dir={tmp_path / 'typo'}", cwd=tmp_path)
     assert res.returncode == 2 and "finetune_epoch" in res.stderr and "Traceback" not in res.stderr
+    # a config group cannot be swapped under the winner's keys (it would be silently undone)
+    res = command("thaw-retrain", run, "data=folder", f"hydra.run.dir={tmp_path / 'grp'}", cwd=tmp_path)
+    assert res.returncode == 2 and "data=folder" in res.stderr and not (tmp_path / "grp").exists()

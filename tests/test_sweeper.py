@@ -217,6 +217,7 @@ def test_report_command_and_html_escaping(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
     res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
                                 "+hydra.sweeper.pruner.lower=1.01", "~hydra.sweeper.pruner.n_startup_trials",

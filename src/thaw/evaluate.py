@@ -72,14 +72,14 @@ def _folder_files(folder: str, class_names: List[str]) -> Tuple[List[str], List[
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"{folder}: not a directory (expected class sub-folders: {', '.join(class_names)})")
+    unknown = sorted(set(_class_dirs(root)) - set(class_names))
+    if unknown:
+        raise DataError(f"{root}: sub-folder(s) {', '.join(unknown)} are not classes of this model "
+                        f"({', '.join(class_names)})")
     skipped: List[str] = []
     by_class = {name: _list_class_dir(root / name, "skip", skipped) for name in _class_dirs(root)}
     if not any(by_class.values()):
         raise DataError(f"{root}: no images in class sub-folders (expected: {', '.join(class_names)})")
-    unknown = sorted(set(by_class) - set(class_names))
-    if unknown:
-        raise DataError(f"{root}: sub-folder(s) {', '.join(unknown)} are not classes of this model "
-                        f"({', '.join(class_names)})")
     files, labels = [], []
     for name, paths in by_class.items():
         files += paths
@@ -107,6 +107,8 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> Dict[str, Any]:
     trained = load_trained(target)
     files, labels, skipped = _folder_files(folder, trained.class_names)
     images, good, problems = decode_images(files, trained.image_size)
+    if not good:
+        raise DataError(f"{folder}: none of the {len(files)} image file(s) could be decoded")
     good_set = set(good)
     keep = [f in good_set for f in files]
     y = np.asarray(labels)[keep]

@@ -120,7 +120,22 @@ def export(target: str, out: Optional[str], formats: List[str], data: Optional[s
     if not len(check) or ("tflite_int8" in formats and not len(rep)):
         raise ConfigError(f"{source}: too few images to calibrate and check the exports")
     reference = trained.model.predict(check.astype(np.float32), batch_size=64, verbose=0)
-    saved = out_dir / "saved_model"
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="thaw-export-"))  # the SavedModel TFLite converts from
+    saved = out_dir / "saved_model" if "saved_model" in formats else scratch / "saved_model"
+    try:
+        result = _export_all(trained, saved, out_dir, formats, rep, check, reference, source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    from thaw.outputs import write_json_atomic
+
+    write_json_atomic(out_dir / "export.json", result)
+    return result
+
+
+def _export_all(trained, saved: Path, out_dir: Path, formats, rep, check, reference, source) -> Dict[str, Any]:
     trained.model.export(str(saved), format="tf_saved_model", verbose=False)
     result: Dict[str, Any] = {"model": str(trained.path), "keras_bytes": trained.path.stat().st_size,
                               "checked_on": {"images": int(len(check)), "source": source},
@@ -139,13 +154,6 @@ def export(target: str, out: Optional[str], formats: List[str], data: Optional[s
         result["exports"][fmt] = {"path": str(path), "bytes": _size(path), **compare(reference, outputs),
                                   "seconds": round(time.perf_counter() - t0, 1)}
         log.info("%s: %s", fmt, result["exports"][fmt])
-    if "saved_model" not in formats:
-        import shutil
-
-        shutil.rmtree(saved, ignore_errors=True)
-    from thaw.outputs import write_json_atomic
-
-    write_json_atomic(out_dir / "export.json", result)
     return result
 
 
@@ -160,6 +168,9 @@ def _main(argv: Optional[List[str]]) -> int:
     parser.add_argument("--calibration-images", type=int, default=200)
     parser.add_argument("--check-images", type=int, default=1000)
     args = parser.parse_args(argv)
+    for flag, value in (("--calibration-images", args.calibration_images), ("--check-images", args.check_images)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:

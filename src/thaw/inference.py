@@ -16,9 +16,14 @@ import numpy as np
 from thaw.errors import ConfigError, DataError, ThawError
 
 
-def run_command(prog: str, fn: Callable[[], int]) -> int:
-    """Bad input: one line on stderr, exit code 2, no traceback."""
+def run_command(prog: str, fn: Callable[[], int], per_file_logs: bool = False) -> int:
+    """Bad input: one line on stderr, exit code 2, no traceback. Bad image files are reported by
+    the command itself (CSV column, evaluation.json), not as a log line per file."""
+    import logging
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not per_file_logs:
+        logging.getLogger("thaw.data").setLevel(logging.ERROR)
     try:
         return fn()
     except ThawError as exc:
@@ -29,13 +34,15 @@ def run_command(prog: str, fn: Callable[[], int]) -> int:
 def _best_trial_dir(sweep: Path) -> Path:
     import yaml
 
-    res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
-    best = res.get("best_trial") or {}
+    try:
+        res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{sweep / 'optimization_results.yaml'}: unreadable ({str(exc).splitlines()[0][:160]})") from None
+    best = (res.get("best_trial") or {}) if isinstance(res, dict) else {}
     if "number" not in best:
         raise ConfigError(f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)")
-    recorded = Path(best.get("run_dir") or "")
-    local = sweep / f"trial_{best['number']}"
-    return recorded if recorded.is_dir() else local
+    recorded = Path(best["run_dir"]) if best.get("run_dir") else None
+    return recorded if recorded is not None and recorded.is_dir() else sweep / f"trial_{best['number']}"
 
 
 def find_run(target: str) -> Tuple[Path, Optional[Path]]:

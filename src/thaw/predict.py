@@ -8,6 +8,7 @@ import io
 import sys
 from typing import List, Optional
 
+from thaw.errors import ConfigError
 from thaw.inference import decode_images, list_images, load_trained, run_command
 
 
@@ -37,6 +38,8 @@ def _main(argv: Optional[List[str]]) -> int:
     parser.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     header, rows, trained = predict_rows(args.model, args.inputs, args.batch_size)
     buf = io.StringIO()
     writer = csv.writer(buf)

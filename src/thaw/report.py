@@ -252,9 +252,11 @@ Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="thaw-report", description="Write report.html for a sweep.")
-    parser.add_argument("target", help="sweep dir (with study.db) or an Optuna storage URL")
+    parser.add_argument("target", help="sweep dir (with study.db), a journal file (.log/.journal/.jsonl, "
+                        "journal:///path) or an Optuna storage URL")
     parser.add_argument("--study", default=None, help="study name (needed when the storage holds several)")
-    parser.add_argument("--out", default=None, help="output dir (default: the sweep dir, or . for a URL)")
+    parser.add_argument("--out", default=None, help="output dir (default: the sweep dir, the journal's dir, "
+                        "or . for a URL)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

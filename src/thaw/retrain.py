@@ -37,12 +37,26 @@ def write_winner(run: Path, search_dir: Path) -> None:
     (search_dir / "retrain" / "winner.yaml").write_text(f"# @package _global_\n# from {run}\n{text}")
 
 
+def _refuse_group_overrides(overrides: List[str]) -> None:
+    """The winner's config sets every key after the config groups compose, so `data=folder` would
+    be silently undone: only dotted keys are overrides here."""
+    from thaw.paths import conf_dir
+
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()} | {"experiment", "sweep"}
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if "=" in o and "." not in key and key in groups:
+            raise ConfigError(f"{o}: thaw-retrain re-runs the winner's exact config, so a config group "
+                              f"cannot be swapped; override its keys instead (e.g. {key}.<key>=...)")
+
+
 def retrain_argv(target: str, overrides: List[str], train_on_val: bool, search_dir: Path) -> List[str]:
     """thaw-train's command line for the re-run (writes the winner's config under search_dir)."""
     run = source_run(target)
     write_winner(run, search_dir)
     base = Path(target).expanduser().resolve()
     default_dir = (base if base != run.resolve() else run.resolve().parent) / f"retrain_{run.name}"
+    _refuse_group_overrides(overrides)
     extra = list(overrides) + (TRAIN_ON_VAL if train_on_val else [])
     if not any(o.startswith("hydra.run.dir=") for o in extra):
         extra.append(f"hydra.run.dir={default_dir}")
@@ -70,7 +84,7 @@ def _main(argv: Optional[List[str]]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command("thaw-retrain", lambda: _main(argv))
+    return run_command("thaw-retrain", lambda: _main(argv), per_file_logs=True)  # a training run logs as usual
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
+import threading
 from contextlib import contextmanager
 
 NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]"
@@ -21,28 +21,36 @@ NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|
                    r"|fully_quantize: \d+, inference_type: |W\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] Ignored )")
 
 
+def _forward(read_fd: int, out_fd: int) -> None:
+    """Copy lines from the pipe to the real stderr as they come, dropping the known noise."""
+    with os.fdopen(read_fd, "rb", closefd=True) as pipe:
+        for raw in pipe:
+            line = raw.decode(errors="replace")
+            if line.strip() and not NOISE.match(line):
+                os.write(out_fd, raw)
+
+
 @contextmanager
 def native_stderr_filtered():
-    """Capture what native code writes to file descriptor 2; write back all but the known noise."""
+    """Route what native code writes to file descriptor 2 through a filter, line by line as it comes
+    (a fatal message just before an abort still gets out); known noise is dropped."""
     if os.environ.get("THAW_TF_LOGS") == "1":
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [ln for ln in captured.read().decode(errors="replace").splitlines()
-                    if ln.strip() and not NOISE.match(ln)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    reader = threading.Thread(target=_forward, args=(read_fd, saved), daemon=True)
+    reader.start()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
+        reader.join(timeout=5)
+        os.close(saved)
 
 
 def import_tensorflow():

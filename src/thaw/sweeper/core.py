@@ -231,6 +231,7 @@ class SweepRunner:
         if interrupted:
             sys.exit(130)
         self._evaluate_best()
+        self._nothing_usable()
         self.write_results(log_best=True)
         self._report()
         return self.study
@@ -369,6 +370,17 @@ class SweepRunner:
             last = failed[-1]
             raise _TooManyFailures(f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > {max_rate}; "
                                    f"{rule}); last error, trial {last.number}: {last.user_attrs.get('error', '?')}")
+
+    def _nothing_usable(self) -> None:
+        """A sweep that ends with failures and not one COMPLETE trial failed, whatever the rule said."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        failed = [t for t in trials if t.state == TrialState.FAIL and _counted(t)]
+        if failed and not any(t.state == TrialState.COMPLETE for t in trials):
+            self._report()
+            raise _TooManyFailures(f"no trial completed ({len(failed)} failed); last error, trial "
+                                   f"{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}")
 
     def _fail_unfinished(self, beats) -> None:
         """Trials this process asked for but did not finish (Ctrl-C) are failed, not left RUNNING."""

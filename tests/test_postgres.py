@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from test_sweeper import TINY, output, popen
+from test_sweeper import TINY, kill_9_then_resume, output, popen
 
 
 def _pg_bin(name):
@@ -80,3 +80,9 @@ def test_three_workers_on_postgres_reach_n_trials_with_pruning(tmp_path, postgre
     assert len({t.number for t in trials}) == n_trials
     assert all(t.state == TrialState.PRUNED for t in trials)
     assert all(list(t.intermediate_values) == [0] for t in trials)
+
+
+@pytest.mark.slow  # default-run budget: SQLite and journal run this in the default run
+def test_postgres_sweep_survives_kill_9_and_resumes(tmp_path, postgres_url):
+    kill_9_then_resume(tmp_path, [f"hydra.sweeper.storage={postgres_url}"],
+                       lambda: optuna.load_study(study_name="test", storage=postgres_url))

@@ -281,18 +281,26 @@ def _journal_study(path):
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path, storage):
     """Every storage the README offers survives a killed worker (Optuna's journal has no heartbeat:
-    thaw's own, a file touched per trial beside the journal, finds the dead trial)."""
-    sw = tmp_path / "sw"
+    thaw's own, a file touched per trial beside the journal, finds the dead trial). PostgreSQL:
+    tests/test_postgres.py runs the same check."""
     journal = tmp_path / "study.log"
-    extra = [f"hydra.sweeper.storage={journal}"] if storage == "journal" else []
+    if storage == "journal":
+        kill_9_then_resume(tmp_path, [f"hydra.sweeper.storage={journal}"], lambda: _journal_study(journal), journal)
+    else:
+        kill_9_then_resume(tmp_path, [], lambda: load(tmp_path / "sw"), tmp_path / "sw" / "study.db")
+
+
+def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
+    """kill -9 a 3-trial sweep during trial 1, run the same command again: exactly 3 COMPLETE trials,
+    the dead one FAILed as stale and retried with its params (max_retry=1)."""
+    sw = tmp_path / "sw"
     args = sweep_args(sw, 3, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
-                      "hydra.sweeper.max_retry=1", *extra)
-    load = (lambda _sw: _journal_study(journal)) if storage == "journal" else globals()["load"]
-    marker = journal if storage == "journal" else sw / "study.db"
+                      "hydra.sweeper.max_retry=1", *storage_args)
+    load = lambda _sw: open_study()  # noqa: E731
     proc = popen(args, tmp_path)
     try:
         def second_trial_running():
-            if not marker.exists():
+            if marker is not None and not marker.exists():
                 return False
             try:
                 trials = load(sw).get_trials(deepcopy=False)

@@ -63,3 +63,17 @@ def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
     times = report_plots.trial_times(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}"))
     assert sum(len(tr.x) for tr in times.data) == 6 and times.layout.yaxis.title.text == "seconds"
     assert "MB, self-contained" in caplog.text
+
+
+def test_boundary_of_older_trials_comes_from_their_run_dir(tmp_path):
+    run = tmp_path / "trial_0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("trainer:\n  head_epochs: 3\n")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
+    t = study.ask(SPACE)
+    t.set_user_attr("run_dir", str(run))  # what trials recorded before head_epochs was an attribute
+    for step, v in enumerate([0.6, 0.7, 0.8, 0.85, 0.9]):
+        t.report(v, step)
+    study.tell(t, 0.9)
+    lines = [s for s in report_plots.learning_curves(study).layout.shapes if s.type == "line"]
+    assert [s.x0 for s in lines] == [3.5]

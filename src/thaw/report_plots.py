@@ -4,6 +4,7 @@ per trial. Optuna's generic plots follow them on the page (thaw.report)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional
 
 DEPTH, LR = "unfreeze.depth", "lr.base"
@@ -66,10 +67,23 @@ def trials_plane(study):
     return fig
 
 
+def _head_epochs(trial) -> Optional[int]:
+    """Recorded by the trial (user attribute); for studies made before that, from its run dir."""
+    if trial.user_attrs.get("head_epochs") is not None:
+        return int(trial.user_attrs["head_epochs"])
+    run_dir = trial.user_attrs.get("run_dir")
+    try:
+        from omegaconf import OmegaConf
+
+        return int(OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml").trainer.head_epochs)
+    except Exception:
+        return None
+
+
 def _boundaries(trials) -> Dict[int, int]:
     out: Dict[int, int] = {}
     for t in trials:
-        head = t.user_attrs.get("head_epochs")
+        head = _head_epochs(t)
         if head:
             out[int(head)] = out.get(int(head), 0) + 1
     return out

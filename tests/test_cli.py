@@ -40,6 +40,13 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     assert m["history"][1]["lr"] == pytest.approx(m["history"][0]["lr"])  # lr.finetune_factor: 1
     assert (out / ".hydra" / "config.yaml").is_file()
     assert (out / "train.log").read_text().count("epoch") >= 7
+    # where the time went: the parts sum to the total (this process imported TensorFlow for the run)
+    tb = m["time_breakdown"]
+    parts = {k: v for k, v in tb.items() if k != "total"}
+    assert all(v >= 0 for v in parts.values()) and abs(sum(parts.values()) - tb["total"]) < 0.01
+    assert tb["total"] == pytest.approx(tb["import"] + m["wall_seconds"], abs=0.05) and tb["import"] > 1
+    assert tb["trace"] > 1  # the first fine-tuning epoch traces the whole network's gradient
+    assert tb["compute"] > tb["save"] > 0 and tb["data"] > 0 and tb["build"] > 0
 
 
 def test_tf_start_up_lines_come_back_on_request(tmp_path):

@@ -51,6 +51,20 @@ def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
     assert fig.layout.yaxis.title.text == "validation accuracy"
 
 
+def test_time_per_trial_is_stacked_by_where_it_went(tmp_path):
+    study = _study(tmp_path)
+    t = study.ask(SPACE)
+    t.set_user_attr("time_breakdown", {"import": 7.0, "data": 1.0, "build": 2.0, "feature_extraction": 0.0,
+                                       "trace": 9.0, "compute": 30.0, "save": 0.5, "test_evaluation": 0.0,
+                                       "other": 1.5, "total": 51.0})
+    study.tell(t, 0.9)
+    fig = report_plots.trial_times(study)
+    stacked = {tr.name: list(tr.y) for tr in fig.data if list(tr.x) == [6]}
+    assert stacked["compute"] == [30.0] and stacked["trace"] == [9.0] and fig.layout.barmode == "stack"
+    assert sum(v[0] for v in stacked.values()) == 51.0
+    assert sum(len(tr.x) for tr in fig.data if list(tr.x) != [6]) == 6  # the others: wall time by state
+
+
 def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
     import logging
 

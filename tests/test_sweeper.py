@@ -103,6 +103,11 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
     for k in (1, 2, 3):
         assert f"sweep: {k}/3 trials done (COMPLETE {k}); best " in out
     assert "about 0s left" in out
+    # each trial's time breakdown is on its trial and in its log line; only the first trial of this
+    # in-process sweep paid TensorFlow's import
+    imports = [t.user_attrs["time_breakdown"]["import"] for t in trials]
+    assert imports[0] > 1 and imports[1:] == [0, 0]
+    assert out.count("; time ") == 3 and "compute " in out
     assert results["best_value"] == study.best_value
     assert results["best_params"] == study.best_params
     assert "best trial" in res.stderr + res.stdout

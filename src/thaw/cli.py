@@ -77,6 +77,16 @@ def _remove_if_only_hydra_files(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _describe_time(trial, out: Path) -> None:
+    """The run's time breakdown on its trial, for the sweep log and report (before the trial is told)."""
+    import json
+
+    try:
+        trial.describe(time_breakdown=json.loads((out / "metrics.json").read_text()).get("time_breakdown"))
+    except (OSError, ValueError):
+        pass
+
+
 def run(cfg: DictConfig):
     """The Hydra task: train one configuration, return its objective for the sweeper."""
     from hydra.core.hydra_config import HydraConfig
@@ -112,6 +122,7 @@ def run(cfg: DictConfig):
             log.info("trial pruned: %s", exc)
             state, summary = "PRUNED", {"pruned": str(exc)}
             if trial is not None:
+                _describe_time(trial, out)
                 trial.prune(str(exc))
             return None
     except ThawError as exc:
@@ -154,6 +165,7 @@ def run(cfg: DictConfig):
             keras.backend.clear_session()
             gc.collect()
     if trial is not None:
+        trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)
     log.info("objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out)
     print(f"objective {result.metrics['objective_name']} = {result.objective}", flush=True)

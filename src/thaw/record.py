@@ -7,6 +7,7 @@ A crash, a pruned trial or Ctrl-C keeps everything recorded so far; `finish` add
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -61,7 +62,29 @@ class RunRecord:
     def write(self, status: str) -> None:
         self.data["status"] = status
         self.data["wall_seconds"] = time.perf_counter() - self.started
+        self.data["time_breakdown"] = self.time_breakdown()
         write_json_atomic(self.path, self.data)
+
+    def time_breakdown(self) -> Dict[str, float]:
+        """Where the run's time went, in seconds; the parts sum to `total` (TensorFlow's import, when
+        this run paid it, plus wall_seconds). `trace`: each phase's first epoch beyond its steady
+        epochs (a one-epoch phase cannot tell them apart: all compute); `other`: compiling, callbacks,
+        restoring weights, the rest."""
+        trace = compute = 0.0
+        for name in dict.fromkeys(r["phase"] for r in self.history):
+            secs = [float(r.get("seconds") or 0.0) for r in self.history if r["phase"] == name]
+            steady = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
+            first_extra = max(0.0, secs[0] - steady)
+            trace, compute = trace + first_extra, compute + sum(secs) - first_extra
+        d = self.data
+        parts = {"import": d.get("import_seconds", 0.0), "data": d.get("data_seconds", 0.0),
+                 "build": d.get("build_seconds", 0.0),
+                 "feature_extraction": sum(float(p.get("cache_seconds") or 0.0) for p in self.phases.values()),
+                 "trace": trace, "compute": compute, "save": d.get("save_seconds", 0.0),
+                 "test_evaluation": d.get("test_seconds", 0.0)}
+        total = parts["import"] + d.get("wall_seconds", 0.0)
+        parts["other"] = max(0.0, total - sum(parts.values()))
+        return {**{k: round(v, 3) for k, v in parts.items()}, "total": round(max(total, sum(parts.values())), 3)}
 
     def fail(self, exc: BaseException) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -102,7 +125,6 @@ class RunRecord:
     def complete(self, objectives: List[str]) -> Any:
         """Write the final record; returns the objective value (a list for several objectives)."""
         values = [self._objective_value(name) for name in objectives]
-        self.data["wall_seconds"] = time.perf_counter() - self.started
         self.data["objective"] = values[0] if len(values) == 1 else values
         self.write("complete")
         return self.data["objective"]

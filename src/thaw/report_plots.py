@@ -112,20 +112,32 @@ def learning_curves(study):
     return fig
 
 
+PARTS = ("import", "data", "build", "feature_extraction", "trace", "compute", "save", "test_evaluation", "other")
+
+
 def trial_times(study):
-    """Wall time per trial, coloured by state (pruned trials should be the cheap ones)."""
+    """Time per trial: stacked by where it went (metrics.json's time_breakdown, recorded on the
+    trial), or, for trials without one, wall time coloured by state."""
     import plotly.graph_objects as go
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.duration is not None]
     if not trials:
         return None
     fig = go.Figure()
+    split = [t for t in trials if t.user_attrs.get("time_breakdown")]
+    if split:
+        for part in PARTS:
+            fig.add_trace(go.Bar(x=[t.number for t in split], name=part.replace("_", " "),
+                                 y=[t.user_attrs["time_breakdown"].get(part, 0.0) for t in split]))
+        fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="seconds")
+        trials = [t for t in trials if not t.user_attrs.get("time_breakdown")]
     for state in MARKERS:
         group = [t for t in trials if t.state.name == state]
         if group:
             fig.add_trace(go.Bar(x=[t.number for t in group], y=[t.duration.total_seconds() for t in group],
                                  name=state.lower(), marker_color=COLOURS[state]))
-    fig.update_layout(xaxis_title="trial", yaxis_title="seconds", barmode="overlay")
+    if not split:
+        fig.update_layout(xaxis_title="trial", yaxis_title="seconds", barmode="overlay")
     return fig
 
 
@@ -136,5 +148,6 @@ def own_figures(study):
                    "last epoch)", trials_plane(study)),
         ("curves", "Learning curves per trial (dashed: the head phase ends, fine-tuning starts)",
          learning_curves(study)),
-        ("times", "Time per trial", trial_times(study)),
+        ("times", "Time per trial, by where it went (import, data, build, feature extraction, trace, "
+                  "compute, save, ...)", trial_times(study)),
     ]

@@ -141,17 +141,19 @@ def make_strategy(cfg_trainer):
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir.
     `tracker` may be a Tracker or a function that starts one, called once data and model are ready."""
-    from thaw.tf_startup import import_tensorflow
+    from thaw.tf_startup import claim_import_seconds, import_tensorflow
 
     import_tensorflow()
     configure_devices(cfg.trainer)
     strategy = make_strategy(cfg.trainer)
     with strategy.scope():
-        return _train(cfg, Path(output_dir), reporter, tracker, int(strategy.num_replicas_in_sync))
+        return _train(cfg, Path(output_dir), reporter, tracker, int(strategy.num_replicas_in_sync),
+                      claim_import_seconds())
 
 
-def _train(cfg, out: Path, reporter, tracker, replicas: int) -> TrainResult:
+def _train(cfg, out: Path, reporter, tracker, replicas: int, import_seconds: float = 0.0) -> TrainResult:
     run = _prepare(cfg, out, reporter, tracker, replicas)
+    run.record.update(import_seconds=import_seconds)
     base, spec = run.clf.base, run.clf.spec
     with _recorded(run.record):
         interrupt.check()
@@ -165,11 +167,11 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int) -> TrainResult:
         fit_phase(run, finetune_phase(cfg, blocks))
         run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))
         if cfg.trainer.save_model:
-            save_model(run.clf.model, out, cfg.trainer.export_h5)
-            run.record.update(model_path=str(out / "model.keras"))
+            _, save_s = _timed(save_model, run.clf.model, out, cfg.trainer.export_h5)
+            run.record.update(model_path=str(out / "model.keras"), save_seconds=save_s)
         # A sweep trial never evaluates the test split; the sweeper evaluates only its best trial, once.
         if reporter is None:
-            evaluate_test_split(run)
+            run.record.update(test_seconds=_timed(evaluate_test_split, run)[1])
         objective = run.record.complete(objective_names(cfg))
     return TrainResult(objective, run.record.data)
 

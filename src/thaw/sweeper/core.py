@@ -34,6 +34,14 @@ POLL_SECONDS = 2.0
 DEFAULT_FAILURE_RATE = 0.25  # thaw's rule when hydra.sweeper.max_failure_rate is unset
 
 
+def time_summary(breakdown: Optional[Dict[str, float]]) -> str:
+    """'; time 41.2 s: compute 22.0, trace 9.1, ...' (largest first, parts under 0.5 s left out)."""
+    if not breakdown:
+        return ""
+    parts = sorted(((k, v) for k, v in breakdown.items() if k != "total" and v >= 0.5), key=lambda kv: -kv[1])
+    return f"; time {breakdown.get('total', 0):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts)
+
+
 def _counted(trial) -> bool:
     from optuna.trial import TrialState
 
@@ -354,8 +362,9 @@ class SweepRunner:
             value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
             extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""
             level = logging.WARNING if frozen.state == TrialState.FAIL else logging.INFO
-            log.log(level, "trial %d %s value=%s %s(run dir %s)", trial.number, frozen.state.name, value,
-                    f"{extra} " if extra else "", frozen.user_attrs.get("run_dir", "?"))
+            log.log(level, "trial %d %s value=%s %s(run dir %s)%s", trial.number, frozen.state.name, value,
+                    f"{extra} " if extra else "", frozen.user_attrs.get("run_dir", "?"),
+                    time_summary(frozen.user_attrs.get("time_breakdown")))
 
     @staticmethod
     def _check_failures(done, max_rate: float, min_trials: int, rule: str) -> None:

@@ -87,6 +87,34 @@ def _describe_time(trial, out: Path) -> None:
         pass
 
 
+def _prepare_trial(cfg, trial) -> None:
+    """Before training: the config checked, and what the sweep report reads put on the trial."""
+    validate(cfg)
+    if trial is not None:
+        from thaw.record import objective_names
+
+        trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
+
+
+def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
+    """Tell the trial (if any) why the run failed; the summary W&B gets."""
+    message = f"{prefix}{_one_line(exc)}"
+    if trial is not None:
+        trial.fail(message)
+    return {"error": message}
+
+
+def _release_graphs() -> None:
+    """Trials that share a process would otherwise keep every earlier trial's graphs."""
+    if "keras" in sys.modules:
+        import gc
+
+        import keras
+
+        keras.backend.clear_session()
+        gc.collect()
+
+
 def run(cfg: DictConfig):
     """The Hydra task: train one configuration, return its objective for the sweeper."""
     from hydra.core.hydra_config import HydraConfig
@@ -95,20 +123,12 @@ def run(cfg: DictConfig):
     from thaw.sweeper.trial import attach_trial
 
     hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
     out = Path(hc.runtime.output_dir)
     trial = attach_trial(hc)
     started: list = []  # the tracker, once train() has loaded the data and built the model
     state, summary = "FAIL", {}
     try:
-        validate(cfg)
-        from thaw.tf_startup import import_tensorflow
-
-        import_tensorflow()  # without TensorFlow's C++ start-up lines (THAW_TF_LOGS=1 keeps them)
-        if trial is not None:
-            from thaw.record import objective_names
-
-            trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
+        _prepare_trial(cfg, trial)
         from thaw import tracking
         from thaw.train import Pruned, train
 
@@ -126,13 +146,11 @@ def run(cfg: DictConfig):
                 trial.prune(str(exc))
             return None
     except ThawError as exc:
-        summary = {"error": _one_line(exc)}
-        if trial is not None:
-            trial.fail(_one_line(exc))
-        if not multirun:
+        summary = _failed(trial, exc)
+        if hc.mode != RunMode.MULTIRUN:
             logging.shutdown()
             _remove_if_only_hydra_files(out)
-            _die(_one_line(exc))
+            _die(summary["error"])
         raise
     except KeyboardInterrupt:
         summary = {"error": "interrupted"}
@@ -140,30 +158,20 @@ def run(cfg: DictConfig):
             trial.interrupt("interrupted (SIGINT/SIGTERM)")
         raise
     except BaseException as exc:
-        summary = {"error": f"{type(exc).__name__}: {_one_line(exc)}"}
-        if trial is not None:
-            trial.fail(f"{type(exc).__name__}: {_one_line(exc)}")
-        log.error("run failed: %s: %s", type(exc).__name__, _one_line(exc))
+        summary = _failed(trial, exc, f"{type(exc).__name__}: ")
+        log.error("run failed: %s", summary["error"])
         raise
     else:
         state = "COMPLETE"
-        m = result.metrics
-        summary = {k: m.get(k) for k in ("objective", "val_accuracy", "val_loss", "best_epoch", "test_accuracy",
-                                         "wall_seconds") if m.get(k) is not None}
+        summary = {k: result.metrics.get(k) for k in ("objective", "val_accuracy", "val_loss", "best_epoch",
+                                                      "test_accuracy", "wall_seconds") if result.metrics.get(k) is not None}
     finally:
         if trial is not None:
             trial.close()
         if started:
-            tracker = started[0]
-            model_path = out / "model.keras" if cfg.logger.get("log_model") and state == "COMPLETE" else None
-            tracker.finish(summary, state, model_path)
-        if "keras" in sys.modules:  # release graphs so in-process sweeps do not grow
-            import gc
-
-            import keras
-
-            keras.backend.clear_session()
-            gc.collect()
+            log_model = cfg.logger.get("log_model") and state == "COMPLETE"
+            started[0].finish(summary, state, out / "model.keras" if log_model else None)
+        _release_graphs()
     if trial is not None:
         trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)

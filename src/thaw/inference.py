@@ -31,7 +31,7 @@ def run_command(prog: str, fn: Callable[[], int], per_file_logs: bool = False) -
         return 2
 
 
-def _best_trial_dir(sweep: Path) -> Path:
+def best_trial_dir(sweep: Path) -> Path:
     import yaml
 
     try:
@@ -54,7 +54,7 @@ def find_run(target: str) -> Tuple[Path, Optional[Path]]:
         if p.suffix != ".keras":
             raise ConfigError(f"{target}: not a .keras model file (expected a run dir, a sweep dir or a model.keras)")
         return p, p.parent if (p.parent / "metrics.json").is_file() else None
-    run = _best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
+    run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / "model.keras").is_file():
         why = "the run was made with trainer.save_model=false" if (run / "metrics.json").is_file() else \
             "not a thaw run or sweep directory"

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from thaw.errors import ConfigError
-from thaw.inference import _best_trial_dir, run_command
+from thaw.inference import best_trial_dir, run_command
 
 TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer.patience=0"]
 
 
 def source_run(target: str) -> Path:
     p = Path(target).expanduser()
-    run = _best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
+    run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / ".hydra" / "config.yaml").is_file():
         raise ConfigError(f"{target}: not a sweep dir or run dir (no {run / '.hydra' / 'config.yaml'})")
     return run

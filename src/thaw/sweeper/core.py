@@ -160,35 +160,14 @@ class SweepRunner:
         if not space:
             raise ConfigError("hydra.sweeper.params: nothing to search (give interval/range/choice "
                               "expressions, e.g. lr.base='tag(log, interval(1e-5, 1e-2))')")
-        sampler = self._instantiate("sampler", None) or optuna.samplers.TPESampler()
-        pruner = self._instantiate("pruner", None) or optuna.pruners.NopPruner()
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
-        url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
-        study_name = self.cfg.get("study_name") or "thaw"
-        interval, grace = self.cfg.get("heartbeat_interval"), self.cfg.get("grace_period")
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = make_storage(url, interval, grace, int(self.cfg.get("max_retry") or 0))
-        try:
-            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                        directions=directions, load_if_exists=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:200]
-            raise ConfigError(f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} "
-                              f"({first})") from None
-        existing = [d.name.lower() for d in study.directions]
-        if existing != directions:
-            raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
-                              f"not {directions}")
-        self._reseed_on_resume(study)
-        self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
+        self._open_study(directions)
         self.n_trials, self.directions = n_trials, directions
-        beats = _Heartbeats(storage, interval)
+        study, url, study_name = self.study, self.url, self.study.study_name
+        interval = self.cfg.get("heartbeat_interval")
+        beats = _Heartbeats(self.storage, interval)
         progress = Progress(n_trials, _counted, directions)
         progress.start(study.get_trials(deepcopy=False))
-        already = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
-        log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), len(already),
+        log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), progress.at_start,
                  n_trials, ", ".join(f"{k} ~ {type(d).__name__}" for k, d in space.items()))
         fixed_lines = list(fixed.values())
         interrupted = False
@@ -211,13 +190,7 @@ class SweepRunner:
                 if slots <= 0:
                     time.sleep(POLL_SECONDS)  # the rest is running in other workers
                     continue
-                batch = []
-                for _ in range(min(n_jobs, slots)):
-                    trial = study.ask(space)
-                    if self._surplus(trial):
-                        break
-                    beats.add(trial._trial_id)
-                    batch.append(trial)
+                batch = self._ask_batch(space, min(n_jobs, slots), beats)
                 if not batch:
                     time.sleep(POLL_SECONDS)
                     continue
@@ -243,6 +216,45 @@ class SweepRunner:
         self.write_results(log_best=True)
         self._report()
         return self.study
+
+    def _open_study(self, directions) -> None:
+        """Sampler, pruner and storage from the config; the study created or resumed (same directions)."""
+        import optuna
+
+        sampler = self._instantiate("sampler", None) or optuna.samplers.TPESampler()
+        pruner = self._instantiate("pruner", None) or optuna.pruners.NopPruner()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
+        study_name = self.cfg.get("study_name") or "thaw"
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = make_storage(url, self.cfg.get("heartbeat_interval"), self.cfg.get("grace_period"),
+                               int(self.cfg.get("max_retry") or 0))
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                        directions=directions, load_if_exists=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ConfigError(f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} "
+                              f"({first})") from None
+        existing = [d.name.lower() for d in study.directions]
+        if existing != directions:
+            raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
+                              f"not {directions}")
+        self._reseed_on_resume(study)
+        self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
+
+    def _ask_batch(self, space, size: int, beats) -> list:
+        """Up to `size` new trials, heartbeating; fewer when other workers filled the study meanwhile."""
+        batch = []
+        for _ in range(size):
+            trial = self.study.ask(space)
+            if self._surplus(trial):
+                break
+            beats.add(trial._trial_id)
+            batch.append(trial)
+        return batch
 
     def _report(self) -> None:
         """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""

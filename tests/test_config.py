@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import compose_cfg
+from conftest import compose_cfg, need_cats_dogs, need_mnv2_weights
 from thaw.config import validate
 from thaw.errors import ConfigError, DataError
 
@@ -38,6 +38,9 @@ def test_every_group_option_composes(group, option):
 
 @pytest.mark.parametrize("experiment", ["smoke", "tiny", "cats_vs_dogs", "cats_vs_dogs_local"])
 def test_experiments_compose_and_validate(experiment):
+    if experiment == "cats_vs_dogs_local":  # its weights and data are the shared files: validate checks them
+        need_cats_dogs()
+        need_mnv2_weights()
     cfg = compose_cfg([f"experiment={experiment}"])
     assert cfg.name == experiment
     validate(cfg)

@@ -24,8 +24,7 @@ from conftest import thaw_train
 from test_sweeper import TINY
 
 # every trial pruned at its first report: proves the job reached the storage from the worker
-PRUNE_ALL = ["hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=1.01",
-             "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps"]
+PRUNE_ALL = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"]
 
 
 def _sweep(sweep_dir, n_trials, *extra):

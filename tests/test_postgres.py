@@ -67,8 +67,8 @@ def test_three_workers_on_postgres_reach_n_trials_with_pruning(tmp_path, postgre
     args = ["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
             f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.study_name=pg", f"hydra.sweeper.storage={postgres_url}",
             "unfreeze.depth=range(0,4)", "logger=none",
-            "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=1.01",
-            "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps"]
+            "~hydra/sweeper/pruner",  # the form for any pruner object: de-select the group, give the node
+            "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 1.01}"]
     optuna.create_study(study_name="pg", storage=postgres_url, direction="maximize")
     workers = [popen(args, tmp_path, f"pg{i}") for i in range(3)]
     for w in workers:

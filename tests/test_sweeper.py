@@ -224,9 +224,7 @@ def test_report_command_and_html_escaping(tmp_path):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
-    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-                                "+hydra.sweeper.pruner.lower=1.01", "~hydra.sweeper.pruner.n_startup_trials",
-                                "~hydra.sweeper.pruner.n_warmup_steps"), cwd=tmp_path)
+    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
@@ -241,8 +239,7 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
 def test_failing_trial_is_fail_and_the_sweep_goes_on(tmp_path):
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
-                      "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
-                      "~hydra.sweeper.sampler.n_startup_trials",
+                      "hydra/sweeper/sampler=bruteforce",
                       "unfreeze.depth=choice(1,99)", "lr.base=1e-3"], cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     states = by_state(load(tmp_path / "sw"))
@@ -266,6 +263,10 @@ def test_too_many_failures_stop_the_sweep(tmp_path):
     (["hydra.sweeper.n_trials=0"], "n_trials"),
     (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/none"], "hydra.sweeper.storage"),
     (["lr.base=-1"], "lr.base"),
+    (["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.n_startup_trails=3"], "n_startup_trails"),
+    (["hydra/sweeper/pruner=patient"], "hydra.sweeper.pruner.patience"),
+    (["trainer.objective=test_accuracy"], "trainer.objective: test_accuracy is not measured by sweep trials"),
+    (["hydra/sweeper/sampler=grid", "lr.base=interval(1e-4,1e-3)"], "grid sampler needs discrete values"),
 ])
 def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}", *args],
@@ -368,9 +369,7 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                                 "hydra.sweeper.n_jobs=2",
-                                "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-                                "+hydra.sweeper.pruner.lower=1.01", "~hydra.sweeper.pruner.n_startup_trials",
-                                "~hydra.sweeper.pruner.n_warmup_steps"), cwd=tmp_path)
+                                "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
@@ -405,8 +404,7 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
 def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_path):
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
-                      "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
-                      "~hydra.sweeper.sampler.n_startup_trials",
+                      "hydra/sweeper/sampler=bruteforce",
                       "head=choice(linear,no_such_head)", "unfreeze.depth=1", "lr.base=1e-3"], cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     states = by_state(load(tmp_path / "sw"))

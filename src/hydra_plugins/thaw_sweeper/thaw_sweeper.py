@@ -10,14 +10,22 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.thaw_sweeper import groups
+
 
 @dataclass
 class ThawSweeperConf:
     _target_: str = "hydra_plugins.thaw_sweeper.thaw_sweeper.ThawSweeper"
-    # Optuna objects, built with hydra.utils.instantiate
+    _recursive_: bool = False  # thaw builds sampler and pruner itself (a grid needs the params first)
+    # Nothing selected by default: a body `sampler: {_target_: ..., ...}` keeps working; selecting
+    # hydra/sweeper/sampler=NAME or hydra/sweeper/pruner=NAME replaces the whole node (groups.py).
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": None}, {"pruner": None}])
+    # Optuna objects, built with hydra.utils.instantiate; unset sampler = TPE (as in hydra-optuna-sweeper)
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     pruner: Any = None
-    direction: Any = "maximize"  # or a list, one per objective in trainer.objective
+    # maximize/minimize, or a list, one per objective. Unset: from thaw-train's trainer.objective
+    # (accuracy up, loss/time/size down); minimize for any other app (hydra-optuna-sweeper's default).
+    direction: Any = None
     # Any Optuna storage URL; default sqlite:///${hydra.sweep.dir}/study.db. A path ending in .log or a
     # journal:///path URL uses a journal file (many processes on one machine).
     storage: Optional[str] = None
@@ -33,12 +41,19 @@ class ThawSweeperConf:
     heartbeat_interval: Optional[int] = 10  # seconds; a dead worker's trial is failed after grace_period
     grace_period: Optional[int] = 60
     max_retry: int = 0  # re-run (with the same params) a trial whose worker died, this many times
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: Optional[Dict[str, Any]] = None
+    # hydra-optuna-sweeper's deprecated form of params: {name: {type: int|float|categorical, low, high,
+    # step, log, choices}}; accepted with a warning
+    search_space: Optional[Dict[str, Any]] = None
+    # dotted path to fn(cfg, trial) called after params are sampled: may suggest more (conditional)
+    # parameters, also `+key` ones; a leading dot is relative to the app's module (as in HOS)
+    custom_search_space: Optional[str] = None
     # set by the sweeper on each job it launches, not by users
     trial_number: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="thaw", node=ThawSweeperConf, provider="thaw")
+groups.register()
 
 
 class ThawSweeper(Sweeper):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError, ThawError
 from thaw.outputs import write_text_atomic
+from thaw.sweeper import plan as search_space_plan
 from thaw.sweeper import search_space
 from thaw.sweeper.progress import Progress
 from thaw.sweeper.storage import make_storage, redact
@@ -32,6 +33,8 @@ warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental.*
 
 POLL_SECONDS = 2.0
 DEFAULT_FAILURE_RATE = 0.25  # thaw's rule when hydra.sweeper.max_failure_rate is unset
+# thaw-train objectives a trial measures (test_accuracy is measured once, on the best trial)
+TRIAL_OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "wall_seconds", "trainable_params")
 
 
 def time_summary(breakdown: Optional[Dict[str, float]]) -> str:
@@ -118,7 +121,9 @@ class SweepRunner:
             raise ConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1] (or unset), got {rate}")
         if int(c.get("failure_min_trials") or 0) < 1:
             raise ConfigError(f"hydra.sweeper.failure_min_trials: must be >= 1, got {c.get('failure_min_trials')}")
-        direction = c.get("direction", "maximize")
+        direction = c.get("direction")
+        if direction is None:
+            direction = self._default_directions()
         directions = list(direction) if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction) \
             else [direction]
         for d in directions:
@@ -126,14 +131,42 @@ class SweepRunner:
                 raise ConfigError(f"hydra.sweeper.direction: expected maximize or minimize, got {d!r}")
         return int(n_trials), n_jobs, None if rate is None else float(rate), [str(d) for d in directions]
 
-    def _instantiate(self, key: str, default):
+    def _is_thaw_train(self) -> bool:
+        return self.config is not None and OmegaConf.select(self.config, "trainer.objective") is not None
+
+    def _default_directions(self) -> List[str]:
+        """thaw-train: each objective's own way (accuracy up; loss, time, size down); other apps:
+        minimize, hydra-optuna-sweeper's default."""
+        if not self._is_thaw_train():
+            return ["minimize"]
+        from thaw.record import objective_names
+
+        return ["maximize" if n.endswith("accuracy") else "minimize" for n in objective_names(self.config)]
+
+    def _check_objectives(self) -> None:
+        """An objective no trial measures would fail every trial: refuse it before the first."""
+        if not self._is_thaw_train():
+            return
+        from thaw.record import objective_names
+
+        for name in objective_names(self.config):
+            if name not in TRIAL_OBJECTIVES:
+                raise ConfigError(f"trainer.objective: {name} is not measured by sweep trials (the test split is "
+                                  "held out: the sweep evaluates only its best trial on it, once); sweep on one "
+                                  f"of {', '.join(TRIAL_OBJECTIVES)}")
+
+    def _instantiate(self, key: str, default, node=None):
         from hydra.utils import instantiate
 
-        node = self.cfg.get(key)
+        node = self.cfg.get(key) if node is None else node
         if node is None:
             return default
         if not isinstance(node, dict):  # Hydra already instantiated it (recursive plugin instantiation)
             return node
+        missing = [k for k, v in node.items() if v == "???"]
+        if missing:
+            raise ConfigError(f"hydra.sweeper.{key}.{missing[0]}: {node.get('_target_')} needs a value "
+                              f"(e.g. hydra.sweeper.{key}.{missing[0]}=2)")
         try:
             return instantiate(node)
         except Exception as exc:
@@ -146,21 +179,25 @@ class SweepRunner:
             return self._sweep(arguments)
         except _TooManyFailures as exc:
             log.error("sweep stopped: %s", exc)
+            print(f"{self._prog()}: error: sweep stopped: {exc.short or exc}", file=sys.stderr, flush=True)
             sys.exit(1)
         except ThawError as exc:
-            print(f"thaw-train: error: {exc}", file=sys.stderr, flush=True)
+            print(f"{self._prog()}: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
+
+    def _prog(self) -> str:
+        return "thaw-train" if self._is_thaw_train() else "thaw sweeper"
 
     def _sweep(self, arguments: List[str]):
         import optuna
         from optuna.trial import TrialState
 
         n_trials, n_jobs, max_failure_rate, directions = self._settings()
-        space, fixed = search_space.parse(self.cfg.get("params") or {}, arguments)
-        if not space:
-            raise ConfigError("hydra.sweeper.params: nothing to search (give interval/range/choice "
-                              "expressions, e.g. lr.base='tag(log, interval(1e-5, 1e-2))')")
-        self._open_study(directions)
+        self._check_objectives()
+        plan = self.plan = search_space_plan.build(self.cfg, self.config, arguments,
+                                                   getattr(self.hydra_context, "config_loader", None))
+        space = plan.space
+        n_trials = self._open_study(directions, plan, n_trials)
         self.n_trials, self.directions = n_trials, directions
         study, url, study_name = self.study, self.url, self.study.study_name
         interval = self.cfg.get("heartbeat_interval")
@@ -168,8 +205,10 @@ class SweepRunner:
         progress = Progress(n_trials, _counted, directions)
         progress.start(study.get_trials(deepcopy=False))
         log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), progress.at_start,
-                 n_trials, ", ".join(f"{k} ~ {type(d).__name__}" for k, d in space.items()))
-        fixed_lines = list(fixed.values())
+                 n_trials, ", ".join([f"{k} ~ {type(d).__name__}" for k, d in space.items()]
+                                     + [f"{k} (per {'/'.join(d.owners)})" for k, d in plan.dependent.items()]
+                                     + (["custom_search_space"] if plan.extender else [])))
+        fixed_lines = list(plan.fixed.values())
         interrupted = False
         try:
             from thaw import interrupt
@@ -190,7 +229,7 @@ class SweepRunner:
                 if slots <= 0:
                     time.sleep(POLL_SECONDS)  # the rest is running in other workers
                     continue
-                batch = self._ask_batch(space, min(n_jobs, slots), beats)
+                batch = self._ask_batch(plan, min(n_jobs, slots), beats)
                 if not batch:
                     time.sleep(POLL_SECONDS)
                     continue
@@ -217,11 +256,33 @@ class SweepRunner:
         self._report()
         return self.study
 
-    def _open_study(self, directions) -> None:
-        """Sampler, pruner and storage from the config; the study created or resumed (same directions)."""
+    def _sampler_node(self, plan, n_trials: int):
+        """The sampler's settings; GridSampler without a search_space walks the params' values, and the
+        sweep then stops at the grid's size."""
+        node = self.cfg.get("sampler")
+        if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler") \
+                and node.get("search_space") is None:
+            if plan.dependent or plan.extender:
+                raise ConfigError("hydra/sweeper/sampler=grid: needs a fixed grid (no custom_search_space and "
+                                  "no param whose range follows another)")
+            values = search_space.grid(plan.space)
+            size = 1
+            for v in values.values():
+                size *= len(v)
+            if size < n_trials:
+                log.info("grid sampler: %d points, so n_trials %d -> %d", size, n_trials, size)
+                n_trials = size
+            node = {**node, "search_space": values}
+        return node, n_trials
+
+    def _open_study(self, directions, plan, n_trials: int) -> int:
+        """Sampler, pruner and storage from the config; the study created or resumed (same directions).
+        Returns n_trials (a grid caps it)."""
         import optuna
 
-        sampler = self._instantiate("sampler", None) or optuna.samplers.TPESampler()
+        node, n_trials = self._sampler_node(plan, n_trials)
+        self.sampler_node = node
+        sampler = self._instantiate("sampler", None, node) or optuna.samplers.TPESampler()
         pruner = self._instantiate("pruner", None) or optuna.pruners.NopPruner()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
@@ -244,12 +305,13 @@ class SweepRunner:
                               f"not {directions}")
         self._reseed_on_resume(study)
         self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
+        return n_trials
 
-    def _ask_batch(self, space, size: int, beats) -> list:
+    def _ask_batch(self, plan, size: int, beats) -> list:
         """Up to `size` new trials, heartbeating; fewer when other workers filled the study meanwhile."""
         batch = []
         for _ in range(size):
-            trial = self.study.ask(space)
+            trial = plan.ask(self.study)
             if self._surplus(trial):
                 break
             beats.add(trial._trial_id)
@@ -274,8 +336,8 @@ class SweepRunner:
             log.warning("W&B sweep summary not logged: %s", exc)
 
     def _evaluate_best(self) -> None:
-        """Evaluate the best trial once on the held-out test split (if the data has one)."""
-        if len(self.directions) != 1:
+        """thaw-train: evaluate the best trial once on the held-out test split (if the data has one)."""
+        if len(self.directions) != 1 or not self._is_thaw_train():
             return
         from optuna.trial import TrialState
 
@@ -304,12 +366,12 @@ class SweepRunner:
         from hydra.utils import instantiate
 
         n = len(study.get_trials(deepcopy=False))
-        node = self.config.hydra.sweeper.get("sampler") if self.config is not None else None
-        if not n or node is None or node.get("seed") is None:
+        node = self.sampler_node
+        if not n or not isinstance(node, dict) or node.get("seed") is None:
             return
         try:
-            study.sampler = instantiate(node, seed=int(node.seed) + n)
-            log.info("resuming: sampler seed %d offset by the %d existing trials", int(node.seed), n)
+            study.sampler = instantiate({**node, "seed": int(node["seed"]) + n})
+            log.info("resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n)
         except Exception as exc:
             log.warning("could not re-seed the sampler on resume: %s", exc)
 
@@ -363,20 +425,50 @@ class SweepRunner:
                     self._fail(trial._trial_id)
                 continue
             frozen = self.storage.get_trial(trial._trial_id)
+            run_dir = frozen.user_attrs.get("run_dir") or _output_dir(ret)
             if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
-                if ret.status == JobStatus.COMPLETED and ret._return_value is not None:
-                    self.study.tell(trial, ret._return_value)
-                else:
-                    err = ret._return_value if ret.status == JobStatus.FAILED else "job returned no value"
-                    self.storage.set_trial_user_attr(trial._trial_id, "error", f"{type(err).__name__}: {err}"[:2000])
-                    self._fail(trial._trial_id)
+                if run_dir:
+                    self.storage.set_trial_user_attr(trial._trial_id, "run_dir", run_dir)
+                self._tell_from_return(trial, ret)
                 frozen = self.storage.get_trial(trial._trial_id)
             value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
             extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""
             level = logging.WARNING if frozen.state == TrialState.FAIL else logging.INFO
             log.log(level, "trial %d %s value=%s %s(run dir %s)%s", trial.number, frozen.state.name, value,
-                    f"{extra} " if extra else "", frozen.user_attrs.get("run_dir", "?"),
+                    f"{extra} " if extra else "", run_dir or "?",
                     time_summary(frozen.user_attrs.get("time_breakdown")))
+        from thaw.sweeper.current import release
+
+        release()  # an in-process job's trial handle (basic launcher) stops heartbeating
+
+    def _tell_from_return(self, trial, ret) -> None:
+        """A job that did not tell its trial itself (any Hydra app): its return value, or its exception
+        (optuna.TrialPruned = PRUNED at the last reported step), decides the state."""
+        import optuna
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        value = ret._return_value
+        if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
+            self.storage.set_trial_user_attr(trial._trial_id, "pruned", str(value) or "pruned by the app")
+            return self._tell(trial, state=TrialState.PRUNED)
+        if ret.status == JobStatus.FAILED:
+            error = f"{type(value).__name__}: {value}"
+        else:
+            values, error = _objective_values(value, len(self.directions))
+            if error is None:
+                return self._tell(trial, values=values)
+        self.storage.set_trial_user_attr(trial._trial_id, "error", error[:2000])
+        self._fail(trial._trial_id)
+
+    def _tell(self, trial, **kwargs) -> None:
+        """Study.tell; a grid or brute-force sampler that finished its space calls Study.stop, which
+        raises outside Study.optimize after the state is written."""
+        try:
+            self.study.tell(trial, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
 
     @staticmethod
     def _check_failures(done, max_rate: float, min_trials: int, rule: str) -> None:
@@ -401,7 +493,9 @@ class SweepRunner:
         if failed and not any(t.state == TrialState.COMPLETE for t in trials):
             self._report()
             raise _TooManyFailures(f"no trial completed ({len(failed)} failed); last error, trial "
-                                   f"{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}")
+                                   f"{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}",
+                                   f"no trial completed ({len(failed)} failed; each trial's error is in the log "
+                                   "above and on the trial in the study)")
 
     def _fail_unfinished(self, beats) -> None:
         """Trials this process asked for but did not finish (Ctrl-C) are failed, not left RUNNING."""
@@ -426,6 +520,7 @@ class SweepRunner:
         for t in trials:
             counts[t.state.name] += 1
         out: Dict[str, Any] = {
+            "name": "optuna",  # as hydra-optuna-sweeper writes it (scripts read it): the search is Optuna's
             "study_name": self.study.study_name,
             "storage": redact(self.url),
             "direction": self.directions[0] if len(self.directions) == 1 else self.directions,
@@ -442,8 +537,10 @@ class SweepRunner:
             if test_eval.get("trial") == best.number:
                 out["best_trial"].update({k: v for k, v in test_eval.items() if k != "trial"})
         elif complete:
+            best_trials = self.study.best_trials
             out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
-                                   "run_dir": t.user_attrs.get("run_dir")} for t in self.study.best_trials]
+                                   "run_dir": t.user_attrs.get("run_dir")} for t in best_trials]
+            out["solutions"] = [{"params": dict(t.params), "values": t.values} for t in best_trials]  # HOS's key
         return out
 
     def write_results(self, log_best: bool = False) -> None:
@@ -458,5 +555,30 @@ class SweepRunner:
                      self.sweep_dir / "optimization_results.yaml")
 
 
+def _output_dir(ret) -> Optional[str]:
+    try:
+        return str(ret.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:
+        return None
+
+
+def _objective_values(value, n: int):
+    """(values, None) or (None, why): one float per direction, as hydra-optuna-sweeper requires."""
+    if value is None:
+        return None, "job returned no value"
+    try:
+        values = [float(value)] if n == 1 else [float(v) for v in value]
+    except (TypeError, ValueError):
+        want = "a float" if n == 1 else f"a list of {n} floats (one per direction)"
+        return None, f"ValueError: the task returned {value!r}; the sweep needs {want}"
+    if len(values) != n:
+        return None, f"ValueError: the task returned {len(values)} values for {n} directions"
+    return values, None
+
+
 class _TooManyFailures(ThawError):
     exit_code = 1
+
+    def __init__(self, message: str, short: str = ""):
+        super().__init__(message)
+        self.short = short

@@ -52,14 +52,16 @@ def _distribution(override):
                       "(use interval, range, choice or a,b,c)")
 
 
-def parse(params: Dict[str, object], arguments: List[str]) -> Tuple[Dict[str, object], Dict[str, str]]:
-    """(search space {key: distribution}, fixed overrides {key: 'key=value'}); the command line wins."""
+def parse(params: Dict[str, object], arguments: List[str],
+          preset: Dict[str, object] = None) -> Tuple[Dict[str, object], Dict[str, str]]:
+    """(search space {key: distribution}, fixed overrides {key: 'key=value'}); the command line wins.
+    `preset`: distributions given directly (hydra-optuna-sweeper's search_space), overridden by both."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    space: Dict[str, object] = {}
+    space: Dict[str, object] = dict(preset or {})
     fixed: Dict[str, str] = {}
     for line in lines:
         try:
@@ -91,3 +93,83 @@ def format_value(value) -> str:
     if all(c.isalnum() or c in "_-./" for c in text) and text not in ("null", "true", "false"):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def from_hos_search_space(search_space: Dict[str, Dict]) -> Dict[str, object]:
+    """hydra-optuna-sweeper's deprecated `search_space` ({name: {type, low, high, step, log, choices}})."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: Dict[str, object] = {}
+    for name, spec in (search_space or {}).items():
+        kind = str(spec.get("type", "")).split(".")[-1]
+        low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
+        try:
+            if kind == "categorical":
+                out[name] = CategoricalDistribution(list(spec["choices"]))
+            elif kind == "int":
+                out[name] = IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+            elif kind == "float":
+                out[name] = FloatDistribution(float(low), float(high), log=log,
+                                              step=None if step is None else float(step))
+            else:
+                raise ValueError(f"type must be int, float or categorical, got {spec.get('type')!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"hydra.sweeper.search_space.{name}: {exc}") from None
+    return out
+
+
+def grid(space: Dict[str, object]) -> Dict[str, list]:
+    """The values GridSampler walks: choices, or every step of a range; continuous params are refused."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: Dict[str, list] = {}
+    for name, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            out[name] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            out[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            n = int(round((dist.high - dist.low) / dist.step))
+            out[name] = [round(dist.low + i * dist.step, 12) for i in range(n + 1)]
+        else:
+            raise ConfigError(f"hydra.sweeper.params.{name}: the grid sampler needs discrete values "
+                              "(choice(...) or range(...)), not a continuous interval")
+    return out
+
+
+def suggest(trial, name: str, dist) -> object:
+    """Suggest `name` from a distribution through the public Trial API."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def load_function(path: str, key: str = "hydra.sweeper.custom_search_space"):
+    """A dotted path to a function; a leading dot means the running app's own module (`.module.fn`
+    or `.fn`), as hydra-optuna-sweeper's examples write it."""
+    import sys
+
+    from hydra.utils import get_method
+
+    try:
+        if path.startswith("."):
+            main = sys.modules.get("__main__")
+            name = path.rsplit(".", 1)[-1]
+            if main is not None and hasattr(main, name):
+                return getattr(main, name)
+            return get_method(path.lstrip("."))
+        return get_method(path)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: cannot load {path!r} ({first})") from None
+
+
+def interpolated_keys(expression: object) -> List[str]:
+    """The config keys an unresolved param expression interpolates: '${backbone.num_blocks}' -> [...]."""
+    import re
+
+    return re.findall(r"\$\{([A-Za-z_][\w.]*)\}", str(expression))

@@ -1,0 +1,149 @@
+"""What each trial is asked: the search space, params whose range follows a searched choice, and the
+user's custom_search_space function.
+
+A param whose expression interpolates a key of a searched choice, e.g. `unfreeze.depth:
+int(interval(0, ${backbone.num_blocks}))` with `backbone=choice(mobilenet_v2,mobilenet_v3_small)`,
+gets its range from the config composed with the choice the trial drew (13 blocks for one, 19 for
+the other), not from the default backbone: otherwise a smaller backbone draws a depth it lacks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from omegaconf import OmegaConf
+
+from thaw.errors import ConfigError
+from thaw.sweeper import search_space
+
+log = logging.getLogger("thaw.sweeper")
+
+MAX_COMBINATIONS = 256  # choice combinations a dependent param is resolved for up front
+
+
+@dataclass
+class Dependent:
+    owners: List[str]  # searched keys the expression depends on, e.g. ["backbone"]
+    table: Dict[Tuple, Any] = field(default_factory=dict)  # owners' values -> distribution
+
+
+@dataclass
+class Plan:
+    space: Dict[str, Any]  # asked at once (the sampler sees these as the relative search space)
+    fixed: Dict[str, str]  # key -> override line, the same for every trial
+    dependent: Dict[str, Dependent] = field(default_factory=dict)
+    extender: Optional[Callable] = None
+    config: Any = None  # what the extender is called with (the sweep's config)
+
+    def keys(self) -> List[str]:
+        return list(self.space) + list(self.dependent)
+
+    def ask(self, study):
+        """A new trial with every param drawn; a failing custom_search_space fails it (exit 2)."""
+        trial = study.ask(self.space)
+        try:
+            for key, dep in self.dependent.items():
+                search_space.suggest(trial, key, dep.table[tuple(trial.params[o] for o in dep.owners)])
+            if self.extender is not None:
+                self.extender(self.config, trial)
+        except Exception as exc:
+            from optuna.trial import TrialState
+
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"search space: {exc}"[:2000])
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            where = "hydra.sweeper.custom_search_space" if self.extender is not None else "hydra.sweeper.params"
+            raise ConfigError(f"{where}: drawing trial {trial.number} failed ({type(exc).__name__}: {exc})") from None
+        overlap = set(trial.params) & set(self.fixed)
+        if overlap:
+            raise ConfigError(f"hydra.sweeper.custom_search_space: suggests {sorted(overlap)}, which the command "
+                              "line fixes")
+        return trial
+
+
+def build(cfg: Dict[str, Any], config, arguments: List[str], config_loader=None) -> Plan:
+    """The plan from the sweeper's (resolved) settings, the raw config and the command-line arguments."""
+    params = cfg.get("params")
+    hos_space = cfg.get("search_space")
+    preset: Dict[str, Any] = {}
+    if hos_space is not None and params is not None:
+        log.warning("both hydra.sweeper.params and hydra.sweeper.search_space are set: using params")
+    elif hos_space is not None:
+        log.warning("hydra.sweeper.search_space is deprecated (as in hydra-optuna-sweeper): write the same as "
+                    "hydra.sweeper.params, e.g. x: int(interval(0, 10))")
+        preset = search_space.from_hos_search_space(hos_space)
+    space, fixed = search_space.parse(params or {}, arguments, preset=preset)
+    plan = Plan(space=space, fixed=fixed, config=config)
+    if cfg.get("custom_search_space"):
+        plan.extender = search_space.load_function(str(cfg["custom_search_space"]))
+    if config_loader is not None and config is not None:
+        _split_dependent(plan, _raw_params(config), config, config_loader)
+    if not plan.space and not plan.dependent and plan.extender is None:
+        raise ConfigError("hydra.sweeper.params: nothing to search (give interval/range/choice "
+                          "expressions, e.g. lr.base='tag(log, interval(1e-5, 1e-2))')")
+    return plan
+
+
+def _raw_params(config) -> Dict[str, str]:
+    node = OmegaConf.select(config, "hydra.sweeper.params")
+    return {} if node is None else {str(k): str(v) for k, v in OmegaConf.to_container(node, resolve=False).items()}
+
+
+def _owner(key: str, space: Dict[str, Any]) -> Optional[str]:
+    """The searched key an interpolated key belongs to: 'backbone.num_blocks' -> 'backbone'."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in space:
+            return prefix
+    return None
+
+
+def _split_dependent(plan: Plan, raw: Dict[str, str], config, config_loader) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    for key, expr in raw.items():
+        if key not in plan.space:
+            continue  # fixed on the command line, or not a sweep
+        owners = sorted({o for o in (_owner(k, plan.space) for k in search_space.interpolated_keys(expr))
+                         if o is not None and o != key})
+        if not owners or not all(isinstance(plan.space[o], CategoricalDistribution) for o in owners):
+            continue
+        combos = list(itertools.product(*(plan.space[o].choices for o in owners)))
+        if len(combos) > MAX_COMBINATIONS:
+            continue
+        dep = Dependent(owners=owners)
+        for combo in combos:
+            dep.table[combo] = _resolve(key, expr, dict(zip(owners, combo)), plan, config, config_loader)
+        plan.dependent[key] = dep
+        del plan.space[key]
+        log.info("%s: range follows %s (%s)", key, ", ".join(owners),
+                 "; ".join(f"{'/'.join(map(str, c))}: {_describe(d)}" for c, d in dep.table.items()))
+
+
+def _resolve(key: str, expr: str, choice: Dict[str, Any], plan: Plan, config, config_loader):
+    overrides = list(plan.fixed.values()) + [f"{k}={search_space.format_value(v)}" for k, v in choice.items()]
+    try:
+        job = config_loader.load_sweep_config(config, overrides)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ConfigError(f"hydra.sweeper.params.{key}: cannot compose the config with {' '.join(overrides)} "
+                          f"to resolve {expr!r} ({first})") from None
+    line = expr
+    for ref in search_space.interpolated_keys(expr):
+        value = OmegaConf.select(job, ref, throw_on_missing=False)
+        if value is None:
+            raise ConfigError(f"hydra.sweeper.params.{key}: {ref} is not set with {' '.join(overrides)}")
+        line = line.replace("${" + ref + "}", str(value))
+    space, _ = search_space.parse({}, [f"{key}={line}"])
+    if key not in space:
+        raise ConfigError(f"hydra.sweeper.params.{key}: {line!r} is not a sweep with {' '.join(overrides)}")
+    return space[key]
+
+
+def _describe(dist) -> str:
+    if hasattr(dist, "low"):
+        return f"{dist.low}..{dist.high}"
+    return str(list(dist.choices))

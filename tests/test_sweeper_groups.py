@@ -1,0 +1,68 @@
+"""Sampler and pruner config groups: every README swap command composes and builds its Optuna objects
+through the sweeper's own code, and selecting a group replaces the whole node."""
+
+import re
+import shlex
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from thaw.cli import _fixed_overrides
+from thaw.paths import conf_dir
+from thaw.sweeper import plan as plan_mod
+from thaw.sweeper.core import SweepRunner
+from thaw.sweeper.pruners import StepMedianPruner
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_swap_commands():
+    block = re.search(r"<!-- swap-commands.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+def build(argv):
+    """(sampler, pruner, runner) exactly as `thaw-train --multirun <argv>` would build them."""
+    assert argv[:2] == ["thaw-train", "--multirun"]
+    overrides = argv[2:]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=_fixed_overrides(overrides), return_hydra_config=True)
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    runner = SweepRunner(sweeper)
+    runner.config = cfg
+    plan = plan_mod.build(sweeper, cfg, [o for o in overrides if o not in _fixed_overrides(overrides)])
+    node, n_trials = runner._sampler_node(plan, int(sweeper["n_trials"]))
+    return runner._instantiate("sampler", None, node), runner._instantiate("pruner", None), n_trials
+
+
+@pytest.mark.parametrize("argv", readme_swap_commands(), ids=lambda a: " ".join(a[4:])[:60])
+def test_readme_swap_command_builds_what_it_says(argv):
+    sampler, pruner, n_trials = build(argv)
+    text = " ".join(argv)
+    want_sampler = re.search(r"hydra/sweeper/sampler=(\w+)", text)
+    want = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+            "grid": optuna.samplers.GridSampler}
+    assert isinstance(sampler, want[want_sampler.group(1)] if want_sampler else optuna.samplers.TPESampler)
+    want_pruner = re.search(r"hydra/sweeper/pruner=(\w+)|_target_: optuna\.pruners\.(\w+)", text)
+    classes = {"hyperband": optuna.pruners.HyperbandPruner, "median": optuna.pruners.MedianPruner,
+               "threshold": optuna.pruners.ThresholdPruner, "ThresholdPruner": optuna.pruners.ThresholdPruner,
+               "patient": optuna.pruners.PatientPruner, "none": optuna.pruners.NopPruner}
+    name = (want_pruner.group(1) or want_pruner.group(2)) if want_pruner else None
+    assert isinstance(pruner, classes[name] if name else StepMedianPruner)
+    if "sampler=grid" in text:  # 7 depths x 2 learning rates
+        assert n_trials == 14
+
+
+def test_selecting_a_group_replaces_the_whole_node():
+    # the preset's pruner has StepMedianPruner arguments; hyperband gets none of them
+    sampler, pruner, _ = build(["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr",
+                                "hydra/sweeper/pruner=hyperband", "hydra/sweeper/sampler=random"])
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and isinstance(sampler, optuna.samplers.RandomSampler)
+    # the preset's own choices: TPE with 5 start-up trials, seeded; the median from the first fine-tuning epoch
+    sampler, pruner, _ = build(["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr",
+                                "trainer.head_epochs=4"])
+    assert sampler._n_startup_trials == 5
+    assert isinstance(pruner, StepMedianPruner) and pruner.n_warmup_steps == 4 and pruner.n_startup_trials == 3

@@ -26,15 +26,27 @@ class EpochCallback(keras.callbacks.Callback):
     weights to `run.best` (restore_best), like EarlyStopping(restore_best_weights=True) across phases.
     """
 
-    def __init__(self, phase, run, trainable: int):
+    def __init__(self, phase, run, trainable: int, state: Optional[dict] = None, checkpoint=None):
         super().__init__()
         self.phase = phase
         self.run = run
         self.trainable = trainable
-        self.stop_reason: Optional[str] = None
-        self.stop_message = ""
-        self._phase_best: Optional[float] = None
-        self._waited = 0
+        self.checkpoint = checkpoint  # fn(done, ended, state) after every epoch, or None
+        state = state or {}
+        self.stop_reason: Optional[str] = state.get("stop_reason")
+        self.stop_message = state.get("stop_message", "")
+        self._phase_best: Optional[float] = state.get("phase_best")
+        self._waited = int(state.get("waited", 0))
+        self._done = phase.done
+
+    def state(self) -> dict:
+        """What a resumed phase needs to stop where this one would have (patience, stop reasons)."""
+        return {"stop_reason": self.stop_reason, "stop_message": self.stop_message,
+                "phase_best": self._phase_best, "waited": self._waited}
+
+    def save_checkpoint(self, ended: bool = False) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(self._done, ended, self.state())
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -65,6 +77,8 @@ class EpochCallback(keras.callbacks.Callback):
         # the pruner's step is the planned epoch (a phase stopped early leaves a gap), so step k means
         # the same point of the recipe in every trial
         self._maybe_prune(epoch, logs)
+        self._done = epoch + 1 - self.phase.first_epoch
+        self.save_checkpoint()
 
     def _track_best(self, step: int, epoch: int, logs) -> None:
         best = self.run.best

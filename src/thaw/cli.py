@@ -87,13 +87,18 @@ def _describe_time(trial, out: Path) -> None:
         pass
 
 
-def _prepare_trial(cfg, trial) -> None:
-    """Before training: the config checked, and what the sweep report reads put on the trial."""
+def _prepare_trial(cfg, trial, out: Path) -> None:
+    """Before training: the config checked, what the sweep report reads put on the trial, and a
+    retried trial given the dead trial's checkpoint to continue."""
     validate(cfg)
     if trial is not None:
+        from thaw import checkpoint
         from thaw.record import objective_names
 
         trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
+        source = trial.retried_run_dir() if cfg.trainer.resume == "auto" else None
+        if checkpoint.adopt(source, out):
+            log.info("trial %d retries a dead trial: continuing its checkpoint from %s", trial.number, source)
 
 
 def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
@@ -128,7 +133,7 @@ def run(cfg: DictConfig):
     started: list = []  # the tracker, once train() has loaded the data and built the model
     state, summary = "FAIL", {}
     try:
-        _prepare_trial(cfg, trial)
+        _prepare_trial(cfg, trial, out)
         from thaw import tracking
         from thaw.train import Pruned, train
 

@@ -113,6 +113,11 @@ class TrainerConfig:
     # default: one device; mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPUs)
     strategy: str = "default"
     cpu_devices: Optional[int] = None  # split the CPU into N logical devices (tests multi-device code)
+    # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is pruned)
+    checkpoint: bool = True
+    # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
+    # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
+    resume: str = "auto"
 
 
 @dataclass
@@ -265,6 +270,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.strategy: expected default or mirrored, got {t.strategy!r}")
     if t.cpu_devices is not None and t.cpu_devices < 1:
         raise ConfigError(f"trainer.cpu_devices: must be >= 1, got {t.cpu_devices}")
+    if t.resume not in ("auto", "never"):
+        raise ConfigError(f"trainer.resume: expected auto or never, got {t.resume!r}")
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
     objectives = t.objective if OmegaConf.is_list(t.objective) or isinstance(t.objective, list) else [t.objective]

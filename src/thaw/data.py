@@ -415,6 +415,16 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def train_epochs(split: Split, batch_size: int, seed: int, first_epoch: int, epochs: int):
+    """Training batches for epochs first_epoch.. (float32 inputs): epoch e's order is drawn from
+    (seed, e) alone, so a run resumed at epoch e sees the batches an uninterrupted run saw."""
+    import tensorflow as tf
+
+    x, y = tf.constant(split.images), tf.constant(split.labels)
+    return epoch_batches(len(split), batch_size, seed, first_epoch, epochs,
+                         lambda idx, _: (tf.cast(tf.gather(x, idx), tf.float32), tf.gather(y, idx)))
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, batch_fn):
     """Several epochs as one tf.data pipeline: epoch e is a permutation of range(n) drawn from
     (seed, e), batched, each batch made by batch_fn(indices, e) -> (x, y). Fit it with

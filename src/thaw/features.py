@@ -264,15 +264,16 @@ class PhaseInputs:
             feat_model, fit_model = self._boundary_models(cut, [t for t, _ in extras])
         if self.aug is not None:
             return self._from_cached_views(feat_model, fit_model, tag, phase, extras)
-        return self._from_cache(feat_model, fit_model, tag, extras)
+        return self._from_cache(feat_model, fit_model, tag, extras, phase)
 
     # -- the models on either side of the cut
     def _images(self, phase) -> PhaseData:
         if self.aug is not None:
             return self._augmented_images(phase)
-        # a fresh pipeline per phase: the same shuffle order as the cached path
-        train = data_mod.to_tf(self.ds.train, self.bs, shuffle=True, seed=self.seed)
-        return PhaseData(self.clf.model, train, self.val_images, "images")
+        # epoch e's order is drawn from (seed, e): the same as the cached path, and as a resumed run's
+        train = data_mod.train_epochs(self.ds.train, self.bs, self.seed, phase.start, phase.remaining)
+        return PhaseData(self.clf.model, train, self.val_images, "images",
+                         steps_per_epoch=math.ceil(len(self.ds.train) / self.bs))
 
     def _augmented_images(self, phase, views: Optional[int] = None) -> PhaseData:
         """Images augmented as they are fed: view (epoch + offset) % V of each image, or a fresh
@@ -295,7 +296,7 @@ class PhaseInputs:
                 params = tf.gather(augment.draw(aug, n, seed, view[0]), idx)
             return augment.apply(tf.gather(images, idx), params), tf.gather(labels, idx)
 
-        train = data_mod.epoch_batches(n, self.bs, seed, phase.first_epoch, phase.epochs, batch)
+        train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
         return PhaseData(self.clf.model, train, self.val_images, "images",
                          steps_per_epoch=math.ceil(n / self.bs), views=views)
 
@@ -340,7 +341,7 @@ class PhaseInputs:
                 self._fingerprints[name] = fingerprint_array(split.images)
         return tuple(split_key(prefix, n, self._fingerprints[n]) for n in ("train", "val"))
 
-    def _from_cache(self, feat_model, fit_model, tag: str, extras) -> PhaseData:
+    def _from_cache(self, feat_model, fit_model, tag: str, extras, phase) -> PhaseData:
         t0 = time.perf_counter()
         cache, ds, batch = self.cache, self.ds, max(self.bs, 64)
         if extras:
@@ -360,9 +361,10 @@ class PhaseInputs:
         log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s)",
                  tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,
                  f"; {len(extras)} shallower boundaries stored too" if extras else "")
-        tr = data_mod.to_tf(data_mod.Split(x_train, ds.train.labels), self.bs, shuffle=True, seed=self.seed)
+        tr = data_mod.train_epochs(data_mod.Split(x_train, ds.train.labels), self.bs, self.seed, phase.start,
+                                   phase.remaining)
         va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
-        return PhaseData(fit_model, tr, va, "features", tag, secs)
+        return PhaseData(fit_model, tr, va, "features", tag, secs, steps_per_epoch=math.ceil(len(x_train) / self.bs))
 
     def _from_cached_views(self, feat_model, fit_model, tag: str, phase, extras) -> PhaseData:
         """Training activations of V augmented views per image (as many as fit the cache budget),
@@ -396,7 +398,7 @@ class PhaseInputs:
             view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
             return tf.gather_nd(stacked, tf.stack([view, idx], axis=1)), tf.gather(labels, idx)
 
-        train = data_mod.epoch_batches(n, self.bs, self.seed, phase.first_epoch, phase.epochs, batch_fn)
+        train = data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch_fn)
         val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views)
 

@@ -8,6 +8,7 @@ recorded goes through `record.RunRecord` (metrics.json, rewritten every epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from thaw import checkpoint
 from thaw import data as data_mod
 from thaw import interrupt, unfreeze
 from thaw.errors import ConfigError, DataError, TrainingError
@@ -46,6 +48,16 @@ class Phase:
     first_epoch: int  # epochs trained before this phase (Keras' initial_epoch)
     total_epochs: int  # both phases together (for the progress line)
     blocks: Tuple[str, ...] = ()  # blocks of the base that train; none in the head phase
+    done: int = 0  # epochs of this phase already trained (a resumed run)
+
+    @property
+    def start(self) -> int:
+        """Keras' initial_epoch: the first epoch this process trains."""
+        return self.first_epoch + self.done
+
+    @property
+    def remaining(self) -> int:
+        return self.epochs - self.done
 
 
 def head_phase(cfg) -> Phase:
@@ -156,15 +168,16 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int, import_seconds: flo
     run.record.update(import_seconds=import_seconds)
     base, spec = run.clf.base, run.clf.spec
     with _recorded(run.record):
+        resume = _resume(run, out)  # a killed earlier attempt's last epoch, or None
         interrupt.check()
         # Phase 1: the whole base frozen, only the head learns.
         unfreeze.freeze_all(base)
-        fit_phase(run, head_phase(cfg))
+        fit_phase(run, head_phase(cfg), resume)
         # Phase 2: the top blocks join, at a lower learning rate so pretrained features are nudged,
         # not overwritten. The base keeps training=False (see model.base_training_flag).
         blocks = unfreeze.apply(base, spec, cfg.unfreeze.name, int(cfg.unfreeze.depth))
         run.record.phase("finetune")["unfrozen_blocks"] = blocks
-        fit_phase(run, finetune_phase(cfg, blocks))
+        fit_phase(run, finetune_phase(cfg, blocks), resume)
         run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))
         if cfg.trainer.save_model:
             _, save_s = _timed(save_model, run.clf.model, out, cfg.trainer.export_h5)
@@ -173,6 +186,7 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int, import_seconds: flo
         if reporter is None:
             run.record.update(test_seconds=_timed(evaluate_test_split, run)[1])
         objective = run.record.complete(objective_names(cfg))
+        checkpoint.remove(out)  # the run is done: model.keras and metrics.json hold the result
     return TrainResult(objective, run.record.data)
 
 
@@ -208,11 +222,18 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     return Run(cfg, ds, clf, inputs, record, tracker or Tracker(), reporter, loss, steps, best)
 
 
-def fit_phase(run: Run, phase: Phase) -> None:
-    """Compile and fit one phase; raises TrainingError on a NaN loss, Pruned when the pruner stops it."""
+def fit_phase(run: Run, phase: Phase, resume=None) -> None:
+    """Compile and fit one phase; raises TrainingError on a NaN loss, Pruned when the pruner stops it.
+    With `resume` (a checkpoint), a phase behind it is skipped and the one it stopped in continues."""
     from thaw.callbacks import EpochCallback
     from thaw.model import count_trainable
 
+    position = resume.position(phase.name) if resume is not None else "fresh"
+    if position == "skip":
+        log.info("phase %s: already done (checkpoint)", phase.name)
+        return
+    if position == "continue":
+        phase = dataclasses.replace(phase, done=resume.done)
     cfg = run.cfg
     data = run.inputs.for_phase(phase)
     info = run.record.phase(phase.name)
@@ -223,6 +244,9 @@ def fit_phase(run: Run, phase: Phase) -> None:
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
     data.model.compile(optimizer=_optimizer(cfg.trainer.optimizer, lr), loss=run.loss,
                        metrics=_loss_and_metrics(run.ds.num_classes)[1], jit_compile=cfg.trainer.jit_compile)
+    if position == "continue":
+        data.model.optimizer.build(data.model.trainable_variables)
+        checkpoint.assign(data.model.optimizer.variables, resume.optimizer, "optimizer")
     n_trainable = count_trainable(run.clf.model)
     log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s", phase.name, phase.epochs,
              phase.learning_rate, f"{n_trainable:,}",
@@ -232,14 +256,18 @@ def fit_phase(run: Run, phase: Phase) -> None:
     if phase.epochs == 0:
         info["seconds"] = 0.0
         return
-    callback = EpochCallback(phase, run, n_trainable)
+    callback = EpochCallback(phase, run, n_trainable, state=resume.callback if position == "continue" else None,
+                             checkpoint=_checkpointer(run, phase.name, data.model.optimizer))
     t0 = time.perf_counter()
-    data.model.fit(data.train, validation_data=data.val, epochs=phase.first_epoch + phase.epochs,
-                   initial_epoch=phase.first_epoch, steps_per_epoch=data.steps_per_epoch,
-                   callbacks=[callback], verbose=0, shuffle=False)
+    if phase.remaining > 0 and callback.stop_reason is None:
+        data.model.fit(data.train, validation_data=data.val, epochs=phase.first_epoch + phase.epochs,
+                       initial_epoch=phase.start, steps_per_epoch=data.steps_per_epoch,
+                       callbacks=[callback], verbose=0, shuffle=False)
     info["seconds"] = time.perf_counter() - t0
     interrupt.check()
     _restore_best(run, info, callback)
+    if callback.stop_reason not in ("nan", "pruned"):
+        callback.save_checkpoint(ended=True)
     run.tracker.log_phase(phase.name, info)
     _record_throughput(run.record, phase.name)
     _raise_if_stopped(run.record, callback)
@@ -281,6 +309,49 @@ def load_data(cfg):
                     "optimistic from here, the test split%s stays held out", len(ds.train),
                     "" if ds.test else " (none here)")
     return ds
+
+
+def _resume(run: Run, out: Path):
+    """Load the run dir's checkpoint (trainer.resume=auto) into the model, record, best epoch and the
+    trial; returns it, or None to start from epoch 1."""
+    if run.cfg.trainer.resume == "never":
+        return None
+    resume = checkpoint.load(out, run.cfg)
+    if resume is None:
+        return None
+    checkpoint.assign(run.clf.model.variables, resume.model, "model")
+    run.record.history[:] = resume.history
+    run.record.phases.clear()
+    run.record.phases.update(resume.phases)
+    run.best.value, run.best.step = resume.best["value"], resume.best["step"]
+    if resume.best_weights is not None:  # the differing ones; the rest equal the restored weights
+        run.best.weights = run.clf.model.get_weights()
+        for i, value in resume.best_weights.items():
+            run.best.weights[i] = value
+    run.record.update(resumed=resume.resumed + [{"after_epoch": resume.epoch, "phase": resume.phase,
+                                                  "phase_ended": resume.ended}])
+    if run.reporter is not None and run.objective_name in ("val_accuracy", "val_loss"):
+        for row in resume.history:  # a retried trial gets the dead trial's values once; none twice
+            if row.get(run.objective_name) is not None:
+                run.reporter.replay(int(row["epoch"]) - 1, float(row[run.objective_name]))
+    log.info("resuming from %s: %s", out / checkpoint.NAME, checkpoint.describe(resume))
+    return resume
+
+
+def _checkpointer(run: Run, phase: str, optimizer):
+    """What the epoch callback calls after each epoch (and at the phase's end): None when off."""
+    if not run.cfg.trainer.checkpoint:
+        return None
+    out = run.record.path.parent
+
+    def save(done: int, ended: bool, state: Dict[str, Any]) -> None:
+        checkpoint.save(out, run.cfg, checkpoint.Checkpoint(
+            phase, done, ended, run.record.history, run.record.phases,
+            {"value": run.best.value, "step": run.best.step}, state,
+            checkpoint.arrays(run.clf.model.variables), checkpoint.arrays(optimizer.variables), run.best.weights,
+            run.record.get("resumed", [])), run.clf.model.get_weights() if run.best.weights is not None else [])
+
+    return save
 
 
 def _timed(fn, *args):
@@ -349,6 +420,7 @@ def _raise_if_stopped(record: RunRecord, callback) -> None:
     if callback.stop_reason == "pruned":
         record.update(pruned_reason=callback.stop_message)
         record.write("pruned")
+        checkpoint.remove(record.path.parent)  # a pruned trial is finished: nothing to resume
         raise Pruned(callback.stop_message)
 
 

@@ -60,6 +60,22 @@ class TrialHandle:
         self.trial.report(value, step)
         return self.trial.should_prune()
 
+    def retried_run_dir(self) -> Optional[str]:
+        """The run dir of the dead trial this one retries (hydra.sweeper.max_retry), or None."""
+        from optuna.storages import RetryFailedTrialCallback
+
+        history = RetryFailedTrialCallback.retry_history(self.storage.get_trial(self._trial_id))
+        if not history:
+            return None
+        tid = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, history[-1])
+        return self.storage.get_trial(tid).user_attrs.get("run_dir")
+
+    def replay(self, step: int, value: float) -> None:
+        """A value an earlier attempt of this run measured (a resumed checkpoint): recorded once on
+        this trial, never judged again, never reported twice."""
+        if step not in self.storage.get_trial(self._trial_id).intermediate_values:
+            self.trial.report(value, step)
+
     # -- final state
     def _tell(self, **kwargs) -> None:
         if self._told:

@@ -1,0 +1,183 @@
+"""Per-epoch checkpoint of one run, so a killed run (or sweep trial) resumes at the next epoch.
+
+One file, `<run dir>/checkpoint.npz`, replaced atomically after every epoch and at each phase's end:
+every variable of the model (weights, BatchNorm statistics, the dropout RNG state), the phase's
+optimizer variables, the best epoch's weights (restore_best), and a JSON header with where the run
+is (phase, epochs done in it, whether the phase ended), its history and phase records, the
+early-stopping state and a fingerprint of the config. The data order of epoch e is drawn from
+(seed, e) (data.epoch_batches), so a resumed epoch sees the same batches as an uninterrupted one.
+
+Rule: the file is deleted when the run ends COMPLETE or PRUNED (model.keras and metrics.json hold
+what is left to know); it stays when the run fails, is interrupted or is killed, for the next
+attempt. A checkpoint that cannot be read, or was written for another config, is refused with one
+line, renamed checkpoint.refused.npz, and the run starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+log = logging.getLogger("thaw.train")
+
+NAME = "checkpoint.npz"
+VERSION = 1
+# keys that do not change what a run computes: a resume may change them
+_FREE = ("logger", "trainer.resume", "trainer.checkpoint", "trainer.save_model", "trainer.export_h5", "name")
+
+
+@dataclass
+class Checkpoint:
+    phase: str  # "head" or "finetune"
+    done: int  # epochs of that phase already trained
+    ended: bool  # the phase finished (best weights put back): the next one starts
+    history: List[Dict[str, Any]]
+    phases: Dict[str, Dict[str, Any]]
+    best: Dict[str, Any]  # {"value", "step"}
+    callback: Dict[str, Any]  # {"phase_best", "waited", "stop_reason", "stop_message"}
+    model: List[np.ndarray] = field(repr=False)
+    optimizer: List[np.ndarray] = field(repr=False)
+    # the best epoch's weights (model.get_weights() order), None without restore_best. Saved: only
+    # those that differ from the current weights (frozen layers never do); loaded: {index: array}
+    best_weights: Any = field(default=None, repr=False)
+    resumed: List[Dict[str, Any]] = field(default_factory=list)  # earlier resumes of this run
+
+    @property
+    def epoch(self) -> int:
+        """Epochs trained in all (history rows)."""
+        return len(self.history)
+
+    def position(self, phase: str) -> str:
+        """'skip' (this phase is behind the checkpoint), 'continue' (resume inside it) or 'fresh'."""
+        order = ("head", "finetune")
+        if order.index(phase) < order.index(self.phase) or (phase == self.phase and self.ended):
+            return "skip"
+        return "continue" if phase == self.phase else "fresh"
+
+
+def fingerprint(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in _FREE:
+        node, *rest = key.split(".")
+        if rest and isinstance(data.get(node), dict):
+            data[node].pop(rest[0], None)
+        elif not rest:
+            data.pop(node, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) -> None:
+    """Write the checkpoint next to metrics.json, atomically (a kill leaves the previous one)."""
+    header = {"version": VERSION, "fingerprint": fingerprint(cfg), "phase": ckpt.phase, "done": ckpt.done,
+              "ended": ckpt.ended, "history": ckpt.history, "phases": ckpt.phases, "best": ckpt.best,
+              "callback": ckpt.callback, "resumed": ckpt.resumed, "n_model": len(ckpt.model),
+              "n_optimizer": len(ckpt.optimizer)}
+    best = ckpt.best_weights or []
+    header["best_differs"] = [i for i, (b, m) in enumerate(zip(best, current_weights)) if not np.array_equal(b, m)]
+    header["has_best"] = bool(best)
+    arrays = {"header": np.frombuffer(json.dumps(header, default=float).encode(), dtype=np.uint8)}
+    arrays.update({f"m{i}": a for i, a in enumerate(ckpt.model)})
+    arrays.update({f"o{i}": a for i, a in enumerate(ckpt.optimizer)})
+    arrays.update({f"b{i}": best[i] for i in header["best_differs"]})
+    tmp = out / f".{NAME}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / NAME)
+    _fault_injection(ckpt)
+
+
+def _fault_injection(ckpt: Checkpoint) -> None:
+    """THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2: kill -9 this process right after
+    that checkpoint is on disk. For the resume tests: a real SIGKILL at an exact point of the recipe."""
+    target = os.environ.get("THAW_KILL_AFTER_CHECKPOINT")
+    if target and target == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load(out: Path, cfg) -> Optional[Checkpoint]:
+    """The run dir's checkpoint, or None (none there, or refused: one line, file kept aside)."""
+    path = out / NAME
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            if header.get("version") != VERSION:
+                raise ValueError(f"format version {header.get('version')}, expected {VERSION}")
+            if header["fingerprint"] != fingerprint(cfg):
+                raise ValueError("it was written for another configuration")
+            model = [z[f"m{i}"] for i in range(header["n_model"])]
+            optimizer = [z[f"o{i}"] for i in range(header["n_optimizer"])]
+            best = {i: z[f"b{i}"] for i in header["best_differs"]} if header["has_best"] else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        refused = out / "checkpoint.refused.npz"
+        os.replace(path, refused)
+        log.warning("checkpoint %s refused (%s); kept as %s, starting over", path, str(exc).splitlines()[0][:200],
+                    refused.name)
+        return None
+    return Checkpoint(header["phase"], int(header["done"]), bool(header["ended"]), header["history"],
+                      header["phases"], header["best"], header["callback"], model, optimizer, best,
+                      header.get("resumed", []))
+
+
+def remove(out: Path) -> None:
+    for name in (NAME, f".{NAME}.tmp"):
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def size_mb(out: Path) -> float:
+    try:
+        return (out / NAME).stat().st_size / 2**20
+    except OSError:
+        return 0.0
+
+
+def arrays(variables) -> List[np.ndarray]:
+    return [np.array(v.numpy()) for v in variables]
+
+
+def assign(variables, values: List[np.ndarray], what: str) -> None:
+    variables = list(variables)
+    if len(variables) != len(values):
+        raise ValueError(f"{what}: checkpoint has {len(values)} variables, the model {len(variables)}")
+    for var, value in zip(variables, values):
+        var.assign(value)
+
+
+def adopt(source_dir: Optional[str], out: Path) -> bool:
+    """A retried trial continues the dead trial's checkpoint: copy it into this run dir (the dead
+    trial's dir is left as it was)."""
+    if not source_dir or (out / NAME).exists():
+        return False
+    src = Path(source_dir) / NAME
+    if not src.is_file():
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{NAME}.tmp"
+    with open(src, "rb") as f, open(tmp, "wb") as g:
+        g.write(f.read())
+    os.replace(tmp, out / NAME)
+    return True
+
+
+def describe(ckpt: Checkpoint) -> str:
+    where = f"{ckpt.phase} epoch {ckpt.done}" + (" (phase ended)" if ckpt.ended else "")
+    return f"{ckpt.epoch} epoch(s) done, last {where}"
+

@@ -297,8 +297,9 @@ def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path, storage):
 
 
 def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
-    """kill -9 a 3-trial sweep during trial 1, run the same command again: exactly 3 COMPLETE trials,
-    the dead one FAILed as stale and retried with its params (max_retry=1)."""
+    """kill -9 a 3-trial sweep during trial 1 (after its first epoch's checkpoint), run the same command
+    again: exactly 3 COMPLETE trials, the dead one FAILed as stale and retried with its params
+    (max_retry=1), the retry continuing the dead trial's checkpoint at epoch 2."""
     sw = tmp_path / "sw"
     args = sweep_args(sw, 3, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
                       "hydra.sweeper.max_retry=1", *storage_args)
@@ -313,9 +314,8 @@ def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
             except Exception:
                 return False
             return any(t.number == 1 and t.state == TrialState.RUNNING for t in trials) and \
-                (sw / "trial_1" / "train.log").exists()
-        wait_for(second_trial_running, 300, "trial 1 to start")
-        time.sleep(1.0)
+                (sw / "trial_1" / "checkpoint.npz").exists()
+        wait_for(second_trial_running, 300, "trial 1's first checkpoint")
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
@@ -337,6 +337,17 @@ def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
     retried = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == 1]
     assert len(retried) == 1 and retried[0].params == stale[0].params
     assert retried[0].state == TrialState.COMPLETE
+    # ... from the dead trial's checkpoint: epoch 1 is not trained again, the history is continuous,
+    # and the trial has both epochs' values, each reported once
+    dead_dir, retry_dir = Path(stale[0].user_attrs["run_dir"]), Path(retried[0].user_attrs["run_dir"])
+    record = json.loads((retry_dir / "metrics.json").read_text())
+    assert record["resumed"][0]["after_epoch"] == 1
+    assert [r["epoch"] for r in record["history"]] == [1, 2]
+    assert record["history"][0] == json.loads((dead_dir / "metrics.json").read_text())["history"][0]
+    assert "resuming from" in (retry_dir / "train.log").read_text()
+    assert sorted(retried[0].intermediate_values) == [0, 1]
+    assert retried[0].intermediate_values[0] == record["history"][0]["val_accuracy"]
+    assert not (retry_dir / "checkpoint.npz").exists()  # a completed run deletes its checkpoint
     # the resumed, seeded sampler does not replay the first run's draws
     fresh = [t for t in trials if t.number not in (1, retried[0].number)]
     assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)

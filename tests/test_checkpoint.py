@@ -1,0 +1,114 @@
+"""Per-epoch checkpoints: a run killed with SIGKILL (a real one, at an exact point of the recipe via
+THAW_KILL_AFTER_CHECKPOINT) and re-run with the same run dir continues at its next epoch and ends
+with the same per-epoch metrics as an uninterrupted run; a bad checkpoint is refused, not trusted."""
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import thaw_train
+from thaw import checkpoint
+
+RUN = ["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
+       "trainer.head_epochs=2", "trainer.finetune_epochs=3", "trainer.deterministic=true", "logger=none",
+       "trainer.save_model=false"]
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def attempt(run_dir, cwd, kill_at=None):
+    res = thaw_train([*RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
+                     env={"THAW_KILL_AFTER_CHECKPOINT": kill_at} if kill_at else {"THAW_KILL_AFTER_CHECKPOINT": ""})
+    assert res.returncode == (-9 if kill_at else 0), res.stderr[-2000:]
+    return re.findall(r"\[(head|finetune)\] epoch (\d+)/", res.stdout + res.stderr)
+
+
+def history(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_same_epochs(a, b, tol=1e-5):
+    assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
+    for ra, rb in zip(a["history"], b["history"]):
+        assert ra["phase"] == rb["phase"]
+        for k in METRICS:
+            assert abs(ra[k] - rb[k]) <= tol, (ra["epoch"], k, ra[k], rb[k])
+
+
+def kill_chain(tmp_path, points):
+    """An uninterrupted reference, then one run dir killed at each point in turn and finally let finish."""
+    attempt(tmp_path / "ref", tmp_path)
+    trained = []
+    for point in [*points, None]:
+        trained += attempt(tmp_path / "run", tmp_path, point)
+    ref, run = history(tmp_path / "ref"), history(tmp_path / "run")
+    assert_same_epochs(ref, run)
+    assert run["status"] == "complete" and run["objective"] == ref["objective"]
+    # no epoch trained twice: a kill right after a checkpoint loses nothing
+    assert sorted(int(e) for _, e in trained) == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "run" / checkpoint.NAME).exists()  # deleted once the run completed
+    return run
+
+
+def test_killed_at_the_phase_switch_and_in_fine_tuning_ends_as_if_never_killed(tmp_path):
+    run = kill_chain(tmp_path, ["head:end", "finetune:1"])
+    assert run["resumed"] == [{"after_epoch": 2, "phase": "head", "phase_ended": True},
+                              {"after_epoch": 3, "phase": "finetune", "phase_ended": False}]
+
+
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
+def test_killed_at_every_point_of_the_recipe(tmp_path):
+    run = kill_chain(tmp_path, ["head:1", "head:2", "head:end", "finetune:1", "finetune:2"])
+    assert len(run["resumed"]) == 5
+
+
+def _cfg():
+    return OmegaConf.create({"name": "x", "trainer": {"seed": 1, "resume": "auto"}, "lr": {"base": 0.1},
+                             "logger": {"name": "none"}})
+
+
+def _ckpt(best=None):
+    model = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
+    return checkpoint.Checkpoint("finetune", 1, False, [{"phase": "head", "epoch": 1}], {"head": {}},
+                                 {"value": 0.5, "step": 0}, {"waited": 0}, model, [np.zeros(2)], best)
+
+
+def test_checkpoint_round_trip_keeps_only_differing_best_weights(tmp_path):
+    current = [np.zeros((2, 3), np.float32), np.ones(3, np.float32)]
+    best = [np.full((2, 3), 7, np.float32), np.ones(3, np.float32)]  # the second equals the current weight
+    checkpoint.save(tmp_path, _cfg(), _ckpt(best), current)
+    back = checkpoint.load(tmp_path, _cfg())
+    assert back.phase == "finetune" and back.done == 1 and back.history == [{"phase": "head", "epoch": 1}]
+    assert np.array_equal(back.model[0], _ckpt().model[0]) and list(back.best_weights) == [0]
+    assert np.array_equal(back.best_weights[0], best[0])
+    assert back.position("head") == "skip" and back.position("finetune") == "continue"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_config"])
+def test_a_bad_checkpoint_is_refused_with_one_line_and_kept_aside(tmp_path, caplog, damage):
+    checkpoint.save(tmp_path, _cfg(), _ckpt(), [])
+    path = tmp_path / checkpoint.NAME
+    if damage == "truncated":  # a partial file (the write itself is atomic; a copy may not be)
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    cfg = _cfg()
+    if damage == "other_config":
+        cfg.lr.base = 0.2
+    with caplog.at_level(logging.WARNING, logger="thaw.train"):
+        assert checkpoint.load(tmp_path, cfg) is None
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "starting over" in lines[0] and "\n" not in lines[0]
+    assert not path.exists() and (tmp_path / "checkpoint.refused.npz").is_file()  # nothing lost
+
+
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
+def test_a_run_with_a_corrupt_checkpoint_starts_over_and_completes(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / checkpoint.NAME).write_bytes(b"\x00" * 100)
+    trained = attempt(tmp_path / "run", tmp_path)
+    assert len(trained) == 5 and "resumed" not in history(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint.refused.npz").read_bytes() == b"\x00" * 100

@@ -41,6 +41,9 @@ class ThawSweeperConf:
     heartbeat_interval: Optional[int] = 10  # seconds; a dead worker's trial is failed after grace_period
     grace_period: Optional[int] = 60
     max_retry: int = 0  # re-run (with the same params) a trial whose worker died, this many times
+    # model.keras of every trial (all), of the best trial only (best: the others' are deleted as the
+    # sweep goes, across resumes and workers), or of none (trials run with trainer.save_model=false)
+    save_models: str = "all"
     params: Optional[Dict[str, Any]] = None
     # hydra-optuna-sweeper's deprecated form of params: {name: {type: int|float|categorical, low, high,
     # step, log, choices}}; accepted with a warning

@@ -194,6 +194,7 @@ class SweepRunner:
 
         n_trials, n_jobs, max_failure_rate, directions = self._settings()
         self._check_objectives()
+        self._save_models()
         plan = self.plan = search_space_plan.build(self.cfg, self.config, arguments,
                                                    getattr(self.hydra_context, "config_loader", None))
         space = plan.space
@@ -234,6 +235,7 @@ class SweepRunner:
                     time.sleep(POLL_SECONDS)
                     continue
                 self._run_batch(batch, fixed_lines, study_name, beats)
+                self._remove_unneeded_models()
                 self.write_results()
                 if max_failure_rate is not None:  # hydra-optuna-sweeper's meaning: per batch
                     self._check_failures([self.storage.get_trial(t._trial_id) for t in batch], max_failure_rate, 1,
@@ -250,6 +252,7 @@ class SweepRunner:
                 self.write_results(log_best=interrupted)
         if interrupted:
             sys.exit(130)
+        self._remove_unneeded_models()
         self._evaluate_best()
         self._nothing_usable()
         self.write_results(log_best=True)
@@ -339,6 +342,9 @@ class SweepRunner:
         """thaw-train: evaluate the best trial once on the held-out test split (if the data has one)."""
         if len(self.directions) != 1 or not self._is_thaw_train():
             return
+        if self._save_models() == "none":
+            log.info("save_models=none: no model to evaluate on the test split (thaw-retrain rebuilds the winner)")
+            return
         from optuna.trial import TrialState
 
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -402,7 +408,8 @@ class SweepRunner:
         job_overrides = []
         for trial in batch:
             sampled = [f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()]
-            job_overrides.append(fixed_lines + sampled + [
+            no_model = ["trainer.save_model=false"] if self._save_models() == "none" and self._is_thaw_train() else []
+            job_overrides.append(fixed_lines + sampled + no_model + [
                 f"hydra.sweeper.trial_number={trial.number}",
                 f"hydra.sweeper.storage={self.url}",
                 f"hydra.sweeper.study_name={study_name}",
@@ -440,6 +447,34 @@ class SweepRunner:
         from thaw.sweeper.current import release
 
         release()  # an in-process job's trial handle (basic launcher) stops heartbeating
+
+    def _save_models(self) -> str:
+        mode = str(self.cfg.get("save_models") or "all")
+        if mode not in ("all", "best", "none"):
+            raise ConfigError(f"hydra.sweeper.save_models: expected all, best or none, got {mode!r}")
+        return mode
+
+    def _remove_unneeded_models(self) -> None:
+        """save_models=best: delete model.keras (and model.h5) of every COMPLETE trial that is not the
+        best (several objectives: not on the Pareto front). Judged on the whole study, so it holds
+        across resumes and workers; a trial that was best in a snapshot stays so in every later one."""
+        if self._save_models() != "best":
+            return
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not trials:
+            return
+        keep = {t.number for t in self.study.best_trials} if len(self.directions) > 1 else {self.study.best_trial.number}
+        for t in trials:
+            run_dir = t.user_attrs.get("run_dir")
+            if t.number in keep or not run_dir:
+                continue
+            for name in ("model.keras", "model.h5"):
+                path = Path(run_dir) / name
+                if path.exists():
+                    path.unlink()
+                    log.info("save_models=best: removed %s (trial %d is not the best)", path, t.number)
 
     def _tell_from_return(self, trial, ret) -> None:
         """A job that did not tell its trial itself (any Hydra app): its return value, or its exception

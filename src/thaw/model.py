@@ -5,10 +5,20 @@ frozen layers can be cached per augmented view and model.keras is clean for infe
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from thaw.backbones import build_base, get_spec, preprocessing_layer
 from thaw.heads import build_head
+
+log = logging.getLogger("thaw.train")
+
+# Bases built in this process, with their initial state: trials of an in-process sweep reuse them
+# (weights put back in memory) instead of rebuilding the graph and re-reading the weights file.
+_BASES: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MAX_BASES = 2
 
 
 def base_training_flag(cfg_backbone):
@@ -42,7 +52,7 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     weights = cfg.backbone.weights
     if weights is not None and weights != "imagenet":
         weights = str(weights)
-    base = build_base(spec, float(cfg.backbone.alpha), size, weights)
+    base = _base(spec, cfg, size, weights)
     set_batchnorm_momentum(base, cfg.backbone.get("batchnorm_momentum"))
     inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
     x = inputs
@@ -51,6 +61,50 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
     return Classifier(model, base, features, spec)
+
+
+def _base_key(spec, cfg, size: int, weights) -> tuple:
+    import keras
+    import tensorflow as tf
+
+    stamp = None
+    if weights not in (None, "imagenet") and os.path.exists(weights):
+        st = os.stat(weights)
+        stamp = (st.st_mtime_ns, st.st_size)
+    strategy = tf.distribute.get_strategy()
+    # the seed is in the key because building draws initializer seeds from Python's RNG: a reused
+    # base must leave the RNG where a fresh build would, or the head would start differently
+    return (spec.name, float(cfg.backbone.alpha), int(size), weights, stamp, int(cfg.trainer.seed),
+            keras.mixed_precision.global_policy().name, type(strategy).__name__, strategy.num_replicas_in_sync)
+
+
+def _base(spec, cfg, size: int, weights):
+    """The base for this run: built, or this process's earlier one with its initial state restored
+    (weights and BatchNorm statistics, trainable flags, momenta, and the RNG state after building),
+    so the run computes exactly what it would in a fresh process."""
+    import random
+
+    import numpy as np
+
+    key = _base_key(spec, cfg, size, weights)
+    hit = _BASES.get(key)
+    if hit is not None:
+        base, initial, momenta, py_state, np_state = hit
+        _BASES.move_to_end(key)
+        base.trainable = True
+        base.set_weights(initial)
+        for layer, momentum in momenta:
+            layer.momentum = momentum
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        log.info("backbone: reusing this process's %s base (initial weights restored in memory)", spec.name)
+        return base
+    base = build_base(spec, float(cfg.backbone.alpha), size, weights)
+    momenta = [(layer, layer.momentum) for layer in base._flatten_layers() if hasattr(layer, "momentum")]
+    _BASES[key] = (base, base.get_weights(), momenta, random.getstate(), np.random.get_state())
+    while len(_BASES) > _MAX_BASES:
+        _BASES.popitem(last=False)
+    return base
 
 
 def set_batchnorm_momentum(base, momentum) -> int:

@@ -16,13 +16,17 @@ from thaw import checkpoint
 RUN = ["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
        "trainer.head_epochs=2", "trainer.finetune_epochs=3", "trainer.deterministic=true", "logger=none",
        "trainer.save_model=false"]
+# the cached path: BatchNorm in inference mode makes the frozen prefix cacheable; flip augmentation
+# trains on cached activations of augmented views (epoch e uses view (e + offset) % V)
+CACHED = ["backbone.batchnorm=inference", "trainer.cache_features=true", "augment=flip", "trainer.augment_views=2"]
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def attempt(run_dir, cwd, kill_at=None):
-    res = thaw_train([*RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
-                     env={"THAW_KILL_AFTER_CHECKPOINT": kill_at} if kill_at else {"THAW_KILL_AFTER_CHECKPOINT": ""})
-    assert res.returncode == (-9 if kill_at else 0), res.stderr[-2000:]
+def attempt(run_dir, cwd, kill_at=None, extra=()):
+    res = thaw_train([*RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=cwd,
+                     env={"THAW_KILL_AFTER_CHECKPOINT": kill_at or ""})
+    expected = 0 if not kill_at else (130 if kill_at.startswith("TERM@") else -9)  # SIGTERM: a clean stop
+    assert res.returncode == expected, res.stderr[-2000:]
     return re.findall(r"\[(head|finetune)\] epoch (\d+)/", res.stdout + res.stderr)
 
 
@@ -38,12 +42,12 @@ def assert_same_epochs(a, b, tol=1e-5):
             assert abs(ra[k] - rb[k]) <= tol, (ra["epoch"], k, ra[k], rb[k])
 
 
-def kill_chain(tmp_path, points):
+def kill_chain(tmp_path, points, extra=()):
     """An uninterrupted reference, then one run dir killed at each point in turn and finally let finish."""
-    attempt(tmp_path / "ref", tmp_path)
+    attempt(tmp_path / "ref", tmp_path, extra=extra)
     trained = []
     for point in [*points, None]:
-        trained += attempt(tmp_path / "run", tmp_path, point)
+        trained += attempt(tmp_path / "run", tmp_path, point, extra)
     ref, run = history(tmp_path / "ref"), history(tmp_path / "run")
     assert_same_epochs(ref, run)
     assert run["status"] == "complete" and run["objective"] == ref["objective"]
@@ -53,8 +57,11 @@ def kill_chain(tmp_path, points):
     return run
 
 
-def test_killed_at_the_phase_switch_and_in_fine_tuning_ends_as_if_never_killed(tmp_path):
-    run = kill_chain(tmp_path, ["head:end", "finetune:1"])
+def test_killed_at_the_phase_switch_and_stopped_in_fine_tuning_ends_as_if_never_stopped(tmp_path):
+    """On cached activations of augmented views: kill -9 at the phase switch, then SIGTERM right
+    after fine-tuning epoch 1 (the next epoch is cut short mid-way, neither recorded nor checkpointed)."""
+    run = kill_chain(tmp_path, ["head:end", "TERM@finetune:1"], CACHED)
+    assert run["phases"]["finetune"]["trained_on"] == "cached activations" and run["phases"]["head"]["augment_views"]
     assert run["resumed"] == [{"after_epoch": 2, "phase": "head", "phase_ended": True},
                               {"after_epoch": 3, "phase": "finetune", "phase_ended": False}]
 

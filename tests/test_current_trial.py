@@ -71,9 +71,9 @@ def test_keras_pruning_callback_stops_fit_through_the_trial():
 
     from thaw.sweeper import CurrentTrial, PruningCallback
 
-    class Handle:  # what current_trial() wraps: a number and a real Optuna trial
-        def __init__(self, trial):
-            self.trial, self.number = trial, trial.number
+    class Handle:  # what current_trial() wraps: a real Optuna study and trial
+        def __init__(self, study, trial):
+            self.study, self.trial, self.number = study, trial, trial.number
 
     study = optuna.create_study(direction="minimize", pruner=optuna.pruners.ThresholdPruner(lower=0.0, upper=1e-9))
     trial = study.ask()
@@ -81,9 +81,14 @@ def test_keras_pruning_callback_stops_fit_through_the_trial():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0: loss="):
-        model.fit(x, y, epochs=3, verbose=0, callbacks=[PruningCallback("loss", trial=CurrentTrial(Handle(trial)))])
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[PruningCallback("loss", trial=CurrentTrial(Handle(study, trial)))])
     frozen = study._storage.get_trial(trial._trial_id)
     assert list(frozen.intermediate_values) == [0] and frozen.intermediate_values[0] > 0
     # outside a sweep the callback does nothing, and a missing monitor is not looked up
     history = model.fit(x, y, epochs=2, verbose=0, callbacks=[PruningCallback("no_such_metric")])
     assert len(history.history["loss"]) == 2
+    # several objectives: Optuna cannot prune them; reports are ignored instead of raising
+    multi = optuna.create_study(directions=["minimize", "minimize"])
+    mtrial = multi.ask()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[PruningCallback("loss", trial=CurrentTrial(Handle(multi, mtrial)))])
+    assert multi._storage.get_trial(mtrial._trial_id).intermediate_values == {}

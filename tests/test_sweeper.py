@@ -278,15 +278,21 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
 
 
 def test_save_models_best_keeps_only_the_best_model_across_a_resume(tmp_path):
+    """Objective trainable_params (minimized): every depth gives a distinct value, so the best is one
+    trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random order."""
     sw = tmp_path / "sw"
     for n in (2, 4):  # the second command resumes the study to 4 trials
         res = thaw_train(sweep_args(sw, n, "hydra.sweeper.save_models=best", "trainer.save_model=true",
-                                    "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=3"), cwd=tmp_path)
+                                    "trainer.objective=trainable_params", "hydra/sweeper/sampler=grid",
+                                    "unfreeze.depth=choice(0,1,2,3)", "lr.base=1e-3",
+                                    "hydra.sweeper.sampler.seed=3"), cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         study = load(sw)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         assert len(complete) == n
         models = sorted(p.parent.name for p in sw.glob("trial_*/model.keras"))
+        assert len({t.value for t in complete}) == n  # distinct values: "the best" is one trial
+        assert study.best_trial.params["unfreeze.depth"] == min(t.params["unfreeze.depth"] for t in complete)
         assert models == [f"trial_{study.best_trial.number}"]  # the best's model, and only it
         assert all((sw / f"trial_{t.number}" / "metrics.json").is_file() for t in complete)
     results = yaml.safe_load((sw / "optimization_results.yaml").read_text())

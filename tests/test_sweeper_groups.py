@@ -54,6 +54,11 @@ def test_readme_swap_command_builds_what_it_says(argv):
     assert isinstance(pruner, classes[name] if name else StepMedianPruner)
     if "sampler=grid" in text:  # 7 depths x 2 learning rates
         assert n_trials == 14
+    # and every argument the line gives reached the Optuna object
+    for node, key, value in re.findall(r"hydra\.sweeper\.(sampler|pruner)\.(\w+)=(\S+)", text):
+        obj = sampler if node == "sampler" else pruner
+        got = getattr(obj, f"_{key}", getattr(obj, key, None))
+        assert got is not None and float(got) == float(value), (node, key, got, value)
 
 
 def test_selecting_a_group_replaces_the_whole_node():

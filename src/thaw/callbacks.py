@@ -56,6 +56,9 @@ class EpochCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if interrupt.REQUESTED.is_set():  # stopped mid-epoch: not a whole epoch, neither recorded nor
+            self.model.stop_training = True  # checkpointed (a resume redoes it from the last whole one)
+            return
         logs = dict(logs or {})
         secs = time.perf_counter() - self._t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

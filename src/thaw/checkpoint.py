@@ -100,16 +100,19 @@ def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) ->
 
 def _fault_injection(ckpt: Checkpoint) -> None:
     """THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2: kill -9 this process right after
-    that checkpoint is on disk. For the resume tests: a real SIGKILL at an exact point of the recipe."""
-    target = os.environ.get("THAW_KILL_AFTER_CHECKPOINT")
-    if target and target == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
-        import signal
+    that checkpoint is on disk (TERM@finetune:1: SIGTERM instead). For the resume tests: a real
+    signal at an exact point of the recipe."""
+    import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    target = os.environ.get("THAW_KILL_AFTER_CHECKPOINT") or ""
+    sig, _, point = target.rpartition("@")  # "head:1" (SIGKILL) or "TERM@finetune:1"
+    if point and point == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
 
 
-def load(out: Path, cfg) -> Optional[Checkpoint]:
-    """The run dir's checkpoint, or None (none there, or refused: one line, file kept aside)."""
+def load(out: Path, cfg, shapes=None) -> Optional[Checkpoint]:
+    """The run dir's checkpoint, or None (none there, or refused: one line, file kept aside).
+    `shapes`: the model's variable shapes, which the checkpoint must match."""
     path = out / NAME
     if not path.is_file():
         return None
@@ -121,9 +124,12 @@ def load(out: Path, cfg) -> Optional[Checkpoint]:
             if header["fingerprint"] != fingerprint(cfg):
                 raise ValueError("it was written for another configuration")
             model = [z[f"m{i}"] for i in range(header["n_model"])]
+            if shapes is not None and [tuple(s) for s in shapes] != [a.shape for a in model]:
+                raise ValueError(f"it does not fit this model ({len(model)} variables saved, "
+                                 f"{len(shapes)} in the model, or other shapes)")
             optimizer = [z[f"o{i}"] for i in range(header["n_optimizer"])]
             best = {i: z[f"b{i}"] for i in header["best_differs"]} if header["has_best"] else None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
         refused = out / "checkpoint.refused.npz"
         os.replace(path, refused)
         log.warning("checkpoint %s refused (%s); kept as %s, starting over", path, str(exc).splitlines()[0][:200],

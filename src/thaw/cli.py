@@ -162,6 +162,9 @@ def run(cfg: DictConfig):
         if trial is not None:
             trial.interrupt("interrupted (SIGINT/SIGTERM)")
         raise
+    except SystemExit:  # submitit's preemption/timeout exit: the requeued job continues this trial
+        summary = {"error": "exited (requeued by the launcher?)"}
+        raise
     except BaseException as exc:
         summary = _failed(trial, exc, f"{type(exc).__name__}: ")
         log.error("run failed: %s", summary["error"])
@@ -185,9 +188,12 @@ def run(cfg: DictConfig):
     return result.objective
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig):
+def _task(cfg: DictConfig):
     return run(cfg)
+
+
+_task.thaw_train = True  # how the sweeper tells thaw-train's task from any other Hydra app's
+_hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(_task)
 
 
 def main() -> None:

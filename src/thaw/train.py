@@ -246,7 +246,10 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
                        metrics=_loss_and_metrics(run.ds.num_classes)[1], jit_compile=cfg.trainer.jit_compile)
     if position == "continue":
         data.model.optimizer.build(data.model.trainable_variables)
-        checkpoint.assign(data.model.optimizer.variables, resume.optimizer, "optimizer")
+        try:
+            checkpoint.assign(data.model.optimizer.variables, resume.optimizer, "optimizer")
+        except ValueError as exc:  # weights resumed; the optimizer's moments start again
+            log.warning("checkpoint: %s; this phase continues with a fresh optimizer state", exc)
     n_trainable = count_trainable(run.clf.model)
     log.info("phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s", phase.name, phase.epochs,
              phase.learning_rate, f"{n_trainable:,}",
@@ -316,7 +319,7 @@ def _resume(run: Run, out: Path):
     trial; returns it, or None to start from epoch 1."""
     if run.cfg.trainer.resume == "never":
         return None
-    resume = checkpoint.load(out, run.cfg)
+    resume = checkpoint.load(out, run.cfg, [tuple(v.shape) for v in run.clf.model.variables])
     if resume is None:
         return None
     checkpoint.assign(run.clf.model.variables, resume.model, "model")

@@ -8,6 +8,7 @@ heartbeating, are failed as stale (not counted) and their slot is run again.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -105,6 +106,7 @@ class SweepRunner:
 
         self.config = config
         self.hydra_context = hydra_context
+        self.thaw_train = bool(getattr(task_function, "thaw_train", False))
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -132,7 +134,7 @@ class SweepRunner:
         return int(n_trials), n_jobs, None if rate is None else float(rate), [str(d) for d in directions]
 
     def _is_thaw_train(self) -> bool:
-        return self.config is not None and OmegaConf.select(self.config, "trainer.objective") is not None
+        return bool(getattr(self, "thaw_train", False))
 
     def _default_directions(self) -> List[str]:
         """thaw-train: each objective's own way (accuracy up; loss, time, size down); other apps:
@@ -307,6 +309,8 @@ class SweepRunner:
             raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
                               f"not {directions}")
         self._reseed_on_resume(study)
+        if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
+            _requeue_lost_grid_points(study)
         self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir
         return n_trials
 
@@ -457,7 +461,8 @@ class SweepRunner:
     def _remove_unneeded_models(self) -> None:
         """save_models=best: delete model.keras (and model.h5) of every COMPLETE trial that is not the
         best (several objectives: not on the Pareto front). Judged on the whole study, so it holds
-        across resumes and workers; a trial that was best in a snapshot stays so in every later one."""
+        across resumes and workers; a trial that is not the best in a snapshot never becomes the best
+        later (the best only improves), so deleting its model is safe."""
         if self._save_models() != "best":
             return
         from optuna.trial import TrialState
@@ -590,6 +595,22 @@ class SweepRunner:
                      self.sweep_dir / "optimization_results.yaml")
 
 
+def _requeue_lost_grid_points(study) -> None:
+    """A grid point whose trial died (stale, interrupted: not counted) is asked again; GridSampler
+    alone would count it visited and the sweep would end short of the grid."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    live = {repr(sorted(t.params.items())) for t in trials
+            if _counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    for t in trials:
+        key = repr(sorted(t.params.items()))
+        if t.state == TrialState.FAIL and not _counted(t) and t.params and key not in live:
+            study.enqueue_trial(dict(t.params))
+            live.add(key)
+            log.info("grid point %s of dead trial %d asked again", dict(t.params), t.number)
+
+
 def _output_dir(ret) -> Optional[str]:
     try:
         return str(ret.hydra_cfg.hydra.runtime.output_dir)
@@ -608,6 +629,8 @@ def _objective_values(value, n: int):
         return None, f"ValueError: the task returned {value!r}; the sweep needs {want}"
     if len(values) != n:
         return None, f"ValueError: the task returned {len(values)} values for {n} directions"
+    if not all(math.isfinite(v) for v in values):
+        return None, f"ValueError: the task returned {values} (not finite)"
     return values, None
 
 

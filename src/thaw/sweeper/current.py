@@ -45,13 +45,29 @@ class CurrentTrial:
     def params(self) -> Dict[str, Any]:
         return {} if self._handle is None else dict(self._handle.trial.params)
 
+    @property
+    def _prunable(self) -> bool:
+        """Optuna prunes single-objective studies only; with several directions, report and
+        should_prune do nothing (said once)."""
+        if self._handle is None:
+            return False
+        if len(self._handle.study.directions) > 1:
+            if not getattr(self._handle, "warned_multi", False):
+                self._handle.warned_multi = True
+                import logging
+
+                logging.getLogger("thaw.sweeper").warning(
+                    "current_trial: this study has several objectives; Optuna cannot prune it, reports are ignored")
+            return False
+        return True
+
     def report(self, value: float, step: int) -> None:
         """Record the value at `step` (an epoch, an iteration); the pruner judges on these."""
-        if self._handle is not None:
+        if self._prunable:
             self._handle.trial.report(float(value), int(step))
 
     def should_prune(self) -> bool:
-        return False if self._handle is None else bool(self._handle.trial.should_prune())
+        return bool(self._handle.trial.should_prune()) if self._prunable else False
 
     def set_user_attr(self, key: str, value: Any) -> None:
         if self._handle is not None:

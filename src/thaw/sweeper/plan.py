@@ -49,17 +49,16 @@ class Plan:
                 search_space.suggest(trial, key, dep.table[tuple(trial.params[o] for o in dep.owners)])
             if self.extender is not None:
                 self.extender(self.config, trial)
-        except Exception as exc:
+            overlap = set(trial.params) & set(self.fixed)
+            if overlap:
+                raise ValueError(f"suggests {sorted(overlap)}, which the command line fixes")
+        except Exception as exc:  # the asked trial is failed, never left RUNNING
             from optuna.trial import TrialState
 
             study._storage.set_trial_user_attr(trial._trial_id, "error", f"search space: {exc}"[:2000])
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             where = "hydra.sweeper.custom_search_space" if self.extender is not None else "hydra.sweeper.params"
             raise ConfigError(f"{where}: drawing trial {trial.number} failed ({type(exc).__name__}: {exc})") from None
-        overlap = set(trial.params) & set(self.fixed)
-        if overlap:
-            raise ConfigError(f"hydra.sweeper.custom_search_space: suggests {sorted(overlap)}, which the command "
-                              "line fixes")
         return trial
 
 
@@ -79,11 +78,20 @@ def build(cfg: Dict[str, Any], config, arguments: List[str], config_loader=None)
     if cfg.get("custom_search_space"):
         plan.extender = search_space.load_function(str(cfg["custom_search_space"]))
     if config_loader is not None and config is not None:
-        _split_dependent(plan, _raw_params(config), config, config_loader)
+        raw = _raw_params(config)
+        for key in _command_line_keys(arguments):  # the command line's expression wins, as in parse()
+            raw.pop(key, None)
+        _split_dependent(plan, raw, config, config_loader)
     if not plan.space and not plan.dependent and plan.extender is None:
         raise ConfigError("hydra.sweeper.params: nothing to search (give interval/range/choice "
                           "expressions, e.g. lr.base='tag(log, interval(1e-5, 1e-2))')")
     return plan
+
+
+def _command_line_keys(arguments: List[str]) -> List[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.get_key_element() for o in OverridesParser.create().parse_overrides(list(arguments))]
 
 
 def _raw_params(config) -> Dict[str, str]:
@@ -109,10 +117,16 @@ def _split_dependent(plan: Plan, raw: Dict[str, str], config, config_loader) -> 
             continue  # fixed on the command line, or not a sweep
         owners = sorted({o for o in (_owner(k, plan.space) for k in search_space.interpolated_keys(expr))
                          if o is not None and o != key})
-        if not owners or not all(isinstance(plan.space[o], CategoricalDistribution) for o in owners):
+        if not owners:
+            continue
+        if not all(isinstance(plan.space[o], CategoricalDistribution) for o in owners):
+            log.warning("%s: its range interpolates %s, which is searched but not a choice(); the range "
+                        "stays the default config's", key, ", ".join(owners))
             continue
         combos = list(itertools.product(*(plan.space[o].choices for o in owners)))
         if len(combos) > MAX_COMBINATIONS:
+            log.warning("%s: its range follows %d combinations of %s (more than %d); the range stays the "
+                        "default config's", key, len(combos), ", ".join(owners), MAX_COMBINATIONS)
             continue
         dep = Dependent(owners=owners)
         for combo in combos:

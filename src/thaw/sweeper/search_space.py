@@ -157,9 +157,12 @@ def load_function(path: str, key: str = "hydra.sweeper.custom_search_space"):
 
     try:
         if path.startswith("."):
+            from pathlib import Path
+
             main = sys.modules.get("__main__")
-            name = path.rsplit(".", 1)[-1]
-            if main is not None and hasattr(main, name):
+            module, _, name = path[1:].rpartition(".")
+            stem = Path(getattr(main, "__file__", "") or "").stem
+            if main is not None and module in ("", stem) and hasattr(main, name):
                 return getattr(main, name)
             return get_method(path.lstrip("."))
         return get_method(path)

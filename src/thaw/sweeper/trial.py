@@ -41,6 +41,8 @@ class TrialHandle:
     def _heartbeat(self, interval: int) -> None:
         while not self._stop.is_set():
             try:
+                if self.storage.get_trial(self._trial_id).state.is_finished():
+                    return  # told (here or by the sweeper): nothing left to keep alive
                 self.storage.record_heartbeat(self._trial_id)
             except Exception as exc:  # a missed beat is not fatal; the grace period covers it
                 log.debug("heartbeat failed: %s", exc)
@@ -62,9 +64,8 @@ class TrialHandle:
 
     def retried_run_dir(self) -> Optional[str]:
         """The run dir of the dead trial this one retries (hydra.sweeper.max_retry), or None."""
-        from optuna.storages import RetryFailedTrialCallback
-
-        history = RetryFailedTrialCallback.retry_history(self.storage.get_trial(self._trial_id))
+        # what optuna's RetryFailedTrialCallback records (read directly: the class is deprecated)
+        history = self.storage.get_trial(self._trial_id).system_attrs.get("retry_history") or []
         if not history:
             return None
         tid = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, history[-1])
@@ -86,7 +87,12 @@ class TrialHandle:
         self.study.tell(self.number, **kwargs)
 
     def complete(self, values, run_dir: Path) -> None:
+        import math
+
         self.trial.set_user_attr("run_dir", str(run_dir))
+        bad = [v for v in (values if isinstance(values, (list, tuple)) else [values]) if not math.isfinite(float(v))]
+        if bad:  # Optuna would FAIL it silently, and the sweep would not count it
+            return self.fail(f"the objective is {bad[0]} (not finite)")
         self._tell(values=values)
 
     def prune(self, reason: str) -> None:
@@ -125,6 +131,11 @@ def attach_trial(hydra_cfg) -> Optional[TrialHandle]:
         return None
     handle = TrialHandle(sweeper.storage, sweeper.study_name, int(sweeper.trial_number),
                          sweeper.get("pruner"), sweeper.get("heartbeat_interval"), sweeper.get("grace_period"))
+    state = handle.storage.get_trial(handle._trial_id).state
+    if state.is_finished():
+        handle.close()
+        raise RuntimeError(f"trial {handle.number} is already {state.name} in the study (a requeued job whose "
+                           "trial was failed as stale meanwhile: the sweep retries it with max_retry)")
     try:
         handle.trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
     except Exception:

@@ -379,6 +379,8 @@ class SweepRunner:
         node = self.sampler_node
         if not n or not isinstance(node, dict) or node.get("seed") is None:
             return
+        if str(node.get("_target_", "")).endswith("GridSampler"):
+            return  # its seed orders the grid, and the grid ids of the finished trials must keep meaning
         try:
             study.sampler = instantiate({**node, "seed": int(node["seed"]) + n})
             log.info("resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n)

@@ -54,6 +54,8 @@ def kill_chain(tmp_path, points, extra=()):
     # no epoch trained twice: a kill right after a checkpoint loses nothing
     assert sorted(int(e) for _, e in trained) == [1, 2, 3, 4, 5]
     assert not (tmp_path / "run" / checkpoint.NAME).exists()  # deleted once the run completed
+    # wall time covers every attempt: at least all epochs' seconds, most of them earlier attempts'
+    assert run["wall_seconds"] >= sum(r["seconds"] for r in run["history"])
     return run
 
 

@@ -47,6 +47,7 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     assert tb["total"] == pytest.approx(tb["import"] + m["wall_seconds"], abs=0.05) and tb["import"] > 1
     assert tb["trace"] > 1  # the first fine-tuning epoch traces the whole network's gradient
     assert tb["compute"] > tb["save"] > 0 and tb["data"] > 0 and tb["build"] > 0
+    assert 0 < tb["checkpoint"] < tb["compute"]  # checkpoint.npz after each epoch, timed on its own
 
 
 def test_tf_start_up_lines_come_back_on_request(tmp_path):

@@ -49,6 +49,7 @@ class Checkpoint:
     # those that differ from the current weights (frozen layers never do); loaded: {index: array}
     best_weights: Any = field(default=None, repr=False)
     resumed: List[Dict[str, Any]] = field(default_factory=list)  # earlier resumes of this run
+    seconds: float = 0.0  # wall seconds of the attempts so far (a resumed run's wall time counts them)
 
     @property
     def epoch(self) -> int:
@@ -80,7 +81,7 @@ def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) ->
     """Write the checkpoint next to metrics.json, atomically (a kill leaves the previous one)."""
     header = {"version": VERSION, "fingerprint": fingerprint(cfg), "phase": ckpt.phase, "done": ckpt.done,
               "ended": ckpt.ended, "history": ckpt.history, "phases": ckpt.phases, "best": ckpt.best,
-              "callback": ckpt.callback, "resumed": ckpt.resumed, "n_model": len(ckpt.model),
+              "callback": ckpt.callback, "resumed": ckpt.resumed, "seconds": ckpt.seconds, "n_model": len(ckpt.model),
               "n_optimizer": len(ckpt.optimizer)}
     best = ckpt.best_weights or []
     header["best_differs"] = [i for i, (b, m) in enumerate(zip(best, current_weights)) if not np.array_equal(b, m)]
@@ -137,7 +138,7 @@ def load(out: Path, cfg, shapes=None) -> Optional[Checkpoint]:
         return None
     return Checkpoint(header["phase"], int(header["done"]), bool(header["ended"]), header["history"],
                       header["phases"], header["best"], header["callback"], model, optimizer, best,
-                      header.get("resumed", []))
+                      header.get("resumed", []), float(header.get("seconds", 0.0)))
 
 
 def remove(out: Path) -> None:

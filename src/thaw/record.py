@@ -80,7 +80,8 @@ class RunRecord:
         parts = {"import": d.get("import_seconds", 0.0), "data": d.get("data_seconds", 0.0),
                  "build": d.get("build_seconds", 0.0),
                  "feature_extraction": sum(float(p.get("cache_seconds") or 0.0) for p in self.phases.values()),
-                 "trace": trace, "compute": compute, "save": d.get("save_seconds", 0.0),
+                 "trace": trace, "compute": compute, "checkpoint": d.get("checkpoint_seconds", 0.0),
+                 "save": d.get("save_seconds", 0.0),
                  "test_evaluation": d.get("test_seconds", 0.0)}
         total = parts["import"] + d.get("wall_seconds", 0.0)
         parts["other"] = max(0.0, total - sum(parts.values()))

@@ -112,7 +112,8 @@ def learning_curves(study):
     return fig
 
 
-PARTS = ("import", "data", "build", "feature_extraction", "trace", "compute", "save", "test_evaluation", "other")
+PARTS = ("import", "data", "build", "feature_extraction", "trace", "compute", "checkpoint", "save", "test_evaluation",
+         "other")
 
 
 def trial_times(study):

@@ -333,6 +333,7 @@ def _resume(run: Run, out: Path):
             run.best.weights[i] = value
     run.record.update(resumed=resume.resumed + [{"after_epoch": resume.epoch, "phase": resume.phase,
                                                   "phase_ended": resume.ended}])
+    run.record.started -= resume.seconds  # wall_seconds covers every attempt (their set-up lands in "other")
     if run.reporter is not None and run.objective_name in ("val_accuracy", "val_loss"):
         for row in resume.history:  # a retried trial gets the dead trial's values once; none twice
             if row.get(run.objective_name) is not None:
@@ -348,11 +349,14 @@ def _checkpointer(run: Run, phase: str, optimizer):
     out = run.record.path.parent
 
     def save(done: int, ended: bool, state: Dict[str, Any]) -> None:
+        t0 = time.perf_counter()
         checkpoint.save(out, run.cfg, checkpoint.Checkpoint(
             phase, done, ended, run.record.history, run.record.phases,
             {"value": run.best.value, "step": run.best.step}, state,
             checkpoint.arrays(run.clf.model.variables), checkpoint.arrays(optimizer.variables), run.best.weights,
-            run.record.get("resumed", [])), run.clf.model.get_weights() if run.best.weights is not None else [])
+            run.record.get("resumed", []), time.perf_counter() - run.record.started),
+            run.clf.model.get_weights() if run.best.weights is not None else [])
+        run.record.update(checkpoint_seconds=run.record.get("checkpoint_seconds", 0.0) + time.perf_counter() - t0)
 
     return save
 

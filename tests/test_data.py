@@ -110,3 +110,35 @@ def test_real_folder_layout_scans(cats_dogs):
     assert scan.class_names == ["cats", "dogs"]
     assert len(scan.train.files) == 2000
     assert len(scan.val.files) == 1000 and len(scan.test.files) == 1000
+
+
+def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, caplog):
+    """trainer.cache_dir: a later process (here: the in-process cache cleared) reads the decoded
+    splits from disk, memory-mapped, identical to decoding; a changed file means decoding again."""
+    import logging
+    import os
+
+    from thaw import data
+
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    make_folder(root, per_class=4, fmt="png")
+    c = cfg(path=str(root), val_fraction=0.25)
+    first = load(c, 32, 0, str(cache))
+    data._LAST.clear()
+    with caplog.at_level(logging.INFO, logger="thaw.data"):
+        second = load(c, 32, 0, str(cache))
+    assert any("read the decoded splits" in r.getMessage() for r in caplog.records)
+    assert isinstance(second.train.images, np.memmap)
+    for a, b in ((first.train, second.train), (first.val, second.val)):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert second.class_names == first.class_names
+    # one file rewritten (new size/mtime): another entry, decoded afresh
+    victim = sorted(root.rglob("*.png"))[0]
+    write_image(victim, (0, 255, 0), size=30, fmt="png")
+    os.utime(victim, ns=(1, 1))
+    data._LAST.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="thaw.data"):
+        load(c, 32, 0, str(cache))
+    assert not any("read the decoded splits" in r.getMessage() for r in caplog.records)
+    assert len(list((cache / "decoded").iterdir())) == 2

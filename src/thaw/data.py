@@ -361,17 +361,76 @@ def load_tfds(cfg, image_size: int) -> Dataset:
 _LAST: dict = {}  # the last decoded data set: trials of an in-process sweep decode once
 
 
-def load(cfg, image_size: int, seed: int) -> Dataset:
-    """Decoded, resized splits; reused across the trials of one process while the data config is unchanged."""
+def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Dataset:
+    """Decoded, resized splits; reused across the trials of one process while the data config is
+    unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all)."""
     from omegaconf import OmegaConf
 
     key = (OmegaConf.to_yaml(cfg) if OmegaConf.is_config(cfg) else repr(cfg), image_size, seed)
     if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
         return _LAST["data"]
-    data = _load(cfg, image_size, seed)
+    disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
+    data = disk.read() if disk is not None else None
+    if data is None:
+        data = _load(cfg, image_size, seed)
+        if disk is not None:
+            disk.write(data)
     _LAST.clear()
     _LAST.update(key=key, data=data, stamp=_folder_stamp(cfg))
     return data
+
+
+class DecodedCache:
+    """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read memory-mapped by every
+    later process. The key covers the data config, image size, seed and every file's path, size and
+    mtime, so a changed folder is decoded again. Written to a temp dir and renamed: atomic."""
+
+    def __init__(self, cache_dir: str, cfg, key):
+        import json
+
+        files = []
+        if cfg.name == "folder" and cfg.path:
+            root = os.path.expanduser(str(cfg.path))
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    st = os.stat(os.path.join(dirpath, name))
+                    files.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
+        digest = hashlib.sha256(json.dumps([list(map(str, key)), sorted(files)]).encode()).hexdigest()[:20]
+        self.dir = Path(os.path.expanduser(cache_dir)) / "decoded" / digest
+
+    def read(self) -> Optional[Dataset]:
+        import json
+
+        try:
+            meta = json.loads((self.dir / "meta.json").read_text())
+            splits = {name: Split(np.load(self.dir / f"{name}_images.npy", mmap_mode="r"),
+                                  np.load(self.dir / f"{name}_labels.npy"))
+                      for name in meta["splits"]}
+        except (OSError, ValueError, KeyError):
+            return None
+        log.info("data: read the decoded splits from %s", self.dir)
+        return Dataset(meta["class_names"], splits["train"], splits["val"], splits.get("test"), meta["skipped"])
+
+    def write(self, data: Dataset) -> None:
+        import json
+        import shutil
+        import tempfile
+
+        if self.dir.exists():
+            return
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
+        splits = {"train": data.train, "val": data.val, **({"test": data.test} if data.test is not None else {})}
+        try:
+            for name, split in splits.items():
+                np.save(tmp / f"{name}_images.npy", split.images)
+                np.save(tmp / f"{name}_labels.npy", split.labels)
+            (tmp / "meta.json").write_text(json.dumps({"class_names": list(data.class_names), "skipped": list(data.skipped),
+                                                       "splits": list(splits)}))
+            os.rename(tmp, self.dir)
+        except OSError as exc:  # another process won the rename, or the disk is full: decode next time
+            log.debug("decoded cache not written: %s", exc)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _folder_stamp(cfg):

@@ -295,7 +295,7 @@ def load_data(cfg):
     """Decoded splits, checked against the config; logs what was loaded."""
     size = int(cfg.backbone.image_size)
     t0 = time.perf_counter()
-    ds = data_mod.load(cfg.data, size, int(cfg.trainer.seed))
+    ds = data_mod.load(cfg.data, size, int(cfg.trainer.seed), cfg.trainer.cache_dir)
     log.info("data: %d train / %d validation%s images, classes %s, decoded at %d px in %.1fs%s",
              len(ds.train), len(ds.val), f" / {len(ds.test)} test" if ds.test else "",
              ds.class_names, size, time.perf_counter() - t0,

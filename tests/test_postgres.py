@@ -62,6 +62,7 @@ def postgres_url(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # default-run budget (the whole .ci/run reached 10 min 15 s); `-m slow` runs it
 def test_three_workers_on_postgres_reach_n_trials_with_pruning(tmp_path, postgres_url):
     n_trials = 5
     args = ["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",

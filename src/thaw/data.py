@@ -491,11 +491,13 @@ def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: 
     knows its epoch: the view rotation of augmented training needs it."""
     import tensorflow as tf
 
-    def one_epoch(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(int(seed), tf.int64), epoch]))
-        return (tf.data.Dataset.from_tensor_slices(perm).batch(batch_size)
-                .map(lambda idx: batch_fn(idx, epoch), num_parallel_calls=tf.data.AUTOTUNE))
-
-    ds = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(one_epoch)
+    # the orders are drawn up front (NumPy, from (seed, e)); tf.data only slices them, so the
+    # pipeline's functions are trivial to trace and batch_fn is traced once, at the top level
+    first = int(first_epoch)
+    orders = np.stack([np.random.default_rng([int(seed), e]).permutation(n) for e in range(first, first + epochs)]) \
+        if epochs > 0 else np.zeros((0, n), np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((orders, np.arange(first, first + epochs, dtype=np.int64)))
+    ds = ds.flat_map(lambda order, e: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+                     .map(lambda idx: (idx, e)))
+    ds = ds.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

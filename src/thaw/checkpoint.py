@@ -149,13 +149,6 @@ def remove(out: Path) -> None:
             pass
 
 
-def size_mb(out: Path) -> float:
-    try:
-        return (out / NAME).stat().st_size / 2**20
-    except OSError:
-        return 0.0
-
-
 def arrays(variables) -> List[np.ndarray]:
     return [np.array(v.numpy()) for v in variables]
 
@@ -177,9 +170,10 @@ def adopt(source_dir: Optional[str], out: Path) -> bool:
     if not src.is_file():
         return False
     out.mkdir(parents=True, exist_ok=True)
+    import shutil
+
     tmp = out / f".{NAME}.tmp"
-    with open(src, "rb") as f, open(tmp, "wb") as g:
-        g.write(f.read())
+    shutil.copyfile(src, tmp)  # streamed, not read whole into memory
     os.replace(tmp, out / NAME)
     return True
 

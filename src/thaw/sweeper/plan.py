@@ -38,9 +38,6 @@ class Plan:
     extender: Optional[Callable] = None
     config: Any = None  # what the extender is called with (the sweep's config)
 
-    def keys(self) -> List[str]:
-        return list(self.space) + list(self.dependent)
-
     def ask(self, study):
         """A new trial with every param drawn; a failing custom_search_space fails it (exit 2)."""
         trial = study.ask(self.space)

@@ -129,26 +129,35 @@ def test_epoch_batches_know_their_epoch_through_keras_fit():
     assert hist.history["epoch"] == pytest.approx([3.0, 4.0, 5.0, 6.0])
 
 
-def test_views_that_do_not_fit_the_budget_are_reduced_with_one_warning(tmp_path, caplog):
+def test_views_over_the_memory_budget_spill_to_disk_and_train_the_same(tmp_path, caplog, mnv2_weights):
+    features.clear_memory_cache()
+    caplog.set_level(logging.INFO)
+    common = (f"backbone.weights={mnv2_weights}", "trainer.augment_views=8", "trainer.finetune_epochs=0", "unfreeze.depth=0", "trainer.cache_features=true")
+    # pooled features: 1280 floats x 64 images = 320 KiB a view, 3 views (the phase's epochs): over
+    # half of 1 MiB, so they are written to disk as computed and read a batch at a time
+    disk = _run(tmp_path, "disk", "trainer.cache_max_mb=1", f"trainer.cache_dir={tmp_path / 'cache'}", *common)
+    assert disk["phases"]["head"]["augment_views"] == 3 and disk["phases"]["head"]["trained_on"] == "cached activations"
+    assert any("go to disk" in r.getMessage() for r in caplog.records)
+    spilled = [np.load(p, mmap_mode="r") for p in (tmp_path / "cache").glob("*.npy")]
+    assert any(a.shape == (3, 64, 1280) for a in spilled)
+    features.clear_memory_cache()
+    memory = _run(tmp_path, "memory", *common)
+    for a, b in zip(disk["history"], memory["history"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (key, a, b)
+    h = disk["history"]  # pretrained: it learns, so equal curves mean something
+    assert h[-1]["loss"] < 0.8 * h[0]["loss"] and h[-1]["val_accuracy"] > h[0]["val_accuracy"]
+
+
+def test_no_room_on_disk_trains_on_images_and_says_so(tmp_path, caplog):
     features.clear_memory_cache()
     caplog.set_level(logging.WARNING)
-    # pooled features: 1280 floats x 64 images = 320 KiB a view; 1 MiB holds 2 besides validation
-    m = _run(tmp_path, "small", "trainer.cache_max_mb=1", "trainer.augment_views=8", "trainer.finetune_epochs=0",
+    m = _run(tmp_path, "none", "trainer.cache_max_mb=0", "data.max_disk_mb=0", "trainer.finetune_epochs=0",
              "unfreeze.depth=0", "trainer.cache_features=true")
-    assert m["phases"]["head"]["augment_views"] == 2 and m["feature_cache"]
-    warnings = [r.getMessage() for r in caplog.records if "do not fit" in r.getMessage()]
-    assert len(warnings) == 1 and "using 2 views" in warnings[0] and "trainer.cache_max_mb=1" in warnings[0]
-    assert len(m["history"]) == 3 and all(np.isfinite(r["loss"]) for r in m["history"])
-
-
-def test_nothing_fits_trains_on_images_and_says_so(tmp_path, caplog):
-    features.clear_memory_cache()
-    caplog.set_level(logging.WARNING)
-    m = _run(tmp_path, "none", "trainer.cache_max_mb=0", "trainer.finetune_epochs=0", "unfreeze.depth=0",
-             "trainer.cache_features=true")
     assert "cache" not in m["phases"]["head"] and m["phases"]["head"]["augment_views"] == 3
     assert m["phases"]["head"]["trained_on"] == "images"
-    assert any("using images, augmented on the fly" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records if "training this phase on images instead" in r.getMessage()]
+    assert len(said) == 1 and "data.max_disk_mb" in said[0]
 
 
 def test_deprecated_data_augment_alias_warns_and_augments(caplog):

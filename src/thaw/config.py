@@ -64,6 +64,10 @@ class DataConfig:
     max_per_class: Optional[int] = None  # cap images per class and split (quick runs)
     on_bad_image: str = "error"  # "error": refuse the data set; "skip": drop the file with a warning
     train_on_val: bool = False  # retraining a winner: validation images join training (needs restore_best=false)
+    # decoded images and cached activations held in memory; larger data streams from disk
+    # (null: half the memory available when the run starts, cgroup limits included)
+    max_memory_mb: Optional[int] = None
+    max_disk_mb: Optional[int] = None  # bound on what streaming writes to disk (null: free space less 1 GB)
     # synthetic
     num_train: int = 256
     num_val: int = 128
@@ -295,6 +299,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.test_fraction: must be in [0, 1), got {d.test_fraction}")
     if d.on_bad_image not in ("error", "skip"):
         raise ConfigError(f"data.on_bad_image: expected error or skip, got {d.on_bad_image!r}")
+    for key in ("max_memory_mb", "max_disk_mb"):
+        if d.get(key) is not None and d.get(key) < 0:
+            raise ConfigError(f"data.{key}: must be >= 0 (MB), got {d.get(key)}")
     if d.max_per_class is not None and d.max_per_class < 1:
         raise ConfigError(f"data.max_per_class: must be >= 1, got {d.max_per_class}")
     if d.name == "synthetic":

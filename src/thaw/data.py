@@ -1,7 +1,8 @@
 """Data: scan a folder (pure Python, before TensorFlow), decode every image once, serve tf.data.
 
-Images are decoded and resized once into uint8 arrays; epochs and phases read from memory,
-never from JPEG again.
+Images are decoded and resized once into uint8 arrays; epochs and phases never read a JPEG again.
+Splits that fit `data.max_memory_mb` are held in memory; larger ones are decoded once, chunk by chunk,
+into .npy files on disk (under trainer.cache_dir, or a temp dir) and streamed a batch at a time.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
+from thaw import budget
+from thaw.diskarray import DiskArray, DiskArrayWriter
 from thaw.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class FolderScan:
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8, (N, S, S, 3)
+    images: Any  # uint8 (N, S, S, 3): an np.ndarray in memory, or a DiskArray streamed from disk
     labels: np.ndarray  # int32, (N,)
 
     def __len__(self) -> int:
@@ -55,19 +58,29 @@ class Dataset:
     val: Split
     test: Optional[Split] = None
     skipped: List[str] = field(default_factory=list)
+    streamed_from: Optional[str] = None  # the directory of the decoded .npy files, when streamed
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.images.nbytes for s in (self.train, self.val, self.test) if s is not None)
 
 
 def with_val_in_train(ds: Dataset) -> Dataset:
     """Validation images join training (retraining a chosen config on all labelled data)."""
     from dataclasses import replace
 
-    train = Split(np.concatenate([ds.train.images, ds.val.images]),
-                  np.concatenate([ds.train.labels, ds.val.labels]))
-    return replace(ds, train=train)
+    labels = np.concatenate([ds.train.labels, ds.val.labels])
+    if ds.streamed_from is None:
+        return replace(ds, train=Split(np.concatenate([ds.train.images, ds.val.images]), labels))
+    writer = DiskArrayWriter(Path(ds.streamed_from) / "train_val_images.npy", ds.train.images.shape[1:], np.uint8)
+    for part in (ds.train.images, ds.val.images):
+        for chunk in part.chunks():
+            writer.append(chunk)
+    return replace(ds, train=Split(writer.close(), labels))
 
 
 def _name_key(path: str) -> str:
@@ -268,8 +281,73 @@ def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: List[s
     return Split(images, labels)
 
 
-def load_folder(cfg, image_size: int) -> Dataset:
-    scan = scan_folder(cfg)
+DECODE_CHUNK = 1024  # images decoded at a time when streaming: ~20 MB at 80 px, ~150 MB at 224 px
+
+
+def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[str], path: Path) -> Split:
+    """Decode chunk by chunk into a .npy file on disk; bad images are found here, before training."""
+    writer = DiskArrayWriter(path, (image_size, image_size, 3), np.uint8)
+    labels = np.asarray(split.labels, np.int32)
+    keep = np.ones(len(labels), bool)
+    try:
+        for start in range(0, len(split.files), DECODE_CHUNK):
+            images, ok = _decode_files(split.files[start:start + DECODE_CHUNK], image_size, on_bad, skipped)
+            writer.append(images)
+            keep[start:start + len(ok)] = ok
+    except BaseException:
+        writer.abort()
+        raise
+    return Split(writer.close(), labels[keep])
+
+
+def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Dataset:
+    """The decoded splits as .npy files in `target` (written to a temp dir and renamed: a reader sees
+    a complete set or none), read a batch at a time."""
+    import json
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    skipped = list(scan.skipped)
+    splits = {"train": scan.train, "val": scan.val, **({"test": scan.test} if scan.test else {})}
+    try:
+        labels = {}
+        for name, split in splits.items():
+            out = _stream_split(split, image_size, cfg.on_bad_image, skipped, tmp / f"{name}_images.npy")
+            np.save(tmp / f"{name}_labels.npy", out.labels)
+            labels[name] = out.labels
+        (tmp / "meta.json").write_text(json.dumps({"class_names": scan.class_names, "skipped": skipped,
+                                                   "splits": list(splits)}))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process wrote the same data first: read theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _read_decoded(target, stream=True)
+
+
+def _read_decoded(where: Path, stream: bool) -> Dataset:
+    import json
+
+    meta = json.loads((where / "meta.json").read_text())
+    splits = {}
+    for name in meta["splits"]:
+        images = DiskArray(where / f"{name}_images.npy") if stream else np.load(where / f"{name}_images.npy")
+        splits[name] = Split(images, np.load(where / f"{name}_labels.npy"))
+    return Dataset(meta["class_names"], splits["train"], splits["val"], splits.get("test"), meta["skipped"],
+                   streamed_from=str(where) if stream else None)
+
+
+def decoded_bytes(scan: FolderScan, image_size: int) -> int:
+    n = sum(len(s.files) for s in (scan.train, scan.val, scan.test) if s is not None)
+    return n * image_size * image_size * 3
+
+
+def load_folder(cfg, image_size: int, scan: Optional[FolderScan] = None) -> Dataset:
+    scan = scan or scan_folder(cfg)
     skipped = list(scan.skipped)
     train = _materialize(scan.train, image_size, cfg.on_bad_image, skipped)
     val = _materialize(scan.val, image_size, cfg.on_bad_image, skipped)
@@ -363,16 +441,36 @@ _LAST: dict = {}  # the last decoded data set: trials of an in-process sweep dec
 
 def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Dataset:
     """Decoded, resized splits; reused across the trials of one process while the data config is
-    unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all)."""
+    unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all).
+    Data over data.max_memory_mb is streamed from a decoded copy on disk."""
     from omegaconf import OmegaConf
 
     key = (OmegaConf.to_yaml(cfg) if OmegaConf.is_config(cfg) else repr(cfg), image_size, seed)
     if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
         return _LAST["data"]
+    limit = budget.memory_budget(cfg)
     disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
-    data = disk.read() if disk is not None else None
-    if data is None:
+    data = disk.read(limit) if disk is not None else None
+    if data is None and cfg.name == "folder":
+        scan = scan_folder(cfg)
+        need = decoded_bytes(scan, image_size)
+        if need * budget.IN_MEMORY_COPIES > limit:
+            target = disk.dir if disk is not None else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
+            log.info("data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in memory "
+                     "(x%d while training): streaming them from %s", need // (image_size ** 2 * 3),
+                     _mb(need), image_size, limit // budget.MB, budget.IN_MEMORY_COPIES, target)
+            budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
+            data = stream_folder(scan, cfg, image_size, target)
+        else:
+            data = load_folder(cfg, image_size, scan)
+            if disk is not None:
+                disk.write(data)
+    elif data is None:
         data = _load(cfg, image_size, seed)
+        if data.nbytes * budget.IN_MEMORY_COPIES > limit:
+            log.warning("data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
+                        "for data larger than memory use data=folder", _mb(data.nbytes), limit // budget.MB,
+                        cfg.name)
         if disk is not None:
             disk.write(data)
     _LAST.clear()
@@ -380,12 +478,21 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
     return data
 
 
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:.1f} GB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.0f} MB"
+
+
 class DecodedCache:
-    """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read memory-mapped by every
-    later process. The key covers the data config, image size, seed and every file's path, size and
-    mtime, so a changed folder is decoded again. Written to a temp dir and renamed: atomic."""
+    """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
+    (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data config,
+    image size, seed and every file's path, size and mtime, so a changed folder is decoded again.
+    Written to a temp dir and renamed: atomic."""
 
     def __init__(self, cache_dir: str, cfg, key):
+        self.dir = Path(os.path.expanduser(cache_dir)) / "decoded" / self.digest(cfg, key)
+
+    @staticmethod
+    def digest(cfg, key) -> str:
         import json
 
         files = []
@@ -395,21 +502,23 @@ class DecodedCache:
                 for name in names:
                     st = os.stat(os.path.join(dirpath, name))
                     files.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
-        digest = hashlib.sha256(json.dumps([list(map(str, key)), sorted(files)]).encode()).hexdigest()[:20]
-        self.dir = Path(os.path.expanduser(cache_dir)) / "decoded" / digest
+        # max_memory_mb / max_disk_mb decide where the images live, not what they are
+        text = key[0] if isinstance(key[0], str) else str(key[0])
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(("max_memory_mb:", "max_disk_mb:")))
+        return hashlib.sha256(json.dumps([text] + list(map(str, key[1:])) + [sorted(files)]).encode()).hexdigest()[:20]
 
-    def read(self) -> Optional[Dataset]:
+    def read(self, memory_limit: int) -> Optional[Dataset]:
         import json
 
         try:
             meta = json.loads((self.dir / "meta.json").read_text())
-            splits = {name: Split(np.load(self.dir / f"{name}_images.npy", mmap_mode="r"),
-                                  np.load(self.dir / f"{name}_labels.npy"))
-                      for name in meta["splits"]}
-        except (OSError, ValueError, KeyError):
+            size = sum(DiskArray(self.dir / f"{name}_images.npy").nbytes for name in meta["splits"])
+            data = _read_decoded(self.dir, stream=size * budget.IN_MEMORY_COPIES > memory_limit)
+        except (OSError, ValueError, KeyError, SyntaxError):
             return None
-        log.info("data: read the decoded splits from %s", self.dir)
-        return Dataset(meta["class_names"], splits["train"], splits["val"], splits.get("test"), meta["skipped"])
+        log.info("data: read the decoded splits from %s%s", self.dir,
+                 " (streamed: over data.max_memory_mb)" if data.streamed_from else "")
+        return data
 
     def write(self, data: Dataset) -> None:
         import json
@@ -462,10 +571,43 @@ def _load(cfg, image_size: int, seed: int) -> Dataset:
     raise ConfigError(f"data.name: unknown data source {cfg.name!r}")
 
 
-def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
-    """A batched, prefetched tf.data pipeline over the in-memory images (float32 pixels 0..255)."""
+def rows(array):
+    """idx -> array[idx] as a tensor, for tf.data: a gather from a constant for an array in memory,
+    a pread per row (tf.numpy_function) for a DiskArray."""
     import tensorflow as tf
 
+    if isinstance(array, DiskArray):
+        dtype, row_shape = tf.as_dtype(array.dtype), tuple(array.shape[1:])
+
+        def take(idx):
+            out = tf.numpy_function(lambda i: array[i], [idx], dtype, stateful=False)
+            out.set_shape((None,) + row_shape)
+            return out
+
+        return take
+    const = tf.constant(array)
+    return lambda idx: tf.gather(const, idx)
+
+
+def in_order(array, batch_size: int):
+    """Batches of an array (memory or disk) in order, float32."""
+    import tensorflow as tf
+
+    take = rows(array)
+    return tf.data.Dataset.range(len(array)).batch(batch_size).map(
+        lambda idx: tf.cast(take(idx), tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
+    """A batched, prefetched tf.data pipeline over the split (float32 pixels 0..255)."""
+    import tensorflow as tf
+
+    if isinstance(split.images, DiskArray):
+        order = np.random.default_rng(seed).permutation(len(split)) if shuffle else np.arange(len(split))
+        take, labels = rows(split.images), tf.constant(split.labels)
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+            lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
@@ -479,9 +621,9 @@ def train_epochs(split: Split, batch_size: int, seed: int, first_epoch: int, epo
     (seed, e) alone, so a run resumed at epoch e sees the batches an uninterrupted run saw."""
     import tensorflow as tf
 
-    x, y = tf.constant(split.images), tf.constant(split.labels)
+    take, y = rows(split.images), tf.constant(split.labels)
     return epoch_batches(len(split), batch_size, seed, first_epoch, epochs,
-                         lambda idx, _: (tf.cast(tf.gather(x, idx), tf.float32), tf.gather(y, idx)))
+                         lambda idx, _: (tf.cast(take(idx), tf.float32), tf.gather(y, idx)))
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, batch_fn):

@@ -5,7 +5,9 @@ function of the image. Phase 1 then trains the head on cached pooled features; p
 unfrozen top blocks (+ head) on cached activations at the unfreeze boundary. The layers are the same
 objects as in the full model, so the saved model.keras is the trained full model. Activations are
 reused across epochs, phases and, keyed by backbone, weights, size, boundary and data, across trials
-in one process (memory, bounded) and across processes (cache_dir on disk).
+in one process (memory, bounded) and across processes (cache_dir on disk). An array over half the
+memory budget (min of trainer.cache_max_mb and data.max_memory_mb) is written to disk as it is
+computed and read a batch at a time: large data still trains on cached activations.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
+from thaw import budget
 from thaw import data as data_mod
+from thaw.diskarray import DiskArray, DiskArrayWriter
+from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
 
 _MEMORY: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_DISK: Dict[str, DiskArray] = {}  # spilled to disk by this process (temp dir or cache_dir)
 
 
 def _memory_bytes() -> int:
@@ -35,9 +41,12 @@ def _memory_bytes() -> int:
 
 def clear_memory_cache() -> None:
     _MEMORY.clear()
+    _DISK.clear()
 
 
-def fingerprint_array(arr: np.ndarray) -> str:
+def fingerprint_array(arr) -> str:
+    if isinstance(arr, DiskArray):
+        return arr.fingerprint()  # the same digest, read in chunks
     h = hashlib.sha1()
     h.update(str(arr.shape).encode())
     h.update(np.ascontiguousarray(arr).data)
@@ -55,38 +64,75 @@ def weights_fingerprint(cfg_backbone, seed: int) -> str:
 
 
 class FeatureCache:
-    def __init__(self, max_bytes: int, cache_dir: Optional[str]):
+    """Activations by key: in memory (LRU within max_bytes), on disk under cache_dir, and, for an
+    array over spill_bytes, only on disk (cache_dir, or this process's temp dir), read per batch."""
+
+    def __init__(self, max_bytes: int, cache_dir: Optional[str], spill_bytes: Optional[int] = None,
+                 data_cfg=None):
         self.max_bytes = max_bytes
+        self.spill_bytes = spill_bytes
+        self.data_cfg = data_cfg
         self.dir = Path(cache_dir) if cache_dir else None
         self.hits = 0
         self.misses = 0
+        self.spilled: List[str] = []
 
     def __contains__(self, key: str) -> bool:
-        return key in _MEMORY or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
+        return key in _MEMORY or key in _DISK or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
 
-    def put(self, key: str, arr: np.ndarray) -> None:
+    def put(self, key: str, arr) -> None:
+        if isinstance(arr, DiskArray):
+            _DISK[key] = arr
+            return
         self._remember(key, arr)
         self._write(key, arr)
 
-    def get_or_compute(self, key: str, compute) -> np.ndarray:
+    def get_or_compute(self, key: str, compute, shape=None, lead: int = 1):
+        """The cached array, or compute() (compute(sink) when `shape`, the array's shape, is given:
+        sink is None, or a writer that takes the rows of an array to keep on disk)."""
+        hit = self._lookup(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        if shape is None:
+            arr = compute()
+        else:
+            arr = compute(self.sink(key, shape, lead))
+        self.put(key, arr)
+        return arr
+
+    def _lookup(self, key: str):
         if key in _MEMORY:
             _MEMORY.move_to_end(key)
-            self.hits += 1
             return _MEMORY[key]
+        if key in _DISK:
+            return _DISK[key]
         path = self.dir / f"{key}.npy" if self.dir else None
         if path is not None and path.is_file():
             try:
+                if self.spill_bytes is not None and path.stat().st_size > self.spill_bytes:
+                    _DISK[key] = DiskArray(path)
+                    return _DISK[key]
                 arr = np.load(path, mmap_mode=None)
-                self.hits += 1
                 self._remember(key, arr)
                 return arr
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, SyntaxError) as exc:
                 log.warning("feature cache file %s unreadable (%s); recomputing", path, exc)
-        self.misses += 1
-        arr = compute()
-        self._remember(key, arr)
-        self._write(key, arr)
-        return arr
+        return None
+
+    def sink(self, key: str, shape, lead: int = 1) -> Optional[DiskArrayWriter]:
+        """A writer for an array of `shape` over spill_bytes (None: keep it in memory). Raises
+        DataError when the disk bound has no room for it (the caller trains on images instead)."""
+        nbytes = int(math.prod(shape)) * 4
+        if self.spill_bytes is None or nbytes <= self.spill_bytes:
+            return None
+        where = self.dir if self.dir is not None else budget.LEDGER.temp_dir() / "features"
+        budget.LEDGER.claim(self.data_cfg, where, nbytes, "the feature cache")
+        self.spilled.append(key)
+        log.info("feature cache: %.0f MB of activations over the memory budget (%.0f MB) go to disk at %s",
+                 nbytes / budget.MB, self.spill_bytes * 2 / budget.MB, where)
+        return DiskArrayWriter(where / f"{key}.npy", shape[lead:], np.float32, final_shape=shape)
 
     def _write(self, key: str, arr: np.ndarray) -> None:
         if self.dir is None:
@@ -142,23 +188,36 @@ def _forward(model):
     return _FORWARD[model]
 
 
-def _run(model, batches) -> List[np.ndarray]:
+def _run(model, batches, sinks=()) -> list:
+    """Each output over all batches: an array in memory, or, where sinks[j] is a writer, a DiskArray
+    written batch by batch (never held whole)."""
     import tensorflow as tf
 
     forward = _forward(model)
-    outs = [[t.numpy() for t in forward(b)] for b in batches.prefetch(tf.data.AUTOTUNE)]
-    return [np.concatenate(o) for o in zip(*outs)]
+    outs: list = []
+    try:
+        for b in batches.prefetch(tf.data.AUTOTUNE):
+            got = forward(b)
+            if not outs:
+                outs = [[] for _ in got]
+            for j, t in enumerate(got):
+                sink = sinks[j] if j < len(sinks) else None
+                (sink.append if sink is not None else outs[j].append)(t.numpy())
+    except BaseException:
+        for sink in sinks:
+            if sink is not None:
+                sink.abort()
+        raise
+    return [sinks[j].close() if j < len(sinks) and sinks[j] is not None else np.concatenate(o)
+            for j, o in enumerate(outs)]
 
 
-def predict(model, x: np.ndarray, batch_size: int) -> List[np.ndarray]:
-    """Each output of the frozen prefix over all images."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(lambda b: tf.cast(b, tf.float32))
-    return _run(model, ds)
+def predict(model, x, batch_size: int, sinks=()) -> list:
+    """Each output of the frozen prefix over all images (in memory, or streamed from disk)."""
+    return _run(model, data_mod.in_order(x, batch_size), sinks)
 
 
-def predict_views(model, x: np.ndarray, table, batch_size: int) -> List[np.ndarray]:
+def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
     """Each output of the frozen prefix over V augmented views of all images, as (V, n, ...) arrays;
     `table` holds one augmentation draw per view and image, (V, n, augment.NUM_PARAMS)."""
     import tensorflow as tf
@@ -166,14 +225,14 @@ def predict_views(model, x: np.ndarray, table, batch_size: int) -> List[np.ndarr
     from thaw import augment
 
     views, n = int(table.shape[0]), len(x)
-    images = tf.constant(x)
+    take = data_mod.rows(x)
 
     def batch(k):  # rows k = view * n + image
         params = tf.gather_nd(table, tf.stack([k // n, k % n], axis=1))
-        return augment.apply(tf.gather(images, k % n), params)
+        return augment.apply(take(k % n), params)
 
     ds = tf.data.Dataset.range(views * n).batch(batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return [o.reshape((views, n) + o.shape[1:]) for o in _run(model, ds)]
+    return [o if isinstance(o, DiskArray) else o.reshape((views, n) + o.shape[1:]) for o in _run(model, ds, sinks)]
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
@@ -212,7 +271,9 @@ def open_cache(cfg, aug=None) -> Optional[FeatureCache]:
             raise ConfigError("trainer.cache_features=true: " + "; ".join(reasons))
         log.info("feature cache off: %s", "; ".join(reasons))
         return None
-    return FeatureCache(int(cfg.trainer.cache_max_mb) * 2 ** 20, cfg.trainer.cache_dir)
+    max_bytes = int(cfg.trainer.cache_max_mb) * budget.MB
+    spill = min(max_bytes, budget.memory_budget(cfg.data)) // 2
+    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=spill, data_cfg=cfg.data)
 
 
 class PhaseInputs:
@@ -262,9 +323,13 @@ class PhaseInputs:
             feat_model, fit_model = self._pooled_models([t for t, _ in extras])
         else:
             feat_model, fit_model = self._boundary_models(cut, [t for t, _ in extras])
-        if self.aug is not None:
-            return self._from_cached_views(feat_model, fit_model, tag, phase, extras)
-        return self._from_cache(feat_model, fit_model, tag, extras, phase)
+        try:
+            if self.aug is not None:
+                return self._from_cached_views(feat_model, fit_model, tag, phase, extras)
+            return self._from_cache(feat_model, fit_model, tag, extras, phase)
+        except DataError as exc:  # no room on disk for the activations: this phase trains on images
+            self._say_once(f"{exc}; training this phase on images instead")
+            return self._images(phase)
 
     # -- the models on either side of the cut
     def _images(self, phase) -> PhaseData:
@@ -284,7 +349,7 @@ class PhaseInputs:
 
         views = self.views if views is None else views
         n, aug, seed = len(self.ds.train), self.aug, self.seed
-        images, labels = tf.constant(self.ds.train.images), tf.constant(self.ds.train.labels)
+        take, labels = data_mod.rows(self.ds.train.images), tf.constant(self.ds.train.labels)
         offsets = augment.view_offsets(n, views, seed)
         table = tf.stack([augment.draw(aug, n, seed, v) for v in range(views)]) if views else None
 
@@ -294,7 +359,7 @@ class PhaseInputs:
                 params = tf.gather_nd(table, tf.stack([view, idx], axis=1))
             else:
                 params = tf.gather(augment.draw(aug, n, seed, view[0]), idx)
-            return augment.apply(tf.gather(images, idx), params), tf.gather(labels, idx)
+            return augment.apply(take(idx), params), tf.gather(labels, idx)
 
         train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
         return PhaseData(self.clf.model, train, self.val_images, "images",
@@ -344,65 +409,60 @@ class PhaseInputs:
     def _from_cache(self, feat_model, fit_model, tag: str, extras, phase) -> PhaseData:
         t0 = time.perf_counter()
         cache, ds, batch = self.cache, self.ds, max(self.bs, 64)
-        if extras:
+        k_train, k_val = self._keys(tag)
+        if extras:  # one pass: this cut (kept in memory or spilled) and the extras (within budget)
             cache.misses += 1
-            outs_train = predict(feat_model, ds.train.images, batch)
-            outs_val = predict(feat_model, ds.val.images, batch)
+            outs_train = predict(feat_model, ds.train.images, batch,
+                                 [cache.sink(k_train, _shape(fit_model.inputs[0], len(ds.train)))])
+            outs_val = predict(feat_model, ds.val.images, batch,
+                               [cache.sink(k_val, _shape(fit_model.inputs[0], len(ds.val)))])
             for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
                 k_tr, k_va = self._keys(t)
                 cache.put(k_tr, a_tr)
                 cache.put(k_va, a_va)
             x_train, x_val = outs_train[0], outs_val[0]
         else:
-            k_train, k_val = self._keys(tag)
-            x_train = cache.get_or_compute(k_train, lambda: predict(feat_model, ds.train.images, batch)[0])
-            x_val = cache.get_or_compute(k_val, lambda: predict(feat_model, ds.val.images, batch)[0])
+            x_train, x_val = (cache.get_or_compute(k, lambda sink, x=split.images: predict(feat_model, x, batch, [sink])[0],
+                                                   _shape(fit_model.inputs[0], len(split)))
+                              for k, split in ((k_train, ds.train), (k_val, ds.val)))
         secs = time.perf_counter() - t0
-        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s)",
+        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s%s)",
                  tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,
-                 f"; {len(extras)} shallower boundaries stored too" if extras else "")
+                 f"; {len(extras)} shallower boundaries stored too" if extras else "", _where(x_train))
         tr = data_mod.train_epochs(data_mod.Split(x_train, ds.train.labels), self.bs, self.seed, phase.start,
                                    phase.remaining)
         va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, tr, va, "features", tag, secs, steps_per_epoch=math.ceil(len(x_train) / self.bs))
 
     def _from_cached_views(self, feat_model, fit_model, tag: str, phase, extras) -> PhaseData:
-        """Training activations of V augmented views per image (as many as fit the cache budget),
-        computed once through the frozen prefix; validation activations of the plain images."""
+        """Training activations of V augmented views per image, computed once through the frozen
+        prefix (in memory, or on disk when over the budget); validation activations of the plain images."""
         import tensorflow as tf
 
         from thaw import augment
 
         t0 = time.perf_counter()
-        ds, cache = self.ds, self.cache
-        n = len(ds.train)
-        per_view = _nbytes(fit_model.inputs[0], n)
-        views = min(self.views, (cache.max_bytes - _nbytes(fit_model.inputs[0], len(ds.val))) // max(1, per_view))
-        views = max(0, views)
-        if views < self.views:
-            self._say_once(f"feature cache: {self.views} augmented views of {per_view / 2**20:.0f} MB each "
-                           f"do not fit trainer.cache_max_mb={self.cfg.trainer.cache_max_mb}; using "
-                           + (f"{views} views" if views else "images, augmented on the fly, for this phase"))
-            if views == 0:
-                return self._augmented_images(phase)
-            extras = []
-        x_views, x_val = self._views_and_val(feat_model, tag, views, extras)
+        ds, cache, n, views = self.ds, self.cache, len(self.ds.train), self.views
+        x_views, x_val = self._views_and_val(feat_model, fit_model, tag, views, extras)
         secs = time.perf_counter() - t0
         log.info("feature cache (%s): %d views x %d training + %d validation activations of shape %s "
-                 "ready in %.1fs (hits %d, misses %d%s)", tag, views, n, len(x_val), x_val.shape[1:], secs,
-                 cache.hits, cache.misses, f"; {len(extras)} other depths stored too" if extras else "")
-        stacked, labels = tf.constant(x_views), tf.constant(ds.train.labels)
+                 "ready in %.1fs (hits %d, misses %d%s%s)", tag, views, n, len(x_val), x_val.shape[1:], secs,
+                 cache.hits, cache.misses, f"; {len(extras)} other depths stored too" if extras else "",
+                 _where(x_views))
+        labels = tf.constant(ds.train.labels)
+        flat = x_views.reshape((views * n,) + tuple(x_views.shape[2:]))
+        take = data_mod.rows(flat)
         offsets = augment.view_offsets(n, views, self.seed)
 
         def batch_fn(idx, epoch):
-            view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
-            return tf.gather_nd(stacked, tf.stack([view, idx], axis=1)), tf.gather(labels, idx)
+            view = tf.cast(tf.gather(augment.epoch_views(offsets, epoch, views), idx), tf.int64)
+            return take(view * n + tf.cast(idx, tf.int64)), tf.gather(labels, idx)
 
         train = data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch_fn)
         val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
         return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views)
 
-    def _views_and_val(self, feat_model, tag: str, views: int, extras):
+    def _views_and_val(self, feat_model, fit_model, tag: str, views: int, extras):
         """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the cache
         or computed in one pass per view (that also stores the extras' views)."""
         import tensorflow as tf
@@ -410,17 +470,23 @@ class PhaseInputs:
         from thaw import augment
 
         ds, cache, batch, n = self.ds, self.cache, max(self.bs, 64), len(self.ds.train)
+        row = tuple(int(d) for d in fit_model.inputs[0].shape[1:])
+        k_views, k_val = self._view_key(tag, views), self._keys(tag)[1]
 
-        def train_views():
+        def train_views(sinks):
             table = tf.stack([augment.draw(self.aug, n, self.seed, v) for v in range(views)])
-            return predict_views(feat_model, ds.train.images, table, batch)
+            return predict_views(feat_model, ds.train.images, table, batch, sinks)
+
+        def val_pass(sinks):
+            return predict(feat_model, ds.val.images, batch, sinks)
 
         if not extras:
-            x_views = cache.get_or_compute(self._view_key(tag, views), lambda: train_views()[0])
-            x_val = cache.get_or_compute(self._keys(tag)[1], lambda: predict(feat_model, ds.val.images, batch)[0])
+            x_views = cache.get_or_compute(k_views, lambda sink: train_views([sink])[0], (views, n) + row, lead=2)
+            x_val = cache.get_or_compute(k_val, lambda sink: val_pass([sink])[0], (len(ds.val),) + row)
             return x_views, x_val
         cache.misses += 1
-        outs_train, outs_val = train_views(), predict(feat_model, ds.val.images, batch)
+        outs_train = train_views([cache.sink(k_views, (views, n) + row, lead=2)])
+        outs_val = val_pass([cache.sink(k_val, (len(ds.val),) + row)])
         for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
             cache.put(self._view_key(t, views), a_tr)
             cache.put(self._keys(t)[1], a_va)
@@ -472,3 +538,11 @@ class PhaseInputs:
 
 def _nbytes(tensor, n_images: int) -> int:
     return int(math.prod(int(d) for d in tensor.shape[1:])) * 4 * n_images
+
+
+def _shape(tensor, n_images: int) -> tuple:
+    return (n_images,) + tuple(int(d) for d in tensor.shape[1:])
+
+
+def _where(arr) -> str:
+    return f"; on disk, {arr.nbytes / budget.MB:.0f} MB read per batch" if isinstance(arr, DiskArray) else ""

@@ -1,8 +1,8 @@
 """What a run may hold in memory and write to disk, decided before training instead of an OOM kill.
 
 `data.max_memory_mb` bounds the decoded images and cached activations thaw holds in memory; what is
-larger lives on disk and streams. Its default is half the memory available when the run starts (the
-cgroup limit counts: a SLURM job or a container sees its own share). `data.max_disk_mb` bounds what
+larger lives on disk and streams. Its default is half the memory available when the run starts (a
+cgroup limit or `ulimit -d` counts: a SLURM job or a container sees its own share). `data.max_disk_mb` bounds what
 thaw writes for that (decoded copies, spilled activations); its default is the free space of the
 target disk less 1 GB.
 """
@@ -43,8 +43,19 @@ def _cgroup_room() -> Optional[int]:
     return None
 
 
+def _rlimit_room() -> Optional[int]:
+    """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # an upper bound on what is used now
+    return max(0, soft - used)
+
+
 def available_memory() -> int:
-    """Bytes of memory available now: MemAvailable, or the cgroup's room if smaller."""
+    """Bytes of memory available now: MemAvailable, or the cgroup's or ulimit's room if smaller."""
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -54,8 +65,8 @@ def available_memory() -> int:
         pass
     if avail is None:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    room = _cgroup_room()
-    return min(avail, room) if room is not None else avail
+    rooms = [r for r in (_cgroup_room(), _rlimit_room()) if r is not None]
+    return min([avail] + rooms)
 
 
 def memory_budget(cfg_data) -> int:

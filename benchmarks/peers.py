@@ -1,0 +1,262 @@
+"""The same depth x lr search with thaw and with the tools users would pick instead.
+
+    pip install -e ".[cpu,dev,bench]"
+    python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split, 3 + 3 epochs
+    python benchmarks/peers.py             # 8 trials, 160 px, all shared photos, 5 + 5 epochs
+
+Same data (the shared cats_vs_dogs folder, thaw's deterministic splits, decoded once per process),
+same model (MobileNetV2 alpha 0.35 from the shared ImageNet weights, linear head with dropout 0.2),
+same recipe (head at lr, then the top `depth` blocks at lr x 0.1), same space (depth 0..19, lr
+log-uniform 1e-5..1e-2), same objective (best validation accuracy of the run) and trial budget:
+
+- thaw:          thaw-train --multirun sweep=depth_lr (feature cache, StepMedianPruner)
+- kt_bayesian:   Keras Tuner BayesianOptimization, a two-phase HyperModel
+- kt_hyperband:  Keras Tuner Hyperband, max_epochs = head + fine-tune epochs (it picks its own
+                 number of trials; reported)
+- optuna_keras:  Optuna TPE + MedianPruner, plain Keras, optuna-integration's KerasPruningCallback
+
+Each tool runs in its own process, timed from its start. One JSON line per tool: wall time, best
+validation accuracy, trials, and the time until its running best first came within 0.5 pt of the
+best any tool found; then one line of ratios (peer / thaw).
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DATA, REPO, WEIGHTS, emit, need_shared  # noqa: E402
+
+DEPTH_MAX, LR_MIN, LR_MAX, FINETUNE_FACTOR, SEED = 19, 1e-5, 1e-2, 0.1, 7
+
+
+def setting(quick: bool) -> dict:
+    if quick:
+        return dict(size=96, per_class=150, head=3, finetune=3, trials=6)
+    return dict(size=160, per_class=None, head=5, finetune=5, trials=8)
+
+
+# ---------------------------------------------------------------- the peers (run in a child process)
+
+def load_data(s):
+    from omegaconf import OmegaConf
+
+    from thaw import data
+    from thaw.config import DataConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig(name="folder")),
+                          dict(path=str(DATA), max_per_class=s["per_class"], test_fraction=0.5))
+    ds = data.load(cfg, s["size"], SEED)
+    f = lambda split: (split.images.astype("float32"), split.labels.astype("float32"))  # noqa: E731
+    return f(ds.train), f(ds.val)
+
+
+def build(s, lr: float):
+    """A plain Keras transfer-learning model, base frozen (what the Keras guide writes)."""
+    import keras
+
+    base = keras.applications.MobileNetV2(include_top=False, weights=str(WEIGHTS), alpha=0.35,
+                                          input_shape=(s["size"], s["size"], 3))
+    base.trainable = False
+    inp = keras.Input((s["size"], s["size"], 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    model = keras.Model(inp, keras.layers.Dense(1)(x))
+    compile_at(model, lr)
+    return model, base
+
+
+def compile_at(model, lr: float):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
+
+
+def unfreeze_top(base, depth: int):
+    """The same blocks thaw's unfreeze.depth names (MobileNetV2: 19 blocks, top first)."""
+    from thaw import unfreeze
+    from thaw.backbones import get_spec
+
+    unfreeze.apply(base, get_spec("mobilenet_v2"), "top_blocks", depth)
+
+
+def two_phases(s, model, base, depth, lr, train, val, callbacks, first=0, last=None):
+    """Head epochs [first, head), then fine-tune epochs [head, last); returns every val_accuracy."""
+    last = s["head"] + s["finetune"] if last is None else last
+    accs = []
+    if first < s["head"]:
+        h = model.fit(*train, validation_data=val, batch_size=32, epochs=min(s["head"], last), initial_epoch=first,
+                      callbacks=callbacks, verbose=0)
+        accs += h.history["val_accuracy"]
+    if last > s["head"]:
+        unfreeze_top(base, depth)
+        compile_at(model, lr * FINETUNE_FACTOR)
+        h = model.fit(*train, validation_data=val, batch_size=32, epochs=last, initial_epoch=max(first, s["head"]),
+                      callbacks=callbacks, verbose=0)
+        accs += h.history["val_accuracy"]
+    return accs
+
+
+def keras_tuner(s, kind: str, out: Path):
+    import keras
+    import keras_tuner as kt
+
+    train, val = load_data(s)
+    done = []
+
+    class TwoPhase(kt.HyperModel):
+        def build(self, hp):
+            hp.Int("depth", 0, DEPTH_MAX)
+            model, self.base = build(s, hp.Float("lr", LR_MIN, LR_MAX, sampling="log"))
+            return model
+
+        def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=(), **kwargs):
+            accs = two_phases(s, model, self.base, hp.get("depth"), hp.get("lr"), train, val, list(callbacks),
+                              first=initial_epoch, last=epochs)
+            return {"val_accuracy": max(accs)}
+
+    class Timed:
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            score = trial.score
+            done.append((time.time(), None if score is None else float(score)))
+            keras.backend.clear_session()
+
+    common = dict(objective=kt.Objective("val_accuracy", "max"), directory=str(out), project_name=kind,
+                  overwrite=True, seed=SEED)
+    if kind == "kt_bayesian":
+        tuner = type("T", (Timed, kt.BayesianOptimization), {})(TwoPhase(), max_trials=s["trials"],
+                                                                 num_initial_points=3, **common)
+        tuner.search(epochs=s["head"] + s["finetune"])
+    else:
+        tuner = type("T", (Timed, kt.Hyperband), {})(TwoPhase(), max_epochs=s["head"] + s["finetune"], factor=3,
+                                                     hyperband_iterations=1, **common)
+        tuner.search()
+    return done
+
+
+def optuna_keras(s, out: Path):
+    import keras
+    import optuna
+    from optuna_integration import KerasPruningCallback
+
+    train, val = load_data(s)
+    done = []
+
+    def objective(trial):
+        depth, lr = trial.suggest_int("depth", 0, DEPTH_MAX), trial.suggest_float("lr", LR_MIN, LR_MAX, log=True)
+        keras.backend.clear_session()
+        model, base = build(s, lr)
+        try:
+            accs = two_phases(s, model, base, depth, lr, train, val, [KerasPruningCallback(trial, "val_accuracy")])
+        except optuna.TrialPruned:
+            done.append((time.time(), None))
+            raise
+        done.append((time.time(), max(accs)))
+        return max(accs)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{out / 'optuna.db'}",
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=SEED),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["head"]))
+    study.optimize(objective, n_trials=s["trials"])
+    return done
+
+
+def child(tool: str, quick: bool, out: Path):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    s = setting(quick)
+    done = keras_tuner(s, tool, out) if tool.startswith("kt_") else optuna_keras(s, out)
+    print("RESULT " + json.dumps(done), flush=True)
+
+
+# ---------------------------------------------------------------- the parent: run each tool, compare
+
+def run_thaw(s, out: Path, env):
+    import optuna
+
+    cmd = [sys.executable, "-m", "thaw.cli", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
+           "logger=none", "trainer.save_model=false", "augment=none", f"data.path={DATA}",
+           f"backbone.weights={WEIGHTS}", f"backbone.image_size={s['size']}", f"trainer.head_epochs={s['head']}",
+           f"trainer.finetune_epochs={s['finetune']}", "trainer.patience=0", f"hydra.sweeper.n_trials={s['trials']}",
+           f"hydra.sweeper.sampler.seed={SEED}", "hydra.sweeper.sampler.n_startup_trials=3",
+           f"hydra.sweep.dir={out}", "hydra.sweeper.study_name=peers"]
+    if s["per_class"]:
+        cmd.append(f"data.max_per_class={s['per_class']}")
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    if res.returncode:
+        raise SystemExit("thaw failed:\n" + res.stderr[-3000:])
+    study = optuna.load_study(study_name="peers", storage=f"sqlite:///{out / 'study.db'}")
+    done = sorted((t.datetime_complete.timestamp(), t.value if t.state.name == "COMPLETE" else None)
+                  for t in study.trials if t.datetime_complete)
+    return t0, wall, done
+
+
+def run_peer(tool: str, quick: bool, out: Path, env):
+    t0 = time.time()
+    res = subprocess.run([sys.executable, __file__, "--child", tool, *(["--quick"] if quick else []),
+                          "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if res.returncode or line is None:
+        raise SystemExit(f"{tool} failed:\n" + (res.stdout + res.stderr)[-3000:])
+    return t0, wall, [tuple(x) for x in json.loads(line[7:])]
+
+
+def time_to(t0: float, done, target: float):
+    best = -math.inf
+    for t, v in sorted(done):
+        if v is not None:
+            best = max(best, v)
+        if best >= target:
+            return round(t - t0, 1)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tools", nargs="+", default=["thaw", "kt_bayesian", "kt_hyperband", "optuna_keras"])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.quick, Path(args.out))
+    need_shared()
+    s = setting(args.quick)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="thaw-peers-") as tmp:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled", KERAS_HOME=str(Path(tmp) / "keras"))
+        for tool in args.tools:
+            out = Path(tmp) / tool
+            out.mkdir()
+            runs[tool] = run_thaw(s, out, env) if tool == "thaw" else run_peer(tool, args.quick, out, env)
+    best = max(v for _, _, done in runs.values() for _, v in done if v is not None)
+    for tool, (t0, wall, done) in runs.items():
+        values = [v for _, v in done if v is not None]
+        emit(tool=tool, quick=args.quick, wall_s=round(wall, 1), best_value=max(values) if values else None,
+             trials=len(done), completed=len(values), time_to_within_half_point_s=time_to(t0, done, best - 0.005),
+             setting=s)
+    if "thaw" in runs:
+        t_wall = runs["thaw"][1]
+        t_best = time_to(runs["thaw"][0], runs["thaw"][2], best - 0.005)
+        emit(figure="ratios", quick=args.quick, overall_best=best, **{
+            tool: dict(wall=round(wall / t_wall, 2),
+                       time_to_best=(round(tb / t_best, 2) if (tb := time_to(t0, done, best - 0.005)) and t_best
+                                     else None))
+            for tool, (t0, wall, done) in runs.items() if tool != "thaw"})
+
+
+if __name__ == "__main__":
+    main()

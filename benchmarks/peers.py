@@ -45,15 +45,17 @@ def setting(quick: bool) -> dict:
 # ---------------------------------------------------------------- the peers (run in a child process)
 
 def load_data(s):
+    import numpy as np
     from omegaconf import OmegaConf
 
     from thaw import data
     from thaw.config import DataConfig
 
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig(name="folder")),
-                          dict(path=str(DATA), max_per_class=s["per_class"], test_fraction=0.5))
+                          dict(path=str(DATA), max_per_class=s["per_class"], test_fraction=0.5,
+                               max_memory_mb=1_000_000))  # the peers hold their data in memory
     ds = data.load(cfg, s["size"], SEED)
-    f = lambda split: (split.images.astype("float32"), split.labels.astype("float32"))  # noqa: E731
+    f = lambda split: (np.asarray(split.images, np.float32), split.labels.astype("float32"))  # noqa: E731
     return f(ds.train), f(ds.val)
 
 
@@ -127,7 +129,9 @@ def keras_tuner(s, kind: str, out: Path):
     class Timed:
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            score = trial.score
+            if trial.status != "COMPLETED":  # Keras Tuner records a failed trial and goes on: say why
+                print(f"trial {trial.trial_id} {trial.status}: {trial.message}", file=sys.stderr, flush=True)
+            score = trial.score if trial.status == "COMPLETED" else None
             done.append((time.time(), None if score is None else float(score)))
             keras.backend.clear_session()
 

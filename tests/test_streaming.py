@@ -131,3 +131,16 @@ def test_no_room_on_disk_for_the_stream_is_one_line_exit_2(tmp_path):
     assert len(err) == 1 and "data.max_disk_mb" in err[0] and "streaming the decoded images" in err[0], res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert not out.exists() and not (cache / "decoded").exists()
+
+
+def test_the_default_memory_budget_follows_ulimit_d():
+    import subprocess
+    import sys
+
+    script = ("import resource; resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30)); "
+              "from omegaconf import OmegaConf; from thaw import budget; "
+              "print(budget.available_memory(), budget.memory_budget(OmegaConf.create({'max_memory_mb': None})), "
+              "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100})))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    avail, default, fixed = map(int, out.stdout.split())
+    assert 0 < avail <= 3 * 2 ** 30 and default == avail // 2 and fixed == 100 * 2 ** 20

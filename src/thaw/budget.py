@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import atexit
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -27,35 +28,77 @@ DISK_MARGIN = 1024 * MB
 IN_MEMORY_COPIES = 2
 
 
+def _cgroup_dirs():
+    """This process's own cgroup directories, innermost first (a SLURM job's limit sits below the
+    root of the hierarchy, which does not show it), from /proc/self/cgroup."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            root, limit, usage = Path("/sys/fs/cgroup"), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # cgroup v1
+            root, limit, usage = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        d = root / rel.lstrip("/")
+        while True:
+            yield d, limit, usage
+            if d == root or root not in d.parents:
+                break
+            d = d.parent
+
+
 def _cgroup_room() -> Optional[int]:
-    """Bytes the cgroup (v2 or v1) still allows this process tree, or None if unlimited/unknown."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    """Bytes the tightest memory cgroup above this process still allows (page cache that can be
+    dropped not counted as used), or None if none limits it."""
+    rooms = []
+    for d, limit_file, usage_file in _cgroup_dirs() or ():
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit = (d / limit_file).read_text().strip()
+            usage = int((d / usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit == "max" or int(limit) >= 2 ** 60:
-            return None
-        return max(0, int(limit) - usage)
-    return None
+            continue
+        try:
+            stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines())
+            usage -= int(stat.get("inactive_file", stat.get("total_inactive_file", 0)))
+        except (OSError, ValueError):
+            pass
+        rooms.append(max(0, int(limit) - usage))
+    return min(rooms) if rooms else None
 
 
 def _rlimit_room() -> Optional[int]:
-    """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited."""
+    """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited. The limit counts the
+    data segment (heap, private mappings, stacks): VmData, not the resident set."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
     if soft == resource.RLIM_INFINITY:
         return None
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # an upper bound on what is used now
+    used = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                used = int(line.split()[1]) * 1024
+    except OSError:
+        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return max(0, soft - used)
 
 
+_AVAILABLE: list = []
+
+
 def available_memory() -> int:
-    """Bytes of memory available now: MemAvailable, or the cgroup's or ulimit's room if smaller."""
+    """Bytes of memory available when first asked in this process: MemAvailable, or the cgroup's or
+    ulimit's room if smaller. Measured once, so every trial of a sweep gets the same default
+    (later readings would count thaw's own caches as used)."""
+    if _AVAILABLE:
+        return _AVAILABLE[0]
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -66,7 +109,8 @@ def available_memory() -> int:
     if avail is None:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     rooms = [r for r in (_cgroup_room(), _rlimit_room()) if r is not None]
-    return min([avail] + rooms)
+    _AVAILABLE.append(min([avail] + rooms))
+    return _AVAILABLE[0]
 
 
 def memory_budget(cfg_data) -> int:
@@ -76,7 +120,8 @@ def memory_budget(cfg_data) -> int:
 
 
 class DiskLedger:
-    """What this process has written to disk for data it cannot hold in memory, against a bound."""
+    """What this process has written to disk for data it cannot hold in memory, against a bound
+    (per process: each worker of a parallel sweep has its own)."""
 
     def __init__(self):
         self.written = 0
@@ -98,12 +143,52 @@ class DiskLedger:
                             "larger disk, raise data.max_memory_mb, or lower data.max_per_class")
         self.written += nbytes
 
+    def release(self, nbytes: int) -> None:
+        """What a claim wrote was removed (a failed or lost write)."""
+        self.written = max(0, self.written - nbytes)
+
     def temp_dir(self) -> Path:
-        """A per-process directory for streamed data when no trainer.cache_dir is set; removed at exit."""
+        """A per-process directory for streamed data when no trainer.cache_dir is set; removed at exit,
+        and by a later process if this one was killed."""
         if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="thaw-stream-"))
+            remove_stale(Path(tempfile.gettempdir()), "thaw-stream-")
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"thaw-stream-{os.getpid()}-"))
             atexit.register(shutil.rmtree, self._tmp, True)
         return self._tmp
+
+
+def tmp_tag() -> str:
+    """Marks a temp file or dir as this process's (host and pid: cache dirs may be shared by nodes)."""
+    return f"tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale(where: Path, prefix: str = "") -> None:
+    """Remove temp entries (`<prefix><pid>-*`, or `*tmp-<this host>-<pid>-*`) left in `where` by
+    processes of this host that are gone (killed before cleaning up)."""
+    mark = f"tmp-{socket.gethostname()}-"
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        return
+    for e in entries:
+        if prefix and e.name.startswith(prefix):
+            pid = e.name[len(prefix):].split("-", 1)[0]
+        elif mark in e.name:
+            pid = e.name.split(mark, 1)[1].split("-", 1)[0]
+        else:
+            continue
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(e.path, ignore_errors=True) if e.is_dir() else Path(e.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _existing(path: Path) -> Path:

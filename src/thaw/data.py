@@ -76,10 +76,24 @@ def with_val_in_train(ds: Dataset) -> Dataset:
     labels = np.concatenate([ds.train.labels, ds.val.labels])
     if ds.streamed_from is None:
         return replace(ds, train=Split(np.concatenate([ds.train.images, ds.val.images]), labels))
-    writer = DiskArrayWriter(Path(ds.streamed_from) / "train_val_images.npy", ds.train.images.shape[1:], np.uint8)
-    for part in (ds.train.images, ds.val.images):
-        for chunk in part.chunks():
-            writer.append(chunk)
+    path = Path(ds.streamed_from) / "train_val_images.npy"  # derived from the entry: made once, kept
+    if path.is_file():
+        try:
+            both = DiskArray(path)
+            if len(both) == len(labels):
+                return replace(ds, train=Split(both, labels))
+        except (OSError, ValueError, SyntaxError):
+            pass
+    size = ds.train.images.nbytes + ds.val.images.nbytes
+    budget.LEDGER.claim(None, path.parent, size, "data.train_on_val (train + validation copy)")
+    writer = DiskArrayWriter(path, ds.train.images.shape[1:], np.uint8, on_abort=lambda: budget.LEDGER.release(size))
+    try:
+        for part in (ds.train.images, ds.val.images):
+            for chunk in part.chunks():
+                writer.append(chunk)
+    except BaseException:
+        writer.abort()
+        raise
     return replace(ds, train=Split(writer.close(), labels))
 
 
@@ -289,8 +303,11 @@ def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[
     writer = DiskArrayWriter(path, (image_size, image_size, 3), np.uint8)
     labels = np.asarray(split.labels, np.int32)
     keep = np.ones(len(labels), bool)
+    from thaw import interrupt
+
     try:
         for start in range(0, len(split.files), DECODE_CHUNK):
+            interrupt.check()  # SIGTERM/Ctrl-C: stop between chunks, the partial copy removed
             images, ok = _decode_files(split.files[start:start + DECODE_CHUNK], image_size, on_bad, skipped)
             writer.append(images)
             keep[start:start + len(ok)] = ok
@@ -308,7 +325,8 @@ def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Datas
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    budget.remove_stale(target.parent)  # left by a killed process of this host
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{budget.tmp_tag()}"))
     skipped = list(scan.skipped)
     splits = {"train": scan.train, "val": scan.val, **({"test": scan.test} if scan.test else {})}
     try:
@@ -445,7 +463,7 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
     Data over data.max_memory_mb is streamed from a decoded copy on disk."""
     from omegaconf import OmegaConf
 
-    key = (OmegaConf.to_yaml(cfg) if OmegaConf.is_config(cfg) else repr(cfg), image_size, seed)
+    key = (_image_key(cfg), image_size, seed)
     if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
         return _LAST["data"]
     limit = budget.memory_budget(cfg)
@@ -460,7 +478,11 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
                      "(x%d while training): streaming them from %s", need // (image_size ** 2 * 3),
                      _mb(need), image_size, limit // budget.MB, budget.IN_MEMORY_COPIES, target)
             budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
-            data = stream_folder(scan, cfg, image_size, target)
+            try:
+                data = stream_folder(scan, cfg, image_size, target)
+            except BaseException:
+                budget.LEDGER.release(need)
+                raise
         else:
             data = load_folder(cfg, image_size, scan)
             if disk is not None:
@@ -476,6 +498,20 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
     _LAST.clear()
     _LAST.update(key=key, data=data, stamp=_folder_stamp(cfg))
     return data
+
+
+# keys that do not change the decoded images: a sweep over batch_size or a retrain with
+# train_on_val reuses the same decoded copy
+_NOT_IMAGES = {"batch_size", "augment", "train_on_val", "num_classes", "max_memory_mb", "max_disk_mb"}
+
+
+def _image_key(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(cfg):
+        return repr(cfg)
+    d = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_yaml({k: v for k, v in d.items() if k not in _NOT_IMAGES})
 
 
 def _mb(nbytes: int) -> str:
@@ -502,10 +538,7 @@ class DecodedCache:
                 for name in names:
                     st = os.stat(os.path.join(dirpath, name))
                     files.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
-        # max_memory_mb / max_disk_mb decide where the images live, not what they are
-        text = key[0] if isinstance(key[0], str) else str(key[0])
-        text = "\n".join(line for line in text.splitlines() if not line.startswith(("max_memory_mb:", "max_disk_mb:")))
-        return hashlib.sha256(json.dumps([text] + list(map(str, key[1:])) + [sorted(files)]).encode()).hexdigest()[:20]
+        return hashlib.sha256(json.dumps(list(map(str, key)) + [sorted(files)]).encode()).hexdigest()[:20]
 
     def read(self, memory_limit: int) -> Optional[Dataset]:
         import json
@@ -602,10 +635,12 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
     """A batched, prefetched tf.data pipeline over the split (float32 pixels 0..255)."""
     import tensorflow as tf
 
-    if isinstance(split.images, DiskArray):
-        order = np.random.default_rng(seed).permutation(len(split)) if shuffle else np.arange(len(split))
+    if isinstance(split.images, DiskArray):  # indices shuffled as the in-memory pairs would be
+        order = tf.data.Dataset.range(len(split))
+        if shuffle:
+            order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
         take, labels = rows(split.images), tf.constant(split.labels)
-        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+        ds = order.batch(batch_size).map(
             lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))

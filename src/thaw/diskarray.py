@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -43,6 +44,9 @@ def _read_header(path: Path):
     if meta["fortran_order"]:
         raise ValueError(f"{path}: Fortran-ordered arrays are not read row by row")
     return tuple(meta["shape"]), np.dtype(meta["descr"]), offset
+
+
+_OPEN_LOCK = threading.Lock()
 
 
 class DiskArray:
@@ -75,12 +79,19 @@ class DiskArray:
         return DiskArray(self.path, shape)
 
     def _handle(self) -> int:
-        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self._fd
+        with _OPEN_LOCK:  # tf.data calls in from several threads at once
+            if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
+                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            return self._fd
 
     def __getitem__(self, idx) -> np.ndarray:
         fd, n = self._handle(), len(self)
+        if isinstance(idx, (int, np.integer)):
+            return self[[int(idx)]][0]
+        if isinstance(idx, tuple):
+            raise TypeError("a DiskArray is indexed by rows only (an index array or a slice)")
+        if isinstance(idx, np.ndarray) and idx.dtype == bool:
+            idx = np.flatnonzero(idx)
         if isinstance(idx, slice):
             start, stop, step = idx.indices(n)
             if step == 1:
@@ -123,6 +134,10 @@ class DiskArray:
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    def __iter__(self):
+        for chunk in self.chunks():
+            yield from chunk
+
     def __del__(self):
         if self._fd is not None and self._pid == os.getpid():
             try:
@@ -140,13 +155,16 @@ class DiskArrayWriter:
     """Appends rows to `<path>.tmp<pid>` and renames it to `path` on close(): a file at `path` is
     always complete. Rows may be fewer than announced (bad images skipped); the header says how many."""
 
-    def __init__(self, path, row_shape, dtype, final_shape=None):
+    def __init__(self, path, row_shape, dtype, final_shape=None, on_abort=None):
         self.path = Path(path)
         self.final_shape = final_shape
+        self.on_abort = on_abort  # e.g. give the bytes claimed for it back to the disk ledger
         self.row_shape, self.dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
         self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        from thaw.budget import tmp_tag
+
+        self.tmp = self.path.with_name(f".{self.path.name}.{tmp_tag()}")
         self._f = open(self.tmp, "wb")
         self._f.write(npy_header((0,) + self.row_shape, self.dtype))
 
@@ -177,7 +195,27 @@ class DiskArrayWriter:
             self._f.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+            if self.on_abort is not None:
+                self.on_abort()
 
 
-def as_disk(arr) -> bool:
-    return isinstance(arr, DiskArray)
+class ArrayWriter:
+    """DiskArrayWriter's interface over a preallocated array in memory: filling it batch by batch
+    holds the array once (a list of batches and their concatenation would hold it twice)."""
+
+    def __init__(self, final_shape, row_shape, dtype=np.float32):
+        self.final_shape = tuple(final_shape)
+        self.out = np.empty((math.prod(final_shape) // max(1, math.prod(row_shape)),) + tuple(row_shape), dtype)
+        self.rows = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.out[self.rows:self.rows + len(rows)] = rows
+        self.rows += len(rows)
+
+    def close(self) -> np.ndarray:
+        if self.rows != len(self.out):
+            raise ValueError(f"{self.rows} rows written to an array of {len(self.out)}")
+        return self.out.reshape(self.final_shape)
+
+    def abort(self) -> None:
+        self.out = None

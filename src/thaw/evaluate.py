@@ -39,7 +39,7 @@ def evaluate_test(run_dir) -> Optional[Dict[str, Any]]:
     model_path = run_dir / "model.keras"
     if not has_test or not model_path.is_file():
         return None
-    ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))
+    ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
     if ds.test is None or not len(ds.test):
         return None
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)

@@ -43,7 +43,7 @@ def sample_images(trained, data: Optional[str], n_rep: int, n_check: int) -> Tup
     from thaw import data as data_mod
 
     cfg = OmegaConf.load(trained.run_dir / ".hydra" / "config.yaml")
-    ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed))
+    ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
     rng = np.random.default_rng(0)
     rep = ds.train.images[np.sort(rng.permutation(len(ds.train))[:n_rep])]
     check = ds.val.images[np.sort(rng.permutation(len(ds.val))[:n_check])]  # both classes, any n_check

@@ -26,7 +26,7 @@ import numpy as np
 
 from thaw import budget
 from thaw import data as data_mod
-from thaw.diskarray import DiskArray, DiskArrayWriter
+from thaw.diskarray import ArrayWriter, DiskArray, DiskArrayWriter
 from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,18 +121,22 @@ class FeatureCache:
                 log.warning("feature cache file %s unreadable (%s); recomputing", path, exc)
         return None
 
-    def sink(self, key: str, shape, lead: int = 1) -> Optional[DiskArrayWriter]:
-        """A writer for an array of `shape` over spill_bytes (None: keep it in memory). Raises
-        DataError when the disk bound has no room for it (the caller trains on images instead)."""
+    def sink(self, key: str, shape, lead: int = 1):
+        """Where an array of `shape` is written as it is computed: a DiskArrayWriter when it is over
+        spill_bytes, else an ArrayWriter in memory. Raises DataError when the disk bound has no room
+        for it (the caller trains on images instead)."""
         nbytes = int(math.prod(shape)) * 4
         if self.spill_bytes is None or nbytes <= self.spill_bytes:
-            return None
+            return ArrayWriter(shape, shape[lead:])
         where = self.dir if self.dir is not None else budget.LEDGER.temp_dir() / "features"
         budget.LEDGER.claim(self.data_cfg, where, nbytes, "the feature cache")
+        budget.remove_stale(where)  # temp files of killed processes of this host
         self.spilled.append(key)
-        log.info("feature cache: %.0f MB of activations over the memory budget (%.0f MB) go to disk at %s",
-                 nbytes / budget.MB, self.spill_bytes * 2 / budget.MB, where)
-        return DiskArrayWriter(where / f"{key}.npy", shape[lead:], np.float32, final_shape=shape)
+        log.info("feature cache: %.0f MB of activations (held twice while training) are over a quarter of "
+                 "the memory bound (%.0f MB): they go to disk at %s", nbytes / budget.MB,
+                 self.spill_bytes * 2 * budget.IN_MEMORY_COPIES / budget.MB, where)
+        return DiskArrayWriter(where / f"{key}.npy", shape[lead:], np.float32, final_shape=shape,
+                               on_abort=lambda: budget.LEDGER.release(nbytes))
 
     def _write(self, key: str, arr: np.ndarray) -> None:
         if self.dir is None:
@@ -232,7 +236,9 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
         return augment.apply(take(k % n), params)
 
     ds = tf.data.Dataset.range(views * n).batch(batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return [o if isinstance(o, DiskArray) else o.reshape((views, n) + o.shape[1:]) for o in _run(model, ds, sinks)]
+    outs = _run(model, ds, sinks)  # a writer's output has its final (V, n, ...) shape already
+    return [o if j < len(sinks) and sinks[j] is not None else o.reshape((views, n) + o.shape[1:])
+            for j, o in enumerate(outs)]
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
@@ -252,7 +258,7 @@ class PhaseData(NamedTuple):
     views: int = 0  # augmented views per training image (0: none, or fresh draws every epoch)
 
 
-def open_cache(cfg, aug=None) -> Optional[FeatureCache]:
+def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
     """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image
     (and of the augmentation draw, with augmentation)."""
     from thaw.errors import ConfigError
@@ -271,9 +277,13 @@ def open_cache(cfg, aug=None) -> Optional[FeatureCache]:
             raise ConfigError("trainer.cache_features=true: " + "; ".join(reasons))
         log.info("feature cache off: %s", "; ".join(reasons))
         return None
-    max_bytes = int(cfg.trainer.cache_max_mb) * budget.MB
-    spill = min(max_bytes, budget.memory_budget(cfg.data)) // 2
-    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=spill, data_cfg=cfg.data)
+    # one memory bound for the data: what the decoded images held in memory leave of it
+    room = max(0, budget.memory_budget(cfg.data) - budget.IN_MEMORY_COPIES * data_bytes)
+    max_bytes = min(int(cfg.trainer.cache_max_mb) * budget.MB, room)
+    # an array in memory is held twice while training (the array and the copy tf.data feeds from):
+    # one over a quarter of the bound goes to disk
+    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // (2 * budget.IN_MEMORY_COPIES),
+                        data_cfg=cfg.data)
 
 
 class PhaseInputs:
@@ -287,7 +297,7 @@ class PhaseInputs:
         # an image is trained on one view per epoch: no run needs more views than its longest phase
         longest = max(int(cfg.trainer.head_epochs), int(cfg.trainer.finetune_epochs))
         self.views = min(int(cfg.trainer.augment_views), longest) if aug is not None else 0
-        self.cache = open_cache(cfg, aug)
+        self.cache = open_cache(cfg, aug, 0 if ds.streamed_from else ds.nbytes)
         if self.cache is None and cfg.trainer.cache_features not in (False, "false"):
             # nothing can be cached (e.g. a random-init base whose BatchNorm trains): draw afresh
             # every epoch. With cache_features=false the same V draws are used on images, which

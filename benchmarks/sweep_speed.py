@@ -10,6 +10,7 @@ Prints one JSON line per sweep and one with the speed-up. Needs ../shared (real 
 """
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,20 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import DATA, REPO, WEIGHTS, emit, need_shared, timed  # noqa: E402
+
+
+SETUP = ("import", "data", "build", "trace", "save", "other")
+
+
+def trial_breakdown(m: dict) -> dict:
+    """One trial's time_breakdown and its set-up share (what is not compute, feature extraction,
+    checkpoints or test evaluation)."""
+    tb = m.get("time_breakdown") or {}
+    total = tb.get("total") or 0.0
+    setup = sum(tb.get(k, 0.0) for k in SETUP)
+    return dict(status=m.get("status"), depth=(m.get("unfreeze") or {}).get("depth"),
+                total_s=round(total, 1), setup_share=round(setup / total, 3) if total else None,
+                breakdown={k: round(v, 1) for k, v in tb.items() if k != "total" and v >= 0.05})
 
 
 def main():
@@ -61,6 +76,8 @@ def main():
             secs, _ = timed(cmd, REPO, log_path=Path(tmp) / f"{name}.log")
             res = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
             results[name] = (secs, res)
+            for m in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime):
+                emit(figure="trial", variant=name, **trial_breakdown(json.loads(m.read_text())))
             emit(figure="sweep", variant=name, quick=args.quick, augment=args.augment, n_trials=n_trials,
                  wall_seconds=round(secs, 1),
                  best_value=res.get("best_value"), best_params=res.get("best_params"),

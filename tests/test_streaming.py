@@ -144,3 +144,42 @@ def test_the_default_memory_budget_follows_ulimit_d():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     avail, default, fixed = map(int, out.stdout.split())
     assert 0 < avail <= 3 * 2 ** 30 and default == avail // 2 and fixed == 100 * 2 ** 20
+
+
+def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
+    from thaw import budget
+
+    features.clear_memory_cache()
+    cache_dir, arr = tmp_path / "cache", np.arange(4 * 10 * 3, dtype=np.float32).reshape(4, 10, 3)
+    data_cfg = OmegaConf.create({"max_disk_mb": None})
+
+    def compute(sink):  # as predict_views writes: rows of (view, image) in order, in batches
+        for chunk in np.array_split(arr.reshape(40, 3), 3):
+            sink.append(chunk)
+        return sink.close()
+
+    cache = features.FeatureCache(max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg)
+    got = cache.get_or_compute("views-key", compute, shape=(4, 10, 3), lead=2)
+    assert isinstance(got, DiskArray) and got.shape == (4, 10, 3) and np.array_equal(np.asarray(got), arr)
+    assert (cache_dir / "views-key.npy").is_file() and cache.spilled == ["views-key"]
+    small = cache.get_or_compute("small", lambda sink: compute_small(sink), shape=(2, 3))
+    assert isinstance(small, np.ndarray) and np.array_equal(np.load(cache_dir / "small.npy"), small)
+    # another process (memory cleared) reads the spilled entry back from cache_dir, as a DiskArray
+    features.clear_memory_cache()
+    later = features.FeatureCache(max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg)
+    again = later.get_or_compute("views-key", lambda sink: pytest.fail("recomputed"), shape=(4, 10, 3), lead=2)
+    assert isinstance(again, DiskArray) and again.shape == (4, 10, 3) and later.hits == 1
+    kept = later.get_or_compute("small", lambda sink: pytest.fail("recomputed"), shape=(2, 3))
+    assert isinstance(kept, np.ndarray) and later.hits == 2  # small enough: read into memory
+    # the disk bound: no room, one DataError naming the key, the claim given back
+    before = budget.LEDGER.written
+    tight = features.FeatureCache(max_bytes=1000, cache_dir=str(tmp_path / "other"), spill_bytes=100,
+                                  data_cfg=OmegaConf.create({"max_disk_mb": 0}))
+    with pytest.raises(DataError, match="data.max_disk_mb"):
+        tight.sink("big", (4, 10, 3), lead=2)
+    assert budget.LEDGER.written == before
+
+
+def compute_small(sink):
+    sink.append(np.ones((2, 3), np.float32))
+    return sink.close()

@@ -111,9 +111,10 @@ class FeatureCache:
         path = self.dir / f"{key}.npy" if self.dir else None
         if path is not None and path.is_file():
             try:
-                if self.spill_bytes is not None and path.stat().st_size > self.spill_bytes:
-                    _DISK[key] = DiskArray(path)
-                    return _DISK[key]
+                on_disk = DiskArray(path)  # reads the header only
+                if self.spill_bytes is not None and on_disk.nbytes > self.spill_bytes:
+                    _DISK[key] = on_disk
+                    return on_disk
                 arr = np.load(path, mmap_mode=None)
                 self._remember(key, arr)
                 return arr

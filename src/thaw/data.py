@@ -268,12 +268,16 @@ def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[
     ds = (tf.data.Dataset.from_tensor_slices(files)
           .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .batch(256).prefetch(2))
+    out = np.empty((len(files), image_size, image_size, 3), np.uint8)  # filled in place: held once
     try:
-        arrays = [b.numpy() for b in ds]
-        return np.concatenate(arrays), np.ones(len(files), bool)
+        at = 0
+        for b in ds:
+            out[at:at + len(b)] = b.numpy()
+            at += len(b)
+        return out, np.ones(len(files), bool)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.ResourceExhaustedError):
         pass
-    out = np.zeros((len(files), image_size, image_size, 3), np.uint8)
+    out[:] = 0
     ok = np.ones(len(files), bool)
     for i, f in enumerate(files):
         try:
@@ -605,21 +609,20 @@ def _load(cfg, image_size: int, seed: int) -> Dataset:
 
 
 def rows(array):
-    """idx -> array[idx] as a tensor, for tf.data: a gather from a constant for an array in memory,
-    a pread per row (tf.numpy_function) for a DiskArray."""
+    """idx -> array[idx] as a tensor, for tf.data (tf.numpy_function): NumPy indexing of an array in
+    memory, a pread per row of a DiskArray. Only the batch is copied into TensorFlow: a tf.constant
+    of the whole array would be a second copy per pipeline (measured: 8000 images at 160 px, peak
+    RSS 3.8 GB with one constant per feature pass, for 0.6 GB of images)."""
     import tensorflow as tf
 
-    if isinstance(array, DiskArray):
-        dtype, row_shape = tf.as_dtype(array.dtype), tuple(array.shape[1:])
+    dtype, row_shape = tf.as_dtype(array.dtype), tuple(array.shape[1:])
 
-        def take(idx):
-            out = tf.numpy_function(lambda i: array[i], [idx], dtype, stateful=False)
-            out.set_shape((None,) + row_shape)
-            return out
+    def take(idx):
+        out = tf.numpy_function(lambda i: array[i], [idx], dtype, stateful=False)
+        out.set_shape((None,) + row_shape)
+        return out
 
-        return take
-    const = tf.constant(array)
-    return lambda idx: tf.gather(const, idx)
+    return take
 
 
 def in_order(array, batch_size: int):
@@ -635,19 +638,12 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
     """A batched, prefetched tf.data pipeline over the split (float32 pixels 0..255)."""
     import tensorflow as tf
 
-    if isinstance(split.images, DiskArray):  # indices shuffled as the in-memory pairs would be
-        order = tf.data.Dataset.range(len(split))
-        if shuffle:
-            order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-        take, labels = rows(split.images), tf.constant(split.labels)
-        ds = order.batch(batch_size).map(
-            lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    order = tf.data.Dataset.range(len(split))
     if shuffle:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
+        order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    take, labels = rows(split.images), tf.constant(split.labels)
+    ds = order.batch(batch_size).map(
+        lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

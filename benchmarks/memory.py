@@ -75,7 +75,8 @@ def run(folder: Path, n: int, mode: str, work: Path, limit_fraction: float, epoc
     for r in metrics.get("history", []):
         secs.setdefault(r["phase"], []).append(round(r.get("seconds") or 0.0, 2))
     text = (work / f"log-{n}-{mode}.txt").read_text()
-    tail = text.strip().splitlines()[-1:] if code else []
+    errors = [l for l in text.splitlines() if "Error" in l and "HYDRA_FULL_ERROR" not in l]
+    tail = (errors or text.strip().splitlines())[-1:] if code else []
     return dict(images=n, mode=mode, streamed="streamed from disk" in text, exit_code=code, peak_rss_mb=round(usage.ru_maxrss / 1024),
                 wall_s=round(wall, 1), epoch_s=secs, overrides=extra,
                 decoded_mb=round(n * SIZE * SIZE * 3 / 2 ** 20),

@@ -36,7 +36,9 @@ from common import DATA, REPO, WEIGHTS, emit, need_shared  # noqa: E402
 DEPTH_MAX, LR_MIN, LR_MAX, FINETUNE_FACTOR, SEED = 19, 1e-5, 1e-2, 0.1, 7
 
 
-def setting(quick: bool) -> dict:
+def setting(quick) -> dict:
+    if quick == "smoke":  # checks that every tool runs (seconds, not a measurement)
+        return dict(size=64, per_class=16, head=1, finetune=1, trials=2)
     if quick:
         return dict(size=96, per_class=150, head=3, finetune=3, trials=6)
     return dict(size=160, per_class=None, head=5, finetune=5, trials=8)
@@ -209,7 +211,8 @@ def run_thaw(s, out: Path, env):
 
 def run_peer(tool: str, quick: bool, out: Path, env):
     t0 = time.time()
-    res = subprocess.run([sys.executable, __file__, "--child", tool, *(["--quick"] if quick else []),
+    flag = ["--smoke"] if quick == "smoke" else ["--quick"] if quick else []
+    res = subprocess.run([sys.executable, __file__, "--child", tool, *flag,
                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -231,21 +234,23 @@ def time_to(t0: float, done, target: float):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tools", nargs="+", default=["thaw", "kt_bayesian", "kt_hyperband", "optuna_keras"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    quick = "smoke" if args.smoke else args.quick
     if args.child:
-        return child(args.child, args.quick, Path(args.out))
+        return child(args.child, quick, Path(args.out))
     need_shared()
-    s = setting(args.quick)
+    s = setting(quick)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="thaw-peers-") as tmp:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled", KERAS_HOME=str(Path(tmp) / "keras"))
         for tool in args.tools:
             out = Path(tmp) / tool
             out.mkdir()
-            runs[tool] = run_thaw(s, out, env) if tool == "thaw" else run_peer(tool, args.quick, out, env)
+            runs[tool] = run_thaw(s, out, env) if tool == "thaw" else run_peer(tool, quick, out, env)
     best = max(v for _, _, done in runs.values() for _, v in done if v is not None)
     for tool, (t0, wall, done) in runs.items():
         values = [v for _, v in done if v is not None]

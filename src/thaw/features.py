@@ -31,6 +31,9 @@ from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# An array over 1/SPILL_FRACTION of the memory bound goes to disk: a phase holds its training and
+# validation arrays while the previous phase's stay cached for later trials.
+SPILL_FRACTION = 4
 _MEMORY: "OrderedDict[str, np.ndarray]" = OrderedDict()
 _DISK: Dict[str, DiskArray] = {}  # spilled to disk by this process (temp dir or cache_dir)
 
@@ -133,9 +136,8 @@ class FeatureCache:
         budget.LEDGER.claim(self.data_cfg, where, nbytes, "the feature cache")
         budget.remove_stale(where)  # temp files of killed processes of this host
         self.spilled.append(key)
-        log.info("feature cache: %.0f MB of activations (held twice while training) are over a quarter of "
-                 "the memory bound (%.0f MB): they go to disk at %s", nbytes / budget.MB,
-                 self.spill_bytes * 2 * budget.IN_MEMORY_COPIES / budget.MB, where)
+        log.info("feature cache: %.0f MB of activations are over a quarter of the memory bound (%.0f MB): "
+                 "they go to disk at %s", nbytes / budget.MB, self.spill_bytes * SPILL_FRACTION / budget.MB, where)
         return DiskArrayWriter(where / f"{key}.npy", shape[lead:], np.float32, final_shape=shape,
                                on_abort=lambda: budget.LEDGER.release(nbytes))
 
@@ -281,10 +283,7 @@ def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
     # one memory bound for the data: what the decoded images held in memory leave of it
     room = max(0, budget.memory_budget(cfg.data) - budget.IN_MEMORY_COPIES * data_bytes)
     max_bytes = min(int(cfg.trainer.cache_max_mb) * budget.MB, room)
-    # an array in memory is held twice while training (the array and the copy tf.data feeds from):
-    # one over a quarter of the bound goes to disk
-    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // (2 * budget.IN_MEMORY_COPIES),
-                        data_cfg=cfg.data)
+    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // SPILL_FRACTION, data_cfg=cfg.data)
 
 
 class PhaseInputs:

@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--limit-data", type=float, default=0.0, metavar="F")
     ap.add_argument("--epochs", type=int, nargs=2, default=[1, 1], metavar=("HEAD", "FINETUNE"))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more thaw-train overrides")
+    ap.add_argument("--keep", metavar="DIR", help="keep the runs' logs and metrics here")
     args = ap.parse_args()
     need_shared()
     sizes = args.sizes or ([1000, 4000] if args.quick else [1000, 4000, 16000, 64000])
@@ -103,6 +104,12 @@ def main():
                 emit(**run(folder, n, mode, work, args.limit_data, args.epochs, args.set))
             shutil.rmtree(folder)
     finally:
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for f in work.glob("log-*.txt"):
+                shutil.copy(f, args.keep)
+            for f in work.glob("run-*/metrics.json"):
+                shutil.copy(f, Path(args.keep) / f"{f.parent.name}-metrics.json")
         shutil.rmtree(work, ignore_errors=True)
 
 

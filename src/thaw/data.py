@@ -268,7 +268,12 @@ def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[
     ds = (tf.data.Dataset.from_tensor_slices(files)
           .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .batch(256).prefetch(2))
-    out = np.empty((len(files), image_size, image_size, 3), np.uint8)  # filled in place: held once
+    try:
+        out = np.empty((len(files), image_size, image_size, 3), np.uint8)  # filled in place: held once
+    except MemoryError:
+        raise DataError(f"data: {len(files)} decoded images ({_mb(len(files) * image_size ** 2 * 3)}) do not fit "
+                        "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
+                        "stream them from disk") from None
     try:
         at = 0
         for b in ds:

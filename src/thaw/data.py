@@ -613,13 +613,32 @@ def _load(cfg, image_size: int, seed: int) -> Dataset:
     raise ConfigError(f"data.name: unknown data source {cfg.name!r}")
 
 
-def rows(array):
-    """idx -> array[idx] as a tensor, for tf.data (tf.numpy_function): NumPy indexing of an array in
-    memory, a pread per row of a DiskArray. Only the batch is copied into TensorFlow: a tf.constant
-    of the whole array would be a second copy per pipeline (measured: 8000 images at 160 px, peak
-    RSS 3.8 GB with one constant per feature pass, for 0.6 GB of images)."""
+_CONSTANTS: dict = {}  # id(array) -> its tf.constant, dropped when the array is collected
+
+
+def _constant(array):
+    """One tf.constant per array object for the whole process (a new one per pipeline made a copy
+    per feature pass: 8000 images at 160 px, peak RSS 3.8 GB for 0.6 GB of images)."""
+    import weakref
+
     import tensorflow as tf
 
+    key = id(array)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = tf.constant(array)
+        weakref.finalize(array, _CONSTANTS.pop, key, None)
+    return _CONSTANTS[key]
+
+
+def rows(array):
+    """idx -> array[idx] as a tensor, for tf.data: a gather from the array's one tf.constant when it
+    is in memory (what data.max_memory_mb counts twice), a pread per row (tf.numpy_function) for a
+    DiskArray; only its batch is copied into TensorFlow."""
+    import tensorflow as tf
+
+    if not isinstance(array, DiskArray):
+        const = _constant(array)
+        return lambda idx: tf.gather(const, idx)
     dtype, row_shape = tf.as_dtype(array.dtype), tuple(array.shape[1:])
 
     def take(idx):

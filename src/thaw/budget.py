@@ -117,7 +117,7 @@ def available_memory() -> int:
 
 def memory_budget(cfg_data) -> int:
     """data.max_memory_mb in bytes (default: half the available memory)."""
-    mb = cfg_data.get("max_memory_mb") if hasattr(cfg_data, "get") else getattr(cfg_data, "max_memory_mb", None)
+    mb = cfg_data.get("max_memory_mb")
     return int(mb) * MB if mb is not None else available_memory() // 2
 
 

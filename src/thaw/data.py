@@ -271,7 +271,7 @@ def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[
     try:
         out = np.empty((len(files), image_size, image_size, 3), np.uint8)  # filled in place: held once
     except MemoryError:
-        raise DataError(f"data: {len(files)} decoded images ({_mb(len(files) * image_size ** 2 * 3)}) do not fit "
+        raise DataError(f"data: {len(files)} decoded images ({size_text(len(files) * image_size ** 2 * 3)}) do not fit "
                         "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
                         "stream them from disk") from None
     try:
@@ -485,7 +485,7 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
             target = disk.dir if disk is not None else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
             log.info("data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in memory "
                      "(x%d while training): streaming them from %s", need // (image_size ** 2 * 3),
-                     _mb(need), image_size, limit // budget.MB, budget.IN_MEMORY_COPIES, target)
+                     size_text(need), image_size, limit // budget.MB, budget.IN_MEMORY_COPIES, target)
             budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
             try:
                 data = stream_folder(scan, cfg, image_size, target)
@@ -500,7 +500,7 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
         data = _load(cfg, image_size, seed)
         if data.nbytes * budget.IN_MEMORY_COPIES > limit:
             log.warning("data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
-                        "for data larger than memory use data=folder", _mb(data.nbytes), limit // budget.MB,
+                        "for data larger than memory use data=folder", size_text(data.nbytes), limit // budget.MB,
                         cfg.name)
         if disk is not None:
             disk.write(data)
@@ -523,7 +523,7 @@ def _image_key(cfg) -> str:
     return OmegaConf.to_yaml({k: v for k, v in d.items() if k not in _NOT_IMAGES})
 
 
-def _mb(nbytes: int) -> str:
+def size_text(nbytes: int) -> str:
     return f"{nbytes / 2 ** 30:.1f} GB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.0f} MB"
 
 

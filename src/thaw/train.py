@@ -300,8 +300,8 @@ def load_data(cfg):
              len(ds.train), len(ds.val), f" / {len(ds.test)} test" if ds.test else "",
              ds.class_names, size, time.perf_counter() - t0,
              f"; {len(ds.skipped)} bad file(s) skipped" if ds.skipped else "",
-             f"{data_mod._mb(ds.nbytes)} streamed from disk ({ds.streamed_from})" if ds.streamed_from
-             else f"{data_mod._mb(ds.nbytes)} held in memory")
+             f"{data_mod.size_text(ds.nbytes)} streamed from disk ({ds.streamed_from})" if ds.streamed_from
+             else f"{data_mod.size_text(ds.nbytes)} held in memory")
     if cfg.data.num_classes is not None and cfg.data.num_classes != ds.num_classes:
         raise ConfigError(f"data.num_classes: set to {cfg.data.num_classes} but the data has "
                           f"{ds.num_classes} classes")

@@ -109,15 +109,23 @@ def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
     return {"error": message}
 
 
-def _release_graphs() -> None:
-    """Trials that share a process would otherwise keep every earlier trial's graphs."""
+def _release_graphs(keep_compiled: bool) -> None:
+    """Trials that share a process would otherwise keep every earlier trial's graphs. With the
+    classifier and its compiled fit models kept for later trials (trainer.reuse_compiled), one garbage
+    collection frees the rest; clear_session (another collection, and TensorFlow's kernel cache, which
+    the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the collection
+    (TensorFlow, the kept models) is frozen out of later collections, which then scan only what the
+    next trial allocated (0.4 s -> ~0.05 s a trial); thaw.compiled unfreezes when it drops a model."""
     if "keras" in sys.modules:
         import gc
 
+        if keep_compiled:
+            gc.collect()
+            gc.freeze()
+            return
         import keras
 
-        keras.backend.clear_session()
-        gc.collect()
+        keras.backend.clear_session()  # collects garbage too
 
 
 def run(cfg: DictConfig):
@@ -179,7 +187,7 @@ def run(cfg: DictConfig):
         if started:
             log_model = cfg.logger.get("log_model") and state == "COMPLETE"
             started[0].finish(summary, state, out / "model.keras" if log_model else None)
-        _release_graphs()
+        _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)))
     if trial is not None:
         trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)

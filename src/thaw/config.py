@@ -119,6 +119,9 @@ class TrainerConfig:
     cpu_devices: Optional[int] = None  # split the CPU into N logical devices (tests multi-device code)
     # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is pruned)
     checkpoint: bool = True
+    # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
+    # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras compile
+    reuse_compiled: bool = True
     # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
     # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
     resume: str = "auto"

@@ -184,8 +184,26 @@ def _take(files: List[str], limit: Optional[int]) -> List[str]:
     return files[:limit] if limit else files
 
 
+_SCANNED: dict = {}  # the last scan: a sweep's trials (config check and load) list the folder once
+
+
 def scan_folder(cfg) -> FolderScan:
-    """Find classes and files, split them deterministically by file name; no image is decoded here."""
+    """Find classes and files, split them deterministically by file name; no image is decoded here.
+    Reused while the data config and the folder's directory times are unchanged."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    key = repr(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    stamp = _folder_stamp(cfg)
+    if stamp is not None and _SCANNED.get("key") == (key, stamp):
+        return copy.deepcopy(_SCANNED["scan"])
+    scan = _scan_folder(cfg)
+    _SCANNED.update(key=(key, stamp), scan=copy.deepcopy(scan))
+    return scan
+
+
+def _scan_folder(cfg) -> FolderScan:
     if not cfg.path:
         raise ConfigError("data.path: required for data=folder (a directory of class sub-folders)")
     root = Path(os.path.expanduser(str(cfg.path)))

@@ -342,12 +342,21 @@ class PhaseInputs:
             return self._images(phase)
 
     # -- the models on either side of the cut
+    def _whole_model(self):
+        """The classifier as a fit model of its own for this trainable set (a wrapper sharing its layers):
+        the head phase and each depth keep their compiled step for later trials (thaw.compiled)."""
+        import keras
+
+        model, base = self.clf.model, self.clf.base
+        trainable = tuple(l.name for l in base.layers if l.trainable)
+        return self.clf.fits.get(("images", trainable), lambda: keras.Model(model.inputs, model.outputs))
+
     def _images(self, phase) -> PhaseData:
         if self.aug is not None:
             return self._augmented_images(phase)
         # epoch e's order is drawn from (seed, e): the same as the cached path, and as a resumed run's
         train = data_mod.train_epochs(self.ds.train, self.bs, self.seed, phase.start, phase.remaining)
-        return PhaseData(self.clf.model, train, self.val_images, "images",
+        return PhaseData(self._whole_model(), train, self.val_images, "images",
                          steps_per_epoch=math.ceil(len(self.ds.train) / self.bs))
 
     def _augmented_images(self, phase, views: Optional[int] = None) -> PhaseData:
@@ -372,7 +381,7 @@ class PhaseInputs:
             return augment.apply(take(idx), params), tf.gather(labels, idx)
 
         train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
-        return PhaseData(self.clf.model, train, self.val_images, "images",
+        return PhaseData(self._whole_model(), train, self.val_images, "images",
                          steps_per_epoch=math.ceil(n / self.bs), views=views)
 
     def _pooled_models(self, extra_tensors=()):
@@ -381,7 +390,7 @@ class PhaseInputs:
 
         model = self.clf.model
         pool_out = model.get_layer("head_pool").output
-        fit_model = keras.Model(pool_out, model.output)
+        fit_model = self.clf.fits.get(("pooled",), lambda: keras.Model(pool_out, model.output))
         if not extra_tensors:
             return keras.Model(model.input, pool_out), fit_model
         base = self.clf.base
@@ -395,10 +404,14 @@ class PhaseInputs:
         import keras
 
         model, base = self.clf.model, self.clf.base
-        top = keras.Model(bt, base.output)
-        head = keras.Model(self.clf.base_output, model.output)
-        inp = keras.Input(tuple(bt.shape[1:]))
-        fit_model = keras.Model(inp, head(top(inp, training=False)))
+
+        def top_and_head():
+            top = keras.Model(bt, base.output)
+            head = keras.Model(self.clf.base_output, model.output)
+            inp = keras.Input(tuple(bt.shape[1:]))
+            return keras.Model(inp, head(top(inp, training=False)))
+
+        fit_model = self.clf.fits.get(("at", bt._keras_history[0].name), top_and_head)
         prefix_model = keras.Model(base.input, [bt] + list(extra_tensors))
         size = int(self.cfg.backbone.image_size)
         img = keras.Input((size, size, 3))

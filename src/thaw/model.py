@@ -15,10 +15,14 @@ from thaw.heads import build_head
 
 log = logging.getLogger("thaw.train")
 
-# Bases built in this process, with their initial state: trials of an in-process sweep reuse them
-# (weights put back in memory) instead of rebuilding the graph and re-reading the weights file.
+# Bases and whole classifiers built in this process, with their initial state: trials of an in-process
+# sweep reuse them (weights put back in memory) instead of rebuilding the graph and re-reading the
+# weights file; a reused classifier keeps its compiled fit models (thaw.compiled), so a trial at a
+# depth seen before pays no trace.
 _BASES: "OrderedDict[tuple, tuple]" = OrderedDict()
 _MAX_BASES = 2
+_CLASSIFIERS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MAX_CLASSIFIERS = 2
 
 
 def base_training_flag(cfg_backbone):
@@ -42,16 +46,61 @@ class Classifier(NamedTuple):
     base: Any  # the convolutional base (a nested keras.Model), frozen and unfrozen by blocks
     base_output: Any  # the base's output tensor in the model's graph (the head's input)
     spec: Any  # thaw.backbones.BackboneSpec: block names, preprocessing
+    fits: Any = None  # thaw.compiled.FitModels: the models phases fit, kept with the classifier
 
 
 def build_classifier(cfg, num_classes: int) -> Classifier:
-    import keras
+    """The classifier for this run: built, or this process's earlier one with every variable (base,
+    head, dropout seed state), BatchNorm momenta and the RNG state after building put back, so the
+    run computes exactly what it would in a fresh process."""
+    import random
 
-    spec = get_spec(cfg.backbone.name)
-    size = cfg.backbone.image_size
+    import numpy as np
+
+    from thaw.compiled import release_frozen
+
     weights = cfg.backbone.weights
     if weights is not None and weights != "imagenet":
         weights = str(weights)
+    spec = get_spec(cfg.backbone.name)
+    key = _classifier_key(spec, cfg, weights, num_classes)
+    hit = _CLASSIFIERS.get(key)
+    if hit is not None:
+        clf, initial, momenta, py_state, np_state = hit
+        _CLASSIFIERS.move_to_end(key)
+        clf.base.trainable = True
+        for v, value in zip(clf.model.variables, initial):
+            v.assign(value)
+        for layer, momentum in momenta:
+            layer.momentum = momentum
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        log.info("model: reusing this process's %s classifier (initial weights restored in memory)", spec.name)
+        return clf
+    clf = _build(spec, cfg, weights, num_classes)
+    momenta = [(layer, layer.momentum) for layer in clf.base._flatten_layers() if hasattr(layer, "momentum")]
+    _CLASSIFIERS[key] = (clf, [v.numpy() for v in clf.model.variables], momenta, random.getstate(),
+                         np.random.get_state())
+    while len(_CLASSIFIERS) > _MAX_CLASSIFIERS:
+        _CLASSIFIERS.popitem(last=False)
+        release_frozen()
+    return clf
+
+
+def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
+    from omegaconf import OmegaConf
+
+    head = OmegaConf.to_container(cfg.head, resolve=True) if OmegaConf.is_config(cfg.head) else dict(cfg.head)
+    return (_base_key(spec, cfg, int(cfg.backbone.image_size), weights), repr(sorted(head.items())),
+            int(num_classes), base_training_flag(cfg.backbone), cfg.backbone.get("batchnorm_momentum"))
+
+
+def _build(spec, cfg, weights, num_classes: int) -> Classifier:
+    import keras
+
+    from thaw.compiled import FitModels
+
+    size = cfg.backbone.image_size
     base = _base(spec, cfg, size, weights)
     set_batchnorm_momentum(base, cfg.backbone.get("batchnorm_momentum"))
     inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
@@ -60,7 +109,7 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     features = base(x, training=base_training_flag(cfg.backbone))
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
-    return Classifier(model, base, features, spec)
+    return Classifier(model, base, features, spec, FitModels())
 
 
 def _base_key(spec, cfg, size: int, weights) -> tuple:
@@ -86,6 +135,8 @@ def _base(spec, cfg, size: int, weights):
 
     import numpy as np
 
+    from thaw.compiled import release_frozen
+
     key = _base_key(spec, cfg, size, weights)
     hit = _BASES.get(key)
     if hit is not None:
@@ -104,6 +155,7 @@ def _base(spec, cfg, size: int, weights):
     _BASES[key] = (base, base.get_weights(), momenta, random.getstate(), np.random.get_state())
     while len(_BASES) > _MAX_BASES:
         _BASES.popitem(last=False)
+        release_frozen()
     return base
 
 

@@ -241,9 +241,7 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         info.update(cache=data.cache_tag, cache_seconds=data.cache_seconds)
     if data.views:
         info["augment_views"] = data.views
-    lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
-    data.model.compile(optimizer=_optimizer(cfg.trainer.optimizer, lr), loss=run.loss,
-                       metrics=_loss_and_metrics(run.ds.num_classes)[1], jit_compile=cfg.trainer.jit_compile)
+    _compile(run, data, phase)
     if position == "continue":
         data.model.optimizer.build(data.model.trainable_variables)
         try:
@@ -278,12 +276,16 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
 
 def evaluate_test_split(run: Run) -> None:
     """The held-out test split, once, on the full model (the phases may have fit a sub-model)."""
+    from thaw.compiled import build_state
+
     ds = run.ds
     if ds.test is None or not len(ds.test):
         return
     model = run.clf.model
     model.compile(loss=run.loss, metrics=_loss_and_metrics(ds.num_classes)[1])
     test = data_mod.to_tf(ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed))
+    if run.cfg.trainer.reuse_compiled:
+        build_state(model, test.element_spec)  # one trace of the test step, not two
     res = model.evaluate(test, verbose=0, return_dict=True)
     run.record.update(test_accuracy=float(res["accuracy"]), test_loss=float(res["loss"]))
     log.info("test: accuracy %.4f  loss %.4f (%d images)", res["accuracy"], res["loss"], len(ds.test))
@@ -352,15 +354,34 @@ def _checkpointer(run: Run, phase: str, optimizer):
 
     def save(done: int, ended: bool, state: Dict[str, Any]) -> None:
         t0 = time.perf_counter()
+        model = run.clf.model
+        variables = checkpoint.arrays(model.variables)  # read once: the weights are among them
+        where = {id(v): i for i, v in enumerate(model.variables)}
+        weights = [variables[where[id(w)]] for w in model.weights]
         checkpoint.save(out, run.cfg, checkpoint.Checkpoint(
             phase, done, ended, run.record.history, run.record.phases,
             {"value": run.best.value, "step": run.best.step}, state,
-            checkpoint.arrays(run.clf.model.variables), checkpoint.arrays(optimizer.variables), run.best.weights,
+            variables, checkpoint.arrays(optimizer.variables), run.best.weights,
             run.record.get("resumed", []), time.perf_counter() - run.record.started),
-            run.clf.model.get_weights() if run.best.weights is not None else [])
+            weights if run.best.weights is not None else [])
         run.record.update(checkpoint_seconds=run.record.get("checkpoint_seconds", 0.0) + time.perf_counter() - t0)
 
     return save
+
+
+def _compile(run: Run, data, phase: Phase) -> None:
+    """Compile the phase's fit model, or reuse this process's compiled one (thaw.compiled)."""
+    from thaw.compiled import compile_for_fit
+
+    cfg = run.cfg
+    lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
+    reused = compile_for_fit(
+        data.model, cfg.trainer.optimizer, lambda: _optimizer(cfg.trainer.optimizer, lr), lr, run.loss,
+        lambda: _loss_and_metrics(run.ds.num_classes)[1], cfg.trainer.jit_compile,
+        None if data.train is None else data.train.element_spec, reuse=bool(cfg.trainer.reuse_compiled))
+    run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"
+    if reused:
+        log.info("phase %s: reusing this process's compiled step (optimizer state reset)", phase.name)
 
 
 def _timed(fn, *args):
@@ -369,16 +390,47 @@ def _timed(fn, *args):
     return result, time.perf_counter() - t0
 
 
+_TF_SEED: list = []  # TensorFlow's global seed as this process last set it
+
+
 def _seed_and_precision(cfg_trainer) -> None:
     import keras
 
-    keras.utils.set_random_seed(int(cfg_trainer.seed))
+    seed = int(cfg_trainer.seed)
+    if cfg_trainer.reuse_compiled and _TF_SEED == [seed]:
+        _reseed_keeping_kernels(seed)
+    else:
+        keras.utils.set_random_seed(seed)
+        _TF_SEED[:] = [seed]
     # float32, or mixed precision on a GPU (the output layer stays float32, see heads.py)
     keras.mixed_precision.set_global_policy(cfg_trainer.precision)
     if cfg_trainer.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+def _reseed_keeping_kernels(seed: int) -> None:
+    """keras.utils.set_random_seed without setting TensorFlow's global seed again (it is already this
+    seed): setting it clears TensorFlow's kernel cache, so every function of the kept compiled models
+    (thaw.compiled) would be instantiated again on its next call (2-4 s a trial at depth 8 on 2 CPU
+    cores). thaw's TensorFlow random ops are stateless or take an op seed, so nothing else changes."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:  # the rest of what set_random_seed does: Keras' global SeedGenerator restarts from the seed
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+
+        global_state.set_global_attribute("global_random_seed", seed)
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    except (ImportError, AttributeError):  # another Keras layout: the full reseed, kernels and all
+        import keras
+
+        keras.utils.set_random_seed(seed)
 
 
 @contextmanager

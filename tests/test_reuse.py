@@ -12,7 +12,11 @@ RUN = ["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.n
        "trainer.deterministic=true", "trainer.save_model=false", "logger=none", "head=mlp", "unfreeze.depth=3"]
 # images: a random base whose BatchNorm trains (no cache); features: BatchNorm in inference mode, so both
 # phases fit cached activations (the head on pooled features, the top 3 blocks at their boundary)
-PATHS = {"images": [], "features": ["backbone.batchnorm=inference", "trainer.cache_features=true"]}
+PATHS = {"images": [], "features": ["backbone.batchnorm=inference", "trainer.cache_features=true"],
+         # a cosine schedule (its start and length are variables in the kept step) on cached activations;
+         # mixed precision (a LossScaleOptimizer, whose loss scale must go back to its initial value)
+         "features-cosine": ["backbone.batchnorm=inference", "trainer.cache_features=true", "lr=cosine"],
+         "images-mixed-precision": ["trainer.precision=mixed_float16"]}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -31,7 +35,8 @@ def test_a_trial_second_in_its_process_equals_it_in_a_fresh_process(tmp_path, pa
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (second, tmp_path / "fresh"))
     assert [p["compiled"] for p in a["phases"].values()] == ["reused", "reused"]
     assert [p["compiled"] for p in b["phases"].values()] == ["new", "new"]
-    assert {p["trained_on"] for p in a["phases"].values()} == {"images" if path == "images" else "cached activations"}
+    assert {p["trained_on"] for p in a["phases"].values()} == {"images" if path.startswith("images") else
+                                                              "cached activations"}
     assert len(a["history"]) == len(b["history"]) == 2
     for ra, rb in zip(a["history"], b["history"]):  # head (dropout, hidden layer) and fine-tuning alike
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -109,23 +109,33 @@ def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
     return {"error": message}
 
 
-def _release_graphs(keep_compiled: bool) -> None:
+_RELEASES = [0, False]  # trials released in this process; unfreeze before the next collection
+
+
+def _release_graphs(keep_compiled: bool, failed: bool = False) -> None:
     """Trials that share a process would otherwise keep every earlier trial's graphs. With the
     classifier and its compiled fit models kept for later trials (trainer.reuse_compiled), one garbage
     collection frees the rest; clear_session (another collection, and TensorFlow's kernel cache, which
     the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the collection
     (TensorFlow, the kept models) is frozen out of later collections, which then scan only what the
-    next trial allocated (0.4 s -> ~0.05 s a trial); thaw.compiled unfreezes when it drops a model."""
-    if "keras" in sys.modules:
-        import gc
+    next trial allocated (0.4 s -> ~0.05 s a trial). Frozen objects that later become garbage are
+    collected when thaw.compiled drops a kept model, after a failed trial (its traceback held the
+    trial's objects) and every 10th trial."""
+    if "keras" not in sys.modules:
+        return
+    import gc
 
-        if keep_compiled:
-            gc.collect()
-            gc.freeze()
-            return
+    if not keep_compiled:
         import keras
 
         keras.backend.clear_session()  # collects garbage too
+        return
+    _RELEASES[0] += 1
+    if _RELEASES[1] or _RELEASES[0] % 10 == 0:
+        gc.unfreeze()
+    _RELEASES[1] = failed
+    gc.collect()
+    gc.freeze()
 
 
 def run(cfg: DictConfig):
@@ -187,7 +197,7 @@ def run(cfg: DictConfig):
         if started:
             log_model = cfg.logger.get("log_model") and state == "COMPLETE"
             started[0].finish(summary, state, out / "model.keras" if log_model else None)
-        _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)))
+        _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)), failed=state == "FAIL")
     if trial is not None:
         trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)

@@ -1,28 +1,34 @@
 """Compiled fit models kept across the trials of a process: a trial at a depth seen before pays no trace.
 
 Keras traces a model's train step the first time `fit` runs after `compile()`; a new model object or a
-new compile traces again. For the unfrozen top of a MobileNetV2 that costs 5-18 s on 2 CPU cores,
-against about a second of compute per epoch at sweep sizes (and less on a GPU, where the trace costs
-the same). Two things cut it (trainer.reuse_compiled, on by default):
+new compile traces again. For the unfrozen top of a MobileNetV2 that costs 4-12 s on 2 CPU cores,
+against under a second of compute per epoch at sweep sizes (and less on a GPU, where the trace costs
+the same). Three things cut it (trainer.reuse_compiled, on by default):
 - the optimizer, metric and loss state is built before the first trace. Keras defers it into the
   trace when no distribution strategy is set; the variables created there make TensorFlow trace the
   step a second time (measured: the first epoch of a depth-10 fine-tune 9.8 s -> 5.0 s);
-- each classifier keeps one fit model per (cut, trainable set, optimizer), compiled once. A later
-  trial zeroes its optimizer state, sets its learning rate and fits it again on its own data: the
-  traced step is reused, and the trial computes exactly what a fresh process computes (tested).
+- each classifier keeps one fit model per (cut, trainable set), compiled once. A later trial puts its
+  optimizer's variables back to their state right after building (zero slots, the loss scale of a
+  mixed-precision optimizer), sets its learning rate (a variable, also inside a cosine schedule) and
+  fits it again on its own data: the traced step is reused and the trial computes exactly what a
+  fresh process computes (tests/test_reuse.py);
+- TensorFlow's global seed is not set again when unchanged (train._seed_and_precision): setting it
+  clears the kernel cache, and every kept function would be instantiated again (2-4 s a trial).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable
 
 log = logging.getLogger("thaw.train")
 
 MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> how it was compiled
+# model -> (how it was compiled, its optimizer's variables right after building)
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class FitModels:
@@ -43,54 +49,99 @@ class FitModels:
 
 
 def release_frozen() -> None:
-    """A kept model was dropped: objects frozen out of garbage collection (cli._release_graphs) go back
-    to it, so the dropped model's reference cycles are collected."""
-    import gc
-
+    """A kept model (or its compiled step) was dropped: objects frozen out of garbage collection
+    (cli._release_graphs) go back to it, so the dropped graphs' reference cycles are collected."""
     gc.unfreeze()
 
 
 def compile_for_fit(model, optimizer_name: str, make_optimizer: Callable[[], Any], learning_rate, loss,
                     make_metrics: Callable[[], list], jit_compile, element_spec=None, reuse: bool = True) -> bool:
     """Compile `model` for one phase, or, when it was compiled the same way before (same optimizer,
-    learning-rate form, loss, trainable variables), reset its optimizer state and learning rate in
-    place so its traced train step is reused. Returns True when reused."""
-    key = (optimizer_name, _rate_form(learning_rate), type(loss).__name__, getattr(loss, "from_logits", None),
+    learning-rate form, loss, trainable variables), put its optimizer back to its built state with the
+    new learning rate, so its traced train step is reused. Returns True when reused."""
+    key = (optimizer_name, rate_form(learning_rate), type(loss).__name__, getattr(loss, "from_logits", None),
            str(jit_compile), tuple(id(v) for v in model.trainable_variables))
-    if reuse and _COMPILED.get(model) == key:
-        _reset_optimizer(model.optimizer, learning_rate)
+    kept = _COMPILED.get(model)
+    if reuse and kept is not None and kept[0] == key:
+        _restore_optimizer(model.optimizer, kept[1], learning_rate)
         model.reset_metrics()
         return True
-    _COMPILED.pop(model, None)
+    if kept is not None:
+        del _COMPILED[model]
+        release_frozen()  # the step traced for the old compile becomes garbage
     model.compile(optimizer=make_optimizer(), loss=loss, metrics=make_metrics(), jit_compile=jit_compile)
-    if reuse:
-        if element_spec is not None:
-            build_state(model, element_spec)
-        _COMPILED[model] = key
+    if reuse and element_spec is not None and build_state(model, element_spec):
+        _COMPILED[model] = (key, [v.numpy() for v in model.optimizer.variables])
     return False
 
 
-def build_state(model, element_spec) -> None:
+def forget(model) -> None:
+    """`model` is compiled for something else now (e.g. the test evaluation): never reuse it as is."""
+    _COMPILED.pop(model, None)
+
+
+def build_state(model, element_spec) -> bool:
     """Create the optimizer, metric and loss variables now, outside the traced step, from the shapes of
-    a batch (a tf.data element_spec), so the step is traced once, not twice."""
+    a batch (a tf.data element_spec), so the step is traced once, not twice. False if it could not."""
     try:
         model._symbolic_build(data_batch=element_spec)  # what Keras runs under a distribution strategy
-    except (AttributeError, TypeError, ValueError) as exc:  # a Keras without it: the deferred build
+    except Exception as exc:  # noqa: BLE001 - a Keras without it, or a model it cannot build: Keras' own way
         log.debug("state not built before tracing: %s", exc)
+        return False
+    return model.optimizer is None or bool(model.optimizer.built)
 
 
-def _rate_form(learning_rate) -> Hashable:
-    """A constant rate lives in a variable (set in place on reuse); a schedule is baked into the trace."""
+def learning_rate(name: str, initial: float, decay_steps: int, final_fraction: float):
+    """The phase's learning rate: a float, or a cosine decay whose start and length are variables, so
+    a kept compiled step (which bakes in constants) serves every rate and schedule length."""
+    if name != "cosine":
+        return initial
+    return _cosine_class()(float(initial), max(1, int(decay_steps)), float(final_fraction))
+
+
+_COSINE: list = []
+
+
+def _cosine_class():
+    if not _COSINE:
+        import keras
+
+        class VariableCosineDecay(keras.optimizers.schedules.CosineDecay):
+            """keras' CosineDecay with its start and length in variables (same arithmetic, float32)."""
+
+            def __init__(self, initial, steps, alpha):
+                super().__init__(initial_learning_rate=initial, decay_steps=steps, alpha=alpha)
+                self.initial_learning_rate = keras.Variable(initial, dtype="float32", trainable=False,
+                                                            name="lr_start")
+                self.decay_steps = keras.Variable(float(steps), dtype="float32", trainable=False, name="lr_steps")
+
+            def get_config(self):
+                return {**super().get_config(), "initial_learning_rate": float(self.initial_learning_rate.numpy()),
+                        "decay_steps": int(self.decay_steps.numpy())}
+
+        _COSINE.append(VariableCosineDecay)
+    return _COSINE[0]
+
+
+def rate_form(learning_rate) -> Hashable:
+    """What a traced step bakes in of the learning rate: nothing for a float (a variable) or a
+    VariableCosineDecay (its start and length are variables); a schedule's whole config otherwise."""
     if isinstance(learning_rate, (int, float)):
         return "constant"
-    return (type(learning_rate).__name__, repr(sorted(learning_rate.get_config().items())))
+    config = learning_rate.get_config()
+    if type(learning_rate).__name__ == "VariableCosineDecay":
+        return ("cosine", config.get("alpha"), config.get("warmup_target"), config.get("warmup_steps"))
+    return (type(learning_rate).__name__, repr(sorted(config.items())))
 
 
-def _reset_optimizer(opt, learning_rate: Optional[float]) -> None:
-    """The state a fresh optimizer starts from: every slot and the iteration count zero, the new rate."""
-    import numpy as np
-
-    for v in opt.variables:
-        v.assign(np.zeros(v.shape, dtype=v.dtype))
+def _restore_optimizer(opt, built_state, learning_rate) -> None:
+    """The state the optimizer had right after building (zero slots and step count, a mixed-precision
+    loss scale at its initial value), then this phase's learning rate."""
+    for v, value in zip(opt.variables, built_state):
+        v.assign(value)
     if isinstance(learning_rate, (int, float)):
         opt.learning_rate = float(learning_rate)
+        return
+    kept = getattr(opt, "inner_optimizer", opt)._learning_rate  # the VariableCosineDecay traced in
+    kept.initial_learning_rate.assign(float(learning_rate.initial_learning_rate.numpy()))
+    kept.decay_steps.assign(float(learning_rate.decay_steps.numpy()))

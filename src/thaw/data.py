@@ -608,7 +608,7 @@ def _folder_stamp(cfg):
     root = os.path.expanduser(str(cfg.path))
     stamps = []
     try:  # a file added or removed changes the mtime of its class folder (depth 1 or 2)
-        for dirpath, dirnames, _ in os.walk(root):
+        for dirpath, dirnames, _ in os.walk(root, followlinks=True):  # class folders may be links
             stamps.append((dirpath, os.stat(dirpath).st_mtime_ns))
             if dirpath.count(os.sep) - root.rstrip(os.sep).count(os.sep) >= 2:
                 dirnames[:] = []

@@ -190,7 +190,8 @@ def _forward(model):
     import tensorflow as tf
 
     if model not in _FORWARD:
-        _FORWARD[model] = tf.function(lambda b: keras.tree.flatten(model(b, training=False)),
+        ref = weakref.ref(model)  # a value holding its key would keep every trial's prefix model alive
+        _FORWARD[model] = tf.function(lambda b: keras.tree.flatten(ref()(b, training=False)),
                                       reduce_retracing=True)
     return _FORWARD[model]
 
@@ -312,7 +313,7 @@ class PhaseInputs:
         return self.cache is not None
 
     def for_phase(self, phase) -> PhaseData:
-        if phase.epochs == 0:  # compiled for the record, never fit
+        if phase.epochs == 0:  # recorded, never compiled nor fit
             return PhaseData(self.clf.model, None, None, "images")
         if self.cache is None:
             return self._images(phase)

@@ -106,13 +106,9 @@ def _optimizer(name: str, learning_rate):
 
 
 def _learning_rate(lr_cfg, initial: float, epochs: int, steps_per_epoch: int):
-    import keras
+    from thaw.compiled import learning_rate
 
-    if lr_cfg.name == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=initial, decay_steps=max(1, epochs * steps_per_epoch),
-            alpha=lr_cfg.final_fraction)
-    return initial
+    return learning_rate(lr_cfg.name, initial, epochs * steps_per_epoch, lr_cfg.get("final_fraction", 0.0))
 
 
 def _loss_and_metrics(num_classes: int):
@@ -140,14 +136,21 @@ def configure_devices(cfg_trainer):
         log.debug("device configuration unchanged: %s", exc)
 
 
+_STRATEGIES: Dict[tuple, Any] = {}
+
+
 def make_strategy(cfg_trainer):
+    """One MirroredStrategy per device set and process: models kept for later trials (thaw.compiled)
+    belong to the strategy they were built under, and TensorFlow refuses to mix two."""
     import tensorflow as tf
 
     if cfg_trainer.strategy != "mirrored":
         return tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices=devices)
+    devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
+    if devices not in _STRATEGIES:
+        _STRATEGIES[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
+    return _STRATEGIES[devices]
 
 
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
@@ -241,9 +244,11 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         info.update(cache=data.cache_tag, cache_seconds=data.cache_seconds)
     if data.views:
         info["augment_views"] = data.views
-    _compile(run, data, phase)
+    if phase.epochs > 0:
+        _compile(run, data, phase)
     if position == "continue":
-        data.model.optimizer.build(data.model.trainable_variables)
+        if not data.model.optimizer.built:  # a LossScaleOptimizer built twice adds variables
+            data.model.optimizer.build(data.model.trainable_variables)
         try:
             checkpoint.assign(data.model.optimizer.variables, resume.optimizer, "optimizer")
         except ValueError as exc:  # weights resumed; the optimizer's moments start again
@@ -276,13 +281,14 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
 
 def evaluate_test_split(run: Run) -> None:
     """The held-out test split, once, on the full model (the phases may have fit a sub-model)."""
-    from thaw.compiled import build_state
+    from thaw.compiled import build_state, forget
 
     ds = run.ds
     if ds.test is None or not len(ds.test):
         return
-    model = run.clf.model
-    model.compile(loss=run.loss, metrics=_loss_and_metrics(ds.num_classes)[1])
+    model = run.clf.fits.get(("evaluate",), lambda: _wrapper(run.clf.model))  # model.keras stays uncompiled
+    forget(model)
+    model.compile(optimizer=None, loss=run.loss, metrics=_loss_and_metrics(ds.num_classes)[1])
     test = data_mod.to_tf(ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed))
     if run.cfg.trainer.reuse_compiled:
         build_state(model, test.element_spec)  # one trace of the test step, not two
@@ -382,6 +388,12 @@ def _compile(run: Run, data, phase: Phase) -> None:
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"
     if reused:
         log.info("phase %s: reusing this process's compiled step (optimizer state reset)", phase.name)
+
+
+def _wrapper(model):
+    import keras
+
+    return keras.Model(model.inputs, model.outputs)
 
 
 def _timed(fn, *args):

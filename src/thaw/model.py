@@ -53,10 +53,6 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     """The classifier for this run: built, or this process's earlier one with every variable (base,
     head, dropout seed state), BatchNorm momenta and the RNG state after building put back, so the
     run computes exactly what it would in a fresh process."""
-    import random
-
-    import numpy as np
-
     from thaw.compiled import release_frozen
 
     weights = cfg.backbone.weights
@@ -66,21 +62,13 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
     key = _classifier_key(spec, cfg, weights, num_classes)
     hit = _CLASSIFIERS.get(key)
     if hit is not None:
-        clf, initial, momenta, py_state, np_state = hit
+        clf, initial = hit
         _CLASSIFIERS.move_to_end(key)
-        clf.base.trainable = True
-        for v, value in zip(clf.model.variables, initial):
-            v.assign(value)
-        for layer, momentum in momenta:
-            layer.momentum = momentum
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        _restore(clf.model.variables, clf.base, initial)
         log.info("model: reusing this process's %s classifier (initial weights restored in memory)", spec.name)
         return clf
     clf = _build(spec, cfg, weights, num_classes)
-    momenta = [(layer, layer.momentum) for layer in clf.base._flatten_layers() if hasattr(layer, "momentum")]
-    _CLASSIFIERS[key] = (clf, [v.numpy() for v in clf.model.variables], momenta, random.getstate(),
-                         np.random.get_state())
+    _CLASSIFIERS[key] = (clf, _snapshot(clf.model.variables, clf.base))
     while len(_CLASSIFIERS) > _MAX_CLASSIFIERS:
         _CLASSIFIERS.popitem(last=False)
         release_frozen()
@@ -131,32 +119,54 @@ def _base(spec, cfg, size: int, weights):
     """The base for this run: built, or this process's earlier one with its initial state restored
     (weights and BatchNorm statistics, trainable flags, momenta, and the RNG state after building),
     so the run computes exactly what it would in a fresh process."""
-    import random
-
-    import numpy as np
-
     from thaw.compiled import release_frozen
 
     key = _base_key(spec, cfg, size, weights)
     hit = _BASES.get(key)
     if hit is not None:
-        base, initial, momenta, py_state, np_state = hit
+        base, initial = hit
         _BASES.move_to_end(key)
-        base.trainable = True
-        base.set_weights(initial)
-        for layer, momentum in momenta:
-            layer.momentum = momentum
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        _restore(base.variables, base, initial)
         log.info("backbone: reusing this process's %s base (initial weights restored in memory)", spec.name)
         return base
     base = build_base(spec, float(cfg.backbone.alpha), size, weights)
-    momenta = [(layer, layer.momentum) for layer in base._flatten_layers() if hasattr(layer, "momentum")]
-    _BASES[key] = (base, base.get_weights(), momenta, random.getstate(), np.random.get_state())
+    _BASES[key] = (base, _snapshot(base.variables, base))
     while len(_BASES) > _MAX_BASES:
         _BASES.popitem(last=False)
         release_frozen()
     return base
+
+
+class _Initial(NamedTuple):
+    """What a kept model goes back to for the next run: its variables' values, BatchNorm momenta and
+    the RNG state right after building (building draws initializer seeds from Python's RNG)."""
+    values: list
+    momenta: list
+    py_state: Any
+    np_state: Any
+
+
+def _snapshot(variables, base) -> _Initial:
+    import random
+
+    import numpy as np
+
+    momenta = [(layer, layer.momentum) for layer in base._flatten_layers() if hasattr(layer, "momentum")]
+    return _Initial([v.numpy() for v in variables], momenta, random.getstate(), np.random.get_state())
+
+
+def _restore(variables, base, initial: _Initial) -> None:
+    import random
+
+    import numpy as np
+
+    base.trainable = True
+    for v, value in zip(variables, initial.values):
+        v.assign(value)
+    for layer, momentum in initial.momenta:
+        layer.momentum = momentum
+    random.setstate(initial.py_state)
+    np.random.set_state(initial.np_state)
 
 
 def set_batchnorm_momentum(base, momentum) -> int:

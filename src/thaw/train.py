@@ -237,7 +237,6 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         return
     if position == "continue":
         phase = dataclasses.replace(phase, done=resume.done)
-    cfg = run.cfg
     data = run.inputs.for_phase(phase)
     info = run.record.phase(phase.name)
     if data.cache_tag is not None:

@@ -75,9 +75,12 @@ def compile_for_fit(model, optimizer_name: str, make_optimizer: Callable[[], Any
     return False
 
 
-def forget(model) -> None:
-    """`model` is compiled for something else now (e.g. the test evaluation): never reuse it as is."""
-    _COMPILED.pop(model, None)
+def wrapper(model):
+    """A model of its own over `model`'s layers: it can be compiled and fit (or evaluated) for one
+    purpose and kept, while `model` itself, the one saved to model.keras, stays uncompiled."""
+    import keras
+
+    return keras.Model(model.inputs, model.outputs)
 
 
 def build_state(model, element_spec) -> bool:

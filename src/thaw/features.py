@@ -346,11 +346,10 @@ class PhaseInputs:
     def _whole_model(self):
         """The classifier as a fit model of its own for this trainable set (a wrapper sharing its layers):
         the head phase and each depth keep their compiled step for later trials (thaw.compiled)."""
-        import keras
+        from thaw.compiled import wrapper
 
-        model, base = self.clf.model, self.clf.base
-        trainable = tuple(l.name for l in base.layers if l.trainable)
-        return self.clf.fits.get(("images", trainable), lambda: keras.Model(model.inputs, model.outputs))
+        trainable = tuple(l.name for l in self.clf.base.layers if l.trainable)
+        return self.clf.fits.get(("images", trainable), lambda: wrapper(self.clf.model))
 
     def _images(self, phase) -> PhaseData:
         if self.aug is not None:

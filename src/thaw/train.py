@@ -280,13 +280,12 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
 
 def evaluate_test_split(run: Run) -> None:
     """The held-out test split, once, on the full model (the phases may have fit a sub-model)."""
-    from thaw.compiled import build_state, forget
+    from thaw.compiled import build_state, wrapper
 
     ds = run.ds
     if ds.test is None or not len(ds.test):
         return
-    model = run.clf.fits.get(("evaluate",), lambda: _wrapper(run.clf.model))  # model.keras stays uncompiled
-    forget(model)
+    model = run.clf.fits.get(("evaluate",), lambda: wrapper(run.clf.model))  # model.keras stays uncompiled
     model.compile(optimizer=None, loss=run.loss, metrics=_loss_and_metrics(ds.num_classes)[1])
     test = data_mod.to_tf(ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed))
     if run.cfg.trainer.reuse_compiled:
@@ -387,12 +386,6 @@ def _compile(run: Run, data, phase: Phase) -> None:
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"
     if reused:
         log.info("phase %s: reusing this process's compiled step (optimizer state reset)", phase.name)
-
-
-def _wrapper(model):
-    import keras
-
-    return keras.Model(model.inputs, model.outputs)
 
 
 def _timed(fn, *args):

@@ -22,7 +22,7 @@ import gc
 import logging
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional
 
 log = logging.getLogger("thaw.train")
 
@@ -54,24 +54,28 @@ def release_frozen() -> None:
     gc.unfreeze()
 
 
-def compile_for_fit(model, optimizer_name: str, make_optimizer: Callable[[], Any], learning_rate, loss,
-                    make_metrics: Callable[[], list], jit_compile, element_spec=None, reuse: bool = True) -> bool:
+def compile_for_fit(model, optimizer_name: Optional[str], make_optimizer: Optional[Callable[[], Any]],
+                    learning_rate, loss, make_metrics: Callable[[], list], jit_compile, element_spec=None,
+                    reuse: bool = True) -> bool:
     """Compile `model` for one phase, or, when it was compiled the same way before (same optimizer,
     learning-rate form, loss, trainable variables), put its optimizer back to its built state with the
-    new learning rate, so its traced train step is reused. Returns True when reused."""
+    new learning rate, so its traced train step is reused. Returns True when reused. No optimizer
+    (`make_optimizer` None): compiled to evaluate, its traced test step reused the same way."""
     key = (optimizer_name, rate_form(learning_rate), type(loss).__name__, getattr(loss, "from_logits", None),
-           str(jit_compile), tuple(id(v) for v in model.trainable_variables))
+           str(jit_compile), tuple(id(v) for v in model.trainable_variables) if make_optimizer else ())
     kept = _COMPILED.get(model)
     if reuse and kept is not None and kept[0] == key:
-        _restore_optimizer(model.optimizer, kept[1], learning_rate)
+        if model.optimizer is not None:
+            _restore_optimizer(model.optimizer, kept[1], learning_rate)
         model.reset_metrics()
         return True
     if kept is not None:
         del _COMPILED[model]
         release_frozen()  # the step traced for the old compile becomes garbage
-    model.compile(optimizer=make_optimizer(), loss=loss, metrics=make_metrics(), jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer and make_optimizer(), loss=loss, metrics=make_metrics(),
+                  jit_compile=jit_compile)
     if reuse and element_spec is not None and build_state(model, element_spec):
-        _COMPILED[model] = (key, [v.numpy() for v in model.optimizer.variables])
+        _COMPILED[model] = (key, [v.numpy() for v in model.optimizer.variables] if model.optimizer else [])
     return False
 
 
@@ -129,7 +133,7 @@ def _cosine_class():
 def rate_form(learning_rate) -> Hashable:
     """What a traced step bakes in of the learning rate: nothing for a float (a variable) or a
     VariableCosineDecay (its start and length are variables); a schedule's whole config otherwise."""
-    if isinstance(learning_rate, (int, float)):
+    if learning_rate is None or isinstance(learning_rate, (int, float)):
         return "constant"
     config = learning_rate.get_config()
     if type(learning_rate).__name__ == "VariableCosineDecay":

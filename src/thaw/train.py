@@ -280,18 +280,18 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
 
 def evaluate_test_split(run: Run) -> None:
     """The held-out test split, once, on the full model (the phases may have fit a sub-model)."""
-    from thaw.compiled import build_state, wrapper
+    from thaw.compiled import compile_for_fit, wrapper
 
     ds = run.ds
     if ds.test is None or not len(ds.test):
         return
     model = run.clf.fits.get(("evaluate",), lambda: wrapper(run.clf.model))  # model.keras stays uncompiled
-    model.compile(optimizer=None, loss=run.loss, metrics=_loss_and_metrics(ds.num_classes)[1])
     test = data_mod.to_tf(ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed))
-    if run.cfg.trainer.reuse_compiled:
-        build_state(model, test.element_spec)  # one trace of the test step, not two
+    reused = compile_for_fit(model, None, None, None, run.loss, lambda: _loss_and_metrics(ds.num_classes)[1],
+                             "auto", test.element_spec, reuse=bool(run.cfg.trainer.reuse_compiled))
     res = model.evaluate(test, verbose=0, return_dict=True)
-    run.record.update(test_accuracy=float(res["accuracy"]), test_loss=float(res["loss"]))
+    run.record.update(test_accuracy=float(res["accuracy"]), test_loss=float(res["loss"]),
+                      test_compiled="reused" if reused else "new")
     log.info("test: accuracy %.4f  loss %.4f (%d images)", res["accuracy"], res["loss"], len(ds.test))
 
 

@@ -1,5 +1,5 @@
-"""The same depth_lr sweep twice: cache, pruning and compiled-step reuse off (how other tools run it:
-a fresh Keras compile per phase and trial), then all on.
+"""The same depth_lr sweep twice: cache, pruning, compiled-step reuse and the fused Adam off (how other
+tools run it: Keras' Adam, a fresh Keras compile per phase and trial), then all on.
 
     python benchmarks/sweep_speed.py            # 8 trials, 160 px, full shared cats_vs_dogs
     python benchmarks/sweep_speed.py --quick    # 6 trials, 96 px, 150 images per class and split
@@ -58,7 +58,7 @@ def main():
         common += ["backbone.image_size=96", "data.max_per_class=150", "trainer.head_epochs=3",
                    "trainer.finetune_epochs=3"]
     variants = {
-        "baseline": ["trainer.cache_features=false", "trainer.reuse_compiled=false",
+        "baseline": ["trainer.cache_features=false", "trainer.reuse_compiled=false", "trainer.fused_optimizer=false",
                      "hydra.sweeper.pruner._target_=optuna.pruners.NopPruner",
                      "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps"]
         + (["trainer.augment_views=0"] if args.augment else []),

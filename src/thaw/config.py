@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError
+from thaw.optimizers import NAMES
 
 
 @dataclass
@@ -122,6 +123,9 @@ class TrainerConfig:
     # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
     # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras compile
     reuse_compiled: bool = True
+    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel (thaw.optimizers: a
+    # new depth's first step traces half the ops); false: Keras' own Adam
+    fused_optimizer: bool = True
     # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
     # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
     resume: str = "auto"
@@ -160,7 +164,7 @@ HEADS = ("linear", "mlp")
 LRS = ("constant", "cosine")
 UNFREEZE = ("top_blocks", "none", "all")
 DATA = ("synthetic", "folder", "cats_vs_dogs")
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+OPTIMIZERS = NAMES
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 
 from thaw import checkpoint
 from thaw import data as data_mod
-from thaw import interrupt, unfreeze
+from thaw import interrupt, optimizers, unfreeze
 from thaw.errors import ConfigError, DataError, TrainingError
 from thaw.record import RunRecord, objective_names
 
@@ -95,14 +95,6 @@ class Run:
     def objective_name(self) -> str:
         names = objective_names(self.cfg)
         return names[0] if len(names) == 1 else ""
-
-
-def _optimizer(name: str, learning_rate):
-    import keras
-
-    cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-           "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[name]
-    return cls(learning_rate=learning_rate)
 
 
 def _learning_rate(lr_cfg, initial: float, epochs: int, steps_per_epoch: int):
@@ -379,8 +371,9 @@ def _compile(run: Run, data, phase: Phase) -> None:
 
     cfg = run.cfg
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
+    name, fused = cfg.trainer.optimizer, bool(cfg.trainer.get("fused_optimizer", True))
     reused = compile_for_fit(
-        data.model, cfg.trainer.optimizer, lambda: _optimizer(cfg.trainer.optimizer, lr), lr, run.loss,
+        data.model, optimizers.compiled_name(name, fused), lambda: optimizers.make(name, lr, fused), lr, run.loss,
         lambda: _loss_and_metrics(run.ds.num_classes)[1], cfg.trainer.jit_compile,
         None if data.train is None else data.train.element_spec, reuse=bool(cfg.trainer.reuse_compiled))
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"

@@ -1,0 +1,95 @@
+"""thaw.optimizers: Adam on TensorFlow's fused kernel follows Keras' Adam, with far fewer ops to trace."""
+
+import collections
+
+import numpy as np
+import pytest
+
+
+def _fit(optimizer, steps_per_epoch=8, epochs=5, strategy=None):
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+    def build():
+        inp = keras.Input((16,))
+        x = keras.layers.Dense(32, activation="relu")(inp)
+        model = keras.Model(inp, keras.layers.Dense(1)(x))
+        model.compile(optimizer=optimizer(), loss="mse")
+        return model
+
+    if strategy is None:
+        model = build()
+    else:
+        with strategy.scope():
+            model = build()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32 * steps_per_epoch, 16)).astype("float32")
+    y = x[:, :1] * 2 + 0.1
+    hist = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, shuffle=False)
+    return model, hist.history["loss"]
+
+
+def test_fused_adam_follows_keras_adam():
+    import keras
+
+    from thaw.optimizers import make
+
+    fused, fused_loss = _fit(lambda: make("adam", 1e-2, fused=True))
+    plain, plain_loss = _fit(lambda: keras.optimizers.Adam(1e-2))
+    assert type(fused.optimizer).__name__ == "FusedAdam" and type(plain.optimizer) is keras.optimizers.Adam
+    assert int(fused.optimizer.iterations.numpy()) == 40
+    for a, b in zip(fused.weights, plain.weights):  # 40 steps: the float32 rounding of 1 - beta, no more
+        a, b = a.numpy(), b.numpy()
+        assert np.max(np.abs(a - b)) <= 1e-4 * max(1.0, float(np.max(np.abs(b)))), a.shape
+        assert np.max(np.abs(a - b)) > 0 or a.ndim == 0  # really the other kernel, not Keras' update again
+    assert np.allclose(fused_loss, plain_loss, rtol=1e-4)
+    assert fused_loss[-1] < 0.5 * fused_loss[0]  # it trains
+    # same optimizer variables in the same order and paths: checkpoints move between the two
+    assert [tuple(v.shape) for v in fused.optimizer.variables] == [tuple(v.shape) for v in plain.optimizer.variables]
+    assert [v.path.split("/", 1)[0] for v in fused.optimizer.variables] == ["adam"] * len(fused.optimizer.variables)
+
+
+def test_fused_adam_traces_far_fewer_ops():
+    import keras
+    import tensorflow as tf
+
+    from thaw.optimizers import make
+
+    def op_count(optimizer):
+        inp = keras.Input((8,))
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Dense(4)(inp)))
+        model.compile(optimizer=optimizer, loss="mse")
+        ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 8), "float32"), np.zeros((4, 1), "float32"))).batch(2)
+        model._symbolic_build(data_batch=ds.element_spec)
+        graph = tf.function(lambda b: model.train_step(b)).get_concrete_function(next(iter(ds))).graph
+        return collections.Counter(op.type for op in graph.get_operations())
+
+    fused, plain = op_count(make("adam", 1e-3, fused=True)), op_count(keras.optimizers.Adam(1e-3))
+    assert fused["ResourceApplyAdam"] == 4 and plain["ResourceApplyAdam"] == 0  # one per variable
+    assert sum(fused.values()) < 0.65 * sum(plain.values()), (sum(fused.values()), sum(plain.values()))
+
+
+def test_fused_adam_is_keras_adam_under_a_distribution_strategy():
+    """Under a strategy (MirroredStrategy) the update goes through Keras' own Adam, bit for bit."""
+    import keras
+    import tensorflow as tf
+
+    from thaw.optimizers import make
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    fused, _ = _fit(lambda: make("adam", 1e-2, fused=True), epochs=2, strategy=strategy)
+    plain, _ = _fit(lambda: keras.optimizers.Adam(1e-2), epochs=2, strategy=strategy)
+    assert type(fused.optimizer).__name__ == "FusedAdam"
+    for a, b in zip(fused.weights, plain.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd"])
+def test_make_builds_each_named_optimizer(name):
+    from thaw.optimizers import make
+
+    fused, plain = make(name, 1e-3, fused=True), make(name, 1e-3, fused=False)
+    assert (type(fused).__name__ == "FusedAdam") == (name == "adam")
+    assert type(plain).__name__ != "FusedAdam"
+    assert float(fused.learning_rate.numpy()) == pytest.approx(1e-3)

@@ -3,6 +3,7 @@
     pip install -e ".[cpu,dev,bench]"
     python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split, 3 + 3 epochs
     python benchmarks/peers.py             # 8 trials, 160 px, all shared photos, 5 + 5 epochs
+    python benchmarks/peers.py --quick --repeats 3   # three seeds per tool (see below)
 
 Same data (the shared cats_vs_dogs folder, thaw's deterministic splits, decoded once per process),
 same model (MobileNetV2 alpha 0.35 from the shared ImageNet weights, linear head with dropout 0.2),
@@ -18,12 +19,21 @@ log-uniform 1e-5..1e-2), same objective (best validation accuracy of the run) an
 Each tool runs in its own process, timed from its start. One JSON line per tool: wall time, best
 validation accuracy, trials, and the time until its running best first came within 0.5 pt of the
 best any tool found; then one line of ratios (peer / thaw).
+
+With 300 validation images (--quick) one image is 0.33 pt and two seeds of the same trial differ by
+1-4 pt, so one sweep per tool cannot say whether two bests are equal. `--repeats N` runs every tool
+N times, repeat r with sampler and training seed 7 + r (the tool order rotated per repeat, so drift
+of the machine spreads over all). Per repeat it adds the time each tool took to come within 0.5 pt
+of the repeat's common target: the lowest of the tools' bests, a value every tool reached (time to
+a target, as optimizer benchmarks compare). The summary line gives, per peer, the medians over
+repeats of the wall ratio and of the time-to-common-target ratio, and each tool's mean best.
 """
 
 import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,7 +120,7 @@ def two_phases(s, model, base, depth, lr, train, val, callbacks, first=0, last=N
     return accs
 
 
-def keras_tuner(s, kind: str, out: Path):
+def keras_tuner(s, kind: str, out: Path, seed: int):
     import keras
     import keras_tuner as kt
 
@@ -138,7 +148,7 @@ def keras_tuner(s, kind: str, out: Path):
             keras.backend.clear_session()
 
     common = dict(objective=kt.Objective("val_accuracy", "max"), directory=str(out), project_name=kind,
-                  overwrite=True, seed=SEED)
+                  overwrite=True, seed=seed)
     if kind == "kt_bayesian":
         tuner = type("T", (Timed, kt.BayesianOptimization), {})(TwoPhase(), max_trials=s["trials"],
                                                                  num_initial_points=3, **common)
@@ -150,7 +160,7 @@ def keras_tuner(s, kind: str, out: Path):
     return done
 
 
-def optuna_keras(s, out: Path):
+def optuna_keras(s, out: Path, seed: int):
     import keras
     import optuna
     from optuna_integration import KerasPruningCallback
@@ -172,29 +182,32 @@ def optuna_keras(s, out: Path):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{out / 'optuna.db'}",
-                                sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=SEED),
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["head"]))
     study.optimize(objective, n_trials=s["trials"])
     return done
 
 
-def child(tool: str, quick: bool, out: Path):
+def child(tool: str, quick: bool, out: Path, seed: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    keras.utils.set_random_seed(seed)  # initial head weights, dropout, shuffling
     s = setting(quick)
-    done = keras_tuner(s, tool, out) if tool.startswith("kt_") else optuna_keras(s, out)
+    done = keras_tuner(s, tool, out, seed) if tool.startswith("kt_") else optuna_keras(s, out, seed)
     print("RESULT " + json.dumps(done), flush=True)
 
 
 # ---------------------------------------------------------------- the parent: run each tool, compare
 
-def run_thaw(s, out: Path, env):
+def run_thaw(s, out: Path, env, seed: int):
     import optuna
 
     cmd = [sys.executable, "-m", "thaw.cli", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
            "logger=none", "trainer.save_model=false", "augment=none", f"data.path={DATA}",
            f"backbone.weights={WEIGHTS}", f"backbone.image_size={s['size']}", f"trainer.head_epochs={s['head']}",
            f"trainer.finetune_epochs={s['finetune']}", "trainer.patience=0", f"hydra.sweeper.n_trials={s['trials']}",
-           f"hydra.sweeper.sampler.seed={SEED}", "hydra.sweeper.sampler.n_startup_trials=3",
+           f"hydra.sweeper.sampler.seed={seed}", f"trainer.seed={seed}", "hydra.sweeper.sampler.n_startup_trials=3",
            f"hydra.sweep.dir={out}", "hydra.sweeper.study_name=peers"]
     if s["per_class"]:
         cmd.append(f"data.max_per_class={s['per_class']}")
@@ -209,10 +222,10 @@ def run_thaw(s, out: Path, env):
     return t0, wall, done
 
 
-def run_peer(tool: str, quick: bool, out: Path, env):
+def run_peer(tool: str, quick: bool, out: Path, env, seed: int):
     t0 = time.time()
     flag = ["--smoke"] if quick == "smoke" else ["--quick"] if quick else []
-    res = subprocess.run([sys.executable, __file__, "--child", tool, *flag,
+    res = subprocess.run([sys.executable, __file__, "--child", tool, *flag, "--seed", str(seed),
                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -235,36 +248,64 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=1, help="sweeps per tool, repeat r with seed 7 + r")
     ap.add_argument("--tools", nargs="+", default=["thaw", "kt_bayesian", "kt_hyperband", "optuna_keras"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     quick = "smoke" if args.smoke else args.quick
     if args.child:
-        return child(args.child, quick, Path(args.out))
+        return child(args.child, quick, Path(args.out), args.seed)
     need_shared()
-    s = setting(quick)
+    repeats = [one_repeat(args, quick, r) for r in range(args.repeats)]
+    if args.repeats > 1 and "thaw" in args.tools:
+        summarize(args, repeats)
+
+
+def one_repeat(args, quick, r: int) -> dict:
+    """Every tool once with seed SEED + r; its JSON lines; returns the repeat's figures."""
+    s, seed = setting(quick), SEED + r
+    tools = args.tools[r % len(args.tools):] + args.tools[:r % len(args.tools)]
     runs = {}
     with tempfile.TemporaryDirectory(prefix="thaw-peers-") as tmp:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled", KERAS_HOME=str(Path(tmp) / "keras"))
-        for tool in args.tools:
+        for tool in tools:
             out = Path(tmp) / tool
             out.mkdir()
-            runs[tool] = run_thaw(s, out, env) if tool == "thaw" else run_peer(tool, quick, out, env)
-    best = max(v for _, _, done in runs.values() for _, v in done if v is not None)
+            runs[tool] = (run_thaw(s, out, env, seed) if tool == "thaw" else run_peer(tool, quick, out, env, seed))
+    runs = {tool: runs[tool] for tool in args.tools}
+    bests = {tool: max((v for _, v in done if v is not None), default=None) for tool, (_, _, done) in runs.items()}
+    best = max(v for v in bests.values() if v is not None)
+    common = min(v for v in bests.values() if v is not None)  # a value every tool reached
+    fig = {}
     for tool, (t0, wall, done) in runs.items():
-        values = [v for _, v in done if v is not None]
-        emit(tool=tool, quick=args.quick, wall_s=round(wall, 1), best_value=max(values) if values else None,
-             trials=len(done), completed=len(values), time_to_within_half_point_s=time_to(t0, done, best - 0.005),
-             setting=s)
+        fig[tool] = dict(wall=wall, best=bests[tool], to_common=time_to(t0, done, common - 0.005))
+        emit(tool=tool, quick=args.quick, repeat=r, seed=seed, wall_s=round(wall, 1), best_value=bests[tool],
+             trials=len(done), completed=sum(v is not None for _, v in done),
+             time_to_within_half_point_s=time_to(t0, done, best - 0.005),
+             time_to_common_target_s=fig[tool]["to_common"], setting=s)
     if "thaw" in runs:
-        t_wall = runs["thaw"][1]
-        t_best = time_to(runs["thaw"][0], runs["thaw"][2], best - 0.005)
-        emit(figure="ratios", quick=args.quick, overall_best=best, **{
+        t_wall, t_best = runs["thaw"][1], time_to(runs["thaw"][0], runs["thaw"][2], best - 0.005)
+        t_common = fig["thaw"]["to_common"]
+        emit(figure="ratios", quick=args.quick, repeat=r, seed=seed, overall_best=best, common_target=common, **{
             tool: dict(wall=round(wall / t_wall, 2),
                        time_to_best=(round(tb / t_best, 2) if (tb := time_to(t0, done, best - 0.005)) and t_best
-                                     else None))
+                                     else None),
+                       time_to_common_target=round(fig[tool]["to_common"] / t_common, 2))
             for tool, (t0, wall, done) in runs.items() if tool != "thaw"})
+    return fig
+
+
+def summarize(args, repeats):
+    """Medians over repeats of each peer's ratios to thaw, and every tool's mean best (points)."""
+    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    emit(figure="summary", quick=args.quick, repeats=len(repeats),
+         mean_best={t: round(100 * statistics.mean(r[t]["best"] for r in repeats), 2) for t in args.tools},
+         best_per_repeat={t: [round(100 * r[t]["best"], 2) for r in repeats] for t in args.tools},
+         **{t: dict(wall_median=med([r[t]["wall"] / r["thaw"]["wall"] for r in repeats]),
+                    time_to_common_target_median=med([r[t]["to_common"] / r["thaw"]["to_common"] for r in repeats]))
+            for t in args.tools if t != "thaw"})
 
 
 if __name__ == "__main__":

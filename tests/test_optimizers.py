@@ -41,11 +41,11 @@ def test_fused_adam_follows_keras_adam():
     assert int(fused.optimizer.iterations.numpy()) == 40
     for a, b in zip(fused.weights, plain.weights):  # 40 steps: the float32 rounding of 1 - beta, no more
         a, b = a.numpy(), b.numpy()
-        assert np.max(np.abs(a - b)) <= 1e-4 * max(1.0, float(np.max(np.abs(b)))), a.shape
+        assert np.max(np.abs(a - b)) <= 3e-5 * max(1e-3, float(np.max(np.abs(b)))), a.shape
         assert np.max(np.abs(a - b)) > 0 or a.ndim == 0  # really the other kernel, not Keras' update again
     assert np.allclose(fused_loss, plain_loss, rtol=1e-4)
     assert fused_loss[-1] < 0.5 * fused_loss[0]  # it trains
-    # same optimizer variables in the same order and paths: checkpoints move between the two
+    # the same optimizer variables in the same order, under the same name: checkpoints move between the two
     assert [tuple(v.shape) for v in fused.optimizer.variables] == [tuple(v.shape) for v in plain.optimizer.variables]
     assert [v.path.split("/", 1)[0] for v in fused.optimizer.variables] == ["adam"] * len(fused.optimizer.variables)
 

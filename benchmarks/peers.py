@@ -259,7 +259,7 @@ def main():
         return child(args.child, quick, Path(args.out), args.seed)
     need_shared()
     repeats = [one_repeat(args, quick, r) for r in range(args.repeats)]
-    if args.repeats > 1 and "thaw" in args.tools:
+    if args.repeats > 1 and "thaw" in args.tools:  # (--repeats 0 runs nothing)
         summarize(args, repeats)
 
 
@@ -292,19 +292,35 @@ def one_repeat(args, quick, r: int) -> dict:
             tool: dict(wall=round(wall / t_wall, 2),
                        time_to_best=(round(tb / t_best, 2) if (tb := time_to(t0, done, best - 0.005)) and t_best
                                      else None),
-                       time_to_common_target=round(fig[tool]["to_common"] / t_common, 2))
+                       time_to_common_target=ratio(fig[tool]["to_common"], t_common))
             for tool, (t0, wall, done) in runs.items() if tool != "thaw"})
     return fig
 
 
+def ratio(a, b):
+    """a / b rounded, or None where either is missing (a tool with no completed trial in a repeat)."""
+    return round(a / b, 2) if a is not None and b else None
+
+
 def summarize(args, repeats):
-    """Medians over repeats of each peer's ratios to thaw, and every tool's mean best (points)."""
-    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    """Medians over repeats of each peer's ratios to thaw (repeats without a value left out, and
+    counted), and every tool's mean best in points over the repeats where it completed a trial."""
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return round(statistics.median(xs), 2) if xs else None
+
+    def points(t):
+        return [round(100 * r[t]["best"], 2) if r[t]["best"] is not None else None for r in repeats]
+
     emit(figure="summary", quick=args.quick, repeats=len(repeats),
-         mean_best={t: round(100 * statistics.mean(r[t]["best"] for r in repeats), 2) for t in args.tools},
-         best_per_repeat={t: [round(100 * r[t]["best"], 2) for r in repeats] for t in args.tools},
-         **{t: dict(wall_median=med([r[t]["wall"] / r["thaw"]["wall"] for r in repeats]),
-                    time_to_common_target_median=med([r[t]["to_common"] / r["thaw"]["to_common"] for r in repeats]))
+         mean_best={t: round(statistics.mean(p), 2) if (p := [x for x in points(t) if x is not None]) else None
+                    for t in args.tools},
+         best_per_repeat={t: points(t) for t in args.tools},
+         **{t: dict(wall_median=med([ratio(r[t]["wall"], r["thaw"]["wall"]) for r in repeats]),
+                    time_to_common_target_median=med([ratio(r[t]["to_common"], r["thaw"]["to_common"])
+                                                      for r in repeats]),
+                    repeats_without_common_target=sum(ratio(r[t]["to_common"], r["thaw"]["to_common"]) is None
+                                                      for r in repeats))
             for t in args.tools if t != "thaw"})
 
 

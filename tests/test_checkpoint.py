@@ -121,3 +121,15 @@ def test_a_run_with_a_corrupt_checkpoint_starts_over_and_completes(tmp_path):
     trained = attempt(tmp_path / "run", tmp_path)
     assert len(trained) == 5 and "resumed" not in history(tmp_path / "run")
     assert (tmp_path / "run" / "checkpoint.refused.npz").read_bytes() == b"\x00" * 100
+
+
+def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
+    """A checkpoint resumes across trainer.reuse_compiled / fused_optimizer (same optimizer variables)
+    and across logger changes, and is refused for a change of what the run trains."""
+    from conftest import compose_cfg
+
+    base = checkpoint.fingerprint(compose_cfg(["experiment=tiny"]))
+    for free in ("trainer.fused_optimizer=false", "trainer.reuse_compiled=false", "logger=none"):
+        assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", free])) == base, free
+    for bound in ("lr.base=0.01", "unfreeze.depth=2", "trainer.optimizer=sgd"):
+        assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", bound])) != base, bound

@@ -31,7 +31,9 @@ log = logging.getLogger("thaw.train")
 NAME = "checkpoint.npz"
 VERSION = 1
 # keys that do not change what a run computes: a resume may change them
-_FREE = ("logger", "trainer.resume", "trainer.checkpoint", "trainer.save_model", "trainer.export_h5", "name")
+_FREE = ("logger", "trainer.resume", "trainer.checkpoint", "trainer.save_model", "trainer.export_h5", "name",
+         # how the step is compiled and run: the optimizer's variables are the same either way
+         "trainer.reuse_compiled", "trainer.fused_optimizer")
 
 
 @dataclass

@@ -280,7 +280,7 @@ def evaluate_test_split(run: Run) -> None:
     model = run.clf.fits.get(("evaluate",), lambda: wrapper(run.clf.model))  # model.keras stays uncompiled
     test = data_mod.to_tf(ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed))
     reused = compile_for_fit(model, None, None, None, run.loss, lambda: _loss_and_metrics(ds.num_classes)[1],
-                             "auto", test.element_spec, reuse=bool(run.cfg.trainer.reuse_compiled))
+                             run.cfg.trainer.jit_compile, test.element_spec, reuse=bool(run.cfg.trainer.reuse_compiled))
     res = model.evaluate(test, verbose=0, return_dict=True)
     run.record.update(test_accuracy=float(res["accuracy"]), test_loss=float(res["loss"]),
                       test_compiled="reused" if reused else "new")

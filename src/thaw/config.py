@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError
-from thaw.optimizers import NAMES
+from thaw.optimizers import NAMES as OPTIMIZERS
 
 
 @dataclass
@@ -164,7 +164,6 @@ HEADS = ("linear", "mlp")
 LRS = ("constant", "cosine")
 UNFREEZE = ("top_blocks", "none", "all")
 DATA = ("synthetic", "folder", "cats_vs_dogs")
-OPTIMIZERS = NAMES
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-NAMES = ("adam", "adamw", "rmsprop", "sgd")
+_CLASSES = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}  # in keras.optimizers
+NAMES = tuple(_CLASSES)
 _FUSED: list = []
 
 
@@ -24,9 +25,7 @@ def make(name: str, learning_rate, fused: bool = True):
 
     if name == "adam" and fused:
         return fused_adam_class()(learning_rate=learning_rate, name="adam")  # same variable paths as Adam
-    cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-           "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[name]
-    return cls(learning_rate=learning_rate)
+    return getattr(keras.optimizers, _CLASSES[name])(learning_rate=learning_rate)
 
 
 def compiled_name(name: str, fused: bool) -> str:

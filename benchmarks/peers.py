@@ -144,7 +144,10 @@ def keras_tuner(s, kind: str, out: Path, seed: int):
             if trial.status != "COMPLETED":  # Keras Tuner records a failed trial and goes on: say why
                 print(f"trial {trial.trial_id} {trial.status}: {trial.message}", file=sys.stderr, flush=True)
             score = trial.score if trial.status == "COMPLETED" else None
-            done.append((time.time(), None if score is None else float(score)))
+            hp = trial.hyperparameters.values
+            done.append((time.time(), None if score is None else float(score),
+                         dict(depth=hp.get("depth"), lr=hp.get("lr")), trial.status.lower(),
+                         None if score is None else float(score), None))
             keras.backend.clear_session()
 
     common = dict(objective=kt.Objective("val_accuracy", "max"), directory=str(out), project_name=kind,
@@ -166,18 +169,12 @@ def optuna_keras(s, out: Path, seed: int):
     from optuna_integration import KerasPruningCallback
 
     train, val = load_data(s)
-    done = []
 
     def objective(trial):
         depth, lr = trial.suggest_int("depth", 0, DEPTH_MAX), trial.suggest_float("lr", LR_MIN, LR_MAX, log=True)
         keras.backend.clear_session()
         model, base = build(s, lr)
-        try:
-            accs = two_phases(s, model, base, depth, lr, train, val, [KerasPruningCallback(trial, "val_accuracy")])
-        except optuna.TrialPruned:
-            done.append((time.time(), None))
-            raise
-        done.append((time.time(), max(accs)))
+        accs = two_phases(s, model, base, depth, lr, train, val, [KerasPruningCallback(trial, "val_accuracy")])
         return max(accs)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,7 +182,21 @@ def optuna_keras(s, out: Path, seed: int):
                                 sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s["head"]))
     study.optimize(objective, n_trials=s["trials"])
-    return done
+    return trial_rows(study, "depth", "lr")
+
+
+def trial_rows(study, depth_key: str, lr_key: str) -> list:
+    """Per finished trial, in order: (finish time, value or None when pruned, params, state, the best
+    validation accuracy it reported, epochs it reported): the same trials of two tools side by side."""
+    rows = []
+    for t in study.trials:
+        if t.datetime_complete is None:
+            continue
+        steps = t.intermediate_values
+        rows.append((t.datetime_complete.timestamp(), t.value if t.state.name == "COMPLETE" else None,
+                     dict(depth=t.params.get(depth_key), lr=t.params.get(lr_key)), t.state.name.lower(),
+                     max(steps.values()) if steps else t.value, len(steps)))
+    return sorted(rows, key=lambda r: r[0])
 
 
 def child(tool: str, quick: bool, out: Path, seed: int):
@@ -217,9 +228,7 @@ def run_thaw(s, out: Path, env, seed: int):
     if res.returncode:
         raise SystemExit("thaw failed:\n" + res.stderr[-3000:])
     study = optuna.load_study(study_name="peers", storage=f"sqlite:///{out / 'study.db'}")
-    done = sorted((t.datetime_complete.timestamp(), t.value if t.state.name == "COMPLETE" else None)
-                  for t in study.trials if t.datetime_complete)
-    return t0, wall, done
+    return t0, wall, trial_rows(study, "unfreeze.depth", "lr.base")
 
 
 def run_peer(tool: str, quick: bool, out: Path, env, seed: int):
@@ -236,7 +245,7 @@ def run_peer(tool: str, quick: bool, out: Path, env, seed: int):
 
 def time_to(t0: float, done, target: float):
     best = -math.inf
-    for t, v in sorted(done):
+    for t, v, *_ in sorted(done, key=lambda x: x[0]):
         if v is not None:
             best = max(best, v)
         if best >= target:
@@ -275,16 +284,18 @@ def one_repeat(args, quick, r: int) -> dict:
             out.mkdir()
             runs[tool] = (run_thaw(s, out, env, seed) if tool == "thaw" else run_peer(tool, quick, out, env, seed))
     runs = {tool: runs[tool] for tool in args.tools}
-    bests = {tool: max((v for _, v in done if v is not None), default=None) for tool, (_, _, done) in runs.items()}
+    bests = {tool: max((v for _, v, *_ in done if v is not None), default=None) for tool, (_, _, done) in runs.items()}
     best = max(v for v in bests.values() if v is not None)
     common = min(v for v in bests.values() if v is not None)  # a value every tool reached
     fig = {}
     for tool, (t0, wall, done) in runs.items():
-        fig[tool] = dict(wall=wall, best=bests[tool], to_common=time_to(t0, done, common - 0.005))
+        fig[tool] = dict(wall=wall, best=bests[tool], to_common=time_to(t0, done, common - 0.005), rows=done)
         emit(tool=tool, quick=args.quick, repeat=r, seed=seed, wall_s=round(wall, 1), best_value=bests[tool],
-             trials=len(done), completed=sum(v is not None for _, v in done),
+             trials=len(done), completed=sum(v is not None for _, v, *_ in done),
              time_to_within_half_point_s=time_to(t0, done, best - 0.005),
-             time_to_common_target_s=fig[tool]["to_common"], setting=s)
+             time_to_common_target_s=fig[tool]["to_common"], setting=s,
+             per_trial=[dict(at_s=round(t - t0, 1), **params, state=state, value=v, best_seen=seen, epochs=n)
+                        for t, v, params, state, seen, n in done])
     if "thaw" in runs:
         t_wall, t_best = runs["thaw"][1], time_to(runs["thaw"][0], runs["thaw"][2], best - 0.005)
         t_common = fig["thaw"]["to_common"]
@@ -321,7 +332,29 @@ def summarize(args, repeats):
                                                       for r in repeats]),
                     repeats_without_common_target=sum(ratio(r[t]["to_common"], r["thaw"]["to_common"]) is None
                                                       for r in repeats))
-            for t in args.tools if t != "thaw"})
+            for t in args.tools if t != "thaw"},
+         same_trials={t: same_trials(repeats, t) for t in args.tools if t != "thaw"})
+
+
+def same_trials(repeats, peer: str) -> dict:
+    """thaw and a peer on the very same (depth, lr) (same sampler seed: the start-up trials agree):
+    how far apart their values are where both completed, and which trials one pruned and the other
+    completed, with the completed value: is a gap in the bests training or pruning?"""
+    diffs, pruned_here, pruned_there = [], [], []
+    for r in repeats:
+        theirs = {(row[2]["depth"], round(row[2]["lr"], 12)): row for row in r[peer]["rows"]}
+        for row in r["thaw"]["rows"]:
+            other = theirs.get((row[2]["depth"], round(row[2]["lr"], 12)))
+            if other is None:
+                continue
+            if row[1] is not None and other[1] is not None:
+                diffs.append(round(100 * (row[1] - other[1]), 2))
+            elif row[1] is None and other[1] is not None:
+                pruned_here.append(round(100 * other[1], 2))
+            elif row[1] is not None and other[1] is None:
+                pruned_there.append(round(100 * row[1], 2))
+    return dict(both_completed=len(diffs), mean_thaw_minus_peer_pt=round(statistics.mean(diffs), 2) if diffs else None,
+                diffs_pt=diffs, thaw_pruned_peer_completed_pt=pruned_here, peer_pruned_thaw_completed_pt=pruned_there)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,17 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
         load(c, 32, 0, str(cache))
     assert not any("read the decoded splits" in r.getMessage() for r in caplog.records)
     assert len(list((cache / "decoded").iterdir())) == 2
+
+
+def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
+    """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
+    from thaw import data
+    from thaw.config import DataConfig
+
+    make_folder(tmp_path, per_class=4, fmt="png")
+    data._LAST.clear()
+    c = cfg(path=str(tmp_path), val_fraction=0.25)
+    assert load(c, 32, 1) is load(c, 32, 2)
+    synth = OmegaConf.merge(OmegaConf.structured(DataConfig(name="synthetic")), dict(num_train=8, num_val=4))
+    a, b = load(synth, 32, 1), load(synth, 32, 2)
+    assert a is not b and not np.array_equal(a.train.images, b.train.images)

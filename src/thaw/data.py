@@ -488,7 +488,8 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
     """Decoded, resized splits; reused across the trials of one process while the data config is
     unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all).
     Data over data.max_memory_mb is streamed from a decoded copy on disk."""
-    key = (_image_key(cfg), image_size, seed)
+    # only synthetic data depends on the seed: a sweep over trainer.seed decodes a folder once
+    key = (_image_key(cfg), image_size, seed if cfg.name == "synthetic" else None)
     if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
         return _LAST["data"]
     limit = budget.memory_budget(cfg)

@@ -96,8 +96,10 @@ def main():
                    f"data.path={DATA}", f"backbone.weights={WEIGHTS}", f"backbone.image_size={size}",
                    "data.test_fraction=0", "unfreeze.depth=7", f"trainer.head_epochs={he}",
                    f"trainer.finetune_epochs={fe}", f"trainer.cache_features={cache}", f"hydra.run.dir={run_dir}",
-                   # the plain script's recipe: no augmentation, no early stop, last epoch's weights
-                   "augment=none", "trainer.patience=0", "trainer.restore_best=false"]
+                   # the plain script's recipe: Adam at 1e-4 then 1e-5, no augmentation, no early stop,
+                   # last epoch's weights
+                   "lr.base=1e-4", "lr.finetune_factor=0.1", "augment=none", "trainer.patience=0",
+                   "trainer.restore_best=false"]
             if per_class:
                 cmd.append(f"data.max_per_class={per_class}")
             secs, _ = timed(cmd, REPO)

@@ -27,6 +27,12 @@ of the machine spreads over all). Per repeat it adds the time each tool took to 
 of the repeat's common target: the lowest of the tools' bests, a value every tool reached (time to
 a target, as optimizer benchmarks compare). The summary line gives, per peer, the medians over
 repeats of the wall ratio and of the time-to-common-target ratio, and each tool's mean best.
+
+Every tool line lists its trials (`per_trial`: depth, lr, state, value, best value seen, epochs
+reported). With the same sampler seed thaw and Optuna + plain Keras draw the same start-up trials;
+the summary's `same_trials` compares them where both ran the same (depth, lr): the value gap where
+both completed, and trials one pruned that the other completed (is a gap in the bests training or
+pruning?).
 """
 
 import argparse

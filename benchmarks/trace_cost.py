@@ -3,6 +3,8 @@ step, and the phase's first Keras epoch against its next ones, with each optimiz
 
     python benchmarks/trace_cost.py                       # depth 8, 96 px: Keras' Adam, fused Adam, SGD
     python benchmarks/trace_cost.py --depth 12 --size 160
+    python benchmarks/trace_cost.py --variants fused_adam --grappler '{}' '{"disable_meta_optimizer": true}'
+                                   # the same with TensorFlow's graph optimizer options (one process each)
 
 Each variant runs in its own process (nothing traced or instantiated before it), on the fit model thaw
 trains at that depth on cached activations (the top `depth` blocks of MobileNetV2 alpha 0.35 and the
@@ -51,12 +53,15 @@ def fit_model(depth: int, size: int):
     return keras.Model(inp, head(top(inp, training=False))), tuple(bt.shape[1:])
 
 
-def child(variant: str, depth: int, size: int):
+def child(variant: str, depth: int, size: int, grappler: dict):
     import keras
     import numpy as np
     import tensorflow as tf
 
     from thaw.optimizers import make
+
+    if grappler:
+        tf.config.optimizer.set_experimental_options(grappler)
 
     model, shape = fit_model(depth, size)
     opt = {"keras_adam": lambda: make("adam", 1e-4, fused=False), "fused_adam": lambda: make("adam", 1e-4, fused=True),
@@ -84,7 +89,7 @@ def child(variant: str, depth: int, size: int):
                                            on_epoch_end=lambda e, logs: epochs.append(time.perf_counter()))
     wrapped.fit(ds, validation_data=ds, epochs=3, verbose=0, callbacks=[timer])
     secs = [round(epochs[i + 1] - epochs[i], 2) for i in range(0, len(epochs), 2)]
-    emit(variant=variant, depth=depth, size=size, trainable_variables=len(model.trainable_variables),
+    emit(variant=variant, grappler=grappler, depth=depth, size=size, trainable_variables=len(model.trainable_variables),
          graph_ops=len(graph.get_operations()), python_trace_s=round(t1 - t0, 2),
          first_instantiation_s=round(t2 - t1 - steady, 2), steady_step_s=round(steady, 4), fit_epochs_s=secs)
 
@@ -94,19 +99,23 @@ def main():
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--grappler", nargs="+", default=["{}"], metavar="JSON",
+                    help="tf.config.optimizer.set_experimental_options for each run, e.g. '{\"remapping\": false}'")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     need_shared()
     if args.child:
-        return child(args.child, args.depth, args.size)
+        return child(args.child, args.depth, args.size, json.loads(args.grappler[0]))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for variant in args.variants:
-        res = subprocess.run([sys.executable, __file__, "--child", variant, "--depth", str(args.depth),
-                              "--size", str(args.size)], cwd=REPO, env=env, capture_output=True, text=True)
-        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("{")), None)
-        if res.returncode or line is None:
-            raise SystemExit(f"{variant} failed:\n" + (res.stdout + res.stderr)[-3000:])
-        print(json.dumps(json.loads(line)), flush=True)
+    for grappler in args.grappler:
+        for variant in args.variants:
+            res = subprocess.run([sys.executable, __file__, "--child", variant, "--depth", str(args.depth),
+                                  "--size", str(args.size), "--grappler", grappler], cwd=REPO, env=env,
+                                 capture_output=True, text=True)
+            line = next((ln for ln in res.stdout.splitlines() if ln.startswith("{")), None)
+            if res.returncode or line is None:
+                raise SystemExit(f"{variant} failed:\n" + (res.stdout + res.stderr)[-3000:])
+            print(json.dumps(json.loads(line)), flush=True)
 
 
 if __name__ == "__main__":

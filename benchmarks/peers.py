@@ -4,6 +4,7 @@
     python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split, 3 + 3 epochs
     python benchmarks/peers.py             # 8 trials, 160 px, all shared photos, 5 + 5 epochs
     python benchmarks/peers.py --quick --repeats 3   # three seeds per tool (see below)
+    python benchmarks/peers.py --quick --repeats 5 --first-seed 10   # five more: seeds 10-14
 
 Same data (the shared cats_vs_dogs folder, thaw's deterministic splits, decoded once per process),
 same model (MobileNetV2 alpha 0.35 from the shared ImageNet weights, linear head with dropout 0.2),
@@ -22,8 +23,8 @@ best any tool found; then one line of ratios (peer / thaw).
 
 With 300 validation images (--quick) one image is 0.33 pt and two seeds of the same trial differ by
 1-4 pt, so one sweep per tool cannot say whether two bests are equal. `--repeats N` runs every tool
-N times, repeat r with sampler and training seed 7 + r (the tool order rotated per repeat, so drift
-of the machine spreads over all). Per repeat it adds the time each tool took to come within 0.5 pt
+N times, repeat r with sampler and training seed 7 + r (`--first-seed` moves the 7; the tool order
+rotated per repeat, so drift of the machine spreads over all). Per repeat it adds the time each tool took to come within 0.5 pt
 of the repeat's common target: the lowest of the tools' bests, a value every tool reached (time to
 a target, as optimizer benchmarks compare). The summary line gives, per peer, the medians over
 repeats of the wall ratio and of the time-to-common-target ratio, and each tool's mean best.
@@ -263,7 +264,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--repeats", type=int, default=1, help="sweeps per tool, repeat r with seed 7 + r")
+    ap.add_argument("--repeats", type=int, default=1, help="sweeps per tool, repeat r with seed first-seed + r")
+    ap.add_argument("--first-seed", type=int, default=SEED, help="seed of the first repeat (default 7)")
     ap.add_argument("--tools", nargs="+", default=["thaw", "kt_bayesian", "kt_hyperband", "optuna_keras"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
@@ -279,8 +281,8 @@ def main():
 
 
 def one_repeat(args, quick, r: int) -> dict:
-    """Every tool once with seed SEED + r; its JSON lines; returns the repeat's figures."""
-    s, seed = setting(quick), SEED + r
+    """Every tool once with seed first-seed + r; its JSON lines; returns the repeat's figures."""
+    s, seed = setting(quick), args.first_seed + r
     tools = args.tools[r % len(args.tools):] + args.tools[:r % len(args.tools)]
     runs = {}
     with tempfile.TemporaryDirectory(prefix="thaw-peers-") as tmp:

@@ -4,7 +4,7 @@
     python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split, 3 + 3 epochs
     python benchmarks/peers.py             # 8 trials, 160 px, all shared photos, 5 + 5 epochs
     python benchmarks/peers.py --quick --repeats 3   # three seeds per tool (see below)
-    python benchmarks/peers.py --quick --repeats 5 --first-seed 10   # five more: seeds 10-14
+    python benchmarks/peers.py --quick --repeats 5 --first-seed 15   # five more: seeds 15-19
 
 Same data (the shared cats_vs_dogs folder, thaw's deterministic splits, decoded once per process),
 same model (MobileNetV2 alpha 0.35 from the shared ImageNet weights, linear head with dropout 0.2),
@@ -153,7 +153,8 @@ def keras_tuner(s, kind: str, out: Path, seed: int):
             score = trial.score if trial.status == "COMPLETED" else None
             hp = trial.hyperparameters.values
             done.append((time.time(), None if score is None else float(score),
-                         dict(depth=hp.get("depth"), lr=hp.get("lr")), trial.status.lower(),
+                         dict(depth=hp.get("depth"), lr=hp.get("lr")),
+                         "complete" if trial.status == "COMPLETED" else trial.status.lower(),
                          None if score is None else float(score), None))
             keras.backend.clear_session()
 
@@ -346,23 +347,29 @@ def summarize(args, repeats):
 
 def same_trials(repeats, peer: str) -> dict:
     """thaw and a peer on the very same (depth, lr) (same sampler seed: the start-up trials agree):
-    how far apart their values are where both completed, and which trials one pruned and the other
-    completed, with the completed value: is a gap in the bests training or pruning?"""
-    diffs, pruned_here, pruned_there = [], [], []
+    how far apart their values are where both completed, and which trials one did not complete
+    (pruned or failed) while the other did, with the completed value: is a gap in the bests training
+    or pruning?"""
+    def key(row):
+        p = row[2]
+        return None if p["depth"] is None or p["lr"] is None else (p["depth"], round(p["lr"], 12))
+
+    diffs, not_here, not_there = [], [], []
     for r in repeats:
-        theirs = {(row[2]["depth"], round(row[2]["lr"], 12)): row for row in r[peer]["rows"]}
+        theirs = {key(row): row for row in r[peer]["rows"] if key(row) is not None}
         for row in r["thaw"]["rows"]:
-            other = theirs.get((row[2]["depth"], round(row[2]["lr"], 12)))
+            other = theirs.get(key(row)) if key(row) is not None else None
             if other is None:
                 continue
             if row[1] is not None and other[1] is not None:
                 diffs.append(round(100 * (row[1] - other[1]), 2))
             elif row[1] is None and other[1] is not None:
-                pruned_here.append(round(100 * other[1], 2))
+                not_here.append(round(100 * other[1], 2))
             elif row[1] is not None and other[1] is None:
-                pruned_there.append(round(100 * row[1], 2))
+                not_there.append(round(100 * row[1], 2))
     return dict(both_completed=len(diffs), mean_thaw_minus_peer_pt=round(statistics.mean(diffs), 2) if diffs else None,
-                diffs_pt=diffs, thaw_pruned_peer_completed_pt=pruned_here, peer_pruned_thaw_completed_pt=pruned_there)
+                diffs_pt=diffs, thaw_not_completed_peer_completed_pt=not_here,
+                peer_not_completed_thaw_completed_pt=not_there)
 
 
 if __name__ == "__main__":

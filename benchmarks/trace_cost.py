@@ -114,7 +114,7 @@ def main():
                                  capture_output=True, text=True)
             line = next((ln for ln in res.stdout.splitlines() if ln.startswith("{")), None)
             if res.returncode or line is None:
-                raise SystemExit(f"{variant} failed:\n" + (res.stdout + res.stderr)[-3000:])
+                raise SystemExit(f"{variant} (grappler {grappler}) failed:\n" + (res.stdout + res.stderr)[-3000:])
             print(json.dumps(json.loads(line)), flush=True)
 
 

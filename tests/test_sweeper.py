@@ -236,6 +236,17 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
         assert "pruned" in (run_dir / "train.log").read_text()
 
 
+def test_the_last_epoch_is_recorded_never_pruned(tmp_path):
+    """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny: 1 + 1),
+    where stopping saves nothing, so the trials complete with both values recorded."""
+    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01",
+                                "hydra.sweeper.pruner.n_warmup_steps=1"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials = load(tmp_path / "sw").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
+
+
 def test_failing_trial_is_fail_and_the_sweep_goes_on(tmp_path):
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",

@@ -107,7 +107,12 @@ class EpochCallback(keras.callbacks.Callback):
         if reporter is None or name not in ("val_accuracy", "val_loss"):
             return
         value = logs.get(name)
-        if value is not None and reporter.report(epoch, float(value)):
+        if value is None:
+            return
+        # the run's last planned epoch is recorded, never judged: stopping there saves nothing and
+        # would throw a finished result out of the sweep's best
+        final = epoch + 1 >= self.phase.total_epochs
+        if reporter.report(epoch, float(value), judge=not final):
             self._stop("pruned", f"pruned after {self.phase.name} epoch {epoch + 1} ({name}={value:.4f})")
 
     def _stop(self, reason: str, message: str) -> None:

@@ -208,8 +208,17 @@ def validate(cfg: DictConfig) -> None:
     """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError."""
     from thaw.backbones import get_spec
 
-    b = cfg.backbone
-    spec = get_spec(b.name)
+    spec = get_spec(cfg.backbone.name)
+    _validate_backbone(cfg.backbone, spec)
+    _validate_head(cfg.head)
+    _validate_lr(cfg.lr)
+    _validate_unfreeze(cfg.unfreeze, cfg.backbone.name, spec)
+    _validate_trainer(cfg)
+    _validate_logger(cfg.logger)
+    _validate_data(cfg.data)
+
+
+def _validate_backbone(b, spec) -> None:
     if b.num_blocks != spec.num_blocks:
         raise ConfigError(f"backbone.num_blocks: {b.name} has {spec.num_blocks} blocks, not "
                           f"{b.num_blocks} (it is fixed by the architecture)")
@@ -231,30 +240,37 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"backbone.weights: no such file: {b.weights} "
                               "(use imagenet, null, or a path to a Keras weights file)")
 
-    if cfg.head.name not in HEADS:
-        raise ConfigError(f"head.name: expected one of {', '.join(HEADS)}, got {cfg.head.name!r}")
-    if not 0 <= cfg.head.dropout < 1:
-        raise ConfigError(f"head.dropout: must be in [0, 1), got {cfg.head.dropout}")
-    if cfg.head.name == "mlp" and cfg.head.hidden_units < 1:
-        raise ConfigError(f"head.hidden_units: must be >= 1 for the mlp head, got {cfg.head.hidden_units}")
 
-    if cfg.lr.name not in LRS:
-        raise ConfigError(f"lr.name: expected one of {', '.join(LRS)}, got {cfg.lr.name!r}")
-    _finite_positive(cfg.lr.base, "lr.base")
-    _finite_positive(cfg.lr.finetune_factor, "lr.finetune_factor")
-    if not 0 <= cfg.lr.final_fraction <= 1:
-        raise ConfigError(f"lr.final_fraction: must be in [0, 1], got {cfg.lr.final_fraction}")
+def _validate_head(head) -> None:
+    if head.name not in HEADS:
+        raise ConfigError(f"head.name: expected one of {', '.join(HEADS)}, got {head.name!r}")
+    if not 0 <= head.dropout < 1:
+        raise ConfigError(f"head.dropout: must be in [0, 1), got {head.dropout}")
+    if head.name == "mlp" and head.hidden_units < 1:
+        raise ConfigError(f"head.hidden_units: must be >= 1 for the mlp head, got {head.hidden_units}")
 
-    u = cfg.unfreeze
+
+def _validate_lr(lr) -> None:
+    if lr.name not in LRS:
+        raise ConfigError(f"lr.name: expected one of {', '.join(LRS)}, got {lr.name!r}")
+    _finite_positive(lr.base, "lr.base")
+    _finite_positive(lr.finetune_factor, "lr.finetune_factor")
+    if not 0 <= lr.final_fraction <= 1:
+        raise ConfigError(f"lr.final_fraction: must be in [0, 1], got {lr.final_fraction}")
+
+
+def _validate_unfreeze(u, backbone_name: str, spec) -> None:
     if u.name not in UNFREEZE:
         raise ConfigError(f"unfreeze.name: expected one of {', '.join(UNFREEZE)}, got {u.name!r}")
     if u.name == "top_blocks":
         if u.depth < 0:
             raise ConfigError(f"unfreeze.depth: must be >= 0, got {u.depth}")
         if u.depth > spec.num_blocks:
-            raise ConfigError(f"unfreeze.depth: {u.depth} is more than {b.name}'s {spec.num_blocks} "
+            raise ConfigError(f"unfreeze.depth: {u.depth} is more than {backbone_name}'s {spec.num_blocks} "
                               f"blocks (use 0..{spec.num_blocks}, or unfreeze=all)")
 
+
+def _validate_trainer(cfg) -> None:
     t = cfg.trainer
     if t.head_epochs < 0 or t.finetune_epochs < 0:
         raise ConfigError("trainer.head_epochs/finetune_epochs: must be >= 0")
@@ -289,12 +305,15 @@ def validate(cfg: DictConfig) -> None:
         if obj not in OBJECTIVES:
             raise ConfigError(f"trainer.objective: unknown metric {obj!r}; choose from {', '.join(OBJECTIVES)}")
 
-    if cfg.logger.name not in LOGGERS:
-        raise ConfigError(f"logger.name: expected one of {', '.join(LOGGERS)}, got {cfg.logger.name!r}")
-    if cfg.logger.mode not in WANDB_MODES:
-        raise ConfigError(f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {cfg.logger.mode!r}")
 
-    d = cfg.data
+def _validate_logger(logger) -> None:
+    if logger.name not in LOGGERS:
+        raise ConfigError(f"logger.name: expected one of {', '.join(LOGGERS)}, got {logger.name!r}")
+    if logger.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {logger.mode!r}")
+
+
+def _validate_data(d) -> None:
     if d.name not in DATA:
         raise ConfigError(f"data.name: expected one of {', '.join(DATA)}, got {d.name!r}")
     if d.batch_size < 1:

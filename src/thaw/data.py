@@ -547,7 +547,7 @@ def size_text(nbytes: int) -> str:
 class DecodedCache:
     """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
     (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data config,
-    image size, seed and every file's path, size and mtime, so a changed folder is decoded again.
+    image size and every file's path, size and mtime, so a changed folder is decoded again.
     Written to a temp dir and renamed: atomic."""
 
     def __init__(self, cache_dir: str, cfg, key):

@@ -57,10 +57,10 @@ class TrialHandle:
             log.warning("could not describe trial %d: %s", self.number, exc)
 
     # -- reporting during training
-    def report(self, step: int, value: float) -> bool:
-        """Record an intermediate value; True when the pruner says stop."""
+    def report(self, step: int, value: float, judge: bool = True) -> bool:
+        """Record an intermediate value; True when the pruner says stop (asked only when `judge`)."""
         self.trial.report(value, step)
-        return self.trial.should_prune()
+        return judge and self.trial.should_prune()
 
     def retried_run_dir(self) -> Optional[str]:
         """The run dir of the dead trial this one retries (hydra.sweeper.max_retry), or None."""

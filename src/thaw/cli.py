@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from thaw.config import register_configs, validate
 from thaw.errors import ThawError
 from thaw.paths import conf_dir
+from thaw.sweep_app import ThawTrainSweep
 
 log = logging.getLogger("thaw")
 
@@ -28,7 +29,9 @@ def _one_line(exc: BaseException) -> str:
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += ": " + str(cause).strip().split("\n    full_key")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return "; ".join(lines)[:600]
+    from thaw.sweeper.storage import redact  # e.g. Hydra quoting a bad override: never a storage password
+
+    return redact("; ".join(lines))[:600]
 
 
 def _die(message: str) -> None:
@@ -59,12 +62,31 @@ def precheck(argv: List[str]) -> None:
     try:
         overrides = _fixed_overrides(args.overrides) if args.multirun else list(args.overrides)
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-            cfg = compose(config_name=args.config_name or "train", overrides=overrides)
-        validate(cfg)
+            cfg = compose(config_name=args.config_name or "train", overrides=overrides,
+                          return_hydra_config=bool(args.multirun))
+        thaw_sweep = args.multirun and "thaw_sweeper" in str(cfg.hydra.sweeper.get("_target_", ""))
+        if args.multirun:
+            from thaw.sweeper.identity import without_hydra
+
+            cfg = without_hydra(cfg)
+        validate(cfg, scan_data=not thaw_sweep)  # thaw's sweeper scans the data after checking its study
     except ThawError as exc:
         _die(_one_line(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         _die(_one_line(exc))
+    _warn_ignored(cfg, overrides)
+
+
+def _warn_ignored(cfg, overrides: List[str]) -> None:
+    """A key given on the command line that this config ignores: one warning line naming it and why
+    (a sweep that searches such a key is refused by the sweeper instead)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from thaw.config import ignored
+
+    keys = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides)]
+    for key, why in ignored(cfg, keys).items():
+        print(f"thaw-train: warning: {key} changes nothing here: {why}", file=sys.stderr, flush=True)
 
 
 def _remove_if_only_hydra_files(out: Path) -> None:
@@ -73,7 +95,7 @@ def _remove_if_only_hydra_files(out: Path) -> None:
         names = {p.name for p in out.iterdir()}
     except OSError:
         return
-    if names <= {".hydra", "train.log"}:
+    if names <= {".hydra", "train.log", "resolved_config.yaml"}:
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -88,9 +110,11 @@ def _describe_time(trial, out: Path) -> None:
 
 
 def _prepare_trial(cfg, trial, out: Path) -> None:
-    """Before training: the config checked, what the sweep report reads put on the trial, and a
-    retried trial given the dead trial's checkpoint to continue."""
+    """Before training: the config checked and saved resolved (thaw-evaluate, -export and -retrain
+    read the same data and weights from any directory), what the sweep report reads put on the
+    trial, and a retried trial given the dead trial's checkpoint to continue."""
     validate(cfg)
+    _save_resolved_config(cfg, out)
     if trial is not None:
         from thaw import checkpoint
         from thaw.record import objective_names
@@ -99,6 +123,18 @@ def _prepare_trial(cfg, trial, out: Path) -> None:
         source = trial.retried_run_dir() if cfg.trainer.resume == "auto" else None
         if checkpoint.adopt(source, out):
             log.info("trial %d retries a dead trial: continuing its checkpoint from %s", trial.number, source)
+
+
+def _save_resolved_config(cfg, out: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from thaw.inference import RESOLVED_CONFIG
+    from thaw.outputs import write_text_atomic
+    from thaw.sweep_app import resolved
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / RESOLVED_CONFIG, "# this run's config: interpolations resolved, paths absolute\n"
+                      + OmegaConf.to_yaml(resolved(cfg)))
 
 
 def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
@@ -147,6 +183,10 @@ def run(cfg: DictConfig):
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
+    if hc.output_subdir:  # Hydra copied the command line there, a storage URL's password included
+        from thaw.sweeper.storage import redact_files
+
+        redact_files(out / hc.output_subdir)
     trial = attach_trial(hc)
     started: list = []  # the tracker, once train() has loaded the data and built the model
     state, summary = "FAIL", {}
@@ -211,6 +251,7 @@ def _task(cfg: DictConfig):
 
 
 _task.thaw_train = True  # how the sweeper tells thaw-train's task from any other Hydra app's
+_task.sweep_app = ThawTrainSweep()  # what the sweeper asks the app: study identity, baseline, test split
 _hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(_task)
 
 
@@ -219,6 +260,12 @@ def main() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     precheck(sys.argv[1:])
+    try:  # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-run
+        from thaw.checkpoint import kill_point
+
+        kill_point()
+    except ThawError as exc:
+        _die(_one_line(exc))
     interrupt.install()
     try:
         _hydra_main()

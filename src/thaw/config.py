@@ -204,8 +204,9 @@ def _validate_augment(a) -> None:
             raise ConfigError(f"augment.{key}: must be in [0, {top}], got {a[key]}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError."""
+def validate(cfg: DictConfig, scan_data: bool = True) -> None:
+    """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError.
+    `scan_data=False` leaves the data folder's scan to later (a sweep checks its study first)."""
     from thaw.backbones import get_spec
 
     spec = get_spec(cfg.backbone.name)
@@ -215,7 +216,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_unfreeze(cfg.unfreeze, cfg.backbone.name, spec)
     _validate_trainer(cfg)
     _validate_logger(cfg.logger)
-    _validate_data(cfg.data)
+    _validate_data(cfg.data, scan_data)
 
 
 def _validate_backbone(b, spec) -> None:
@@ -313,7 +314,7 @@ def _validate_logger(logger) -> None:
         raise ConfigError(f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {logger.mode!r}")
 
 
-def _validate_data(d) -> None:
+def _validate_data(d, scan: bool = True) -> None:
     if d.name not in DATA:
         raise ConfigError(f"data.name: expected one of {', '.join(DATA)}, got {d.name!r}")
     if d.batch_size < 1:
@@ -335,7 +336,54 @@ def _validate_data(d) -> None:
             raise ConfigError(f"data.num_classes: synthetic data has 2 to 4 classes, got {n}")
         if d.num_train < n or d.num_val < n:
             raise ConfigError("data.num_train/num_val: need at least one image per class")
-    if d.name == "folder":
+    if d.name == "folder" and scan:
         from thaw.data import scan_folder
 
         scan_folder(d)  # raises DataError on a missing/empty/one-class folder
+
+
+_LOGGER_KEYS = ("project", "entity", "mode", "group", "tags", "log_model", "dir", "init_timeout")
+
+
+def inert_keys(cfg) -> dict:
+    """{key: why} for settings this composed config ignores: given on the command line they would
+    change nothing, so a single run warns and a sweep refuses to search them."""
+    from thaw.augment import active
+
+    out = {}
+    u, t, d = cfg.unfreeze, cfg.trainer, cfg.data
+    if u.name != "top_blocks":
+        out["unfreeze.depth"] = (f"unfreeze={u.name} trains {'every' if u.name == 'all' else 'no'} block of the "
+                                 "base; the depth counts blocks only with unfreeze=top_blocks")
+    if int(t.finetune_epochs) == 0:
+        for key in ("unfreeze.depth", "lr.finetune_factor"):
+            out[key] = "trainer.finetune_epochs=0: there is no fine-tuning phase"
+    if cfg.head.name != "mlp":
+        for key in ("head.hidden_units", "head.activation"):
+            out[key] = f"head={cfg.head.name} has no hidden layer (head=mlp has)"
+    if cfg.lr.name == "constant":
+        out["lr.final_fraction"] = "lr=constant keeps the rate; the final fraction applies to lr=cosine"
+    if d.name != "folder":
+        for key in ("path", "val_fraction", "on_bad_image"):
+            out[f"data.{key}"] = f"data={d.name} does not read a folder (data=folder does)"
+    if d.name != "synthetic":
+        for key in ("num_train", "num_val", "num_test"):
+            out[f"data.{key}"] = f"data={d.name} is not generated (the counts apply to data=synthetic)"
+    if d.name != "cats_vs_dogs":
+        for key in ("tfds_name", "tfds_data_dir", "tfds_train_split", "tfds_val_split", "tfds_test_split"):
+            out[f"data.{key}"] = f"data={d.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)"
+    if not active(cfg.get("augment")) and not d.get("augment"):
+        out["trainer.augment_views"] = "no augmentation is on (augment=none): there are no views to draw"
+    if cfg.backbone.batchnorm == "inference" or (cfg.backbone.batchnorm == "auto" and cfg.backbone.weights):
+        out["backbone.batchnorm_momentum"] = ("the pretrained base runs BatchNorm in inference mode, so its "
+                                              "moving averages never update (backbone.batchnorm=train would)")
+    if cfg.logger.name == "none":
+        for key in _LOGGER_KEYS:
+            out[f"logger.{key}"] = "logger=none: nothing is tracked"
+    return out
+
+
+def ignored(cfg, keys) -> dict:
+    """{key: why} for those of `keys` (dotted; a group's own key like `head.hidden_units`) that `cfg` ignores."""
+    inert = inert_keys(cfg)
+    return {k: inert[k] for k in keys if k in inert}

@@ -14,25 +14,25 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from omegaconf import OmegaConf
-
 from thaw.errors import DataError
 from thaw.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_test(run_dir) -> Optional[Dict[str, Any]]:
-    """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test split."""
+def evaluate_test(run_dir, per_image: bool = False) -> Optional[Dict[str, Any]]:
+    """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test split.
+    `per_image`: also 'correct', one 0/1 per test image in split order (paired comparisons)."""
     from thaw.tf_startup import import_tensorflow
 
     import_tensorflow()
     import keras
 
     from thaw import data as data_mod
+    from thaw.inference import as_probabilities, run_config
 
     run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = run_config(run_dir)
     has_test = (cfg.data.name == "folder" and cfg.data.test_fraction > 0) or \
         (cfg.data.name == "synthetic" and cfg.data.num_test > 0) or \
         (cfg.data.name == "cats_vs_dogs" and cfg.data.test_fraction > 0)
@@ -43,20 +43,22 @@ def evaluate_test(run_dir) -> Optional[Dict[str, Any]]:
     if ds.test is None or not len(ds.test):
         return None
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    logits = model.predict(data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x),
+                           verbose=0)
+    labels = np.asarray(ds.test.labels).reshape(-1)
     if ds.num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)
-        metric = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)(labels.reshape(-1, 1).astype("float32"), logits)
     else:
-        loss, metric = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(
-            name="accuracy")
-    model.compile(loss=loss, metrics=[metric])
-    res = model.evaluate(data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0), verbose=0, return_dict=True)
-    out = {"test_accuracy": float(res["accuracy"]), "test_loss": float(res["loss"]), "num_test": len(ds.test)}
+        loss = keras.losses.SparseCategoricalCrossentropy()(labels, logits)
+    correct = (np.argmax(as_probabilities(logits), axis=1) == labels).astype(int)
+    out = {"test_accuracy": float(correct.mean()), "test_loss": float(loss), "num_test": len(ds.test)}
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         metrics.update(out)
         write_json_atomic(metrics_path, metrics)
+    if per_image:
+        out["correct"] = correct.tolist()
     return out
 
 

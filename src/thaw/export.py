@@ -36,13 +36,12 @@ def sample_images(trained, data: Optional[str], n_rep: int, n_check: int) -> Tup
         order = rng.permutation(len(good))
         cut = min(n_rep, len(good) // 2)
         return images[order[:cut]], images[order[cut:cut + n_check]], data
-    if trained.run_dir is None or not (trained.run_dir / ".hydra" / "config.yaml").is_file():
+    if trained.run_dir is None:
         raise ConfigError(f"{trained.path}: no run config next to the model; give images with --data FOLDER")
-    from omegaconf import OmegaConf
-
     from thaw import data as data_mod
+    from thaw.inference import run_config
 
-    cfg = OmegaConf.load(trained.run_dir / ".hydra" / "config.yaml")
+    cfg = run_config(trained.run_dir)
     ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
     rng = np.random.default_rng(0)
     rep = ds.train.images[np.sort(rng.permutation(len(ds.train))[:n_rep])]

@@ -31,7 +31,24 @@ def run_command(prog: str, fn: Callable[[], int], per_file_logs: bool = False) -
         return 2
 
 
+RESOLVED_CONFIG = "resolved_config.yaml"  # written by every run: interpolations resolved, paths absolute
+
+
+def run_config(run_dir: Path):
+    """The config a run ran with: its resolved copy (reads the same from any directory), or, for a
+    run made before thaw wrote one, Hydra's `.hydra/config.yaml`."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    for path in (run_dir / RESOLVED_CONFIG, run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            return OmegaConf.load(path)
+    raise ConfigError(f"{run_dir}: not a thaw run dir (no {RESOLVED_CONFIG} or .hydra/config.yaml)")
+
+
 def best_trial_dir(sweep: Path) -> Path:
+    """The sweep's chosen trial, located inside `sweep` (a copied or moved sweep dir serves its own
+    model, never the original's)."""
     import yaml
 
     try:
@@ -41,8 +58,14 @@ def best_trial_dir(sweep: Path) -> Path:
     best = (res.get("best_trial") or {}) if isinstance(res, dict) else {}
     if "number" not in best:
         raise ConfigError(f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)")
-    recorded = Path(best["run_dir"]) if best.get("run_dir") else None
-    return recorded if recorded is not None and recorded.is_dir() else sweep / f"trial_{best['number']}"
+    recorded = Path(str(best["run_dir"])) if best.get("run_dir") else Path(f"trial_{best['number']}")
+    candidates = [sweep / recorded] if not recorded.is_absolute() else [sweep / recorded.name, recorded]
+    candidates.append(sweep / f"trial_{best['number']}")
+    for run in candidates:
+        if run.is_dir():
+            return run
+    raise ConfigError(f"{sweep}: the best trial's run dir is missing (looked in "
+                      f"{', '.join(str(c) for c in dict.fromkeys(candidates))})")
 
 
 def find_run(target: str) -> Tuple[Path, Optional[Path]]:

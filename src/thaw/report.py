@@ -184,6 +184,23 @@ def _table(rows, header) -> str:
     return "".join(table)
 
 
+def _about_html(study) -> str:
+    """What the sweep is about and its answer in words (thaw-train sweeps record both on the study)."""
+    esc = html.escape
+    about, verdict = study.user_attrs.get("about") or {}, study.user_attrs.get("verdict")
+    parts = []
+    if verdict:
+        parts.append(f"<p class='verdict'><b>{esc(verdict[0].upper() + verdict[1:])}.</b></p>")
+    if about:
+        images = about.get("images") or {}
+        counts = (f" ({images.get('train')} train / {images.get('validation')} validation / {images.get('test')} test "
+                  f"images, {images.get('classes')} classes)") if images else ""
+        parts.append(f"<p class='about'>Data {esc(str(about.get('data')))}{esc(counts)}; backbone "
+                     f"{esc(str(about.get('backbone')))}, weights {esc(str(about.get('weights')))}, "
+                     f"{esc(str(about.get('image_size')))} px; searching {esc(str(about.get('search_space')))}.</p>")
+    return "".join(parts)
+
+
 def _best_html(study) -> str:
     esc = html.escape
     if len(study.directions) != 1:
@@ -237,6 +254,7 @@ def build_report(target: str, study_name: Optional[str] = None, out_dir: Optiona
 <h1>Sweep report: {esc(study.study_name)}</h1>
 <p>{len(rows)} trials: {esc(', '.join(f'{k} {v}' for k, v in sorted(counts.items())))}.
 Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
+{_about_html(study)}
 {_best_html(study)}
 {''.join(sections)}
 <h2>Trials</h2><p>Click a column header to sort.</p>

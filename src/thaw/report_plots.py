@@ -73,9 +73,9 @@ def _head_epochs(trial) -> Optional[int]:
         return int(trial.user_attrs["head_epochs"])
     run_dir = trial.user_attrs.get("run_dir")
     try:
-        from omegaconf import OmegaConf
+        from thaw.inference import run_config
 
-        return int(OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml").trainer.head_epochs)
+        return int(run_config(Path(run_dir)).trainer.head_epochs)
     except Exception:
         return None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from thaw.errors import ConfigError
-from thaw.inference import best_trial_dir, run_command
+from thaw.inference import RESOLVED_CONFIG, best_trial_dir, run_command
 
 TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer.patience=0"]
 
@@ -25,14 +25,17 @@ TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer
 def source_run(target: str) -> Path:
     p = Path(target).expanduser()
     run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
-    if not (run / ".hydra" / "config.yaml").is_file():
-        raise ConfigError(f"{target}: not a sweep dir or run dir (no {run / '.hydra' / 'config.yaml'})")
+    if not (run / RESOLVED_CONFIG).is_file() and not (run / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{target}: not a sweep dir or run dir (no {run / RESOLVED_CONFIG} or "
+                          f"{run / '.hydra' / 'config.yaml'})")
     return run
 
 
 def write_winner(run: Path, search_dir: Path) -> None:
-    """The run's config as an optional `retrain` group entry that overrides every key."""
-    text = (run / ".hydra" / "config.yaml").read_text()
+    """The run's config as an optional `retrain` group entry that overrides every key: its resolved
+    copy (paths absolute, so the winner finds its data from any directory) where the run has one."""
+    resolved = run / RESOLVED_CONFIG
+    text = (resolved if resolved.is_file() else run / ".hydra" / "config.yaml").read_text()
     (search_dir / "retrain").mkdir(parents=True, exist_ok=True)
     (search_dir / "retrain" / "winner.yaml").write_text(f"# @package _global_\n# from {run}\n{text}")
 
@@ -77,7 +80,9 @@ def _main(argv: Optional[List[str]]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="thaw-retrain-") as tmp:
         new_argv = retrain_argv(args.target, args.overrides, args.train_on_val, Path(tmp))
-        print("thaw-retrain: thaw-train " + " ".join(new_argv[1:]), file=sys.stderr, flush=True)
+        from thaw.sweeper.storage import redact  # a storage URL among the overrides: no password echoed
+
+        print("thaw-retrain: thaw-train " + redact(" ".join(new_argv[1:])), file=sys.stderr, flush=True)
         sys.argv = ["thaw-train", *new_argv]
         cli.main()
     return 0

@@ -5,13 +5,29 @@ Tracking is best effort: if W&B cannot start or fails mid-run, training goes on 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _argv_redacted():
+    """W&B records the command line (sys.argv) with each run: it sees the storage URL's password as
+    ***. Around wandb.init and run.finish, where W&B reads it."""
+    from thaw.sweeper.storage import redact
+
+    saved = list(sys.argv)
+    sys.argv[:] = [redact(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def _has_credentials() -> bool:
@@ -81,7 +97,8 @@ class WandbTracker(Tracker):
                 self.run.log_artifact(art)
         self._safe(_finish)
         try:
-            self.run.finish(exit_code=0 if state in ("COMPLETE", "PRUNED") else 1)
+            with _argv_redacted():
+                self.run.finish(exit_code=0 if state in ("COMPLETE", "PRUNED") else 1)
         except Exception as exc:
             log.warning("W&B finish failed: %s", exc)
 
@@ -105,7 +122,11 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     group, name, job_type = lcfg.group or cfg.name, None, "train"
-    if trial is not None:
+    if trial is not None and hasattr(trial, "seed"):  # a confirmation run (thaw.sweeper.trial.ConfirmationRun)
+        group = lcfg.group or trial.study_name
+        name, job_type = f"trial-{trial.number}-seed-{trial.seed}", "confirmation"
+        config["confirmation"] = {"trial": trial.number, "seed": trial.seed}
+    elif trial is not None:
         group = lcfg.group or trial.study.study_name
         name, job_type = f"trial-{trial.number}", "trial"
         config["trial"] = {"number": trial.number, "params": dict(trial.trial.params)}
@@ -117,10 +138,12 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
         return Tracker()
 
     def init(m):
-        return wandb.init(project=lcfg.project, entity=lcfg.entity, group=group, job_type=job_type, name=name,
-                          tags=list(lcfg.tags or []), config=config, dir=str(wandb_dir), mode=m, reinit="finish_previous",
-                          settings=wandb.Settings(init_timeout=float(lcfg.init_timeout), silent=True,
-                                                  console="off", x_disable_stats=True))
+        with _argv_redacted():
+            return wandb.init(project=lcfg.project, entity=lcfg.entity, group=group, job_type=job_type,
+                              name=name, tags=list(lcfg.tags or []), config=config, dir=str(wandb_dir), mode=m,
+                              reinit="finish_previous",
+                              settings=wandb.Settings(init_timeout=float(lcfg.init_timeout), silent=True,
+                                                      console="off", x_disable_stats=True))
     try:
         run = init(mode)
     except Exception as exc:
@@ -150,12 +173,13 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
     try:
         import wandb
 
-        run = wandb.init(project=logger_cfg.get("project", "thaw"), entity=logger_cfg.get("entity"),
-                         group=logger_cfg.get("group") or study.study_name, job_type="sweep-summary",
-                         name=f"{study.study_name}-summary", dir=str(sweep_dir), mode=mode,
-                         reinit="finish_previous",
-                         settings=wandb.Settings(init_timeout=float(logger_cfg.get("init_timeout", 30)),
-                                                 silent=True, console="off", x_disable_stats=True))
+        with _argv_redacted():
+            run = wandb.init(project=logger_cfg.get("project", "thaw"), entity=logger_cfg.get("entity"),
+                             group=logger_cfg.get("group") or study.study_name, job_type="sweep-summary",
+                             name=f"{study.study_name}-summary", dir=str(sweep_dir), mode=mode,
+                             reinit="finish_previous",
+                             settings=wandb.Settings(init_timeout=float(logger_cfg.get("init_timeout", 30)),
+                                                     silent=True, console="off", x_disable_stats=True))
     except Exception as exc:
         log.warning("W&B sweep summary not logged: %s", str(exc).splitlines()[0][:200])
         return
@@ -171,12 +195,15 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
         try:
             run.summary.update({"best_value": study.best_value, "best_params": study.best_params,
                                 "best_trial": study.best_trial.number})
+            if study.user_attrs.get("verdict"):  # the confirmed winner against the baseline, in words
+                run.summary.update({"verdict": study.user_attrs["verdict"], "about": study.user_attrs.get("about")})
         except (ValueError, RuntimeError):
             pass
     except Exception as exc:
         log.warning("W&B sweep summary incomplete: %s", exc)
     finally:
         try:
-            run.finish()
+            with _argv_redacted():
+                run.finish()
         except Exception:
             pass

@@ -14,6 +14,15 @@ from hydra_plugins.thaw_sweeper import groups
 
 
 @dataclass
+class ConfirmConf:
+    # after the search, the top_k COMPLETE trials and the baseline run again with `seeds` more values
+    # of seed_key each; the winner is the best mean (0: off)
+    top_k: int = 3
+    seeds: int = 2
+    seed_key: str = "trainer.seed"
+
+
+@dataclass
 class ThawSweeperConf:
     _target_: str = "hydra_plugins.thaw_sweeper.thaw_sweeper.ThawSweeper"
     _recursive_: bool = False  # thaw builds sampler and pruner itself (a grid needs the params first)
@@ -51,8 +60,16 @@ class ThawSweeperConf:
     # dotted path to fn(cfg, trial) called after params are sampled: may suggest more (conditional)
     # parameters, also `+key` ones; a leading dot is relative to the app's module (as in HOS)
     custom_search_space: Optional[str] = None
+    # the first trial is the preset's recipe with the base frozen (unfreeze.depth=0), so every sweep
+    # measures its winner against not fine-tuning (thaw-train; sweep=depth_lr turns it on)
+    baseline: bool = False
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # an existing study run with a different fixed config is refused unless this is true (the study
+    # then records what changed)
+    allow_config_change: bool = False
     # set by the sweeper on each job it launches, not by users
     trial_number: Optional[int] = None
+    confirmation: Optional[str] = None  # "<trial>:<seed>" on a confirmation run
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="thaw", node=ThawSweeperConf, provider="thaw")

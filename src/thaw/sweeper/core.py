@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError, ThawError
 from thaw.outputs import write_text_atomic
+from thaw.sweeper import confidence, confirm, identity
 from thaw.sweeper import plan as search_space_plan
 from thaw.sweeper import search_space
 from thaw.sweeper.progress import Progress
@@ -107,6 +108,7 @@ class SweepRunner:
         self.config = config
         self.hydra_context = hydra_context
         self.thaw_train = bool(getattr(task_function, "thaw_train", False))
+        self.app = getattr(task_function, "sweep_app", None)  # the app's hooks (thaw.sweep_app), or None
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -200,6 +202,8 @@ class SweepRunner:
         plan = self.plan = search_space_plan.build(self.cfg, self.config, arguments,
                                                    getattr(self.hydra_context, "config_loader", None))
         space = plan.space
+        fixed_lines = list(plan.fixed.values())
+        self._check_question(plan, fixed_lines)
         n_trials = self._open_study(directions, plan, n_trials)
         self.n_trials, self.directions = n_trials, directions
         study, url, study_name = self.study, self.url, self.study.study_name
@@ -211,7 +215,6 @@ class SweepRunner:
                  n_trials, ", ".join([f"{k} ~ {type(d).__name__}" for k, d in space.items()]
                                      + [f"{k} (per {'/'.join(d.owners)})" for k, d in plan.dependent.items()]
                                      + (["custom_search_space"] if plan.extender else [])))
-        fixed_lines = list(plan.fixed.values())
         interrupted = False
         try:
             from thaw import interrupt
@@ -254,12 +257,100 @@ class SweepRunner:
                 self.write_results(log_best=interrupted)
         if interrupted:
             sys.exit(130)
+        try:
+            self._confirm(fixed_lines, study_name, beats)
+        except KeyboardInterrupt:
+            log.warning("interrupted during confirmation: finished runs are kept on the study; run the same "
+                        "command to continue")
+            self.write_results(log_best=True)
+            sys.exit(130)
         self._remove_unneeded_models()
         self._evaluate_best()
         self._nothing_usable()
         self.write_results(log_best=True)
         self._report()
         return self.study
+
+    # ------------------------------------------------------------------ what the study is about
+    def _check_question(self, plan, fixed_lines: List[str]) -> None:
+        """Compose a trial's fixed config once: searched keys it ignores are refused, a pruner that
+        never hears a value is warned about, and the study's identity (and the `{config_hash}` in
+        its name) is computed, all before anything is written."""
+        self.job_cfg = None
+        loader = getattr(self.hydra_context, "config_loader", None)
+        searched = list(plan.space) + list(plan.dependent)
+        if loader is not None:
+            try:
+                self.job_cfg = loader.load_sweep_config(self.config, list(fixed_lines))
+            except Exception as exc:  # the trials will fail with Hydra's own message
+                log.debug("could not compose the fixed config: %s", exc)
+        if self.job_cfg is None:
+            self.identity_keys = {}
+            return
+        app = self.app
+        if app is not None:
+            app.refuse_ignored(self.job_cfg, searched)
+            warning = app.pruning_warning(self.job_cfg) if self.cfg.get("pruner") else None
+            if warning:
+                log.warning("%s", warning)
+        config_keys = (app.config_keys(self.job_cfg, searched) if app is not None
+                       else identity.fixed_keys(self.job_cfg, searched, ()))
+        self.identity_keys = {**config_keys, **(app.content_keys(self.job_cfg) if app is not None else {})}
+        name = str(self.cfg.get("study_name") or "thaw")
+        expanded = identity.expand_name(name, config_keys)
+        if expanded != name:
+            from omegaconf import open_dict, read_write
+
+            self.cfg["study_name"] = expanded
+            with read_write(self.config), open_dict(self.config):
+                self.config.hydra.sweeper.study_name = expanded  # hydra.sweep.dir follows it
+        self.baseline_params = self._baseline_params(plan)
+
+    def _baseline_params(self, plan) -> Optional[Dict[str, Any]]:
+        if not self.cfg.get("baseline"):
+            return None
+        if self.app is None:
+            raise ConfigError("hydra.sweeper.baseline=true: only thaw-train knows its baseline (depth 0)")
+        node = self.cfg.get("sampler")
+        if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
+            log.warning("hydra.sweeper.baseline: not enqueued with the grid sampler (the grid decides every "
+                        "trial; include unfreeze.depth=0 in it to measure the frozen base)")
+            return None
+        return self.app.baseline(self.job_cfg, plan.space)
+
+    def _refuse_other_question(self, url: str, study_name: str, sampler, pruner) -> None:
+        """An existing study run with another fixed config is refused (one line, nothing written)."""
+        import optuna
+
+        from thaw.sweeper.storage import journal_path
+
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else journal_path(url)
+        if (path is not None and not Path(path).exists()) or not self.identity_keys:
+            return
+        attrs = identity.sqlite_study_attrs(path, study_name) if url.startswith("sqlite:///") else None
+        if attrs is None:
+            try:
+                attrs = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=sampler,
+                                          pruner=pruner).user_attrs
+            except KeyError:
+                return
+        self.identity_diff = identity.check(attrs, self.identity_keys, study_name,
+                                            bool(self.cfg.get("allow_config_change")))
+
+    def _record_question(self, study, plan) -> None:
+        if self.identity_keys:
+            identity.record(study, self.identity_keys, getattr(self, "identity_diff", None))
+            if getattr(self, "identity_diff", None):
+                log.warning("hydra.sweeper.allow_config_change=true: study %r continues with a changed config "
+                            "(%s); recorded on the study", study.study_name, "; ".join(self.identity_diff[:5]))
+        if self.app is not None and self.job_cfg is not None:
+            study.set_user_attr("about", self.app.about(self.job_cfg, _space_text(plan)))
+        params = getattr(self, "baseline_params", None)
+        if params and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(params, user_attrs={"baseline": True})
+            study.set_user_attr(confirm.BASELINE_ATTR, study.get_trials(deepcopy=False)[-1].number)
+            log.info("trial 0 is the baseline: %s (the frozen base, the preset's recipe)",
+                     " ".join(f"{k}={v}" for k, v in params.items()))
 
     def _sampler_node(self, plan, n_trials: int):
         """The sampler's settings; GridSampler without a search_space walks the params' values, and the
@@ -292,6 +383,9 @@ class SweepRunner:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
         study_name = self.cfg.get("study_name") or "thaw"
+        self._refuse_other_question(url, study_name, sampler, pruner)
+        if self.app is not None and self.job_cfg is not None:
+            self.app.validate(self.job_cfg)  # the data folder is scanned only once the study is the right one
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +402,7 @@ class SweepRunner:
         if existing != directions:
             raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
                               f"not {directions}")
+        self._record_question(study, plan)
         self._reseed_on_resume(study)
         if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
             _requeue_lost_grid_points(study)
@@ -342,32 +437,90 @@ class SweepRunner:
         except Exception as exc:
             log.warning("W&B sweep summary not logged: %s", exc)
 
+    # ------------------------------------------------------------------ confirm, evaluate
+    def _confirmation(self) -> Optional[confirm.Confirmation]:
+        settings = confirm.Settings.parse(self.cfg.get("confirm"))
+        if not settings.on or len(self.directions) != 1 or self.job_cfg is None:
+            return None
+        base_seed = OmegaConf.select(self.job_cfg, settings.seed_key, default=None)
+        if base_seed is None:
+            log.warning("hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation runs "
+                        "(set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)", settings.seed_key)
+            return None
+        return confirm.Confirmation(settings, self.study, self.directions[0] == "maximize", int(base_seed))
+
+    def _confirm(self, fixed_lines: List[str], study_name: str, beats) -> None:
+        """Re-run the top trials and the baseline with more seeds (recorded on the study, not told to
+        Optuna), n_jobs at a time through the launcher."""
+        conf = self._confirmation()
+        if conf is None:
+            return
+        pending = conf.pending()
+        if not pending:
+            return
+        log.info("confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)", len(pending),
+                 sorted({t.number for t, _ in pending}), conf.seeds)
+        extra = self.app.confirmation_overrides() if self.app is not None else []
+        n_jobs = int(self.cfg.get("n_jobs") or 1)
+        for i in range(0, len(pending), n_jobs):
+            from thaw import interrupt
+
+            interrupt.check()
+            batch = pending[i:i + n_jobs]
+            lines = [fixed_lines + conf.overrides(t, seed) + extra + [f"hydra.sweeper.storage={self.url}",
+                                                                       f"hydra.sweeper.study_name={study_name}"]
+                     for t, seed in batch]
+            try:
+                returns = self.launcher.launch(lines, initial_job_idx=10_000 + i)
+            except Exception as exc:
+                returns = [exc] * len(batch)
+            results = []
+            for (trial, seed), ret in zip(batch, returns):
+                value, error = _confirmation_value(ret)
+                results.append((trial, seed, value, error))
+                log.log(logging.INFO if error is None else logging.WARNING, "confirm trial %d seed %d: %s",
+                        trial.number, seed, f"value {value:.4f}" if error is None else f"failed ({error})")
+            conf.store(results)
+            self.write_results()
+
+    def _chosen(self):
+        """The trial the sweep answers with: the confirmed winner, else Optuna's best."""
+        conf = self._confirmation()
+        summary = conf.summary() if conf is not None else None
+        if summary is not None:
+            return self.study.get_trials(deepcopy=False)[summary["winner"]], summary
+        return self.study.best_trial, None
+
     def _evaluate_best(self) -> None:
-        """thaw-train: evaluate the best trial once on the held-out test split (if the data has one)."""
-        if len(self.directions) != 1 or not self._is_thaw_train():
+        """The chosen trial (and the baseline, the fixed reference) once on the held-out test split."""
+        if len(self.directions) != 1 or self.app is None:
             return
         if self._save_models() == "none":
             log.info("save_models=none: no model to evaluate on the test split (thaw-retrain rebuilds the winner)")
             return
         from optuna.trial import TrialState
 
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        if not complete:
+        if not any(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False)):
             return
-        best = self.study.best_trial
-        done = self.study.user_attrs.get("test_eval") or {}
-        if done.get("trial") == best.number or not best.user_attrs.get("run_dir"):
+        chosen, _ = self._chosen()
+        self._evaluate_once("test_eval", chosen, "chosen trial")
+        base = confirm.baseline_number(self.study)
+        if base is not None and base != chosen.number:
+            self._evaluate_once("test_eval_baseline", self.study.get_trials(deepcopy=False)[base], "baseline")
+
+    def _evaluate_once(self, attr: str, trial, what: str) -> None:
+        done = self.study.user_attrs.get(attr) or {}
+        run_dir = trial.user_attrs.get("run_dir")
+        if done.get("trial") == trial.number or not run_dir:
             return
         try:
-            from thaw.evaluate import evaluate_test
-
-            res = evaluate_test(best.user_attrs["run_dir"])
+            res = self.app.evaluate(run_dir)
         except Exception as exc:  # the sweep's results stand without it
-            log.warning("could not evaluate best trial %d on the test split: %s", best.number, exc)
+            log.warning("could not evaluate %s %d on the test split: %s", what, trial.number, exc)
             return
         if res:  # finished trials are immutable in Optuna: the result lives on the study
-            self.study.set_user_attr("test_eval", {"trial": best.number, **res})
-            log.info("best trial %d on the held-out test split: accuracy %.4f (%d images)", best.number,
+            self.study.set_user_attr(attr, {"trial": trial.number, **res})
+            log.info("%s %d on the held-out test split: accuracy %.4f (%d images)", what, trial.number,
                      res["test_accuracy"], res["num_test"])
 
     def _reseed_on_resume(self, study) -> None:
@@ -473,6 +626,7 @@ class SweepRunner:
         if not trials:
             return
         keep = {t.number for t in self.study.best_trials} if len(self.directions) > 1 else {self.study.best_trial.number}
+        keep |= self._models_confirmation_needs(keep)
         for t in trials:
             run_dir = t.user_attrs.get("run_dir")
             if t.number in keep or not run_dir:
@@ -482,6 +636,22 @@ class SweepRunner:
                 if path.exists():
                     path.unlink()
                     log.info("save_models=best: removed %s (trial %d is not the best)", path, t.number)
+
+    def _models_confirmation_needs(self, keep: set) -> set:
+        """The baseline's model (the test split's reference) and, until confirmation is done, the top
+        trials' (any may win); after it, the winner's instead of Optuna's best."""
+        base = confirm.baseline_number(self.study)
+        extra = set() if base is None else {base}
+        conf = self._confirmation() if len(self.directions) == 1 else None
+        if conf is None:
+            return extra
+        if conf.pending():
+            return extra | {t.number for t in conf.candidates()}
+        summary = conf.summary()
+        if summary is not None:
+            keep.clear()
+            extra.add(summary["winner"])
+        return extra
 
     def _tell_from_return(self, trial, ret) -> None:
         """A job that did not tell its trial itself (any Hydra app): its return value, or its exception
@@ -572,18 +742,86 @@ class SweepRunner:
         }
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete and len(self.directions) == 1:
-            best = self.study.best_trial
+            best, summary = self._chosen()
             out.update(best_value=best.value, best_params=dict(best.params),
-                       best_trial={"number": best.number, "run_dir": best.user_attrs.get("run_dir")})
-            test_eval = self.study.user_attrs.get("test_eval") or {}
-            if test_eval.get("trial") == best.number:
-                out["best_trial"].update({k: v for k, v in test_eval.items() if k != "trial"})
+                       best_trial={"number": best.number, "run_dir": self._relative(best.user_attrs.get("run_dir"))})
+            if best.number != self.study.best_trial.number:
+                out["search_best_trial"] = {"number": self.study.best_trial.number,
+                                            "value": self.study.best_trial.value}
+            if summary is not None:
+                out["best_trial"]["mean"] = next(r["mean"] for r in summary["confirmed"] if r["number"] == best.number)
+                out.update({k: summary[k] for k in ("baseline", "confirmed", "winner", "gain_vs_baseline", "seeds")
+                            if k in summary})
+            out["best_trial"].update(self._test_info(best))
+            out["verdict"] = self._verdict(best, out)
+            self.study.set_user_attr("verdict", out["verdict"])
         elif complete:
             best_trials = self.study.best_trials
             out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
-                                   "run_dir": t.user_attrs.get("run_dir")} for t in best_trials]
+                                   "run_dir": self._relative(t.user_attrs.get("run_dir"))} for t in best_trials]
             out["solutions"] = [{"params": dict(t.params), "values": t.values} for t in best_trials]  # HOS's key
         return out
+
+    def _relative(self, run_dir: Optional[str]) -> Optional[str]:
+        """A trial's run dir relative to the sweep dir (a copied or moved sweep dir still finds it)."""
+        if not run_dir:
+            return run_dir
+        try:
+            return str(Path(run_dir).resolve().relative_to(self.sweep_dir.resolve()))
+        except ValueError:
+            return run_dir
+
+    def _test_info(self, best) -> Dict[str, Any]:
+        """The chosen trial's test accuracy with its 95 % Wilson interval, and its paired gap to the
+        baseline's on the same images."""
+        test_eval = self.study.user_attrs.get("test_eval") or {}
+        if test_eval.get("trial") != best.number:
+            return {}
+        acc, n = test_eval["test_accuracy"], int(test_eval["num_test"])
+        info = {k: v for k, v in test_eval.items() if k not in ("trial", "correct")}
+        info["test_interval"] = confidence.wilson(round(acc * n), n)
+        base = self.study.user_attrs.get("test_eval_baseline") or {}
+        if base.get("trial") == confirm.baseline_number(self.study) and test_eval.get("correct") and base.get("correct"):
+            info["baseline_test_accuracy"] = base["test_accuracy"]
+            info["test_gain_vs_baseline"] = confidence.paired_gap(test_eval["correct"], base["correct"])
+        return info
+
+    def _verdict(self, best, res: Dict[str, Any]) -> str:
+        """The sweep's answer in words: the winner against the frozen base, and how sure."""
+        points = str(best.user_attrs.get("objective_name", "")).endswith("accuracy")
+        fmt = (lambda v: f"{100 * v:.1f} points") if points else (lambda v: f"{v:.4g}")
+        rng = (lambda v: f"{100 * v:.1f}") if points else (lambda v: f"{v:.4g}")
+        what = ", ".join(f"{k.split('.')[-1]} {search_space.format_value(v)}" for k, v in best.params.items())
+        gain, base = res.get("gain_vs_baseline"), res.get("baseline")
+        if gain is None or base is None:
+            text = f"trial {best.number} ({what}) is the best, value {best.value:.4g}"
+            if "confirmed" in res:
+                text += f", mean {res['best_trial'].get('mean', best.value):.4g} over {len(res.get('seeds', []))} seeds"
+            text += " (no baseline to compare with)"
+        else:
+            n = gain["count"]
+            interval = (f", 95 % interval {rng(gain['low'])} to {rng(gain['high'])}" if gain["low"] is not None
+                        else " (one seed: no interval)")
+            tuned = gain["trial"]
+            sign = 1 if self.directions[0] == "maximize" else -1
+            if best.number == base["number"]:
+                text = (f"the frozen base (trial {best.number}) has the best mean; the best fine-tuned trial {tuned} "
+                        f"differs by {fmt(gain['mean'])}{interval}, over {n} seeds")
+            elif gain["low"] is not None and sign * gain["low"] > 0:
+                text = f"{what} (trial {tuned}) beats the frozen base by {fmt(sign * gain['mean'])}{interval}, over {n} seeds"
+            else:
+                text = (f"{what} (trial {tuned}) is not distinguishable from the frozen base: {fmt(sign * gain['mean'])}"
+                        f"{interval}, over {n} seeds")
+        t = res["best_trial"]
+        if "test_accuracy" in t:
+            iv = t["test_interval"]
+            text += (f". Test split ({t['num_test']} images): {100 * t['test_accuracy']:.1f} % "
+                     f"(95 % interval {100 * iv['low']:.1f} to {100 * iv['high']:.1f})")
+            if "test_gain_vs_baseline" in t:
+                g = t["test_gain_vs_baseline"]
+                text += (f", frozen base {100 * t['baseline_test_accuracy']:.1f} %: gap {100 * g['mean']:+.1f} points "
+                         f"(95 % interval {100 * g['low']:.1f} to {100 * g['high']:.1f})")
+        return text
 
     def write_results(self, log_best: bool = False) -> None:
         res = self.results()
@@ -595,6 +833,15 @@ class SweepRunner:
                          res["best_value"], res["best_params"], res["best_trial"]["run_dir"])
             log.info("trials by state: %s; results in %s", {k: v for k, v in res["trial_counts"].items() if v},
                      self.sweep_dir / "optimization_results.yaml")
+
+
+def _space_text(plan) -> str:
+    def describe(d) -> str:
+        if hasattr(d, "low"):
+            return f"{d.low:g}..{d.high:g}{' (log)' if getattr(d, 'log', False) else ''}"
+        return "/".join(map(str, d.choices))
+
+    return ", ".join([f"{k} {describe(d)}" for k, d in plan.space.items()] + list(plan.dependent))
 
 
 def _requeue_lost_grid_points(study) -> None:
@@ -611,6 +858,18 @@ def _requeue_lost_grid_points(study) -> None:
             study.enqueue_trial(dict(t.params))
             live.add(key)
             log.info("grid point %s of dead trial %d asked again", dict(t.params), t.number)
+
+
+def _confirmation_value(ret):
+    """(value, None) from a confirmation job's return, or (None, why)."""
+    from hydra.core.utils import JobStatus
+
+    if ret is None or isinstance(ret, BaseException):
+        return None, f"launch failed: {ret}" if ret is not None else "the launcher returned no result"
+    if ret.status == JobStatus.FAILED:
+        return None, f"{type(ret._return_value).__name__}: {ret._return_value}"[:500]
+    values, error = _objective_values(ret._return_value, 1)
+    return (values[0], None) if error is None else (None, error)
 
 
 def _output_dir(ret) -> Optional[str]:

@@ -124,9 +124,49 @@ class TrialHandle:
         self._stop.set()
 
 
-def attach_trial(hydra_cfg) -> Optional[TrialHandle]:
-    """The trial this job runs for, when it was launched by the thaw sweeper; else None."""
+class ConfirmationRun:
+    """A finished trial run again with another seed after the search (hydra.sweeper.confirm): never
+    pruned, never told to Optuna (the sampler must not learn from it), its test split left alone.
+    The sweeper records its value on the study from the job's return value."""
+
+    def __init__(self, study_name: str, number: int, seed: int):
+        self.study_name, self.number, self.seed = study_name, number, seed
+
+    def report(self, step: int, value: float, judge: bool = True) -> bool:
+        return False
+
+    def replay(self, step: int, value: float) -> None:
+        pass
+
+    def retried_run_dir(self) -> Optional[str]:
+        return None
+
+    def describe(self, **attrs) -> None:
+        pass
+
+    def complete(self, values, run_dir: Path) -> None:
+        pass
+
+    def prune(self, reason: str) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+    def interrupt(self, reason: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def attach_trial(hydra_cfg):
+    """The trial this job runs for when the thaw sweeper launched it (a ConfirmationRun for a
+    confirmation run); else None."""
     sweeper = hydra_cfg.get("sweeper") if hydra_cfg is not None else None
+    if sweeper is not None and sweeper.get("confirmation", None):
+        number, seed = (int(x) for x in str(sweeper.confirmation).split(":"))
+        return ConfirmationRun(str(sweeper.study_name), number, seed)
     if sweeper is None or sweeper.get("trial_number", None) is None:
         return None
     handle = TrialHandle(sweeper.storage, sweeper.study_name, int(sweeper.trial_number),

@@ -1,0 +1,167 @@
+"""thaw-train's side of a sweep: what the generic sweeper (thaw.sweeper) asks the app it runs.
+
+The sweeper knows nothing of data, weights or test splits; `cli._task.sweep_app` hands it this
+object. No TensorFlow here except in `evaluate`, after the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Dict, Iterable, List, Optional
+
+from omegaconf import OmegaConf
+
+from thaw.errors import ConfigError
+
+# Keys that change where or how fast a run goes, never what it learns: a study is the same question
+# with any of them changed (resumed elsewhere, with the cache off, without W&B, ...).
+RUN_LOCAL = ("name", "logger", "trainer.resume", "trainer.checkpoint", "trainer.cache_dir", "trainer.cache_max_mb",
+             "trainer.cache_features", "trainer.reuse_compiled", "trainer.fused_optimizer", "trainer.save_model",
+             "trainer.export_h5", "data.max_memory_mb", "data.max_disk_mb")
+PATH_KEYS = ("data.path", "backbone.weights", "data.tfds_data_dir", "trainer.cache_dir", "logger.dir")
+SEED_KEY = "trainer.seed"
+
+
+def absolute(cfg) -> None:
+    """Paths in a composed config made absolute against the current directory (in place)."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and value != "imagenet":
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)), merge=False)
+
+
+def resolved(cfg):
+    """A run's config with interpolations resolved and paths absolute: reads the same anywhere."""
+    from thaw.sweeper.identity import without_hydra
+
+    out = OmegaConf.create(OmegaConf.to_container(without_hydra(cfg) if "hydra" in cfg else cfg, resolve=True))
+    absolute(out)
+    return out
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def folder_content(root: str) -> str:
+    """'<files> files, <digest>': every file's relative path and size (a cheap content key; mtimes
+    are left out, so a copied folder is the same data)."""
+    entries = []
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                entries.append(f"{os.path.relpath(full, root)}\t{os.path.getsize(full)}")
+            except OSError:
+                continue
+    entries.sort()
+    return f"{len(entries)} files, {hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
+
+
+def identity_free(job_cfg):
+    from thaw.sweeper.identity import without_hydra
+
+    return without_hydra(job_cfg)
+
+
+class ThawTrainSweep:
+    run_local = RUN_LOCAL
+    seed_key = SEED_KEY
+
+    def config_keys(self, job_cfg, searched: Iterable[str]) -> Dict[str, str]:
+        """The fixed config, paths absolute (the same data from another directory is the same study)."""
+        from thaw.sweeper import identity
+
+        cfg = OmegaConf.create(OmegaConf.to_container(identity.without_hydra(job_cfg), resolve=True))
+        absolute(cfg)
+        return identity.fixed_keys(cfg, searched, self.run_local)
+
+    def content_keys(self, job_cfg) -> Dict[str, str]:
+        """What the config's paths hold: the data folder by content, the weights file by its hash."""
+        out = {}
+        d, w = job_cfg.data, job_cfg.backbone.weights
+        if d.name == "folder" and d.path and os.path.isdir(os.path.expanduser(str(d.path))):
+            out["data.content"] = folder_content(os.path.expanduser(str(d.path)))
+        if w not in (None, "imagenet") and os.path.isfile(os.path.expanduser(str(w))):
+            out["backbone.weights_sha256"] = _file_sha256(os.path.expanduser(str(w)))
+        return out
+
+    def validate(self, job_cfg) -> None:
+        """The fixed config's full check (the data folder scanned), after the study identity check."""
+        from thaw.config import validate
+
+        validate(identity_free(job_cfg))
+
+    def refuse_ignored(self, job_cfg, searched: Iterable[str]) -> None:
+        """A searched key this config ignores would make every trial the same model: refused."""
+        from thaw.config import ignored
+
+        for key, why in ignored(job_cfg, list(searched)).items():
+            raise ConfigError(f"hydra.sweeper.params.{key}: searching it changes nothing: {why}")
+
+    def pruning_warning(self, job_cfg) -> Optional[str]:
+        from thaw.record import objective_names
+
+        names = objective_names(job_cfg)
+        if len(names) == 1 and names[0] not in ("val_accuracy", "val_loss"):
+            return (f"pruning is off: trainer.objective={names[0]} is measured once at the end, not per epoch "
+                    "(only val_accuracy and val_loss are reported per epoch)")
+        return None
+
+    def baseline(self, job_cfg, space: Dict[str, Any]) -> Dict[str, Any]:
+        """The frozen-base trial: depth 0, every other searched key at the composed config's value."""
+        if "unfreeze.depth" not in space:
+            raise ConfigError("hydra.sweeper.baseline=true: the baseline is unfreeze.depth=0, so unfreeze.depth "
+                              "must be searched (or set hydra.sweeper.baseline=false)")
+        params = {}
+        for key, dist in space.items():
+            value = 0 if key == "unfreeze.depth" else OmegaConf.select(job_cfg, key, default=None)
+            if value is None or not _contains(dist, value):
+                raise ConfigError(f"hydra.sweeper.baseline=true: {key}={value} (the preset's value) is outside "
+                                  "the searched range; widen it or set hydra.sweeper.baseline=false")
+            params[key] = value
+        return params
+
+    def confirmation_overrides(self) -> List[str]:
+        """A confirmation run's model is never served (the winner's own trial is): not saved."""
+        return ["trainer.save_model=false"]
+
+    def about(self, job_cfg, space_text: str) -> Dict[str, Any]:
+        """What the sweep is about, for the report header and the W&B summary."""
+        b, d = job_cfg.backbone, job_cfg.data
+        out: Dict[str, Any] = {"backbone": f"{b.name} alpha {b.alpha}", "weights": str(b.weights),
+                               "image_size": int(b.image_size), "search_space": space_text, "data": d.name}
+        if d.name == "folder" and d.path:
+            out["data"] = os.path.abspath(os.path.expanduser(str(d.path)))
+            try:
+                from thaw.data import scan_folder
+
+                scan = scan_folder(d)
+                out["images"] = {"train": len(scan.train.files), "validation": len(scan.val.files),
+                                 "test": len(scan.test.files) if scan.test is not None else 0,
+                                 "classes": len(scan.class_names)}
+            except Exception:  # the trials will say what is wrong with the folder
+                pass
+        return out
+
+    def evaluate(self, run_dir: str) -> Optional[Dict[str, Any]]:
+        """The held-out test split on a trial's model.keras, with per-image correctness (paired
+        comparisons), or None without a test split or a model."""
+        from thaw.evaluate import evaluate_test
+
+        return evaluate_test(run_dir, per_image=True)
+
+
+def _contains(dist, value) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError, AttributeError):
+        return False

@@ -1,5 +1,5 @@
 """Per-epoch checkpoints: a run killed with SIGKILL (a real one, at an exact point of the recipe via
-THAW_KILL_AFTER_CHECKPOINT) and re-run with the same run dir continues at its next epoch and ends
+THAW_KILL_AFTER_CHECKPOINT, which acts only with THAW_TEST_FAULTS=1) and re-run with the same run dir continues at its next epoch and ends
 with the same per-epoch metrics as an uninterrupted run; a bad checkpoint is refused, not trusted."""
 
 import json
@@ -24,7 +24,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 def attempt(run_dir, cwd, kill_at=None, extra=()):
     res = thaw_train([*RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=cwd,
-                     env={"THAW_KILL_AFTER_CHECKPOINT": kill_at or ""})
+                     env={"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": kill_at or ""})
     expected = 0 if not kill_at else (130 if kill_at.startswith("TERM@") else -9)  # SIGTERM: a clean stop
     assert res.returncode == expected, res.stderr[-2000:]
     return re.findall(r"\[(head|finetune)\] epoch (\d+)/", res.stdout + res.stderr)
@@ -72,6 +72,51 @@ def test_killed_at_the_phase_switch_and_stopped_in_fine_tuning_ends_as_if_never_
 def test_killed_at_every_point_of_the_recipe(tmp_path):
     run = kill_chain(tmp_path, ["head:1", "head:2", "head:end", "finetune:1", "finetune:2"])
     assert len(run["resumed"]) == 5
+
+
+def _save_in_a_subprocess(tmp_path, env):
+    """checkpoint.save (done=1, head phase) in a fresh process with `env`: how it ended."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from pathlib import Path; from omegaconf import OmegaConf; "
+            "from thaw import checkpoint as c; "
+            "cfg = OmegaConf.create({'name': 'x'}); "
+            "k = c.Checkpoint('head', 1, False, [], {}, {}, {}, [np.zeros(2)], []); "
+            "c.save(Path(sys.argv[1]), cfg, k, [np.zeros(2)]); print('survived')")
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_fault_injection_is_off_without_the_test_switch(tmp_path):
+    """THAW_KILL_AFTER_CHECKPOINT alone (left in a user's environment) kills nothing; with
+    THAW_TEST_FAULTS=1 the process dies by that signal right after that checkpoint is on disk."""
+    off = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": ""})
+    assert off.returncode == 0 and "survived" in off.stdout, off.stderr[-2000:]
+    on = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": "1"})
+    assert on.returncode == -9 and "survived" not in on.stdout, on.stderr[-2000:]
+    assert (tmp_path / checkpoint.NAME).is_file()
+    term = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "TERM@head:1", "THAW_TEST_FAULTS": "1"})
+    assert term.returncode == -15, term.stderr[-2000:]
+    other = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:2", "THAW_TEST_FAULTS": "1"})
+    assert other.returncode == 0, other.stderr[-2000:]  # not that point of the recipe
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "TERN@head:1"}, "THAW_KILL_AFTER_CHECKPOINT='TERN@head:1'"),
+    ({"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "head1"}, "THAW_KILL_AFTER_CHECKPOINT='head1'"),
+    ({"THAW_TEST_FAULTS": "yes", "THAW_KILL_AFTER_CHECKPOINT": "head:1"}, "THAW_TEST_FAULTS='yes'"),
+])
+def test_a_bad_fault_injection_value_is_refused_before_the_run(tmp_path, env, needle):
+    """One line, exit 2, before anything is trained or written (it used to raise AttributeError at
+    the first checkpoint, mid-training)."""
+    out = tmp_path / "run"
+    res = thaw_train([*RUN, f"hydra.run.dir={out}"], cwd=tmp_path, env=env, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("thaw-train: error: ") and needle in err[0], res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
 
 
 def _cfg():

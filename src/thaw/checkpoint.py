@@ -19,12 +19,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from thaw.errors import ConfigError
 
 log = logging.getLogger("thaw.train")
 
@@ -101,16 +104,40 @@ def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) ->
     _fault_injection(ckpt)
 
 
-def _fault_injection(ckpt: Checkpoint) -> None:
-    """THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2: kill -9 this process right after
-    that checkpoint is on disk (TERM@finetune:1: SIGTERM instead). For the resume tests: a real
-    signal at an exact point of the recipe."""
+# Fault injection, for tests only: kill this process right after a given checkpoint is on disk (a
+# real signal at an exact point of the recipe). Off unless THAW_TEST_FAULTS=1 switches it on: a
+# THAW_KILL_AFTER_CHECKPOINT left in a user's environment does nothing.
+FAULTS_SWITCH = "THAW_TEST_FAULTS"
+KILL_AFTER = "THAW_KILL_AFTER_CHECKPOINT"
+_KILL_POINT = re.compile(r"(?:([A-Z0-9]+)@)?(head|finetune):(end|[0-9]+)")
+
+
+def kill_point() -> Optional[Tuple[int, str]]:
+    """(signal number, "phase:epoch" or "phase:end") to kill at, or None (the hook is off).
+
+    THAW_TEST_FAULTS=1 THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2 (SIGKILL) or
+    TERM@finetune:1 (SIGTERM; any SIG<NAME> as <NAME>@). A bad value raises ConfigError: the
+    command checks it before the run starts (exit 2, one line), not at the first checkpoint."""
     import signal
 
-    target = os.environ.get("THAW_KILL_AFTER_CHECKPOINT") or ""
-    sig, _, point = target.rpartition("@")  # "head:1" (SIGKILL) or "TERM@finetune:1"
-    if point and point == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)
+    switch = os.environ.get(FAULTS_SWITCH, "")
+    if switch not in ("", "0", "1"):
+        raise ConfigError(f"{FAULTS_SWITCH}={switch!r}: expected 1 (test-only fault injection on) or unset")
+    target = os.environ.get(KILL_AFTER, "")
+    if switch != "1" or not target:
+        return None
+    m = _KILL_POINT.fullmatch(target)
+    sig = getattr(signal, f"SIG{m.group(1)}", None) if m and m.group(1) else signal.SIGKILL
+    if not m or not isinstance(sig, signal.Signals):
+        raise ConfigError(f"{KILL_AFTER}={target!r}: expected [SIGNAL@]head|finetune:EPOCH|end, e.g. head:1, "
+                          "finetune:end or TERM@finetune:2 (SIGNAL a name from the signal module without SIG)")
+    return int(sig), f"{m.group(2)}:{m.group(3)}"
+
+
+def _fault_injection(ckpt: Checkpoint) -> None:
+    point = kill_point()
+    if point is not None and point[1] == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
+        os.kill(os.getpid(), point[0])
 
 
 def load(out: Path, cfg, shapes=None) -> Optional[Checkpoint]:

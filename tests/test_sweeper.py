@@ -420,6 +420,24 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
     assert all(list(t.intermediate_values) == [0] for t in trials)
 
 
+def test_a_job_the_launcher_returns_nothing_for_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    """A real Hydra launcher (tests/apps/plugins) that loses the first job: launch() returns None for
+    it without raising. That trial FAILs with a reason, the others run, the sweep ends normally."""
+    plugins = Path(__file__).parent / "apps" / "plugins"
+    res = thaw_train(sweep_args(tmp_path / "sw", 2, "logger=none", "hydra.sweeper.confirm.top_k=0",
+                                "hydra.launcher._target_=hydra_plugins.thaw_test_launcher.LosesFirstJobLauncher"),
+                     cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins),
+                                                                                  os.environ.get("PYTHONPATH")]))})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials = load(tmp_path / "sw").get_trials()
+    lost = trials[0]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["error"] == "the launcher returned no result for this job"
+    assert not (tmp_path / "sw" / "trial_0").exists()  # never ran
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE]
+    assert "trials done (FAIL 1); no best yet" in res.stdout + res.stderr  # counted as it happened
+    assert "UnboundLocalError" not in res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     sw = tmp_path / "sw"

@@ -575,6 +575,7 @@ class SweepRunner:
                 f"hydra.sweep.subdir=trial_{trial.number}",
             ])
             log.info("trial %d: %s", trial.number, " ".join(sampled))
+        err = "the launcher returned no result for this job"  # a None return, unless launch() raised
         try:
             returns = self.launcher.launch(job_overrides, initial_job_idx=batch[0].number)
         except Exception as exc:  # e.g. a job's config failed to compose: fail the batch, keep sweeping

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -203,3 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     return run_command("thaw-evaluate", _run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -402,8 +402,8 @@ class SweepRunner:
         if existing != directions:
             raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
                               f"not {directions}")
+        self._reseed_on_resume(study)  # before the baseline is enqueued: a new study is not a resumed one
         self._record_question(study, plan)
-        self._reseed_on_resume(study)
         if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
             _requeue_lost_grid_points(study)
         self.study, self.storage, self.url, self.sweep_dir = study, storage, url, sweep_dir

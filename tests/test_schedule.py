@@ -60,18 +60,22 @@ def test_patience_stops_a_phase_that_stopped_improving(tmp_path):
 
 
 def test_patience_does_not_claim_an_early_stop_on_the_last_epoch(tmp_path):
-    _, m, _ = _run(tmp_path, "q", "backbone.batchnorm=inference", "trainer.head_epochs=3",
+    # a learning rate far below float32's resolution of the weights (and BatchNorm in inference mode):
+    # the model never changes, so epoch 1 is the best and epochs 2 and 3 reach patience=2 exactly at
+    # the phase's last epoch, every time
+    _, m, _ = _run(tmp_path, "q", "backbone.batchnorm=inference", "lr.base=1e-30", "trainer.head_epochs=3",
                    "trainer.finetune_epochs=0", "trainer.patience=2")
     rows = [r["val_accuracy"] for r in m["history"]]
-    assert len(rows) == 3
-    if int(np.argmax(rows)) == 0:  # two epochs without improvement end exactly at the last epoch
-        assert "stopped_early" not in m["phases"]["head"]
+    assert len(rows) == 3 and rows[1:] == rows[:1] * 2, rows  # no improvement after epoch 1
+    assert "stopped_early" not in m["phases"]["head"], m["phases"]["head"]
 
 
 @pytest.mark.slow  # ~70 s; BestWeights is unit-tested in the default run
 def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights):
     """A fine-tuning phase at a destructive learning rate: the head phase's best epoch wins, and
-    model.keras holds it (evaluated afresh on the validation split: the same accuracy)."""
+    model.keras holds it (evaluated afresh on the validation split: the same accuracy). Every layer
+    at 3e-2 with Adam wrecks the pretrained base (measured: validation 1.0 after the head, 0.5 after
+    fine-tuning), so there is always a better epoch to restore; trainer.deterministic=true repeats it."""
     import keras
 
     from thaw import data as data_mod
@@ -79,14 +83,13 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
     result, m, out = _run(tmp_path, "r", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
                           "data.num_train=128", "data.num_val=64", "trainer.head_epochs=3",
                           "trainer.finetune_epochs=2", "lr.base=1e-2", "lr.finetune_factor=3",
-                          "unfreeze=all", "head.dropout=0")
+                          "unfreeze=all", "head.dropout=0", "trainer.deterministic=true")
     vals = [r["val_accuracy"] for r in m["history"]]
     best = int(np.argmax(vals))
     assert m["objective_epoch"] == m["history"][best]["epoch"] and m["objective_from"].startswith("best epoch")
     assert result.objective == m["val_accuracy"] == vals[best]
     assert m["last_val_accuracy"] == vals[-1]
-    if vals[-1] == vals[best]:
-        pytest.skip(f"fine-tuning did not get worse this time ({vals}): nothing to restore")
+    assert m["history"][best]["phase"] == "head" and vals[-1] <= vals[best] - 0.2, vals  # something to restore
     assert m["phases"]["finetune"]["restored_epoch"] == m["history"][best]["epoch"]
     cfg = compose_cfg(["experiment=tiny", "backbone.image_size=96", "data.num_train=128", "data.num_val=64"])
     ds = data_mod.load(cfg.data, 96, 42)

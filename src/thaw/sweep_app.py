@@ -134,6 +134,12 @@ class ThawTrainSweep:
         """A confirmation run's model is never served (the winner's own trial is): not saved."""
         return ["trainer.save_model=false"]
 
+    @staticmethod
+    def confirmation_order(params: Dict[str, Any]):
+        """Within a seed, the deepest trial first: its pass through the frozen layers computes the new
+        seed's augmented views once and stores every shallower boundary for the runs after it."""
+        return -int(params.get("unfreeze.depth", 0))
+
     def about(self, job_cfg, space_text: str) -> Dict[str, Any]:
         """What the sweep is about, for the report header and the W&B summary."""
         b, d = job_cfg.backbone, job_cfg.data

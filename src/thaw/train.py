@@ -197,6 +197,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     _seed_and_precision(cfg.trainer)
     ds, load_s = _timed(load_data, cfg)
+    if reporter is not None:  # the pruner's tolerance is the validation split's standard error
+        reporter.describe(num_val=len(ds.val))
     clf, build_s = _timed(build_classifier, cfg, ds.num_classes)
     record = RunRecord.for_run(out / "metrics.json", cfg, ds, replicas, data_seconds=load_s,
                                build_seconds=build_s)

@@ -134,6 +134,9 @@ class StepMedianPrunerConf:
     n_warmup_steps: int = 0
     interval_steps: int = 1
     n_min_trials: int = 1
+    best_since_warmup: bool = False
+    include_pruned: bool = False
+    tolerance_se: float = 0.0
 
 
 @dataclass

@@ -65,8 +65,9 @@ def top_trials(study, k: int, maximize: bool) -> List[Any]:
 class Confirmation:
     """The confirmation stage of one sweep: which runs, their launch lines, their record, the verdict."""
 
-    def __init__(self, settings: Settings, study, maximize: bool, base_seed: int):
+    def __init__(self, settings: Settings, study, maximize: bool, base_seed: int, order=None):
         self.s, self.study, self.maximize, self.base_seed = settings, study, maximize, base_seed
+        self.order = order  # the app's sort key for a trial's params (runs sharing a seed, cheapest order)
 
     @property
     def seeds(self) -> List[int]:
@@ -93,7 +94,7 @@ class Confirmation:
             seeds = self.seeds if t.state == TrialState.COMPLETE else [self.base_seed] + self.seeds
             done = rec["runs"].get(str(t.number), {})
             out += [(t, s) for s in seeds if str(s) not in done and f"{t.number}:{s}" not in rec["errors"]]
-        return out
+        return sorted(out, key=lambda ts: (ts[1], self.order(ts[0].params) if self.order else 0, ts[0].number))
 
     def overrides(self, trial, seed: int) -> List[str]:
         return [f"{k}={format_value(v)}" for k, v in trial.params.items()] + [

@@ -447,7 +447,8 @@ class SweepRunner:
             log.warning("hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation runs "
                         "(set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)", settings.seed_key)
             return None
-        return confirm.Confirmation(settings, self.study, self.directions[0] == "maximize", int(base_seed))
+        return confirm.Confirmation(settings, self.study, self.directions[0] == "maximize", int(base_seed),
+                                    getattr(self.app, "confirmation_order", None))
 
     def _confirm(self, fixed_lines: List[str], study_name: str, beats) -> None:
         """Re-run the top trials and the baseline with more seeds (recorded on the study, not told to
@@ -792,7 +793,8 @@ class SweepRunner:
         points = str(best.user_attrs.get("objective_name", "")).endswith("accuracy")
         fmt = (lambda v: f"{100 * v:.1f} points") if points else (lambda v: f"{v:.4g}")
         rng = (lambda v: f"{100 * v:.1f}") if points else (lambda v: f"{v:.4g}")
-        what = ", ".join(f"{k.split('.')[-1]} {search_space.format_value(v)}" for k, v in best.params.items())
+        what = ", ".join(f"{_label(k)} {v:.3g}" if isinstance(v, float) else f"{_label(k)} {v}"
+                         for k, v in best.params.items())
         gain, base = res.get("gain_vs_baseline"), res.get("baseline")
         if gain is None or base is None:
             text = f"trial {best.number} ({what}) is the best, value {best.value:.4g}"
@@ -834,6 +836,14 @@ class SweepRunner:
                          res["best_value"], res["best_params"], res["best_trial"]["run_dir"])
             log.info("trials by state: %s; results in %s", {k: v for k, v in res["trial_counts"].items() if v},
                      self.sweep_dir / "optimization_results.yaml")
+            if res.get("verdict"):
+                log.info("verdict: %s", res["verdict"])
+
+
+def _label(key: str) -> str:
+    """'unfreeze.depth' -> 'depth', 'lr.base' -> 'lr': a searched key as a sentence names it."""
+    parts = key.split(".")
+    return parts[0] if parts[-1] in ("base", "name") else parts[-1]
 
 
 def _space_text(plan) -> str:

@@ -18,6 +18,7 @@ COLLAPSING = [0.948, 0.950, 0.958, 0.955, 0.933, 0.841, 0.878, 0.871, 0.903, 0.9
 
 
 def study_with(pruner, tmp_path, finished=FINISHED, direction="maximize"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", pruner=pruner, direction=direction)
     for curve in finished:
         t = study.ask()
@@ -78,3 +79,50 @@ def test_minimize_and_nan(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="interval_steps"):
         StepMedianPruner(interval_steps=0)
+
+
+# ---- the options sweep=depth_lr turns on (keep a sweep learning after its start-up trials)
+
+def test_best_since_warmup_forgives_a_first_finetune_dip_but_not_a_collapse(tmp_path):
+    dip = FINISHED[0][:5] + [0.920, 0.952, 0.956, 0.957, 0.958]  # one bad epoch after unfreezing, then best
+    plain = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5), tmp_path / "a")
+    assert first_pruned_step(plain, dip) == 5  # today's rule stops it at the dip
+    best = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=6, best_since_warmup=True), tmp_path / "b")
+    assert first_pruned_step(best, dip) is None
+    # judged from the warm-up step on: the head phase's 0.958 never shields the collapsing fine-tune
+    strict = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, best_since_warmup=True), tmp_path / "c")
+    assert first_pruned_step(strict, COLLAPSING) == 5
+
+
+def test_include_pruned_lets_the_reference_follow_the_whole_sweep(tmp_path):
+    """Three strong finished trials and many pruned ones: with the finished ones alone as reference, a
+    trial at the sweep's typical level is always pruned; counting pruned values, it is not."""
+    for include, expected in ((False, 5), (True, None)):
+        study = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, include_pruned=include),
+                           tmp_path / str(include))
+        for _ in range(4):  # four trials at 0.90 through fine-tuning, pruned at its end
+            t = study.ask()
+            for step, v in enumerate(FINISHED[2][:5] + [0.90] * 5):
+                t.report(v, step)
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        typical = FINISHED[2][:5] + [0.928] * 5  # below the finished trials' median (0.931), above the pruned
+        assert first_pruned_step(study, typical) == expected
+
+
+def test_tolerance_is_the_validation_standard_error(tmp_path):
+    import numpy as np
+
+    near = FINISHED[1][:5] + [float(np.median([c[s] for c in FINISHED])) - 0.006 for s in range(5, 10)]  # 0.6 pt under
+    for n_val, expected in ((400, None), (40000, 5)):  # se = 1.3 points vs 0.13 points
+        study = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, tolerance_se=1.0), tmp_path / str(n_val))
+        t = study.ask()
+        t.set_user_attr("num_val", n_val)
+        pruned = None
+        for step, v in enumerate(near):
+            t.report(v, step)
+            if t.should_prune():
+                pruned = step
+                break
+        assert pruned == expected, n_val
+    with pytest.raises(ValueError):
+        StepMedianPruner(tolerance_se=-1)

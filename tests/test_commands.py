@@ -45,6 +45,20 @@ def trained(tmp_path_factory):
     return run, write_shapes(tmp / "photos")
 
 
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A model that learned its task (the tiny one does not: its outputs barely move, so any export
+    agrees with it): experiment=smoke at 40 px, ~40 s; measured 0.98 validation accuracy."""
+    tmp = tmp_path_factory.mktemp("learned")
+    run = tmp / "run"
+    res = thaw_train(["experiment=smoke", "backbone.image_size=40", "trainer.deterministic=true", "logger=none",
+                      f"hydra.run.dir={run}"], cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["val_accuracy"] >= 0.8, [r["val_accuracy"] for r in m["history"]]  # it learned: not chance (0.5)
+    return run
+
+
 def _csv(text):
     return list(csv.DictReader(io.StringIO(text)))
 
@@ -135,19 +149,22 @@ def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
-def test_export_files_agree_with_keras(trained, tmp_path):
-    run, _ = trained
-    res = command("thaw-export", run, "--out", tmp_path / "ex", "--check-images", 64, "--calibration-images", 32,
+def test_export_files_agree_with_keras(learned, tmp_path):
+    """On a model that learned (0.98 validation accuracy): its 128 validation images are half circles,
+    half squares, so agreeing with Keras means following its two answers, not one constant output."""
+    run = learned
+    res = command("thaw-export", run, "--out", tmp_path / "ex", "--check-images", 128, "--calibration-images", 64,
                   timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "ex" / "export.json").read_text())
     e = r["exports"]
     assert set(e) == {"saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"}
-    assert r["checked_on"]["images"] == 64 and r["calibration_images"] == 32
+    assert r["checked_on"]["images"] == 128 and r["calibration_images"] == 64
     for fmt in ("saved_model", "tflite_fp32"):
         assert e[fmt]["top1_agreement"] == 1.0 and e[fmt]["max_abs_prob_diff"] < 1e-4, (fmt, e[fmt])
-    assert e["tflite_fp16"]["max_abs_prob_diff"] < 0.05
-    assert e["tflite_int8"]["max_abs_prob_diff"] < 0.05  # this model's outputs barely move; real photos: slow test
+    assert e["tflite_fp16"]["top1_agreement"] >= 0.99 and e["tflite_fp16"]["max_abs_prob_diff"] < 0.05, e["tflite_fp16"]
+    # post-training int8, calibrated on 64 training images: measured 0.992 agreement, max |dp| 0.09
+    assert e["tflite_int8"]["top1_agreement"] >= 0.95 and e["tflite_int8"]["max_abs_prob_diff"] < 0.3, e["tflite_int8"]
     assert e["tflite_int8"]["bytes"] < 0.5 * e["tflite_fp32"]["bytes"]  # int8: a quarter, plus overhead
     assert e["tflite_fp16"]["bytes"] < 0.7 * e["tflite_fp32"]["bytes"]
     for fmt, info in e.items():

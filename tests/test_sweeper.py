@@ -95,8 +95,10 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
         assert ("test_accuracy" in m) == (t.number == study.best_trial.number)
     results = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert results["trial_counts"]["COMPLETE"] == 3
-    # ... only the best trial is evaluated on it, once, after the sweep
-    assert 0.0 <= results["best_trial"]["test_accuracy"] <= 1.0
+    # ... only the best trial is evaluated on it, once, after the sweep: its model.keras on the 16
+    # test images, as computed here by hand
+    best_dir = sw / f"trial_{results['best_trial']['number']}"
+    assert results["best_trial"]["test_accuracy"] == pytest.approx(_test_accuracy_by_hand(best_dir), abs=1e-6)
     assert results["best_trial"]["num_test"] == 16
     # one progress line per trial, counted like the study, with the best so far and time left
     out = res.stdout + res.stderr
@@ -111,6 +113,22 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
     assert results["best_value"] == study.best_value
     assert results["best_params"] == study.best_params
     assert "best trial" in res.stderr + res.stdout
+
+
+def _test_accuracy_by_hand(run_dir):
+    """The run's model.keras on its config's test split: sign of the logit against the label."""
+    import keras
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from thaw import data as data_mod
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))
+    assert len(ds.test) == 16 and set(ds.test.labels.tolist()) == {0, 1}
+    logits = keras.saving.load_model(run_dir / "model.keras", compile=False).predict(
+        ds.test.images.astype("float32"), verbose=0)
+    return float(np.mean((logits[:, 0] > 0).astype(int) == ds.test.labels))
 
 
 def _wandb_records(run_dir):
@@ -161,6 +179,29 @@ def test_no_secret_in_any_output_file(smoke_sweep):
             checked += 1
             assert FAKE_KEY.encode() not in path.read_bytes(), path
     assert checked > 20
+
+
+def test_no_secret_when_auto_mode_goes_online_with_the_key(tmp_path):
+    """logger.mode=auto with a key and no WANDB_MODE: W&B starts online with the key, against an
+    address where nothing listens (nothing is sent anywhere), fails, and the run falls back to
+    offline. The key is in no output and no file: the run's, W&B's config, cache and data dirs."""
+    wandb_home = tmp_path / "wandb_home"
+    res = thaw_train([*TINY, "logger=wandb", "logger.init_timeout=10", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path, env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9",
+                                        "WANDB_CONFIG_DIR": str(wandb_home / "config"),
+                                        "WANDB_CACHE_DIR": str(wandb_home / "cache"),
+                                        "WANDB_DATA_DIR": str(wandb_home / "data")})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "W&B online failed" in out and "127.0.0.1:9" in out and "falling back to offline" in out  # it went online
+    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert FAKE_KEY not in out
+    checked = 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            checked += 1
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert checked > 10
 
 
 def test_report_is_self_contained_with_plots(smoke_sweep):

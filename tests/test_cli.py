@@ -112,19 +112,17 @@ def test_bad_data_folder_is_refused(tmp_path):
 
 
 def test_imagenet_without_network_fails_fast_with_the_fix(tmp_path):
-    """No network here: the download fails in seconds with the override to use instead."""
-    import socket
-
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-        pytest.skip("network reachable: the offline failure cannot be exercised")
-    except OSError:
-        pass
+    """The weights download fails (here: through a proxy where nothing listens, so it fails with or
+    without a network, and nothing is fetched) in seconds, with the override to use instead."""
     out = tmp_path / "run"
+    dead_proxy = "http://127.0.0.1:9"  # the download's only way out; nothing listens there
+    env = {"KERAS_HOME": str(tmp_path / "kh"), "WANDB_MODE": "", "no_proxy": "", "NO_PROXY": ""}
+    env.update({name: dead_proxy for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")})
     res = thaw_train(["experiment=tiny", "backbone.weights=imagenet", f"hydra.run.dir={out}"],
-                     cwd=tmp_path, timeout=120, env={"KERAS_HOME": str(tmp_path / "kh"), "WANDB_MODE": ""})
+                     cwd=tmp_path, timeout=120, env=env)
     assert res.returncode == 2  # W&B mode auto, no credentials: offline, yet no orphan offline run
     assert "backbone.weights=/path/to/weights.h5" in res.stderr
+    assert "Connection refused" in res.stderr  # it failed at the dead proxy, network or not
     assert "Traceback" not in res.stderr
     assert not out.exists()
 

@@ -97,7 +97,7 @@ class NeverPrune:
         return False
 
 
-@pytest.mark.slow  # ~75 s; the views variant in test_augment.py runs by default
+@pytest.mark.slow  # ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both
 def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
     features.clear_memory_cache()
     cache_dir = tmp_path / "cache"

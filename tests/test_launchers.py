@@ -81,7 +81,7 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow  # default-run budget; `-m slow` runs it
+@pytest.mark.slow  # default-run budget; `-m slow` (and .ci/run) runs it
 def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, ray_head):
     sw = tmp_path / "sw"
     res = thaw_train(_sweep(sw, 3, "hydra/launcher=ray_cluster", "hydra.sweeper.n_jobs=2",
@@ -117,7 +117,7 @@ def test_slurm_launcher_config_composes():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (1, 1, 120)
 
 
-@pytest.mark.slow  # ~80 s with teardown; the Ray launcher test runs by default
+@pytest.mark.slow  # ~80 s with teardown; like the Ray launcher test, run by `-m slow` (and .ci/run)
 def test_submitit_launcher_runs_each_trial_as_a_job(tmp_path):
     """The SLURM launcher's engine (submitit) with its local executor: jobs are pickled, run in their
     own processes with their own logs, exactly as on SLURM nodes minus sbatch."""

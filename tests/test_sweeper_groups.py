@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -40,6 +41,11 @@ def build(argv):
 
 @pytest.mark.parametrize("argv", readme_swap_commands(), ids=lambda a: " ".join(a[4:])[:60])
 def test_readme_swap_command_builds_what_it_says(argv):
+    check_swap_command(argv)
+
+
+def check_swap_command(argv):
+    """Build the line's objects and check them against the line; returns the arguments it checked."""
     sampler, pruner, n_trials = build(argv)
     text = " ".join(argv)
     want_sampler = re.search(r"hydra/sweeper/sampler=(\w+)", text)
@@ -54,11 +60,25 @@ def test_readme_swap_command_builds_what_it_says(argv):
     assert isinstance(pruner, classes[name] if name else StepMedianPruner)
     if "sampler=grid" in text:  # 7 depths x 2 learning rates
         assert n_trials == 14
-    # and every argument the line gives reached the Optuna object
-    for node, key, value in re.findall(r"hydra\.sweeper\.(sampler|pruner)\.(\w+)=(\S+)", text):
+    # and every argument the line gives reached the Optuna object: as a dotted key
+    # (hydra.sweeper.pruner.lower=0.6) or inside a whole node ('hydra.sweeper.pruner={_target_: ..., lower: 0.6}')
+    given = re.findall(r"hydra\.sweeper\.(sampler|pruner)\.(\w+)=(\S+)", text)
+    for node, body in re.findall(r"hydra\.sweeper\.(sampler|pruner)=(\{.*?\})", text):
+        given += [(node, key, value) for key, value in yaml.safe_load(body).items() if key != "_target_"]
+    for node, key, value in given:
         obj = sampler if node == "sampler" else pruner
         got = getattr(obj, f"_{key}", getattr(obj, key, None))
         assert got is not None and float(got) == float(value), (node, key, got, value)
+    return given
+
+
+def test_readme_swap_commands_check_every_argument_they_give():
+    """The check above reads both forms; a README line that gives an argument is checked on it."""
+    lines = {" ".join(argv): argv for argv in readme_swap_commands()}
+    node_form = [argv for text, argv in lines.items() if "hydra.sweeper.pruner={" in text]
+    assert node_form, "the README's ThresholdPruner node line is gone"
+    for argv in node_form:
+        assert "lower" in [key for node, key, _ in check_swap_command(argv) if node == "pruner"], argv
 
 
 def test_selecting_a_group_replaces_the_whole_node():

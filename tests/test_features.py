@@ -87,14 +87,19 @@ def test_cache_is_reused_across_runs_and_processes(tmp_path):
 
 
 class NeverPrune:
-    """What a sweep trial's TrialHandle offers train(): report(step, value) -> prune?"""
+    """What a sweep trial's TrialHandle offers train(): report(step, value) -> prune?, and
+    describe(**facts) for what the sweep report reads."""
 
     def __init__(self):
         self.steps = []
+        self.facts = {}
 
-    def report(self, step, value):
+    def report(self, step, value, judge=True):
         self.steps.append(step)
         return False
+
+    def describe(self, **facts):
+        self.facts.update(facts)
 
 
 @pytest.mark.slow  # ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both

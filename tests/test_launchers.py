@@ -124,7 +124,8 @@ def test_submitit_launcher_runs_each_trial_as_a_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
     sw = tmp_path / "sw"
     res = thaw_train(_sweep(sw, 2, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
-                            "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", *PRUNE_ALL),
+                            "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", *PRUNE_ALL,
+                            "hydra.sweeper.confirm.top_k=0"),  # the trials' jobs only, no confirmation runs
                      cwd=tmp_path, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     trials = _trials(sw)

@@ -508,7 +508,8 @@ def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_pat
     res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
                       "hydra/sweeper/sampler=bruteforce",
-                      "head=choice(linear,no_such_head)", "unfreeze.depth=1", "lr.base=1e-3"], cwd=tmp_path)
+                      "head=choice(linear,no_such_head)", "unfreeze.depth=1", "lr.base=1e-3",
+                      "hydra.sweeper.baseline=false", "hydra.sweeper.confirm.top_k=0"], cwd=tmp_path)  # depth fixed
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     states = by_state(load(tmp_path / "sw"))
     assert len(states[TrialState.COMPLETE]) == 1 and len(states[TrialState.FAIL]) == 1

@@ -62,6 +62,7 @@ def compile_for_fit(model, optimizer_name: Optional[str], make_optimizer: Option
     new learning rate, so its traced train step is reused. Returns True when reused. No optimizer
     (`make_optimizer` None): compiled to evaluate, its traced test step reused the same way."""
     key = (optimizer_name, rate_form(learning_rate), type(loss).__name__, getattr(loss, "from_logits", None),
+           getattr(loss, "label_smoothing", None),
            str(jit_compile), tuple(id(v) for v in model.trainable_variables) if make_optimizer else ())
     kept = _COMPILED.get(model)
     if reuse and kept is not None and kept[0] == key:

@@ -129,6 +129,16 @@ class TrainerConfig:
     # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
     # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
     resume: str = "auto"
+    # targets (1 - s) one-hot + s / classes: the head stops pushing logits to infinity on small data
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    # decoupled weight decay, AdamW-style (each step w -= lr * weight_decay * w, apart from the
+    # gradient's update; Keras' weight_decay on every optimizer); 0: off (trainer.optimizer=adamw
+    # then keeps Keras' own default, 0.004)
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -155,6 +165,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -299,6 +310,12 @@ def _validate_trainer(cfg) -> None:
         raise ConfigError(f"trainer.cpu_devices: must be >= 1, got {t.cpu_devices}")
     if t.resume not in ("auto", "never"):
         raise ConfigError(f"trainer.resume: expected auto or never, got {t.resume!r}")
+    if not (math.isfinite(float(t.label_smoothing)) and 0.0 <= float(t.label_smoothing) < 1.0):
+        raise ConfigError(f"trainer.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    wd = cfg.get("optimizer", {}).get("weight_decay", 0.0)
+    if not (math.isfinite(float(wd)) and 0.0 <= float(wd) < 1.0):
+        raise ConfigError(f"optimizer.weight_decay: must be in [0, 1) (decoupled, per step at the learning "
+                          f"rate), got {wd}")
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
     objectives = t.objective if OmegaConf.is_list(t.objective) or isinstance(t.objective, list) else [t.objective]

@@ -19,18 +19,23 @@ NAMES = tuple(_CLASSES)
 _FUSED: list = []
 
 
-def make(name: str, learning_rate, fused: bool = True):
-    """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form here)."""
+def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0):
+    """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form here).
+    `weight_decay` > 0 is Keras' decoupled decay (applied before the update, the fused one too); 0
+    leaves the optimizer exactly as before (AdamW keeps its own default)."""
     import keras
 
-    if name == "adam" and fused:
-        return fused_adam_class()(learning_rate=learning_rate, name="adam")  # same variable paths as Adam
-    return getattr(keras.optimizers, _CLASSES[name])(learning_rate=learning_rate)
+    extra = {"weight_decay": float(weight_decay)} if weight_decay else {}
+    if name == "adam" and fused:  # same variable paths as Adam
+        return fused_adam_class()(learning_rate=learning_rate, name="adam", **extra)
+    return getattr(keras.optimizers, _CLASSES[name])(learning_rate=learning_rate, **extra)
 
 
-def compiled_name(name: str, fused: bool) -> str:
-    """What a kept compiled step is keyed by (thaw.compiled): a fused and a Keras Adam trace differently."""
-    return f"{name}+fused" if name == "adam" and fused else name
+def compiled_name(name: str, fused: bool, weight_decay: float = 0.0) -> str:
+    """What a kept compiled step is keyed by (thaw.compiled): a fused and a Keras Adam trace differently,
+    and the decay is a constant of the traced step."""
+    base = f"{name}+fused" if name == "adam" and fused else name
+    return f"{base}+wd{float(weight_decay)!r}" if weight_decay else base
 
 
 def fused_adam_class():

@@ -35,6 +35,8 @@ class RunRecord:
             unfreeze={"mode": cfg.unfreeze.name, "depth": int(cfg.unfreeze.depth)},
             lr={"base": float(cfg.lr.base), "finetune": float(cfg.lr.base * cfg.lr.finetune_factor),
                 "schedule": cfg.lr.name},
+            regularization={"weight_decay": float(cfg.get("optimizer", {}).get("weight_decay", 0.0)),
+                            "label_smoothing": float(cfg.trainer.get("label_smoothing", 0.0))},
             classes=ds.class_names, num_train=len(ds.train), num_val=len(ds.val),
             num_test=len(ds.test) if ds.test else 0,
             skipped_files=ds.skipped, num_skipped_files=len(ds.skipped),

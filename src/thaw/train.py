@@ -103,13 +103,33 @@ def _learning_rate(lr_cfg, initial: float, epochs: int, steps_per_epoch: int):
     return learning_rate(lr_cfg.name, initial, epochs * steps_per_epoch, lr_cfg.get("final_fraction", 0.0))
 
 
-def _loss_and_metrics(num_classes: int):
+def _loss_and_metrics(num_classes: int, label_smoothing: float = 0.0):
     import keras
 
     if num_classes == 2:
-        return (keras.losses.BinaryCrossentropy(from_logits=True),
+        extra = {"label_smoothing": float(label_smoothing)} if label_smoothing else {}
+        return (keras.losses.BinaryCrossentropy(from_logits=True, **extra),
                 [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
-    return keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    loss = smoothed_sparse_crossentropy(label_smoothing) if label_smoothing else keras.losses.SparseCategoricalCrossentropy()
+    return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+def smoothed_sparse_crossentropy(label_smoothing: float):
+    """Keras' sparse cross-entropy has no label smoothing: integer labels to one-hot, then the
+    categorical loss with it (the head's softmax output, as SparseCategoricalCrossentropy reads it)."""
+    import keras
+
+    class SmoothedSparseCrossentropy(keras.losses.Loss):
+        def __init__(self, smoothing: float):
+            super().__init__(name="smoothed_sparse_crossentropy")
+            self.label_smoothing = smoothing
+
+        def call(self, y_true, y_pred):
+            ops = keras.ops
+            labels = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
+            return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.label_smoothing)
+
+    return SmoothedSparseCrossentropy(float(label_smoothing))
 
 
 def configure_devices(cfg_trainer):
@@ -212,7 +232,7 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
                        keep_weights=bool(cfg.trainer.restore_best))
     # Fresh loss/metric objects for every compile: a metric object reused by a newly compiled model
     # keeps the state of its last pass until the model's metrics are built (stale accuracy).
-    loss, _ = _loss_and_metrics(ds.num_classes)
+    loss, _ = _loss_and_metrics(ds.num_classes, float(cfg.trainer.get("label_smoothing", 0.0)))
     steps = math.ceil(len(ds.train) / int(cfg.data.batch_size))
     if callable(tracker):  # a factory: start tracking now that the data and model are ready
         tracker = tracker()
@@ -374,8 +394,10 @@ def _compile(run: Run, data, phase: Phase) -> None:
     cfg = run.cfg
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
     name, fused = cfg.trainer.optimizer, bool(cfg.trainer.get("fused_optimizer", True))
+    decay = float(cfg.get("optimizer", {}).get("weight_decay", 0.0))
     reused = compile_for_fit(
-        data.model, optimizers.compiled_name(name, fused), lambda: optimizers.make(name, lr, fused), lr, run.loss,
+        data.model, optimizers.compiled_name(name, fused, decay), lambda: optimizers.make(name, lr, fused, decay),
+        lr, run.loss,
         lambda: _loss_and_metrics(run.ds.num_classes)[1], cfg.trainer.jit_compile,
         None if data.train is None else data.train.element_spec, reuse=bool(cfg.trainer.reuse_compiled))
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"

@@ -101,7 +101,7 @@ def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) ->
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / NAME)
-    _fault_injection(ckpt)
+    _fault_injection(out, ckpt)
 
 
 # Fault injection, for tests only: kill this process right after a given checkpoint is on disk (a
@@ -109,15 +109,16 @@ def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) ->
 # THAW_KILL_AFTER_CHECKPOINT left in a user's environment does nothing.
 FAULTS_SWITCH = "THAW_TEST_FAULTS"
 KILL_AFTER = "THAW_KILL_AFTER_CHECKPOINT"
-_KILL_POINT = re.compile(r"(?:([A-Z0-9]+)@)?(head|finetune):(end|[0-9]+)")
+_KILL_POINT = re.compile(r"(?:([A-Z0-9]+)@)?(?:([\w.-]+)/)?(head|finetune):(end|[0-9]+)")
 
 
-def kill_point() -> Optional[Tuple[int, str]]:
-    """(signal number, "phase:epoch" or "phase:end") to kill at, or None (the hook is off).
+def kill_point() -> Optional[Tuple[int, str, Optional[str]]]:
+    """(signal number, "phase:epoch" or "phase:end", run dir name or None) to kill at, or None (off).
 
     THAW_TEST_FAULTS=1 THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2 (SIGKILL) or
-    TERM@finetune:1 (SIGTERM; any SIG<NAME> as <NAME>@). A bad value raises ConfigError: the
-    command checks it before the run starts (exit 2, one line), not at the first checkpoint."""
+    TERM@finetune:1 (SIGTERM; any SIG<NAME> as <NAME>@); trial_1/head:1 acts only in a run dir of
+    that name (one trial of a sweep). A bad value raises ConfigError: the command checks it before
+    the run starts (exit 2, one line), not at the first checkpoint."""
     import signal
 
     switch = os.environ.get(FAULTS_SWITCH, "")
@@ -129,14 +130,17 @@ def kill_point() -> Optional[Tuple[int, str]]:
     m = _KILL_POINT.fullmatch(target)
     sig = getattr(signal, f"SIG{m.group(1)}", None) if m and m.group(1) else signal.SIGKILL
     if not m or not isinstance(sig, signal.Signals):
-        raise ConfigError(f"{KILL_AFTER}={target!r}: expected [SIGNAL@]head|finetune:EPOCH|end, e.g. head:1, "
-                          "finetune:end or TERM@finetune:2 (SIGNAL a name from the signal module without SIG)")
-    return int(sig), f"{m.group(2)}:{m.group(3)}"
+        raise ConfigError(f"{KILL_AFTER}={target!r}: expected [SIGNAL@][RUN_DIR/]head|finetune:EPOCH|end, "
+                          "e.g. head:1, finetune:end, trial_1/head:1 or TERM@finetune:2 (SIGNAL a name from "
+                          "the signal module without SIG)")
+    return int(sig), f"{m.group(3)}:{m.group(4)}", m.group(2)
 
 
-def _fault_injection(ckpt: Checkpoint) -> None:
+def _fault_injection(out: Path, ckpt: Checkpoint) -> None:
     point = kill_point()
-    if point is not None and point[1] == f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
+    if point is None or point[1] != f"{ckpt.phase}:{'end' if ckpt.ended else ckpt.done}":
+        return
+    if point[2] is None or point[2] == out.name:
         os.kill(os.getpid(), point[0])
 
 

@@ -126,3 +126,31 @@ def test_tolerance_is_the_validation_standard_error(tmp_path):
         assert pruned == expected, n_val
     with pytest.raises(ValueError):
         StepMedianPruner(tolerance_se=-1)
+
+
+def test_the_sweep_says_how_many_trials_completed_after_the_pruners_start_up(tmp_path):
+    """The figure that shows a pruner that stopped learning: trials after the start-up ones that
+    completed, and whether the best came after them."""
+    from optuna.trial import TrialState, create_trial
+
+    from thaw.sweeper.core import SweepRunner
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    states = [TrialState.COMPLETE] * 3 + [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED,
+                                          TrialState.FAIL]
+    for i, state in enumerate(states):
+        value = {0: 0.9, 1: 0.8, 2: 0.7, 4: 0.85}.get(i, 0.5)
+        study.add_trial(create_trial(state=state, params={"x": 0.1 * i}, distributions=dist,
+                                     value=None if state == TrialState.FAIL else value,
+                                     intermediate_values={0: value} if state == TrialState.PRUNED else {}))
+    runner = SweepRunner({"pruner": {"n_startup_trials": 3}})
+    runner.study, runner.directions = study, ["maximize"]
+    info = runner._after_startup(study.get_trials())
+    # the FAILed trial (an error, not counted) is not a later trial; the best (0.9) was a start-up one
+    assert info == {"startup_trials": 3, "later_trials": 3, "later_complete": 1, "later_pruned": 2,
+                    "best_found_after_startup": False}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, params={"x": 0.9}, distributions=dist, value=0.95))
+    info = runner._after_startup(study.get_trials())
+    assert info["later_complete"] == 2 and info["best_found_after_startup"] is True
+    assert SweepRunner({"pruner": {}})._after_startup(study.get_trials()) is None  # no start-up to speak of

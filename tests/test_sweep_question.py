@@ -125,6 +125,12 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
     assert best["number"] == res_yaml["winner"] and best["run_dir"] == f"trial_{best['number']}"
     assert 0 <= best["test_interval"]["low"] <= best["test_accuracy"] <= best["test_interval"]["high"] <= 1
     assert "over 2 seeds" in res_yaml["verdict"] and "Test split" in res_yaml["verdict"]
+    # what the answer cost: the search's trials summed and the confirmation's runs (2 of them)
+    spent = res_yaml["seconds"]
+    assert spent["search"] == pytest.approx(sum((t.datetime_complete - t.datetime_start).total_seconds()
+                                                 for t in trials), abs=0.2)
+    assert 0 < spent["confirmation"] and spent["confirmation_share"] == pytest.approx(
+        spent["confirmation"] / spent["search"], abs=1e-3)
     assert res_yaml["verdict"][:40] in (sw / "report.html").read_text().lower()
     assert list((sw / "confirm").iterdir()) and not list((sw / "confirm").rglob("model.keras"))
     # a resumed sweep continues confirmation where it stopped: only the new seed runs

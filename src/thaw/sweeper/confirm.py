@@ -18,7 +18,7 @@ from thaw.sweeper.search_space import format_value
 
 log = logging.getLogger("thaw.sweeper")
 
-ATTR = "confirmation"  # {"runs": {"<trial>": {"<seed>": value}}, "errors": {"<trial>:<seed>": why}}
+ATTR = "confirmation"  # {"runs": {"<trial>": {"<seed>": value}}, "errors": {"<trial>:<seed>": why}, "seconds": wall}
 BASELINE_ATTR = "baseline_trial"
 
 
@@ -82,7 +82,8 @@ class Confirmation:
 
     def recorded(self) -> Dict[str, Any]:
         rec = self.study.user_attrs.get(ATTR) or {}
-        return {"runs": dict(rec.get("runs") or {}), "errors": dict(rec.get("errors") or {})}
+        return {"runs": dict(rec.get("runs") or {}), "errors": dict(rec.get("errors") or {}),
+                "seconds": float(rec.get("seconds") or 0.0)}
 
     def pending(self) -> List[Tuple[Any, int]]:
         """(trial, seed) runs still to do; a baseline that did not complete also runs its own seed."""
@@ -101,9 +102,11 @@ class Confirmation:
             f"{self.s.seed_key}={seed}", f"hydra.sweeper.confirmation={trial.number}:{seed}",
             f"hydra.sweep.subdir=confirm/trial_{trial.number}_seed_{seed}"]
 
-    def store(self, results: List[Tuple[Any, int, Optional[float], Optional[str]]]) -> None:
-        """Add finished runs (trial, seed, value or None, error or None) to the study's record."""
+    def store(self, results: List[Tuple[Any, int, Optional[float], Optional[str]]], seconds: float = 0.0) -> None:
+        """Add finished runs (trial, seed, value or None, error or None) and the wall seconds they took
+        to the study's record."""
         rec = self.recorded()
+        rec["seconds"] += seconds
         for trial, seed, value, error in results:
             if value is not None:
                 rec["runs"].setdefault(str(trial.number), {})[str(seed)] = value

@@ -257,6 +257,7 @@ class SweepRunner:
                 self.write_results(log_best=interrupted)
         if interrupted:
             sys.exit(130)
+        self._log_after_startup()
         try:
             self._confirm(fixed_lines, study_name, beats)
         except KeyboardInterrupt:
@@ -471,18 +472,24 @@ class SweepRunner:
             lines = [fixed_lines + conf.overrides(t, seed) + extra + [f"hydra.sweeper.storage={self.url}",
                                                                        f"hydra.sweeper.study_name={study_name}"]
                      for t, seed in batch]
+            started = time.monotonic()
             try:
                 returns = self.launcher.launch(lines, initial_job_idx=10_000 + i)
             except Exception as exc:
                 returns = [exc] * len(batch)
+            seconds = time.monotonic() - started
             results = []
             for (trial, seed), ret in zip(batch, returns):
                 value, error = _confirmation_value(ret)
                 results.append((trial, seed, value, error))
                 log.log(logging.INFO if error is None else logging.WARNING, "confirm trial %d seed %d: %s",
                         trial.number, seed, f"value {value:.4f}" if error is None else f"failed ({error})")
-            conf.store(results)
+            conf.store(results, seconds)
             self.write_results()
+        spent = self._seconds(self.study.get_trials(deepcopy=False))
+        if spent.get("confirmation_share") is not None:
+            log.info("confirmation: %.0f s in all, %.0f %% of the search's %.0f s (hydra.sweeper.confirm sets "
+                     "how many runs)", spent["confirmation"], 100 * spent["confirmation_share"], spent["search"])
 
     def _chosen(self):
         """The trial the sweep answers with: the confirmed winner, else Optuna's best."""
@@ -755,6 +762,10 @@ class SweepRunner:
                 out.update({k: summary[k] for k in ("baseline", "confirmed", "winner", "gain_vs_baseline", "seeds")
                             if k in summary})
             out["best_trial"].update(self._test_info(best))
+            out["seconds"] = self._seconds(trials)
+            after = self._after_startup(trials)
+            if after is not None:
+                out["after_startup"] = after
             out["verdict"] = self._verdict(best, out)
             self.study.set_user_attr("verdict", out["verdict"])
         elif complete:
@@ -762,6 +773,44 @@ class SweepRunner:
             out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
                                    "run_dir": self._relative(t.user_attrs.get("run_dir"))} for t in best_trials]
             out["solutions"] = [{"params": dict(t.params), "values": t.values} for t in best_trials]  # HOS's key
+        return out
+
+    def _after_startup(self, trials) -> Optional[Dict[str, Any]]:
+        """Did the search keep learning after the pruner's start-up trials? A pruner that prunes every
+        later trial leaves the start-up's best as the sweep's answer."""
+        from optuna.trial import TrialState
+
+        startup = (self.cfg.get("pruner") or {}).get("n_startup_trials")
+        counted = sorted((t for t in trials if _counted(t)), key=lambda t: t.number)
+        if startup is None or len(counted) <= int(startup) or len(self.directions) != 1:
+            return None
+        later = counted[int(startup):]
+        out = {"startup_trials": int(startup), "later_trials": len(later),
+               "later_complete": sum(t.state == TrialState.COMPLETE for t in later),
+               "later_pruned": sum(t.state == TrialState.PRUNED for t in later)}
+        if any(t.state == TrialState.COMPLETE for t in counted):
+            out["best_found_after_startup"] = self.study.best_trial.number in {t.number for t in later}
+        return out
+
+    def _log_after_startup(self) -> None:
+        info = self._after_startup(self.study.get_trials(deepcopy=False)) if hasattr(self, "study") else None
+        if info is None:
+            return
+        best = info.get("best_found_after_startup")
+        log.info("search: %d of %d trials after the pruner's %d start-up trials completed (%d pruned); the best "
+                 "trial was found %s", info["later_complete"], info["later_trials"], info["startup_trials"],
+                 info["later_pruned"], "after the start-up" if best else "among the start-up trials")
+
+    def _seconds(self, trials) -> Dict[str, float]:
+        """What the answer cost: the search's trials (start to end, summed) and the confirmation's
+        launches (wall), so the price of "how sure" is on record."""
+        search = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.datetime_complete is not None and t.datetime_start is not None)
+        out = {"search": round(search, 1)}
+        conf = self._confirmation()
+        if conf is not None:
+            out["confirmation"] = round(conf.recorded()["seconds"], 1)
+            out["confirmation_share"] = round(out["confirmation"] / search, 3) if search > 0 else None
         return out
 
     def _relative(self, run_dir: Optional[str]) -> Optional[str]:
@@ -800,7 +849,16 @@ class SweepRunner:
             text = f"trial {best.number} ({what}) is the best, value {best.value:.4g}"
             if "confirmed" in res:
                 text += f", mean {res['best_trial'].get('mean', best.value):.4g} over {len(res.get('seeds', []))} seeds"
-            text += " (no baseline to compare with)"
+            base_number = confirm.baseline_number(self.study)
+            base_trial = next((t for t in self.study.get_trials(deepcopy=False)
+                               if t.number == base_number and t.value is not None), None)
+            if base_trial is None:
+                text += " (no baseline to compare with)"
+            elif best.number == base_trial.number:
+                text += " and is the frozen base; not confirmed over seeds (hydra.sweeper.confirm.top_k=0)"
+            else:
+                text += (f"; the frozen base (trial {base_trial.number}) scored {base_trial.value:.4g}, "
+                         "one seed each: not confirmed (hydra.sweeper.confirm.top_k=0)")
         else:
             n = gain["count"]
             interval = (f", 95 % interval {rng(gain['low'])} to {rng(gain['high'])}" if gain["low"] is not None

@@ -26,7 +26,7 @@ def test_zero_settings_are_exactly_the_old_run(tmp_path):
     from thaw.optimizers import compiled_name
 
     plain = run(tmp_path, "plain")
-    zeros = run(tmp_path, "zeros", "optimizer.weight_decay=0", "trainer.label_smoothing=0")
+    zeros = run(tmp_path, "zeros", "optimizer.weight_decay=0", "trainer.label_smoothing=0", "lr.layer_decay=1.0")
     assert losses(plain) == losses(zeros)
     assert plain["regularization"] == {"weight_decay": 0.0, "label_smoothing": 0.0}
     assert compiled_name("adam", True, 0.0) == "adam+fused"  # the kept compiled steps are keyed as before

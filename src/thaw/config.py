@@ -45,6 +45,10 @@ class LRConfig:
     base: float = 1e-4
     finetune_factor: float = 0.1
     final_fraction: float = 0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
+    # per-block (discriminative) rates in the fine-tuning phase: the top unfrozen block trains at the
+    # phase's rate, each block below at layer_decay times the block above, the head at the full
+    # rate; 1.0: one rate for all
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -312,6 +316,10 @@ def _validate_trainer(cfg) -> None:
         raise ConfigError(f"trainer.resume: expected auto or never, got {t.resume!r}")
     if not (math.isfinite(float(t.label_smoothing)) and 0.0 <= float(t.label_smoothing) < 1.0):
         raise ConfigError(f"trainer.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+    decay = cfg.lr.get("layer_decay", 1.0)
+    if not (math.isfinite(float(decay)) and 0.0 < float(decay) <= 1.0):
+        raise ConfigError(f"lr.layer_decay: must be in (0, 1] (each block below trains at this times the "
+                          f"rate of the block above; 1: one rate), got {decay}")
     wd = cfg.get("optimizer", {}).get("weight_decay", 0.0)
     if not (math.isfinite(float(wd)) and 0.0 <= float(wd) < 1.0):
         raise ConfigError(f"optimizer.weight_decay: must be in [0, 1) (decoupled, per step at the learning "
@@ -372,8 +380,10 @@ def inert_keys(cfg) -> dict:
     if u.name != "top_blocks":
         out["unfreeze.depth"] = (f"unfreeze={u.name} trains {'every' if u.name == 'all' else 'no'} block of the "
                                  "base; the depth counts blocks only with unfreeze=top_blocks")
+    if u.name == "none":
+        out["lr.layer_decay"] = "unfreeze=none trains no block of the base: there are no blocks to give rates"
     if int(t.finetune_epochs) == 0:
-        for key in ("unfreeze.depth", "lr.finetune_factor"):
+        for key in ("unfreeze.depth", "lr.finetune_factor", "lr.layer_decay"):
             out[key] = "trainer.finetune_epochs=0: there is no fine-tuning phase"
     if cfg.head.name != "mlp":
         for key in ("head.hidden_units", "head.activation"):

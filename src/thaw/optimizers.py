@@ -12,30 +12,86 @@ with 1 - b1 and 1 - b2 taken in float32 inside the kernel where Keras rounds the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Optional, Sequence
 
 _CLASSES = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}  # in keras.optimizers
 NAMES = tuple(_CLASSES)
 _FUSED: list = []
+_WITH_RATES: Dict[type, type] = {}
 
 
-def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0):
+def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0,
+         layer_rates: Optional[Dict[str, float]] = None):
     """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form here).
     `weight_decay` > 0 is Keras' decoupled decay (applied before the update, the fused one too); 0
-    leaves the optimizer exactly as before (AdamW keeps its own default)."""
+    leaves the optimizer exactly as before (AdamW keeps its own default). `layer_rates`: {layer name:
+    learning-rate multiplier} for the variables of those layers (lr.layer_decay); None or all 1: the
+    optimizer is exactly the plain one."""
     import keras
 
     extra = {"weight_decay": float(weight_decay)} if weight_decay else {}
     if name == "adam" and fused:  # same variable paths as Adam
-        return fused_adam_class()(learning_rate=learning_rate, name="adam", **extra)
-    return getattr(keras.optimizers, _CLASSES[name])(learning_rate=learning_rate, **extra)
+        cls, extra["name"] = fused_adam_class(), "adam"
+    else:
+        cls = getattr(keras.optimizers, _CLASSES[name])
+    rates = {k: float(v) for k, v in (layer_rates or {}).items() if float(v) != 1.0}
+    if not rates:
+        return cls(learning_rate=learning_rate, **extra)
+    opt = with_layer_rates(cls)(learning_rate=learning_rate, **extra)
+    opt.layer_rates = rates
+    return opt
 
 
-def compiled_name(name: str, fused: bool, weight_decay: float = 0.0) -> str:
+def compiled_name(name: str, fused: bool, weight_decay: float = 0.0,
+                  layer_rates: Optional[Dict[str, float]] = None) -> str:
     """What a kept compiled step is keyed by (thaw.compiled): a fused and a Keras Adam trace differently,
-    and the decay is a constant of the traced step."""
+    and the decay and the per-layer multipliers are constants of the traced step."""
     base = f"{name}+fused" if name == "adam" and fused else name
-    return f"{base}+wd{float(weight_decay)!r}" if weight_decay else base
+    if weight_decay:
+        base += f"+wd{float(weight_decay)!r}"
+    rates = sorted((k, float(v)) for k, v in (layer_rates or {}).items() if float(v) != 1.0)
+    return f"{base}+rates{rates!r}" if rates else base
+
+
+def block_rates(block_layers: Dict[str, Sequence[str]], blocks: Sequence[str], decay: float) -> Dict[str, float]:
+    """{layer name: multiplier}: the top of `blocks` (ordered bottom to top) at 1, each block below at
+    `decay` times the block above; layers outside them (the head) keep the full rate."""
+    out: Dict[str, float] = {}
+    if float(decay) == 1.0:
+        return out
+    for depth_from_top, block in enumerate(reversed(list(blocks))):
+        for layer in block_layers.get(block, ()):
+            out[layer] = float(decay) ** depth_from_top
+    return out
+
+
+def with_layer_rates(cls: type) -> type:
+    """`cls` with a learning-rate multiplier per variable, by the layer that owns it: Keras' update
+    rules take it through `update_step`, the fused Adam through its kernel's `lr`."""
+    if cls not in _WITH_RATES:
+        class LayerRates(cls):  # type: ignore[misc, valid-type]
+            layer_rates: Dict[str, float] = {}
+
+            def build(self, variables):
+                super().build(variables)
+                self._rate_of = [self.layer_rates.get(_owner(v), 1.0) for v in variables]
+
+            def lr_multiplier(self, variable) -> float:
+                return self._rate_of[self._get_variable_index(variable)]
+
+            def update_step(self, gradient, variable, learning_rate):
+                m = self.lr_multiplier(variable)
+                return super().update_step(gradient, variable, learning_rate if m == 1.0 else learning_rate * m)
+
+        LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
+        _WITH_RATES[cls] = LayerRates
+    return _WITH_RATES[cls]
+
+
+def _owner(variable) -> str:
+    """The name of the layer a Keras variable belongs to (its path is `layer/variable`)."""
+    path = getattr(variable, "path", "") or ""
+    return path.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in path else path
 
 
 def fused_adam_class():
@@ -62,11 +118,14 @@ def _define() -> Any:
             scalars = dict(beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step),
                            lr=tf.cast(learning_rate, dtype), beta1=b1, beta2=b2,
                            epsilon=tf.constant(self.epsilon, dtype))
+            multiplier = getattr(self, "lr_multiplier", None)
             for grad, var in zip(grads, variables):
                 i = self._get_variable_index(var)
+                m = 1.0 if multiplier is None else multiplier(var)
+                args = scalars if m == 1.0 else dict(scalars, lr=scalars["lr"] * tf.constant(m, dtype))
                 tf.raw_ops.ResourceApplyAdam(var=var.handle, m=self._momentums[i].value.handle,
                                              v=self._velocities[i].value.handle, grad=tf.cast(grad, dtype),
-                                             use_locking=False, **scalars)
+                                             use_locking=False, **args)
 
         def _fusable(self, grads, variables) -> bool:
             return (keras.backend.backend() == "tensorflow" and not tf.distribute.has_strategy()

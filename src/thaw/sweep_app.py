@@ -123,7 +123,7 @@ class ThawTrainSweep:
                               "must be searched (or set hydra.sweeper.baseline=false)")
         params = {}
         for key, dist in space.items():
-            value = 0 if key == "unfreeze.depth" else OmegaConf.select(job_cfg, key, default=None)
+            value = 0 if key == "unfreeze.depth" else _preset_value(job_cfg, key)
             if value is None or not _contains(dist, value):
                 raise ConfigError(f"hydra.sweeper.baseline=true: {key}={value} (the preset's value) is outside "
                                   "the searched range; widen it or set hydra.sweeper.baseline=false")
@@ -164,6 +164,16 @@ class ThawTrainSweep:
         from thaw.evaluate import evaluate_test
 
         return evaluate_test(run_dir, per_image=True)
+
+
+def _preset_value(job_cfg, key: str):
+    """The composed config's value of a searched key; for a config group (augment=choice(...)), the
+    option it composed."""
+    value = OmegaConf.select(job_cfg, key, default=None)
+    if OmegaConf.is_config(value):
+        choices = OmegaConf.select(job_cfg, "hydra.runtime.choices", default=None) or {}
+        value = choices.get(key) or value.get("name")
+    return value
 
 
 def _contains(dist, value) -> bool:

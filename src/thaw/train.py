@@ -395,14 +395,28 @@ def _compile(run: Run, data, phase: Phase) -> None:
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
     name, fused = cfg.trainer.optimizer, bool(cfg.trainer.get("fused_optimizer", True))
     decay = float(cfg.get("optimizer", {}).get("weight_decay", 0.0))
+    rates = _layer_rates(run, phase)
     reused = compile_for_fit(
-        data.model, optimizers.compiled_name(name, fused, decay), lambda: optimizers.make(name, lr, fused, decay),
-        lr, run.loss,
+        data.model, optimizers.compiled_name(name, fused, decay, rates),
+        lambda: optimizers.make(name, lr, fused, decay, rates), lr, run.loss,
         lambda: _loss_and_metrics(run.ds.num_classes)[1], cfg.trainer.jit_compile,
         None if data.train is None else data.train.element_spec, reuse=bool(cfg.trainer.reuse_compiled))
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"
     if reused:
         log.info("phase %s: reusing this process's compiled step (optimizer state reset)", phase.name)
+
+
+def _layer_rates(run: Run, phase: Phase) -> Dict[str, float]:
+    """lr.layer_decay as {layer name: rate multiplier} for the fine-tuning phase's blocks ({} = one rate)."""
+    decay = float(run.cfg.lr.get("layer_decay", 1.0))
+    if phase.name != "finetune" or decay == 1.0 or not phase.blocks:
+        return {}
+    by_block: Dict[str, list] = {}
+    for layer, block in unfreeze.layer_blocks(run.clf.base, run.clf.spec).items():
+        by_block.setdefault(block, []).append(layer)
+    rates = optimizers.block_rates(by_block, phase.blocks, decay)
+    run.record.phase(phase.name)["layer_rates"] = {b: decay ** i for i, b in enumerate(reversed(phase.blocks))}
+    return rates
 
 
 def _timed(fn, *args):

@@ -79,7 +79,7 @@ TINY = ["experiment=tiny", "logger=none", "backbone.image_size=32", "data.num_tr
         "data.batch_size=16", "trainer.save_model=false"]
 
 
-@pytest.mark.parametrize("path", ["images", "cached"])
+@pytest.mark.parametrize("path", ["images", pytest.param("cached", marks=pytest.mark.slow)])  # cached: -m slow
 def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_path, path):
     extra = ["backbone.batchnorm=inference"] if path == "cached" else []
 

@@ -32,7 +32,7 @@ def test_zero_settings_are_exactly_the_old_run(tmp_path):
     assert compiled_name("adam", True, 0.0) == "adam+fused"  # the kept compiled steps are keyed as before
 
 
-@pytest.mark.parametrize("path", ["images", "cached"])
+@pytest.mark.parametrize("path", ["images", pytest.param("cached", marks=pytest.mark.slow)])  # cached: -m slow
 def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
     extra = CACHED if path == "cached" else []
     base = run(tmp_path, "base", *extra)
@@ -47,6 +47,7 @@ def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
     assert [r["loss"] for r in decay["history"]] != [r["loss"] for r in base_lr["history"]]
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_label_smoothing_with_several_classes(tmp_path):
     three = ["data.num_classes=3"]
     base = run(tmp_path, "base", *three)

@@ -19,7 +19,9 @@ PATHS = {"images": [], "features": ["backbone.batchnorm=inference", "trainer.cac
          "images-mixed-precision": ["trainer.precision=mixed_float16"]}
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
+# the cosine and mixed-precision variants run with -m slow (default-run budget)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in ("features-cosine", "images-mixed-precision")
+                                  else p for p in sorted(PATHS)])
 def test_a_trial_second_in_its_process_equals_it_in_a_fresh_process(tmp_path, path):
     sw, run = tmp_path / "sw", RUN + PATHS[path]
     res = thaw_train(["--multirun", *run, "sweep=depth_lr", "hydra/sweeper/sampler=grid", "lr.base=choice(0.001,0.003)",
@@ -44,6 +46,7 @@ def test_a_trial_second_in_its_process_equals_it_in_a_fresh_process(tmp_path, pa
     assert "reusing" not in (tmp_path / "fresh" / "train.log").read_text()
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_reuse_compiled_false_compiles_every_phase(tmp_path):
     sw = tmp_path / "sw"
     res = thaw_train(["--multirun", *RUN, "trainer.reuse_compiled=false", "sweep=depth_lr", "hydra/sweeper/sampler=grid",

@@ -331,6 +331,7 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_save_models_best_keeps_only_the_best_model_across_a_resume(tmp_path):
     """Objective trainable_params (minimized): every depth gives a distinct value, so the best is one
     trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random order."""

@@ -810,7 +810,7 @@ class SweepRunner:
         conf = self._confirmation()
         if conf is not None:
             out["confirmation"] = round(conf.recorded()["seconds"], 1)
-            out["confirmation_share"] = round(out["confirmation"] / search, 3) if search > 0 else None
+            out["confirmation_share"] = round(out["confirmation"] / out["search"], 3) if out["search"] > 0 else None
         return out
 
     def _relative(self, run_dir: Optional[str]) -> Optional[str]:

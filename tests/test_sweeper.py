@@ -530,3 +530,25 @@ def test_workers_creating_a_new_storage_at_once_do_not_fail(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
+    """The baseline is created RUNNING by one worker (an enqueued WAITING trial can be popped by two
+    workers at once on SQLite), and one worker runs the confirmation: every run dir is written once."""
+    sw = tmp_path / "sw"
+    args = sweep_args(sw, 4, "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.seeds=1")
+    sw.mkdir()
+    optuna.create_study(study_name="test", storage=f"sqlite:///{sw}/study.db", direction="maximize")
+    workers = [popen(args, tmp_path, f"worker{i}") for i in range(2)]
+    for w in workers:
+        w.wait(timeout=600)
+    outs = [output(w) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs[0][-3000:] + outs[1][-3000:]
+    study = load(sw)
+    trials = study.get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4 and len(trials) == 4
+    assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]
+    assert sum("trial 0: unfreeze.depth=0" in out for out in outs) == 1  # one worker ran the baseline
+    runs = study.user_attrs["confirmation"]
+    assert not runs["errors"] and sum(len(v) for v in runs["runs"].values()) == 2  # baseline + top 1, once each
+    assert sum("confirming:" in out for out in outs) == 1

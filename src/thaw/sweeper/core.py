@@ -47,6 +47,39 @@ def time_summary(breakdown: Optional[Dict[str, float]]) -> str:
     return f"; time {breakdown.get('total', 0):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts)
 
 
+def _running_trial(study, params: Dict[str, Any], space: Dict[str, Any], user_attrs: Dict[str, Any]):
+    """A trial with fixed params, created RUNNING for this worker. Optuna's enqueue_trial leaves it
+    WAITING, and on SQLite two workers asking at once can both pop the same waiting trial."""
+    import datetime
+
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None,
+                           datetime_start=datetime.datetime.now(), datetime_complete=None, params=dict(params),
+                           distributions={k: space[k] for k in params}, user_attrs=dict(user_attrs),
+                           system_attrs={}, intermediate_values={}, trial_id=-1)
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)
+
+
+def _alive(worker: str) -> bool:
+    """Whether a worker `host:pid` still runs (one on another host is assumed to)."""
+    import os
+    import socket
+
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _counted(trial) -> bool:
     from optuna.trial import TrialState
 
@@ -348,8 +381,15 @@ class SweepRunner:
             study.set_user_attr("about", self.app.about(self.job_cfg, _space_text(plan)))
         params = getattr(self, "baseline_params", None)
         if params and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(params, user_attrs={"baseline": True})
-            study.set_user_attr(confirm.BASELINE_ATTR, study.get_trials(deepcopy=False)[-1].number)
+            self.baseline_trial = _running_trial(study, params, plan.space, {"baseline": True})
+            # workers starting at once may each create one: the lowest number is the baseline, for all
+            first = min(t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
+            if first != self.baseline_trial.number:
+                study._storage.set_trial_user_attr(self.baseline_trial._trial_id, "baseline", False)
+                log.info("another worker created the baseline (trial %d); trial %d runs as a search trial",
+                         first, self.baseline_trial.number)
+                return
+            study.set_user_attr(confirm.BASELINE_ATTR, self.baseline_trial.number)
             log.info("trial 0 is the baseline: %s (the frozen base, the preset's recipe)",
                      " ".join(f"{k}={v}" for k, v in params.items()))
 
@@ -413,7 +453,12 @@ class SweepRunner:
     def _ask_batch(self, plan, size: int, beats) -> list:
         """Up to `size` new trials, heartbeating; fewer when other workers filled the study meanwhile."""
         batch = []
-        for _ in range(size):
+        baseline = getattr(self, "baseline_trial", None)
+        if baseline is not None:  # created RUNNING by this worker: no other worker can take it
+            self.baseline_trial = None
+            beats.add(baseline._trial_id)
+            batch.append(baseline)
+        for _ in range(size - len(batch)):
             trial = plan.ask(self.study)
             if self._surplus(trial):
                 break
@@ -460,6 +505,10 @@ class SweepRunner:
         pending = conf.pending()
         if not pending:
             return
+        owner = self._confirmation_owner()
+        if owner is not None:
+            log.info("confirmation: left to the worker %s of this study (it runs every confirmation run once)", owner)
+            return
         log.info("confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)", len(pending),
                  sorted({t.number for t, _ in pending}), conf.seeds)
         extra = self.app.confirmation_overrides() if self.app is not None else []
@@ -490,6 +539,21 @@ class SweepRunner:
         if spent.get("confirmation_share") is not None:
             log.info("confirmation: %.0f s in all, %.0f %% of the search's %.0f s (hydra.sweeper.confirm sets "
                      "how many runs)", spent["confirmation"], 100 * spent["confirmation_share"], spent["search"])
+
+    def _confirmation_owner(self) -> Optional[str]:
+        """None when this worker runs the confirmation, else the worker that does: several workers
+        finishing one study's search would otherwise run the same confirmation runs into the same dirs."""
+        import os
+        import socket
+
+        attr, me = "confirmation_owner", f"{socket.gethostname()}:{os.getpid()}"
+        owner = self.study.user_attrs.get(attr)
+        if owner and owner != me and _alive(owner):
+            return owner
+        self.study.set_user_attr(attr, me)
+        time.sleep(1.0)  # two workers claiming at once: the later write stands, both read it back
+        owner = self.study.user_attrs.get(attr)
+        return None if owner == me else owner
 
     def _chosen(self):
         """The trial the sweep answers with: the confirmed winner, else Optuna's best."""

@@ -264,7 +264,9 @@ class SweepRunner:
                                          "max_failure_rate unset: thaw's rule over the finished trials")
                 if len(done) >= n_trials:
                     break
-                slots = n_trials - len(done) - len([t for t in running if t.state == TrialState.RUNNING])
+                mine = getattr(self, "baseline_trial", None)  # created RUNNING here, not yet launched
+                slots = n_trials - len(done) - len([t for t in running if t.state == TrialState.RUNNING
+                                                    and (mine is None or t.number != mine.number)])
                 if slots <= 0:
                     time.sleep(POLL_SECONDS)  # the rest is running in other workers
                     continue

@@ -98,7 +98,9 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
     # ... only the best trial is evaluated on it, once, after the sweep: its model.keras on the 16
     # test images, as computed here by hand
     best_dir = sw / f"trial_{results['best_trial']['number']}"
-    assert results["best_trial"]["test_accuracy"] == pytest.approx(_test_accuracy_by_hand(best_dir), abs=1e-6)
+    accuracy, correct = _test_accuracy_by_hand(best_dir)
+    assert results["best_trial"]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert study.user_attrs["test_eval"]["correct"] == correct  # image by image: this model, not another
     assert results["best_trial"]["num_test"] == 16
     # one progress line per trial, counted like the study, with the best so far and time left
     out = res.stdout + res.stderr
@@ -128,7 +130,8 @@ def _test_accuracy_by_hand(run_dir):
     assert len(ds.test) == 16 and set(ds.test.labels.tolist()) == {0, 1}
     logits = keras.saving.load_model(run_dir / "model.keras", compile=False).predict(
         ds.test.images.astype("float32"), verbose=0)
-    return float(np.mean((logits[:, 0] > 0).astype(int) == ds.test.labels))
+    correct = ((logits[:, 0] > 0).astype(int) == ds.test.labels)
+    return float(np.mean(correct)), [int(c) for c in correct]
 
 
 def _wandb_records(run_dir):

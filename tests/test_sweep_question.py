@@ -142,6 +142,38 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
     assert all(set(v) == {"43", "44"} for v in study.user_attrs["confirmation"]["runs"].values())
 
 
+def test_confirmation_reuses_the_searchs_cached_views_unless_told_not_to(tmp_path, mnv2_weights):
+    """Confirmation runs keep the search's augmented views (trainer.view_seed = the search's seed):
+    read from the feature cache, not computed again; their own seed still changes the run."""
+    data = make_folder(tmp_path / "d", per_class=10)
+    sw = tmp_path / "sw"
+    args = sweep(data, sw, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=1",
+                 "hydra.sweeper.confirm.seeds=1", "augment=flip", f"backbone.weights={mnv2_weights}",
+                 "trainer.augment_views=2", "trainer.cache_features=true")
+    res = thaw_train(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def confirm_run(trial, seed):
+        run = sw / "confirm" / f"trial_{trial}_seed_{seed}"
+        resolved = yaml.safe_load((run / "resolved_config.yaml").read_text())
+        return resolved["trainer"], json.loads((run / "metrics.json").read_text())
+
+    trainer, metrics = confirm_run(0, 43)
+    assert trainer["seed"] == 43 and trainer["view_seed"] == 42
+    assert metrics["augment"]["seed"] == 42
+    assert [p["views_computed"] for p in metrics["phases"].values()] == [False, False]
+    base = json.loads((sw / "trial_0" / "metrics.json").read_text())
+    assert base["augment"]["seed"] == 42 and base["phases"]["head"]["views_computed"] is True
+    # the run's own seed still changes it: another head, data order and view per epoch
+    assert [e["loss"] for e in metrics["history"]] != [e["loss"] for e in base["history"]]
+    # reuse_views=false: the next seed draws and computes its own views
+    more = thaw_train(args + ["hydra.sweeper.confirm.seeds=2", "hydra.sweeper.confirm.reuse_views=false"], tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    trainer, metrics = confirm_run(0, 44)
+    assert trainer["seed"] == 44 and trainer["view_seed"] is None and metrics["augment"]["seed"] == 44
+    assert metrics["phases"]["head"]["views_computed"] is True
+
+
 def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_model(tmp_path):
     home = tmp_path / "home"
     make_folder(home / "photos", per_class=8)

@@ -115,6 +115,10 @@ class TrainerConfig:
     # Augmented views per training image computed once through the frozen layers and cached
     # (epoch e uses view (e + offset) % V); 0 = a fresh draw every epoch, on images, no cache.
     augment_views: int = 8
+    # the augmentation draws' seed (null: trainer.seed); a sweep's confirmation runs set it to the
+    # search's seed so they reuse its cached views, while their own trainer.seed reassigns the views
+    # to epochs, draws the head and orders the data
+    view_seed: Optional[int] = None
     restore_best: bool = True  # model.keras and the objective come from the best validation epoch
     patience: int = 0  # stop a phase after this many epochs without improvement (0: never)
     precision: str = "float32"  # or mixed_float16 (GPU)
@@ -401,6 +405,7 @@ def inert_keys(cfg) -> dict:
             out[f"data.{key}"] = f"data={d.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)"
     if not active(cfg.get("augment")) and not d.get("augment"):
         out["trainer.augment_views"] = "no augmentation is on (augment=none): there are no views to draw"
+        out["trainer.view_seed"] = "no augmentation is on (augment=none): there are no views to draw"
     if cfg.backbone.batchnorm == "inference" or (cfg.backbone.batchnorm == "auto" and cfg.backbone.weights):
         out["backbone.batchnorm_momentum"] = ("the pretrained base runs BatchNorm in inference mode, so its "
                                               "moving averages never update (backbone.batchnorm=train would)")

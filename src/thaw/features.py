@@ -260,6 +260,7 @@ class PhaseData(NamedTuple):
     cache_seconds: float = 0.0
     steps_per_epoch: Optional[int] = None  # set when `train` spans all the phase's epochs
     views: int = 0  # augmented views per training image (0: none, or fresh draws every epoch)
+    cache_misses: int = 0  # activations this phase computed (0: all read from the cache)
 
 
 def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
@@ -295,6 +296,10 @@ class PhaseInputs:
         self.cfg, self.clf, self.ds, self.sweep, self.aug = cfg, clf, ds, sweep, aug
         self.bs = int(cfg.data.batch_size)
         self.seed = int(cfg.trainer.seed)
+        # the augmentation draws' seed: trainer.seed unless trainer.view_seed holds them (a sweep's
+        # confirmation runs keep the search's cached views; their own seed reassigns views to epochs)
+        vs = cfg.trainer.get("view_seed")
+        self.view_seed = self.seed if vs is None else int(vs)
         # an image is trained on one view per epoch: no run needs more views than its longest phase
         longest = max(int(cfg.trainer.head_epochs), int(cfg.trainer.finetune_epochs))
         self.views = min(int(cfg.trainer.augment_views), longest) if aug is not None else 0
@@ -367,17 +372,17 @@ class PhaseInputs:
         from thaw import augment
 
         views = self.views if views is None else views
-        n, aug, seed = len(self.ds.train), self.aug, self.seed
+        n, aug, seed, draws = len(self.ds.train), self.aug, self.seed, self.view_seed
         take, labels = data_mod.rows(self.ds.train.images), tf.constant(self.ds.train.labels)
         offsets = augment.view_offsets(n, views, seed)
-        table = tf.stack([augment.draw(aug, n, seed, v) for v in range(views)]) if views else None
+        table = tf.stack([augment.draw(aug, n, draws, v) for v in range(views)]) if views else None
 
         def batch(idx, epoch):
             view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
             if table is not None:
                 params = tf.gather_nd(table, tf.stack([view, idx], axis=1))
             else:
-                params = tf.gather(augment.draw(aug, n, seed, view[0]), idx)
+                params = tf.gather(augment.draw(aug, n, draws, view[0]), idx)
             return augment.apply(take(idx), params), tf.gather(labels, idx)
 
         train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
@@ -464,7 +469,7 @@ class PhaseInputs:
 
         from thaw import augment
 
-        t0 = time.perf_counter()
+        t0, misses = time.perf_counter(), self.cache.misses
         ds, cache, n, views = self.ds, self.cache, len(self.ds.train), self.views
         x_views, x_val = self._views_and_val(feat_model, fit_model, tag, views, extras)
         secs = time.perf_counter() - t0
@@ -483,7 +488,8 @@ class PhaseInputs:
 
         train = data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch_fn)
         val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
-        return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views)
+        return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views,
+                         cache.misses - misses)
 
     def _views_and_val(self, feat_model, fit_model, tag: str, views: int, extras):
         """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the cache
@@ -497,7 +503,7 @@ class PhaseInputs:
         k_views, k_val = self._view_key(tag, views), self._keys(tag)[1]
 
         def train_views(sinks):
-            table = tf.stack([augment.draw(self.aug, n, self.seed, v) for v in range(views)])
+            table = tf.stack([augment.draw(self.aug, n, self.view_seed, v) for v in range(views)])
             return predict_views(feat_model, ds.train.images, table, batch, sinks)
 
         def val_pass(sinks):
@@ -556,7 +562,7 @@ class PhaseInputs:
     def _view_key(self, tag: str, views: int) -> str:
         from thaw import augment
 
-        return self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.seed}|views={views}")[0]
+        return self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.view_seed}|views={views}")[0]
 
 
 def _nbytes(tensor, n_images: int) -> int:

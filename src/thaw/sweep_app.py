@@ -130,9 +130,17 @@ class ThawTrainSweep:
             params[key] = value
         return params
 
-    def confirmation_overrides(self) -> List[str]:
-        """A confirmation run's model is never served (the winner's own trial is): not saved."""
-        return ["trainer.save_model=false"]
+    def confirmation_overrides(self, job_cfg, base_seed: int, reuse_views: bool = True) -> List[str]:
+        """A confirmation run's model is never served (the winner's own trial is): not saved. With
+        augmentation it keeps the search's augmented views (trainer.view_seed): they are in the
+        feature cache, and computing a new seed's views costs a pass over every training image per
+        view; the run's own seed still draws the head, orders the data and assigns views to epochs."""
+        from thaw.augment import resolve
+
+        out = ["trainer.save_model=false"]
+        if reuse_views and resolve(job_cfg) is not None and job_cfg.trainer.get("view_seed") is None:
+            out.append(f"trainer.view_seed={int(base_seed)}")
+        return out
 
     @staticmethod
     def confirmation_order(params: Dict[str, Any]):

@@ -226,7 +226,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     aug = augment.resolve(cfg)
     inputs = PhaseInputs(cfg, clf, ds, sweep=reporter is not None, aug=aug)
     record.update(feature_cache=inputs.cached,
-                  augment=None if aug is None else {"config": augment.signature(aug), "views": inputs.views})
+                  augment=None if aug is None else {"config": augment.signature(aug), "views": inputs.views,
+                                                    "seed": inputs.view_seed})
     name = objective_names(cfg)[0]
     best = BestWeights(name if name in ("val_accuracy", "val_loss") else "val_accuracy",
                        keep_weights=bool(cfg.trainer.restore_best))
@@ -257,6 +258,8 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         info.update(cache=data.cache_tag, cache_seconds=data.cache_seconds)
     if data.views:
         info["augment_views"] = data.views
+        if data.source == "features":
+            info["views_computed"] = data.cache_misses > 0  # false: the views came from the cache
     if phase.epochs > 0:
         _compile(run, data, phase)
     if position == "continue":

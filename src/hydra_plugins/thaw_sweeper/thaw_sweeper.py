@@ -20,6 +20,9 @@ class ConfirmConf:
     top_k: int = 3
     seeds: int = 2
     seed_key: str = "trainer.seed"
+    # the app may keep what the search computed once per seed (thaw: the cached augmented views,
+    # trainer.view_seed); false: each confirmation seed draws and computes its own
+    reuse_views: bool = True
 
 
 @dataclass

@@ -27,13 +27,15 @@ class Settings:
     top_k: int = 3
     seeds: int = 2
     seed_key: str = "trainer.seed"
+    reuse_views: bool = True
 
     @classmethod
     def parse(cls, node) -> "Settings":
         from thaw.errors import ConfigError
 
         node = dict(node or {})
-        out = cls(int(node.get("top_k", 3)), int(node.get("seeds", 2)), str(node.get("seed_key", "trainer.seed")))
+        out = cls(int(node.get("top_k", 3)), int(node.get("seeds", 2)), str(node.get("seed_key", "trainer.seed")),
+                  bool(node.get("reuse_views", True)))
         if out.top_k < 0 or out.seeds < 0:
             raise ConfigError(f"hydra.sweeper.confirm: top_k and seeds must be >= 0, got {out.top_k}, {out.seeds}")
         return out

@@ -513,7 +513,8 @@ class SweepRunner:
             return
         log.info("confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)", len(pending),
                  sorted({t.number for t, _ in pending}), conf.seeds)
-        extra = self.app.confirmation_overrides() if self.app is not None else []
+        extra = (self.app.confirmation_overrides(self.job_cfg, conf.base_seed, conf.s.reuse_views)
+                 if self.app is not None else [])
         n_jobs = int(self.cfg.get("n_jobs") or 1)
         for i in range(0, len(pending), n_jobs):
             from thaw import interrupt

@@ -50,7 +50,7 @@ def photo_folder(root: Path, n: int) -> Path:
 
 def run(folder: Path, n: int, mode: str, work: Path, limit_fraction: float, epochs, extra):
     out = work / f"run-{n}-{mode}"
-    cmd = [sys.executable, "-m", "thaw.cli", "experiment=cats_vs_dogs_local", f"data.path={folder}",
+    cmd = [sys.executable, "-m", "thaw.commands.train", "experiment=cats_vs_dogs_local", f"data.path={folder}",
            f"backbone.weights={WEIGHTS}", f"backbone.image_size={SIZE}", f"trainer.head_epochs={epochs[0]}",
            f"trainer.finetune_epochs={epochs[1]}", "trainer.patience=0", "unfreeze.depth=3",
            f"data.max_memory_mb={MODES[mode]}", "trainer.save_model=false", *extra, f"hydra.run.dir={out}"]

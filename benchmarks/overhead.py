@@ -93,7 +93,7 @@ def main():
 
         def thaw(cache, r):
             run_dir = Path(tmp) / f"thaw-{cache}-{r}"
-            cmd = [sys.executable, "-m", "thaw.cli", "experiment=cats_vs_dogs_local", "logger=none",
+            cmd = [sys.executable, "-m", "thaw.commands.train", "experiment=cats_vs_dogs_local", "logger=none",
                    f"data.path={DATA}", f"backbone.weights={WEIGHTS}", f"backbone.image_size={size}",
                    "data.test_fraction=0", "unfreeze.depth=7", f"trainer.head_epochs={he}",
                    f"trainer.finetune_epochs={fe}", f"trainer.cache_features={cache}", f"hydra.run.dir={run_dir}",

@@ -67,8 +67,8 @@ def load_data(s):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from thaw import data
-    from thaw.config import DataConfig
+    from thaw.data import folder as data
+    from thaw.config.settings import DataConfig
 
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig(name="folder")),
                           dict(path=str(DATA), max_per_class=s["per_class"], test_fraction=0.5,
@@ -104,8 +104,8 @@ def compile_at(model, lr: float):
 
 def unfreeze_top(base, depth: int):
     """The same blocks thaw's unfreeze.depth names (MobileNetV2: 19 blocks, top first)."""
-    from thaw import unfreeze
-    from thaw.backbones import get_spec
+    from thaw.model import unfreeze
+    from thaw.model.backbones import get_spec
 
     unfreeze.apply(base, get_spec("mobilenet_v2"), "top_blocks", depth)
 
@@ -222,7 +222,7 @@ def child(tool: str, quick: bool, out: Path, seed: int):
 def run_thaw(s, out: Path, env, seed: int):
     import optuna
 
-    cmd = [sys.executable, "-m", "thaw.cli", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
+    cmd = [sys.executable, "-m", "thaw.commands.train", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
            "logger=none", "trainer.save_model=false", "augment=none", f"data.path={DATA}",
            f"backbone.weights={WEIGHTS}", f"backbone.image_size={s['size']}", f"trainer.head_epochs={s['head']}",
            f"trainer.finetune_epochs={s['finetune']}", "trainer.patience=0", f"hydra.sweeper.n_trials={s['trials']}",

@@ -49,7 +49,7 @@ VIEWS_RECIPE = ["augment=standard", "unfreeze.depth=5", "lr.base=1e-3", "trainer
 
 
 def run_one(data_dir, run_dir, extra):
-    cmd = [sys.executable, "-m", "thaw.cli", "experiment=cats_vs_dogs_local", "logger=none",
+    cmd = [sys.executable, "-m", "thaw.commands.train", "experiment=cats_vs_dogs_local", "logger=none",
            f"data.path={data_dir}", f"backbone.weights={WEIGHTS}", "trainer.save_model=true",
            f"hydra.run.dir={run_dir}", *extra]
     secs, _ = timed(cmd, REPO, log_path=Path(run_dir).with_suffix(".log"))
@@ -58,7 +58,7 @@ def run_one(data_dir, run_dir, extra):
 
 
 def run_sweep(data_dir, sweep_dir, trials, extra=()):
-    cmd = [sys.executable, "-m", "thaw.cli", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
+    cmd = [sys.executable, "-m", "thaw.commands.train", "--multirun", "experiment=cats_vs_dogs_local", "sweep=depth_lr",
            "logger=none", f"data.path={data_dir}", f"backbone.weights={WEIGHTS}",
            f"hydra.sweeper.n_trials={trials}", f"hydra.sweep.dir={sweep_dir}", *extra]
     secs, _ = timed(cmd, REPO, log_path=Path(sweep_dir).with_suffix(".log"))

@@ -32,7 +32,7 @@ POINTS = ["head:1", "head:2", "head:3", "head:end", "finetune:1", "finetune:2", 
 def attempt(args, run_dir, kill_at=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled", THAW_TEST_FAULTS="1",
                THAW_KILL_AFTER_CHECKPOINT=kill_at or "")
-    out = subprocess.run([sys.executable, "-m", "thaw.cli", *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "thaw.commands.train", *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
                          capture_output=True, text=True)
     if out.returncode != (-9 if kill_at else 0):
         raise SystemExit(out.stderr[-3000:])

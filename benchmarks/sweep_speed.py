@@ -73,7 +73,7 @@ def main():
             Path(tmp).mkdir(parents=True, exist_ok=True)
         for name, extra in variants.items():
             sweep_dir = Path(tmp) / name
-            cmd = [sys.executable, "-m", "thaw.cli", "--multirun", *common, *extra,
+            cmd = [sys.executable, "-m", "thaw.commands.train", "--multirun", *common, *extra,
                    f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name=bench-{name}"]
             secs, _ = timed(cmd, REPO, log_path=Path(tmp) / f"{name}.log")
             res = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())

@@ -30,12 +30,12 @@ def fit_model(depth: int, size: int):
     """thaw's fit model for `depth` on cached activations, and the boundary's shape."""
     import keras
 
-    from thaw import unfreeze
-    from thaw.backbones import get_spec
-    from thaw.config import register_configs
-    from thaw.features import boundary_tensor
-    from thaw.model import build_classifier
-    from thaw.paths import conf_dir
+    from thaw.model import unfreeze
+    from thaw.model.backbones import get_spec
+    from thaw.config.settings import register_configs
+    from thaw.train.features import boundary_tensor
+    from thaw.model.classifier import build_classifier
+    from thaw.config.paths import conf_dir
     from hydra import compose, initialize_config_dir
 
     register_configs()
@@ -58,7 +58,7 @@ def child(variant: str, depth: int, size: int, grappler: dict):
     import numpy as np
     import tensorflow as tf
 
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     if grappler:
         tf.config.optimizer.set_experimental_options(grappler)
@@ -70,7 +70,7 @@ def child(variant: str, depth: int, size: int, grappler: dict):
     model.compile(optimizer=opt(), loss=loss, metrics=[acc])
     x = np.random.default_rng(0).normal(size=(320,) + shape).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices((x, (np.arange(320) % 2).astype("float32")[:, None])).batch(32)
-    model._symbolic_build(data_batch=ds.element_spec)  # as thaw.compiled.build_state: one trace, not two
+    model._symbolic_build(data_batch=ds.element_spec)  # as thaw.train.compiled.build_state: one trace, not two
     step, batch = tf.function(lambda b: model.train_step(b)), next(iter(ds))
     t0 = time.perf_counter()
     graph = step.get_concrete_function(batch).graph

@@ -54,15 +54,15 @@ def thaw_train(args, cwd, timeout=600, env=None):
     """Run the real console entry point in a subprocess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "thaw.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "thaw.commands.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 
 
 def compose_cfg(overrides=()):
     from hydra import compose, initialize_config_dir
 
-    from thaw.config import register_configs
-    from thaw.paths import conf_dir
+    from thaw.config.settings import register_configs
+    from thaw.config.paths import conf_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):

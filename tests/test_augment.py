@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from thaw import augment, features
+from thaw.data import augment
+from thaw.train import features
 
 
 def _aug(**kw):
@@ -55,7 +56,7 @@ def test_every_image_uses_every_view_before_repeating_one():
 
 
 def _run(tmp_path, name, *overrides):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     out = tmp_path / name
     cfg = compose_cfg(["experiment=tiny", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=3",
@@ -117,7 +118,7 @@ def test_epoch_batches_know_their_epoch_through_keras_fit():
     import keras
     import tensorflow as tf
 
-    from thaw import data as data_mod
+    from thaw.data import folder as data_mod
 
     n, bs = 10, 4
     ds = data_mod.epoch_batches(n, bs, 0, 3, 4, lambda idx, e: (
@@ -175,7 +176,7 @@ def test_deprecated_data_augment_alias_warns_and_augments(caplog):
                                            ("trainer.augment_views=-1", "trainer.augment_views"),
                                            ("trainer.patience=-2", "trainer.patience")])
 def test_bad_augmentation_values_name_the_key(override, key):
-    from thaw.config import validate
+    from thaw.config.settings import validate
     from thaw.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -194,7 +195,7 @@ class NeverPrune:  # what a sweep trial's TrialHandle offers train()
 def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
     """The head phase's pass through the whole base also stores every depth's boundary views that
     fit half the budget: a later trial at another depth computes nothing new."""
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     features.clear_memory_cache()
     cache = tmp_path / "cache"

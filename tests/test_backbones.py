@@ -5,8 +5,8 @@ import importlib
 import numpy as np
 import pytest
 
-from thaw.backbones import SPECS, build_base, preprocessing_layer
-from thaw.unfreeze import block_order
+from thaw.model.backbones import SPECS, build_base, preprocessing_layer
+from thaw.model.unfreeze import block_order
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import thaw_train
-from thaw import checkpoint
+from thaw.train import checkpoint
 
 RUN = ["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
        "trainer.head_epochs=2", "trainer.finetune_epochs=3", "trainer.deterministic=true", "logger=none",

@@ -51,7 +51,7 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
 
 
 def test_tf_start_up_lines_come_back_on_request(tmp_path):
-    script = "from thaw.tf_startup import import_tensorflow; import_tensorflow(); print('imported')"
+    script = "from thaw.runtime.tf_startup import import_tensorflow; import_tensorflow(); print('imported')"
     quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "THAW_TF_LOGS": "1"})

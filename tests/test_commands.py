@@ -24,7 +24,7 @@ def write_shapes(root: Path, per_class=12, size=64, seed=7):
     """Synthetic shapes (the smoke data's generator) as PNG files in class folders, plus bad files."""
     from PIL import Image
 
-    from thaw.data import _draw
+    from thaw.data.folder import _draw
 
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("circle", "square")):
@@ -78,7 +78,7 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
     # the same probabilities as the Keras model itself on the same decoded files
     import keras
 
-    from thaw.inference import as_probabilities, decode_images
+    from thaw.model.inference import as_probabilities, decode_images
 
     model = keras.saving.load_model(run / "model.keras", compile=False)
     files = [r["path"] for r in good]

@@ -5,7 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import compose_cfg, need_cats_dogs, need_mnv2_weights
-from thaw.config import validate
+from thaw.config.settings import validate
 from thaw.errors import ConfigError, DataError
 
 GROUPS = {

@@ -5,8 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from imagefiles import make_folder, write_image
-from thaw.config import DataConfig
-from thaw.data import load, load_synthetic, scan_folder
+from thaw.config.settings import DataConfig
+from thaw.data.folder import load, load_synthetic, scan_folder
 from thaw.errors import DataError
 
 
@@ -118,7 +118,7 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     import logging
     import os
 
-    from thaw import data
+    from thaw.data import folder as data
 
     root, cache = tmp_path / "photos", tmp_path / "cache"
     make_folder(root, per_class=4, fmt="png")
@@ -146,8 +146,8 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
 
 def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
     """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
-    from thaw import data
-    from thaw.config import DataConfig
+    from thaw.data import folder as data
+    from thaw.config.settings import DataConfig
 
     make_folder(tmp_path, per_class=4, fmt="png")
     data._LAST.clear()

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import compose_cfg
-from thaw import features
+from thaw.train import features
 
 
 def _run(tmp_path, name, *overrides, reporter=None):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     from omegaconf import OmegaConf
 
@@ -20,7 +20,7 @@ def _run(tmp_path, name, *overrides, reporter=None):
                        *overrides])
     train(cfg, out, reporter=reporter)
     (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra would, for thaw.evaluate
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra would, for thaw.commands.evaluate
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -35,8 +35,8 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
     on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
     # the full model (not the sub-model that trained) is evaluated on the test split, with fresh
-    # metric state: the same figure as reloading model.keras and evaluating it (thaw.evaluate)
-    from thaw.evaluate import evaluate_test
+    # metric state: the same figure as reloading model.keras and evaluating it (thaw.commands.evaluate)
+    from thaw.commands.evaluate import evaluate_test
 
     assert on["test_accuracy"] == pytest.approx(off["test_accuracy"], abs=1e-6)
     assert on["test_accuracy"] == pytest.approx(evaluate_test(tmp_path / "on")["test_accuracy"], abs=1e-6)

@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from imagefiles import make_folder, write_image
-from thaw.config import DataConfig
-from thaw.data import load
+from thaw.config.settings import DataConfig
+from thaw.data.folder import load
 from thaw.errors import DataError
 
 GIF_1X1 = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"

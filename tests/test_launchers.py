@@ -106,8 +106,8 @@ def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
     from hydra import compose, initialize_config_dir
 
-    from thaw.config import register_configs
-    from thaw.paths import conf_dir
+    from thaw.config.settings import register_configs
+    from thaw.config.paths import conf_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):

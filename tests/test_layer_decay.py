@@ -38,7 +38,7 @@ def _one_step(opt, seed=0):
 def test_a_layers_multiplier_is_its_learning_rate(name, fused):
     """One step with `lower` at 0.25x equals, for `lower`, a plain step at a quarter of the rate, and
     for `upper`, a plain step at the full rate."""
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     before, scaled = _one_step(make(name, 1e-2, fused, layer_rates={"lower": 0.25}))
     _, full = _one_step(make(name, 1e-2, fused))
@@ -53,7 +53,7 @@ def test_a_layers_multiplier_is_its_learning_rate(name, fused):
 def test_the_multiplier_survives_loss_scaling():
     import keras
 
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     before, scaled = _one_step(keras.optimizers.LossScaleOptimizer(make("sgd", 1e-2, layer_rates={"lower": 0.5})))
     _, half = _one_step(keras.optimizers.LossScaleOptimizer(make("sgd", 5e-3)))
@@ -63,7 +63,7 @@ def test_the_multiplier_survives_loss_scaling():
 def test_decay_one_is_the_plain_optimizer_and_keys_the_compiled_step():
     import keras
 
-    from thaw.optimizers import block_rates, compiled_name, fused_adam_class, make
+    from thaw.model.optimizers import block_rates, compiled_name, fused_adam_class, make
 
     assert block_rates({"b1": ["x"], "b2": ["y"]}, ["b1", "b2"], 1.0) == {}
     assert type(make("adam", 1e-3, True, layer_rates={})) is fused_adam_class()

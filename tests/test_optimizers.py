@@ -1,4 +1,4 @@
-"""thaw.optimizers: Adam on TensorFlow's fused kernel follows Keras' Adam, with far fewer ops to trace."""
+"""thaw.model.optimizers: Adam on TensorFlow's fused kernel follows Keras' Adam, with far fewer ops to trace."""
 
 import collections
 
@@ -33,7 +33,7 @@ def _fit(optimizer, steps_per_epoch=8, epochs=5, strategy=None):
 def test_fused_adam_follows_keras_adam():
     import keras
 
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     fused, fused_loss = _fit(lambda: make("adam", 1e-2, fused=True))
     plain, plain_loss = _fit(lambda: keras.optimizers.Adam(1e-2))
@@ -54,7 +54,7 @@ def test_fused_adam_traces_far_fewer_ops():
     import keras
     import tensorflow as tf
 
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     def op_count(optimizer):
         inp = keras.Input((8,))
@@ -75,7 +75,7 @@ def test_fused_adam_is_keras_adam_under_a_distribution_strategy():
     import keras
     import tensorflow as tf
 
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     fused, _ = _fit(lambda: make("adam", 1e-2, fused=True), epochs=2, strategy=strategy)
@@ -87,7 +87,7 @@ def test_fused_adam_is_keras_adam_under_a_distribution_strategy():
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd"])
 def test_make_builds_each_named_optimizer(name):
-    from thaw.optimizers import make
+    from thaw.model.optimizers import make
 
     fused, plain = make(name, 1e-3, fused=True), make(name, 1e-3, fused=False)
     assert (type(fused).__name__ == "FusedAdam") == (name == "adam")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def _train(tmp_path, name, cats_dogs, *overrides):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     out = tmp_path / name
     cfg = compose_cfg(["experiment=cats_vs_dogs_local", "logger=none", f"data.path={cats_dogs}",

@@ -23,7 +23,7 @@ def losses(metrics):
 
 
 def test_zero_settings_are_exactly_the_old_run(tmp_path):
-    from thaw.optimizers import compiled_name
+    from thaw.model.optimizers import compiled_name
 
     plain = run(tmp_path, "plain")
     zeros = run(tmp_path, "zeros", "optimizer.weight_decay=0", "trainer.label_smoothing=0", "lr.layer_decay=1.0")

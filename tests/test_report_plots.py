@@ -4,8 +4,8 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from thaw import report_plots
-from thaw.report import build_report
+from thaw.report import plots as report_plots
+from thaw.report.html import build_report
 
 SPACE = {"unfreeze.depth": IntDistribution(0, 8), "lr.base": FloatDistribution(1e-5, 1e-2, log=True)}
 

@@ -12,7 +12,7 @@ from conftest import compose_cfg
 def test_best_weights_keep_the_best_epoch_and_put_it_back():
     import keras
 
-    from thaw.callbacks import BestWeights
+    from thaw.train.callbacks import BestWeights
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     best = BestWeights("val_accuracy", keep_weights=True)
@@ -33,7 +33,7 @@ def test_best_weights_keep_the_best_epoch_and_put_it_back():
 
 
 def _run(tmp_path, name, *overrides):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     out = tmp_path / name
     cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
@@ -78,7 +78,7 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
     fine-tuning), so there is always a better epoch to restore; trainer.deterministic=true repeats it."""
     import keras
 
-    from thaw import data as data_mod
+    from thaw.data import folder as data_mod
 
     result, m, out = _run(tmp_path, "r", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
                           "data.num_train=128", "data.num_val=64", "trainer.head_epochs=3",

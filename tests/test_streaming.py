@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg, thaw_train
 from imagefiles import make_folder, write_image
-from thaw import data, features
-from thaw.config import DataConfig
-from thaw.diskarray import DiskArray, DiskArrayWriter
+from thaw.data import folder as data
+from thaw.train import features
+from thaw.config.settings import DataConfig
+from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.errors import DataError
 
 
@@ -94,7 +95,7 @@ def test_the_disk_copy_is_keyed_by_the_data_not_by_where_it_lives(tmp_path):
 
 
 def _train(tmp_path, name, *overrides):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     features.clear_memory_cache()
     data._LAST.clear()
@@ -152,7 +153,7 @@ def test_the_default_memory_budget_follows_ulimit_d():
 
 
 def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
-    from thaw import budget
+    from thaw.data import budget
 
     features.clear_memory_cache()
     cache_dir, arr = tmp_path / "cache", np.arange(4 * 10 * 3, dtype=np.float32).reshape(4, 10, 3)

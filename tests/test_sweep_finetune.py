@@ -10,8 +10,8 @@ from conftest import compose_cfg
 def _composed(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from thaw.config import register_configs
-    from thaw.paths import conf_dir
+    from thaw.config.settings import register_configs
+    from thaw.config.paths import conf_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
@@ -32,7 +32,7 @@ def test_the_preset_searches_the_wider_space_with_depth_lrs_pruner_and_a_multiva
 
 
 def test_its_baseline_is_the_preset_with_the_base_frozen_a_group_by_its_option():
-    from thaw.sweep_app import ThawTrainSweep
+    from thaw.commands.sweep_hooks import ThawTrainSweep
     from thaw.sweeper import search_space
 
     cfg = _composed("augment=flip")
@@ -43,7 +43,7 @@ def test_its_baseline_is_the_preset_with_the_base_frozen_a_group_by_its_option()
 
 
 def test_layer_decay_is_refused_where_no_block_trains():
-    from thaw.config import ignored
+    from thaw.config.settings import ignored
 
     assert "lr.layer_decay" in ignored(compose_cfg(["experiment=tiny", "unfreeze=none"]), ["lr.layer_decay"])
     assert "lr.layer_decay" in ignored(compose_cfg(["experiment=tiny", "trainer.finetune_epochs=0"]),

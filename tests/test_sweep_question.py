@@ -81,7 +81,7 @@ def test_a_searched_key_the_config_ignores_is_refused(tmp_path):
 
 
 def test_an_ignored_key_on_the_command_line_is_warned_about(capsys):
-    from thaw.cli import precheck
+    from thaw.commands.train import precheck
 
     precheck(["experiment=smoke", "unfreeze.depth=999", "head.hidden_units=64", "lr.base=1e-3"])
     err = capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_an_ignored_key_on_the_command_line_is_warned_about(capsys):
 
 
 def test_pruning_without_a_per_epoch_objective_is_warned_about():
-    from thaw.sweep_app import ThawTrainSweep
+    from thaw.commands.sweep_hooks import ThawTrainSweep
 
     app = ThawTrainSweep()
     assert "pruning is off" in app.pruning_warning(compose_cfg(["experiment=tiny", "trainer.objective=wall_seconds"]))
@@ -185,28 +185,28 @@ def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_
     assert res.returncode == 0, res.stderr[-3000:]
     resolved = yaml.safe_load((sw / "trial_0" / "resolved_config.yaml").read_text())
     assert resolved["data"]["path"] == str(home / "photos")
-    here = thaw_cmd("thaw.evaluate", [str(sw), "photos", "--out", "ev"], home)
+    here = thaw_cmd("thaw.commands.evaluate", [str(sw), "photos", "--out", "ev"], home)
     elsewhere_dir = tmp_path / "elsewhere"
     elsewhere_dir.mkdir()
-    there = thaw_cmd("thaw.evaluate", [str(sw), str(home / "photos"), "--out", "ev"], elsewhere_dir)
+    there = thaw_cmd("thaw.commands.evaluate", [str(sw), str(home / "photos"), "--out", "ev"], elsewhere_dir)
     assert here.returncode == 0 and there.returncode == 0, here.stderr[-2000:] + there.stderr[-2000:]
     assert json.loads((home / "ev" / "evaluation.json").read_text())["accuracy"] == \
         json.loads((elsewhere_dir / "ev" / "evaluation.json").read_text())["accuracy"]
     # export from another directory calibrates on the run's own (relative-path) data
-    exp = thaw_cmd("thaw.export", [str(sw), "--formats", "tflite_fp32", "--out", "x"], elsewhere_dir)
+    exp = thaw_cmd("thaw.commands.export", [str(sw), "--formats", "tflite_fp32", "--out", "x"], elsewhere_dir)
     assert exp.returncode == 0, exp.stderr[-2000:]
     # a copied sweep dir serves its own model: the original is gone
     moved = tmp_path / "moved"
     shutil.copytree(sw, moved)
     shutil.rmtree(sw)
     best = yaml.safe_load((moved / "optimization_results.yaml").read_text())["best_trial"]
-    pred = thaw_cmd("thaw.predict", [str(moved), str(home / "photos")], elsewhere_dir)
+    pred = thaw_cmd("thaw.commands.predict", [str(moved), str(home / "photos")], elsewhere_dir)
     assert pred.returncode == 0, pred.stderr[-2000:]
-    from thaw.inference import best_trial_dir
+    from thaw.model.inference import best_trial_dir
 
     assert best_trial_dir(moved) == moved / f"trial_{best['number']}"
     shutil.rmtree(moved / f"trial_{best['number']}")
-    gone = thaw_cmd("thaw.predict", [str(moved), str(home / "photos")], elsewhere_dir)
+    gone = thaw_cmd("thaw.commands.predict", [str(moved), str(home / "photos")], elsewhere_dir)
     assert gone.returncode == 2 and f"looked in {moved / ('trial_' + str(best['number']))}" in gone.stderr
 
 

@@ -42,7 +42,7 @@ def by_state(study):
 def popen(args, cwd, name="worker"):
     """A real sweep process in its own session; output goes to a file (a full pipe would block it)."""
     out = open(cwd / f"{name}.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "thaw.cli", *args], cwd=cwd, stdout=out,
+    proc = subprocess.Popen([sys.executable, "-m", "thaw.commands.train", *args], cwd=cwd, stdout=out,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     proc.out_path = cwd / f"{name}.out"
     return proc
@@ -123,7 +123,7 @@ def _test_accuracy_by_hand(run_dir):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from thaw import data as data_mod
+    from thaw.data import folder as data_mod
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))

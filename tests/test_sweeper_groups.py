@@ -11,8 +11,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from thaw.cli import _fixed_overrides
-from thaw.paths import conf_dir
+from thaw.commands.train import _fixed_overrides
+from thaw.config.paths import conf_dir
 from thaw.sweeper import plan as plan_mod
 from thaw.sweeper.core import SweepRunner
 from thaw.sweeper.pruners import StepMedianPruner

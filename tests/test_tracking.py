@@ -3,7 +3,7 @@
 import logging
 
 from conftest import compose_cfg
-from thaw import tracking
+from thaw.runtime import tracking
 
 
 def test_auto_mode_is_offline_without_credentials(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import compose_cfg
-from thaw.model import base_training_flag
+from thaw.model.classifier import base_training_flag
 
 
 def test_batchnorm_mode_follows_the_weights():
@@ -16,7 +16,7 @@ def test_batchnorm_mode_follows_the_weights():
 
 
 def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     cfg = compose_cfg(["experiment=tiny", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
                        "trainer.head_epochs=4", "trainer.finetune_epochs=1", "data.num_train=256",
@@ -33,7 +33,7 @@ def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
 def test_multiclass_uses_softmax_and_saves(tmp_path):
     import keras
 
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     cfg = compose_cfg(["experiment=tiny", "data.num_classes=3", "data.num_train=48", "data.num_val=24",
                        "backbone.image_size=32", "head=mlp", "lr=cosine"])
@@ -49,7 +49,7 @@ def test_multiclass_uses_softmax_and_saves(tmp_path):
 
 def test_nan_loss_fails_the_run(tmp_path):
     from thaw.errors import TrainingError
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=16",
                        "trainer.head_epochs=3"])
@@ -64,7 +64,7 @@ def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
     """The GPU precision path, run on CPU: float16 compute, float32 variables and output."""
     import keras
 
-    from thaw.train import train
+    from thaw.train.recipe import train
 
     cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
                        "trainer.precision=mixed_float16", "trainer.head_epochs=1", "trainer.finetune_epochs=1"])

@@ -2,9 +2,9 @@
 
 import pytest
 
-from thaw.backbones import SPECS, build_base
+from thaw.model.backbones import SPECS, build_base
 from thaw.errors import ConfigError
-from thaw import unfreeze
+from thaw.model import unfreeze
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError, ThawError
-from thaw.outputs import write_text_atomic
+from thaw.runtime.outputs import write_text_atomic
 from thaw.sweeper import confidence, confirm, identity
 from thaw.sweeper import plan as search_space_plan
 from thaw.sweeper import search_space
@@ -141,7 +141,7 @@ class SweepRunner:
         self.config = config
         self.hydra_context = hydra_context
         self.thaw_train = bool(getattr(task_function, "thaw_train", False))
-        self.app = getattr(task_function, "sweep_app", None)  # the app's hooks (thaw.sweep_app), or None
+        self.app = getattr(task_function, "sweep_app", None)  # the app's hooks (thaw.commands.sweep_hooks), or None
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -176,7 +176,7 @@ class SweepRunner:
         minimize, hydra-optuna-sweeper's default."""
         if not self._is_thaw_train():
             return ["minimize"]
-        from thaw.record import objective_names
+        from thaw.train.record import objective_names
 
         return ["maximize" if n.endswith("accuracy") else "minimize" for n in objective_names(self.config)]
 
@@ -184,7 +184,7 @@ class SweepRunner:
         """An objective no trial measures would fail every trial: refuse it before the first."""
         if not self._is_thaw_train():
             return
-        from thaw.record import objective_names
+        from thaw.train.record import objective_names
 
         for name in objective_names(self.config):
             if name not in TRIAL_OBJECTIVES:
@@ -250,7 +250,7 @@ class SweepRunner:
                                      + (["custom_search_space"] if plan.extender else [])))
         interrupted = False
         try:
-            from thaw import interrupt
+            from thaw.runtime import interrupt
 
             while True:
                 interrupt.check()
@@ -471,7 +471,7 @@ class SweepRunner:
     def _report(self) -> None:
         """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""
         try:
-            from thaw.report import build_report
+            from thaw.report.html import build_report
 
             path = build_report(str(self.sweep_dir) if self.url.endswith(f"{self.sweep_dir}/study.db")
                                 else self.url, self.study.study_name, out_dir=self.sweep_dir)
@@ -479,7 +479,7 @@ class SweepRunner:
         except Exception as exc:
             log.warning("sweep report not written: %s", exc)
         try:
-            from thaw.tracking import log_sweep_summary
+            from thaw.runtime.tracking import log_sweep_summary
 
             log_sweep_summary(self.config.get("logger"), self.study, self.sweep_dir)
         except Exception as exc:
@@ -517,7 +517,7 @@ class SweepRunner:
                  if self.app is not None else [])
         n_jobs = int(self.cfg.get("n_jobs") or 1)
         for i in range(0, len(pending), n_jobs):
-            from thaw import interrupt
+            from thaw.runtime import interrupt
 
             interrupt.check()
             batch = pending[i:i + n_jobs]

@@ -54,7 +54,7 @@ def scrub(text: str, url: str) -> str:
 def redact_files(folder: Path) -> None:
     """Rewrite the YAML files in `folder` (a job's `.hydra`: Hydra copies the whole command line,
     storage URL included, into hydra.yaml and overrides.yaml) with every URL's password redacted."""
-    from thaw.outputs import write_text_atomic
+    from thaw.runtime.outputs import write_text_atomic
 
     try:
         paths = sorted(Path(folder).glob("*.yaml"))

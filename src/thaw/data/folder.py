@@ -16,11 +16,11 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from thaw import budget
-from thaw.diskarray import DiskArray, DiskArrayWriter
+from thaw.data import budget
+from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("thaw.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TRAIN_DIRS = ("train",)
@@ -330,7 +330,7 @@ def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[
     writer = DiskArrayWriter(path, (image_size, image_size, 3), np.uint8)
     labels = np.asarray(split.labels, np.int32)
     keep = np.ones(len(labels), bool)
-    from thaw import interrupt
+    from thaw.runtime import interrupt
 
     try:
         for start in range(0, len(split.files), DECODE_CHUNK):

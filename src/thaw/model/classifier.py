@@ -1,6 +1,6 @@
 """Assemble input -> preprocess_input -> base -> head as one Keras model.
 
-Augmentation is not part of the model: it is applied to training batches (thaw.augment), so the
+Augmentation is not part of the model: it is applied to training batches (thaw.data.augment), so the
 frozen layers can be cached per augmented view and model.keras is clean for inference."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import os
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from thaw.backbones import build_base, get_spec, preprocessing_layer
-from thaw.heads import build_head
+from thaw.model.backbones import build_base, get_spec, preprocessing_layer
+from thaw.model.heads import build_head
 
 log = logging.getLogger("thaw.train")
 
 # Bases and whole classifiers built in this process, with their initial state: trials of an in-process
 # sweep reuse them (weights put back in memory) instead of rebuilding the graph and re-reading the
-# weights file; a reused classifier keeps its compiled fit models (thaw.compiled), so a trial at a
+# weights file; a reused classifier keeps its compiled fit models (thaw.train.compiled), so a trial at a
 # depth seen before pays no trace.
 _BASES: "OrderedDict[tuple, tuple]" = OrderedDict()
 _MAX_BASES = 2
@@ -45,15 +45,15 @@ class Classifier(NamedTuple):
     model: Any  # image (raw RGB 0..255) -> logits / probabilities
     base: Any  # the convolutional base (a nested keras.Model), frozen and unfrozen by blocks
     base_output: Any  # the base's output tensor in the model's graph (the head's input)
-    spec: Any  # thaw.backbones.BackboneSpec: block names, preprocessing
-    fits: Any = None  # thaw.compiled.FitModels: the models phases fit, kept with the classifier
+    spec: Any  # thaw.model.backbones.BackboneSpec: block names, preprocessing
+    fits: Any = None  # thaw.train.compiled.FitModels: the models phases fit, kept with the classifier
 
 
 def build_classifier(cfg, num_classes: int) -> Classifier:
     """The classifier for this run: built, or this process's earlier one with every variable (base,
     head, dropout seed state), BatchNorm momenta and the RNG state after building put back, so the
     run computes exactly what it would in a fresh process."""
-    from thaw.compiled import release_frozen
+    from thaw.train.compiled import release_frozen
 
     weights = cfg.backbone.weights
     if weights is not None and weights != "imagenet":
@@ -86,7 +86,7 @@ def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
 def _build(spec, cfg, weights, num_classes: int) -> Classifier:
     import keras
 
-    from thaw.compiled import FitModels
+    from thaw.train.compiled import FitModels
 
     size = cfg.backbone.image_size
     base = _base(spec, cfg, size, weights)
@@ -119,7 +119,7 @@ def _base(spec, cfg, size: int, weights):
     """The base for this run: built, or this process's earlier one with its initial state restored
     (weights and BatchNorm statistics, trainable flags, momenta, and the RNG state after building),
     so the run computes exactly what it would in a fresh process."""
-    from thaw.compiled import release_frozen
+    from thaw.train.compiled import release_frozen
 
     key = _base_key(spec, cfg, size, weights)
     hit = _BASES.get(key)

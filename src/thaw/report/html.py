@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from thaw.errors import ConfigError, ThawError
-from thaw.outputs import write_text_atomic
-from thaw.report_plots import DEPTH, LR
+from thaw.runtime.outputs import write_text_atomic
+from thaw.report.plots import DEPTH, LR
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _save_png(make_png, path: Path, title: str) -> bool:
 
 def _sections(study, png_dir: Path) -> List[str]:
     """thaw's own plots first (every trial, learning curves, time), then Optuna's with PNG copies."""
-    from thaw.report_plots import own_figures
+    from thaw.report.plots import own_figures
 
     sections = []
     with warnings.catch_warnings():

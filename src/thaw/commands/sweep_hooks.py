@@ -96,19 +96,19 @@ class ThawTrainSweep:
 
     def validate(self, job_cfg) -> None:
         """The fixed config's full check (the data folder scanned), after the study identity check."""
-        from thaw.config import validate
+        from thaw.config.settings import validate
 
         validate(identity_free(job_cfg))
 
     def refuse_ignored(self, job_cfg, searched: Iterable[str]) -> None:
         """A searched key this config ignores would make every trial the same model: refused."""
-        from thaw.config import ignored
+        from thaw.config.settings import ignored
 
         for key, why in ignored(job_cfg, list(searched)).items():
             raise ConfigError(f"hydra.sweeper.params.{key}: searching it changes nothing: {why}")
 
     def pruning_warning(self, job_cfg) -> Optional[str]:
-        from thaw.record import objective_names
+        from thaw.train.record import objective_names
 
         names = objective_names(job_cfg)
         if len(names) == 1 and names[0] not in ("val_accuracy", "val_loss"):
@@ -135,7 +135,7 @@ class ThawTrainSweep:
         augmentation it keeps the search's augmented views (trainer.view_seed): they are in the
         feature cache, and computing a new seed's views costs a pass over every training image per
         view; the run's own seed still draws the head, orders the data and assigns views to epochs."""
-        from thaw.augment import resolve
+        from thaw.data.augment import resolve
 
         out = ["trainer.save_model=false"]
         if reuse_views and resolve(job_cfg) is not None and job_cfg.trainer.get("view_seed") is None:
@@ -156,7 +156,7 @@ class ThawTrainSweep:
         if d.name == "folder" and d.path:
             out["data"] = os.path.abspath(os.path.expanduser(str(d.path)))
             try:
-                from thaw.data import scan_folder
+                from thaw.data.folder import scan_folder
 
                 scan = scan_folder(d)
                 out["images"] = {"train": len(scan.train.files), "validation": len(scan.val.files),
@@ -169,7 +169,7 @@ class ThawTrainSweep:
     def evaluate(self, run_dir: str) -> Optional[Dict[str, Any]]:
         """The held-out test split on a trial's model.keras, with per-image correctness (paired
         comparisons), or None without a test split or a model."""
-        from thaw.evaluate import evaluate_test
+        from thaw.commands.evaluate import evaluate_test
 
         return evaluate_test(run_dir, per_image=True)
 

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from thaw import checkpoint
-from thaw import data as data_mod
-from thaw import interrupt, optimizers, unfreeze
+from thaw.train import checkpoint
+from thaw.data import folder as data_mod
+from thaw.runtime import interrupt
+from thaw.model import optimizers
+from thaw.model import unfreeze
 from thaw.errors import ConfigError, DataError, TrainingError
-from thaw.record import RunRecord, objective_names
+from thaw.train.record import RunRecord, objective_names
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("thaw.train")
 
 
 class Pruned(Exception):
@@ -98,7 +100,7 @@ class Run:
 
 
 def _learning_rate(lr_cfg, initial: float, epochs: int, steps_per_epoch: int):
-    from thaw.compiled import learning_rate
+    from thaw.train.compiled import learning_rate
 
     return learning_rate(lr_cfg.name, initial, epochs * steps_per_epoch, lr_cfg.get("final_fraction", 0.0))
 
@@ -152,7 +154,7 @@ _STRATEGIES: Dict[tuple, Any] = {}
 
 
 def make_strategy(cfg_trainer):
-    """One MirroredStrategy per device set and process: models kept for later trials (thaw.compiled)
+    """One MirroredStrategy per device set and process: models kept for later trials (thaw.train.compiled)
     belong to the strategy they were built under, and TensorFlow refuses to mix two."""
     import tensorflow as tf
 
@@ -168,7 +170,7 @@ def make_strategy(cfg_trainer):
 def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir.
     `tracker` may be a Tracker or a function that starts one, called once data and model are ready."""
-    from thaw.tf_startup import claim_import_seconds, import_tensorflow
+    from thaw.runtime.tf_startup import claim_import_seconds, import_tensorflow
 
     import_tensorflow()
     configure_devices(cfg.trainer)
@@ -207,11 +209,11 @@ def _train(cfg, out: Path, reporter, tracker, replicas: int, import_seconds: flo
 
 def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     """Seeds, data, model, run record and phase inputs: everything the phases share."""
-    from thaw import augment
-    from thaw.callbacks import BestWeights
-    from thaw.features import PhaseInputs
-    from thaw.model import build_classifier
-    from thaw.tracking import Tracker
+    from thaw.data import augment
+    from thaw.train.callbacks import BestWeights
+    from thaw.train.features import PhaseInputs
+    from thaw.model.classifier import build_classifier
+    from thaw.runtime.tracking import Tracker
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -243,8 +245,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
 def fit_phase(run: Run, phase: Phase, resume=None) -> None:
     """Compile and fit one phase; raises TrainingError on a NaN loss, Pruned when the pruner stops it.
     With `resume` (a checkpoint), a phase behind it is skipped and the one it stopped in continues."""
-    from thaw.callbacks import EpochCallback
-    from thaw.model import count_trainable
+    from thaw.train.callbacks import EpochCallback
+    from thaw.model.classifier import count_trainable
 
     position = resume.position(phase.name) if resume is not None else "fresh"
     if position == "skip":
@@ -297,7 +299,7 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
 
 def evaluate_test_split(run: Run) -> None:
     """The held-out test split, once, on the full model (the phases may have fit a sub-model)."""
-    from thaw.compiled import compile_for_fit, wrapper
+    from thaw.train.compiled import compile_for_fit, wrapper
 
     ds = run.ds
     if ds.test is None or not len(ds.test):
@@ -391,8 +393,8 @@ def _checkpointer(run: Run, phase: str, optimizer):
 
 
 def _compile(run: Run, data, phase: Phase) -> None:
-    """Compile the phase's fit model, or reuse this process's compiled one (thaw.compiled)."""
-    from thaw.compiled import compile_for_fit
+    """Compile the phase's fit model, or reuse this process's compiled one (thaw.train.compiled)."""
+    from thaw.train.compiled import compile_for_fit
 
     cfg = run.cfg
     lr = _learning_rate(cfg.lr, phase.learning_rate, phase.epochs, run.steps_per_epoch)
@@ -451,7 +453,7 @@ def _seed_and_precision(cfg_trainer) -> None:
 def _reseed_keeping_kernels(seed: int) -> None:
     """keras.utils.set_random_seed without setting TensorFlow's global seed again (it is already this
     seed): setting it clears TensorFlow's kernel cache, so every function of the kept compiled models
-    (thaw.compiled) would be instantiated again on its next call (2-4 s a trial at depth 8 on 2 CPU
+    (thaw.train.compiled) would be instantiated again on its next call (2-4 s a trial at depth 8 on 2 CPU
     cores). thaw's TensorFlow random ops are stateless or take an op seed, so nothing else changes."""
     import random
 

@@ -118,7 +118,7 @@ def _class_names(run_dir: Optional[Path], n_out: int) -> List[str]:
 
 def load_trained(target: str) -> Trained:
     path, run_dir = find_run(target)
-    from thaw.tf_startup import import_tensorflow
+    from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
     import keras
@@ -134,7 +134,7 @@ def load_trained(target: str) -> Trained:
 
 def list_images(inputs: List[str]) -> List[str]:
     """Files as given, folders searched recursively (sorted); only image extensions from folders."""
-    from thaw.data import IMAGE_EXTENSIONS
+    from thaw.data.folder import IMAGE_EXTENSIONS
 
     files: List[str] = []
     for item in inputs:
@@ -153,7 +153,7 @@ def list_images(inputs: List[str]) -> List[str]:
 
 def decode_images(files: List[str], image_size: int) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
     """(images of the good files, the good files, {bad file: why}); decoded as in training."""
-    from thaw.data import _decode_files, sniff_image
+    from thaw.data.folder import _decode_files, sniff_image
 
     problems: Dict[str, str] = {}
     for f in files:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from thaw.errors import TrainingError
-from thaw.outputs import write_json_atomic
+from thaw.runtime.outputs import write_json_atomic
 
 
 class RunRecord:

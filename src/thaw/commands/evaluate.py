@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from thaw.errors import DataError
-from thaw.outputs import write_json_atomic
+from thaw.runtime.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 def evaluate_test(run_dir, per_image: bool = False) -> Optional[Dict[str, Any]]:
     """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test split.
     `per_image`: also 'correct', one 0/1 per test image in split order (paired comparisons)."""
-    from thaw.tf_startup import import_tensorflow
+    from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    from thaw import data as data_mod
-    from thaw.inference import as_probabilities, run_config
+    from thaw.data import folder as data_mod
+    from thaw.model.inference import as_probabilities, run_config
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -70,7 +70,7 @@ MAX_THUMBNAILS = 200  # the page stays small on a bad model; the JSON lists ever
 
 def _folder_files(folder: str, class_names: List[str]) -> Tuple[List[str], List[int], List[str]]:
     """Files and labels of a folder of class sub-folders named like the model's classes."""
-    from thaw.data import _class_dirs, _list_class_dir
+    from thaw.data.folder import _class_dirs, _list_class_dir
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -105,7 +105,7 @@ def confusion_report(labels: np.ndarray, predicted: np.ndarray, class_names: Lis
 
 def evaluate_folder(target: str, folder: str, out_dir: Path) -> Dict[str, Any]:
     """Accuracy, per-class precision/recall, confusion matrix; evaluation.json and evaluation.html."""
-    from thaw.inference import decode_images, load_trained
+    from thaw.model.inference import decode_images, load_trained
 
     trained = load_trained(target)
     files, labels, skipped = _folder_files(folder, trained.class_names)
@@ -125,7 +125,7 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> Dict[str, Any]:
         for f, t, p, pr in zip(good, y, pred, probs) if t != p]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "evaluation.json", result)
-    from thaw.outputs import write_text_atomic
+    from thaw.runtime.outputs import write_text_atomic
 
     write_text_atomic(out_dir / "evaluation.html", evaluation_html(result))
     return result
@@ -186,7 +186,7 @@ margin: 4px; font-size: 12px; vertical-align: top; }} img {{ max-width: 140px; }
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
-    from thaw.inference import run_command
+    from thaw.model.inference import run_command
 
     parser = argparse.ArgumentParser(prog="thaw-evaluate", description=(
         "Evaluate a trained thaw model on a folder of class sub-folders: accuracy, per-class precision and "

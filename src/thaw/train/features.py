@@ -24,9 +24,9 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from thaw import budget
-from thaw import data as data_mod
-from thaw.diskarray import ArrayWriter, DiskArray, DiskArrayWriter
+from thaw.data import budget
+from thaw.data import folder as data_mod
+from thaw.data.diskarray import ArrayWriter, DiskArray, DiskArrayWriter
 from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
     `table` holds one augmentation draw per view and image, (V, n, augment.NUM_PARAMS)."""
     import tensorflow as tf
 
-    from thaw import augment
+    from thaw.data import augment
 
     views, n = int(table.shape[0]), len(x)
     take = data_mod.rows(x)
@@ -267,7 +267,7 @@ def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
     """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image
     (and of the augmentation draw, with augmentation)."""
     from thaw.errors import ConfigError
-    from thaw.model import base_training_flag
+    from thaw.model.classifier import base_training_flag
 
     mode = cfg.trainer.cache_features
     if mode in (False, "false"):
@@ -350,8 +350,8 @@ class PhaseInputs:
     # -- the models on either side of the cut
     def _whole_model(self):
         """The classifier as a fit model of its own for this trainable set (a wrapper sharing its layers):
-        the head phase and each depth keep their compiled step for later trials (thaw.compiled)."""
-        from thaw.compiled import wrapper
+        the head phase and each depth keep their compiled step for later trials (thaw.train.compiled)."""
+        from thaw.train.compiled import wrapper
 
         trainable = tuple(l.name for l in self.clf.base.layers if l.trainable)
         return self.clf.fits.get(("images", trainable), lambda: wrapper(self.clf.model))
@@ -369,7 +369,7 @@ class PhaseInputs:
         draw every epoch with trainer.augment_views=0. The same draws as the cached views."""
         import tensorflow as tf
 
-        from thaw import augment
+        from thaw.data import augment
 
         views = self.views if views is None else views
         n, aug, seed, draws = len(self.ds.train), self.aug, self.seed, self.view_seed
@@ -467,7 +467,7 @@ class PhaseInputs:
         prefix (in memory, or on disk when over the budget); validation activations of the plain images."""
         import tensorflow as tf
 
-        from thaw import augment
+        from thaw.data import augment
 
         t0, misses = time.perf_counter(), self.cache.misses
         ds, cache, n, views = self.ds, self.cache, len(self.ds.train), self.views
@@ -496,7 +496,7 @@ class PhaseInputs:
         or computed in one pass per view (that also stores the extras' views)."""
         import tensorflow as tf
 
-        from thaw import augment
+        from thaw.data import augment
 
         ds, cache, batch, n = self.ds, self.cache, max(self.bs, 64), len(self.ds.train)
         row = tuple(int(d) for d in fit_model.inputs[0].shape[1:])
@@ -530,7 +530,7 @@ class PhaseInputs:
         """(tensor, tag) of the boundaries of other depths to store in the same pass: every depth
         below the base's block count after the head phase, fewer than `depth` blocks after a
         fine-tuning cut; smallest first, not yet cached, within half of the cache budget."""
-        from thaw import unfreeze
+        from thaw.model import unfreeze
 
         base, spec = self.clf.base, self.clf.spec
         if self._cached(tag):
@@ -560,7 +560,7 @@ class PhaseInputs:
         return k_train in self.cache and k_val in self.cache
 
     def _view_key(self, tag: str, views: int) -> str:
-        from thaw import augment
+        from thaw.data import augment
 
         return self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.view_seed}|views={views}")[0]
 

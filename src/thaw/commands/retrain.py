@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from thaw.errors import ConfigError
-from thaw.inference import RESOLVED_CONFIG, best_trial_dir, run_command
+from thaw.model.inference import RESOLVED_CONFIG, best_trial_dir, run_command
 
 TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer.patience=0"]
 
@@ -43,7 +43,7 @@ def write_winner(run: Path, search_dir: Path) -> None:
 def _refuse_group_overrides(overrides: List[str]) -> None:
     """The winner's config sets every key after the config groups compose, so `data=folder` would
     be silently undone: only dotted keys are overrides here."""
-    from thaw.paths import conf_dir
+    from thaw.config.paths import conf_dir
 
     groups = {p.name for p in conf_dir().iterdir() if p.is_dir()} | {"experiment", "sweep"}
     for o in overrides:
@@ -76,7 +76,7 @@ def _main(argv: Optional[List[str]]) -> int:
     parser.add_argument("--train-on-val", action="store_true",
                         help="train on train + validation (" + " ".join(TRAIN_ON_VAL) + ")")
     args = parser.parse_intermixed_args(argv)
-    from thaw import cli
+    from thaw.commands import train as cli
 
     with tempfile.TemporaryDirectory(prefix="thaw-retrain-") as tmp:
         new_argv = retrain_argv(args.target, args.overrides, args.train_on_val, Path(tmp))

@@ -162,7 +162,7 @@ class DiskArrayWriter:
         self.row_shape, self.dtype = tuple(int(d) for d in row_shape), np.dtype(dtype)
         self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from thaw.budget import tmp_tag
+        from thaw.data.budget import tmp_tag
 
         self.tmp = self.path.with_name(f".{self.path.name}.{tmp_tag()}")
         self._f = open(self.tmp, "wb")

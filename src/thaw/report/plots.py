@@ -1,6 +1,6 @@
 """The sweep report's own plots, in the user's terms: every trial (pruned and failed too) in the
 depth x learning-rate plane, learning curves against epoch with the head/fine-tune boundary, and time
-per trial. Optuna's generic plots follow them on the page (thaw.report)."""
+per trial. Optuna's generic plots follow them on the page (thaw.report.html)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _head_epochs(trial) -> Optional[int]:
         return int(trial.user_attrs["head_epochs"])
     run_dir = trial.user_attrs.get("run_dir")
     try:
-        from thaw.inference import run_config
+        from thaw.model.inference import run_config
 
         return int(run_config(Path(run_dir)).trainer.head_epochs)
     except Exception:

@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from thaw.errors import ConfigError
-from thaw.inference import decode_images, list_images, load_trained, run_command
+from thaw.model.inference import decode_images, list_images, load_trained, run_command
 
 
 def predict_rows(target: str, inputs: List[str], batch_size: int = 64):
@@ -46,7 +46,7 @@ def _main(argv: Optional[List[str]]) -> int:
     writer.writerow(header)
     writer.writerows(rows)
     if args.out:
-        from thaw.outputs import write_text_atomic
+        from thaw.runtime.outputs import write_text_atomic
 
         write_text_atomic(args.out, buf.getvalue())
     else:

@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError
-from thaw.optimizers import NAMES as OPTIMIZERS
+from thaw.model.optimizers import NAMES as OPTIMIZERS
 
 
 @dataclass
@@ -87,7 +87,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-image augmentation (thaw.augment); validation and test images are never augmented."""
+    """Training-image augmentation (thaw.data.augment); validation and test images are never augmented."""
 
     name: str = "none"
     flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
@@ -131,7 +131,7 @@ class TrainerConfig:
     # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
     # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras compile
     reuse_compiled: bool = True
-    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel (thaw.optimizers: a
+    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel (thaw.model.optimizers: a
     # new depth's first step traces half the ops); false: Keras' own Adam
     fused_optimizer: bool = True
     # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
@@ -191,7 +191,7 @@ def register_configs() -> None:
     """Put the schema and the experiment presets in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
-    from thaw.paths import experiments_dir
+    from thaw.config.paths import experiments_dir
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -213,7 +213,7 @@ def _finite_positive(value: Any, key: str) -> float:
 
 
 def _validate_augment(a) -> None:
-    from thaw.augment import FLIPS
+    from thaw.data.augment import FLIPS
 
     if a.flip not in FLIPS:
         raise ConfigError(f"augment.flip: expected one of {', '.join(FLIPS)}, got {a.flip!r}")
@@ -226,7 +226,7 @@ def _validate_augment(a) -> None:
 def validate(cfg: DictConfig, scan_data: bool = True) -> None:
     """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError.
     `scan_data=False` leaves the data folder's scan to later (a sweep checks its study first)."""
-    from thaw.backbones import get_spec
+    from thaw.model.backbones import get_spec
 
     spec = get_spec(cfg.backbone.name)
     _validate_backbone(cfg.backbone, spec)
@@ -366,7 +366,7 @@ def _validate_data(d, scan: bool = True) -> None:
         if d.num_train < n or d.num_val < n:
             raise ConfigError("data.num_train/num_val: need at least one image per class")
     if d.name == "folder" and scan:
-        from thaw.data import scan_folder
+        from thaw.data.folder import scan_folder
 
         scan_folder(d)  # raises DataError on a missing/empty/one-class folder
 
@@ -377,7 +377,7 @@ _LOGGER_KEYS = ("project", "entity", "mode", "group", "tags", "log_model", "dir"
 def inert_keys(cfg) -> dict:
     """{key: why} for settings this composed config ignores: given on the command line they would
     change nothing, so a single run warns and a sweep refuses to search them."""
-    from thaw.augment import active
+    from thaw.data.augment import active
 
     out = {}
     u, t, d = cfg.unfreeze, cfg.trainer, cfg.data

@@ -44,7 +44,7 @@ def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0
 
 def compiled_name(name: str, fused: bool, weight_decay: float = 0.0,
                   layer_rates: Optional[Dict[str, float]] = None) -> str:
-    """What a kept compiled step is keyed by (thaw.compiled): a fused and a Keras Adam trace differently,
+    """What a kept compiled step is keyed by (thaw.train.compiled): a fused and a Keras Adam trace differently,
     and the decay and the per-layer multipliers are constants of the traced step."""
     base = f"{name}+fused" if name == "adam" and fused else name
     if weight_decay:

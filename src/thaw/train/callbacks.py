@@ -12,7 +12,7 @@ from typing import Optional
 
 import keras
 
-from thaw import interrupt
+from thaw.runtime import interrupt
 
 log = logging.getLogger("thaw.train")
 

@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from thaw.errors import ConfigError
-from thaw.inference import as_probabilities, decode_images, list_images, load_trained, run_command
-from thaw.tf_startup import native_stderr_filtered
+from thaw.model.inference import as_probabilities, decode_images, list_images, load_trained, run_command
+from thaw.runtime.tf_startup import native_stderr_filtered
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def sample_images(trained, data: Optional[str], n_rep: int, n_check: int) -> Tup
         return images[order[:cut]], images[order[cut:cut + n_check]], data
     if trained.run_dir is None:
         raise ConfigError(f"{trained.path}: no run config next to the model; give images with --data FOLDER")
-    from thaw import data as data_mod
-    from thaw.inference import run_config
+    from thaw.data import folder as data_mod
+    from thaw.model.inference import run_config
 
     cfg = run_config(trained.run_dir)
     ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
@@ -128,7 +128,7 @@ def export(target: str, out: Optional[str], formats: List[str], data: Optional[s
         result = _export_all(trained, saved, out_dir, formats, rep, check, reference, source)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    from thaw.outputs import write_json_atomic
+    from thaw.runtime.outputs import write_json_atomic
 
     write_json_atomic(out_dir / "export.json", result)
     return result
@@ -145,7 +145,7 @@ def _export_all(trained, saved: Path, out_dir: Path, formats, rep, check, refere
             path, outputs = saved, run_saved_model(saved, check)
         else:
             path = out_dir / f"model_{fmt.split('_')[1]}.tflite"
-            from thaw.outputs import write_bytes_atomic
+            from thaw.runtime.outputs import write_bytes_atomic
 
             with native_stderr_filtered():
                 write_bytes_atomic(path, _converter(saved, fmt, rep).convert())

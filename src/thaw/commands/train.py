@@ -12,10 +12,10 @@ from typing import List
 import hydra
 from omegaconf import DictConfig
 
-from thaw.config import register_configs, validate
+from thaw.config.settings import register_configs, validate
 from thaw.errors import ThawError
-from thaw.paths import conf_dir
-from thaw.sweep_app import ThawTrainSweep
+from thaw.config.paths import conf_dir
+from thaw.commands.sweep_hooks import ThawTrainSweep
 
 log = logging.getLogger("thaw")
 
@@ -82,7 +82,7 @@ def _warn_ignored(cfg, overrides: List[str]) -> None:
     (a sweep that searches such a key is refused by the sweeper instead)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from thaw.config import ignored
+    from thaw.config.settings import ignored
 
     keys = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides)]
     for key, why in ignored(cfg, keys).items():
@@ -116,8 +116,8 @@ def _prepare_trial(cfg, trial, out: Path) -> None:
     validate(cfg)
     _save_resolved_config(cfg, out)
     if trial is not None:
-        from thaw import checkpoint
-        from thaw.record import objective_names
+        from thaw.train import checkpoint
+        from thaw.train.record import objective_names
 
         trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
         source = trial.retried_run_dir() if cfg.trainer.resume == "auto" else None
@@ -128,9 +128,9 @@ def _prepare_trial(cfg, trial, out: Path) -> None:
 def _save_resolved_config(cfg, out: Path) -> None:
     from omegaconf import OmegaConf
 
-    from thaw.inference import RESOLVED_CONFIG
-    from thaw.outputs import write_text_atomic
-    from thaw.sweep_app import resolved
+    from thaw.model.inference import RESOLVED_CONFIG
+    from thaw.runtime.outputs import write_text_atomic
+    from thaw.commands.sweep_hooks import resolved
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / RESOLVED_CONFIG, "# this run's config: interpolations resolved, paths absolute\n"
@@ -155,7 +155,7 @@ def _release_graphs(keep_compiled: bool, failed: bool = False) -> None:
     the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the collection
     (TensorFlow, the kept models) is frozen out of later collections, which then scan only what the
     next trial allocated (0.4 s -> ~0.05 s a trial). Frozen objects that later become garbage are
-    collected when thaw.compiled drops a kept model, after a failed trial (its traceback held the
+    collected when thaw.train.compiled drops a kept model, after a failed trial (its traceback held the
     trial's objects) and every 10th trial."""
     if "keras" not in sys.modules:
         return
@@ -192,8 +192,8 @@ def run(cfg: DictConfig):
     state, summary = "FAIL", {}
     try:
         _prepare_trial(cfg, trial, out)
-        from thaw import tracking
-        from thaw.train import Pruned, train
+        from thaw.runtime import tracking
+        from thaw.train.recipe import Pruned, train
 
         def start_tracker():  # W&B starts only for a run that got past bad input (no orphan run)
             started.append(tracking.start(cfg, out, trial))
@@ -256,12 +256,12 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config
 
 
 def main() -> None:
-    from thaw import interrupt
+    from thaw.runtime import interrupt
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     precheck(sys.argv[1:])
     try:  # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-run
-        from thaw.checkpoint import kill_point
+        from thaw.train.checkpoint import kill_point
 
         kill_point()
     except ThawError as exc:

@@ -1,0 +1,2 @@
+"""Images in: folders scanned and decoded (Pillow), splits, augmentation draws, memory and disk limits.
+Scanning never imports TensorFlow."""

@@ -1,0 +1,1 @@
+"""The sweep report: a self-contained report.html with its plots."""

@@ -1,0 +1,1 @@
+"""What every command needs around a run: atomic outputs, interrupts, TensorFlow start-up, tracking."""

@@ -23,17 +23,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, emit  # noqa: E402
 
-
-SMALL = ["experiment=tiny", "backbone.image_size=32", "data.num_train=96", "data.num_val=32", "data.batch_size=16",
-         "trainer.head_epochs=3", "trainer.finetune_epochs=4", "logger=none", "trainer.save_model=false"]
-POINTS = ["head:1", "head:2", "head:3", "head:end", "finetune:1", "finetune:2", "finetune:3", "finetune:4"]
+SMALL = [
+    "experiment=tiny",
+    "backbone.image_size=32",
+    "data.num_train=96",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.head_epochs=3",
+    "trainer.finetune_epochs=4",
+    "logger=none",
+    "trainer.save_model=false",
+]
+POINTS = [
+    "head:1",
+    "head:2",
+    "head:3",
+    "head:end",
+    "finetune:1",
+    "finetune:2",
+    "finetune:3",
+    "finetune:4",
+]
 
 
 def attempt(args, run_dir, kill_at=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled", THAW_TEST_FAULTS="1",
-               THAW_KILL_AFTER_CHECKPOINT=kill_at or "")
-    out = subprocess.run([sys.executable, "-m", "thaw.commands.train", *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        WANDB_MODE="disabled",
+        THAW_TEST_FAULTS="1",
+        THAW_KILL_AFTER_CHECKPOINT=kill_at or "",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "thaw.commands.train", *args, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != (-9 if kill_at else 0):
         raise SystemExit(out.stderr[-3000:])
     return out.stdout + out.stderr
@@ -46,7 +73,11 @@ def epochs_trained(log):
 def max_diff(a, b):
     ha, hb = (json.loads((d / "metrics.json").read_text())["history"] for d in (a, b))
     assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
-    return max(abs(x[k] - y[k]) for x, y in zip(ha, hb) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+    return max(
+        abs(x[k] - y[k])
+        for x, y in zip(ha, hb)
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+    )
 
 
 def kills(tmp: Path, deterministic: bool, points):
@@ -56,20 +87,39 @@ def kills(tmp: Path, deterministic: bool, points):
     for point in [*points, None]:
         trained += epochs_trained(attempt(args, tmp / f"run{deterministic}", point))
     redone = len(trained) - len(set(trained))
-    emit(figure="kills", deterministic=deterministic, kill_points=points, epochs_trained_twice=redone,
-         max_abs_metric_diff=max_diff(tmp / f"ref{deterministic}", tmp / f"run{deterministic}"))
+    emit(
+        figure="kills",
+        deterministic=deterministic,
+        kill_points=points,
+        epochs_trained_twice=redone,
+        max_abs_metric_diff=max_diff(tmp / f"ref{deterministic}", tmp / f"run{deterministic}"),
+    )
 
 
 def disk(tmp: Path, unfreeze):
-    args = ["backbone.alpha=0.35", "backbone.weights=null", "backbone.image_size=160", "data=synthetic",
-            "data.num_train=64", "data.num_val=32", "trainer.head_epochs=1", "trainer.finetune_epochs=1",
-            "logger=none", *unfreeze]
+    args = [
+        "backbone.alpha=0.35",
+        "backbone.weights=null",
+        "backbone.image_size=160",
+        "data=synthetic",
+        "data.num_train=64",
+        "data.num_val=32",
+        "trainer.head_epochs=1",
+        "trainer.finetune_epochs=1",
+        "logger=none",
+        *unfreeze,
+    ]
     attempt(args, tmp / "full")
     attempt(args, tmp / "killed", "finetune:1")
     model_mb = (tmp / "full" / "model.keras").stat().st_size / 2**20
     ckpt_mb = (tmp / "killed" / "checkpoint.npz").stat().st_size / 2**20
-    emit(figure="disk", unfreeze=" ".join(unfreeze), model_keras_mb=round(model_mb, 2), checkpoint_mb=round(ckpt_mb, 2),
-         ratio=round(ckpt_mb / model_mb, 2))
+    emit(
+        figure="disk",
+        unfreeze=" ".join(unfreeze),
+        model_keras_mb=round(model_mb, 2),
+        checkpoint_mb=round(ckpt_mb, 2),
+        ratio=round(ckpt_mb / model_mb, 2),
+    )
 
 
 def main():

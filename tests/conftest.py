@@ -17,15 +17,21 @@ os.environ.setdefault("KERAS_HOME", _KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
-# W&B is isolated whatever the caller exported (WANDB_MODE=online, a key, a `wandb login`): tests never
+# W&B is isolated whatever the caller exported (WANDB_MODE=online, a key, a `wandb login`): tests
+# never
 # send anything anywhere, never prompt, and never read or write the user's W&B settings. Tests that
 # exercise W&B ask for offline mode themselves.
 _WANDB_HOME = Path(tempfile.mkdtemp(prefix="thaw-wandb-home-"))
 for _key in [k for k in os.environ if k.startswith("WANDB_")]:
     del os.environ[_key]
-os.environ.update(WANDB_MODE="disabled", WANDB_CONFIG_DIR=str(_WANDB_HOME / "config"),
-                  WANDB_CACHE_DIR=str(_WANDB_HOME / "cache"), WANDB_DATA_DIR=str(_WANDB_HOME / "data"),
-                  NETRC=str(_WANDB_HOME / "netrc-absent"), WANDB_SILENT="true")
+os.environ.update(
+    WANDB_MODE="disabled",
+    WANDB_CONFIG_DIR=str(_WANDB_HOME / "config"),
+    WANDB_CACHE_DIR=str(_WANDB_HOME / "cache"),
+    WANDB_DATA_DIR=str(_WANDB_HOME / "data"),
+    NETRC=str(_WANDB_HOME / "netrc-absent"),
+    WANDB_SILENT="true",
+)
 
 
 def need_cats_dogs():
@@ -54,15 +60,21 @@ def thaw_train(args, cwd, timeout=600, env=None):
     """Run the real console entry point in a subprocess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "thaw.commands.train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "thaw.commands.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def compose_cfg(overrides=()):
     from hydra import compose, initialize_config_dir
 
-    from thaw.config.settings import register_configs
     from thaw.config.paths import conf_dir
+    from thaw.config.settings import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):

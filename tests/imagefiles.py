@@ -10,7 +10,7 @@ def write_image(path: Path, color, size=24, fmt="jpeg"):
 
     img = np.zeros((size, size, 3), np.uint8)
     img[:] = color
-    img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255 - np.asarray(color, np.uint8)
+    img[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255 - np.asarray(color, np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = tf.io.encode_jpeg(img).numpy() if fmt == "jpeg" else tf.io.encode_png(img).numpy()
     path.write_bytes(data)
@@ -24,5 +24,7 @@ def make_folder(root: Path, classes=("cats", "dogs"), per_class=6, layout="flat"
     for split in splits:
         for c, name in enumerate(classes):
             for i in range(per_class):
-                write_image(root / split / name / f"{name}.{split or 'all'}.{i}.{ext}", colors[c], fmt=fmt)
+                write_image(
+                    root / split / name / f"{name}.{split or 'all'}.{i}.{ext}", colors[c], fmt=fmt
+                )
     return root

@@ -1,4 +1,5 @@
-"""Each backbone's declared blocks match the real Keras model; preprocessing matches preprocess_input."""
+"""Each backbone's declared blocks match the real Keras model; preprocessing matches
+preprocess_input."""
 
 import importlib
 
@@ -37,7 +38,8 @@ def test_conf_files_declare_the_registry_block_counts():
 
 
 def test_weights_from_a_local_file_load(mnv2_weights):
-    """The offline path: backbone.weights=/path/to/file.h5 gives the pretrained (not random) base."""
+    """The offline path: backbone.weights=/path/to/file.h5 gives the pretrained (not random)
+    base."""
     spec = SPECS["mobilenet_v2"]
     loaded = build_base(spec, 0.35, 96, str(mnv2_weights))
     random = build_base(spec, 0.35, 96, None)

@@ -1,6 +1,8 @@
 """Per-epoch checkpoints: a run killed with SIGKILL (a real one, at an exact point of the recipe via
-THAW_KILL_AFTER_CHECKPOINT, which acts only with THAW_TEST_FAULTS=1) and re-run with the same run dir continues at its next epoch and ends
-with the same per-epoch metrics as an uninterrupted run; a bad checkpoint is refused, not trusted."""
+THAW_KILL_AFTER_CHECKPOINT, which acts only with THAW_TEST_FAULTS=1) and re-run with the same run
+dir continues at its next epoch and ends
+with the same per-epoch metrics as an uninterrupted run; a bad checkpoint is refused, not
+trusted."""
 
 import json
 import logging
@@ -8,24 +10,43 @@ import re
 
 import numpy as np
 import pytest
+from conftest import thaw_train
 from omegaconf import OmegaConf
 
-from conftest import thaw_train
 from thaw.train import checkpoint
 
-RUN = ["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
-       "trainer.head_epochs=2", "trainer.finetune_epochs=3", "trainer.deterministic=true", "logger=none",
-       "trainer.save_model=false"]
+RUN = [
+    "experiment=tiny",
+    "backbone.image_size=32",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.head_epochs=2",
+    "trainer.finetune_epochs=3",
+    "trainer.deterministic=true",
+    "logger=none",
+    "trainer.save_model=false",
+]
 # the cached path: BatchNorm in inference mode makes the frozen prefix cacheable; flip augmentation
 # trains on cached activations of augmented views (epoch e uses view (e + offset) % V)
-CACHED = ["backbone.batchnorm=inference", "trainer.cache_features=true", "augment=flip", "trainer.augment_views=2"]
+CACHED = [
+    "backbone.batchnorm=inference",
+    "trainer.cache_features=true",
+    "augment=flip",
+    "trainer.augment_views=2",
+]
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def attempt(run_dir, cwd, kill_at=None, extra=()):
-    res = thaw_train([*RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=cwd,
-                     env={"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": kill_at or ""})
-    expected = 0 if not kill_at else (130 if kill_at.startswith("TERM@") else -9)  # SIGTERM: a clean stop
+    res = thaw_train(
+        [*RUN, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env={"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": kill_at or ""},
+    )
+    expected = (
+        0 if not kill_at else (130 if kill_at.startswith("TERM@") else -9)
+    )  # SIGTERM: a clean stop
     assert res.returncode == expected, res.stderr[-2000:]
     return re.findall(r"\[(head|finetune)\] epoch (\d+)/", res.stdout + res.stderr)
 
@@ -43,7 +64,8 @@ def assert_same_epochs(a, b, tol=1e-5):
 
 
 def kill_chain(tmp_path, points, extra=()):
-    """An uninterrupted reference, then one run dir killed at each point in turn and finally let finish."""
+    """An uninterrupted reference, then one run dir killed at each point in turn and finally let
+    finish."""
     attempt(tmp_path / "ref", tmp_path, extra=extra)
     trained = []
     for point in [*points, None]:
@@ -61,11 +83,17 @@ def kill_chain(tmp_path, points, extra=()):
 
 def test_killed_at_the_phase_switch_and_stopped_in_fine_tuning_ends_as_if_never_stopped(tmp_path):
     """On cached activations of augmented views: kill -9 at the phase switch, then SIGTERM right
-    after fine-tuning epoch 1 (the next epoch is cut short mid-way, neither recorded nor checkpointed)."""
+    after fine-tuning epoch 1 (the next epoch is cut short mid-way, neither recorded nor
+    checkpointed)."""
     run = kill_chain(tmp_path, ["head:end", "TERM@finetune:1"], CACHED)
-    assert run["phases"]["finetune"]["trained_on"] == "cached activations" and run["phases"]["head"]["augment_views"]
-    assert run["resumed"] == [{"after_epoch": 2, "phase": "head", "phase_ended": True},
-                              {"after_epoch": 3, "phase": "finetune", "phase_ended": False}]
+    assert (
+        run["phases"]["finetune"]["trained_on"] == "cached activations"
+        and run["phases"]["head"]["augment_views"]
+    )
+    assert run["resumed"] == [
+        {"after_epoch": 2, "phase": "head", "phase_ended": True},
+        {"after_epoch": 3, "phase": "finetune", "phase_ended": False},
+    ]
 
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
@@ -80,34 +108,61 @@ def _save_in_a_subprocess(tmp_path, env):
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from pathlib import Path; from omegaconf import OmegaConf; "
-            "from thaw import checkpoint as c; "
-            "cfg = OmegaConf.create({'name': 'x'}); "
-            "k = c.Checkpoint('head', 1, False, [], {}, {}, {}, [np.zeros(2)], []); "
-            "c.save(Path(sys.argv[1]), cfg, k, [np.zeros(2)]); print('survived')")
-    return subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    code = (
+        "import sys, numpy as np; from pathlib import Path; from omegaconf import OmegaConf; "
+        "from thaw import checkpoint as c; "
+        "cfg = OmegaConf.create({'name': 'x'}); "
+        "k = c.Checkpoint('head', 1, False, [], {}, {}, {}, [np.zeros(2)], []); "
+        "c.save(Path(sys.argv[1]), cfg, k, [np.zeros(2)]); print('survived')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 def test_fault_injection_is_off_without_the_test_switch(tmp_path):
     """THAW_KILL_AFTER_CHECKPOINT alone (left in a user's environment) kills nothing; with
     THAW_TEST_FAULTS=1 the process dies by that signal right after that checkpoint is on disk."""
-    off = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": ""})
+    off = _save_in_a_subprocess(
+        tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": ""}
+    )
     assert off.returncode == 0 and "survived" in off.stdout, off.stderr[-2000:]
-    on = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": "1"})
+    on = _save_in_a_subprocess(
+        tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:1", "THAW_TEST_FAULTS": "1"}
+    )
     assert on.returncode == -9 and "survived" not in on.stdout, on.stderr[-2000:]
     assert (tmp_path / checkpoint.NAME).is_file()
-    term = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "TERM@head:1", "THAW_TEST_FAULTS": "1"})
+    term = _save_in_a_subprocess(
+        tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "TERM@head:1", "THAW_TEST_FAULTS": "1"}
+    )
     assert term.returncode == -15, term.stderr[-2000:]
-    other = _save_in_a_subprocess(tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:2", "THAW_TEST_FAULTS": "1"})
+    other = _save_in_a_subprocess(
+        tmp_path, {"THAW_KILL_AFTER_CHECKPOINT": "head:2", "THAW_TEST_FAULTS": "1"}
+    )
     assert other.returncode == 0, other.stderr[-2000:]  # not that point of the recipe
 
 
-@pytest.mark.parametrize("env, needle", [
-    ({"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "TERN@head:1"}, "THAW_KILL_AFTER_CHECKPOINT='TERN@head:1'"),
-    ({"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "head1"}, "THAW_KILL_AFTER_CHECKPOINT='head1'"),
-    ({"THAW_TEST_FAULTS": "yes", "THAW_KILL_AFTER_CHECKPOINT": "head:1"}, "THAW_TEST_FAULTS='yes'"),
-])
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        (
+            {"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "TERN@head:1"},
+            "THAW_KILL_AFTER_CHECKPOINT='TERN@head:1'",
+        ),
+        (
+            {"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "head1"},
+            "THAW_KILL_AFTER_CHECKPOINT='head1'",
+        ),
+        (
+            {"THAW_TEST_FAULTS": "yes", "THAW_KILL_AFTER_CHECKPOINT": "head:1"},
+            "THAW_TEST_FAULTS='yes'",
+        ),
+    ],
+)
 def test_a_bad_fault_injection_value_is_refused_before_the_run(tmp_path, env, needle):
     """One line, exit 2, before anything is trained or written (it used to raise AttributeError at
     the first checkpoint, mid-training)."""
@@ -115,27 +170,52 @@ def test_a_bad_fault_injection_value_is_refused_before_the_run(tmp_path, env, ne
     res = thaw_train([*RUN, f"hydra.run.dir={out}"], cwd=tmp_path, env=env, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("thaw-train: error: ") and needle in err[0], res.stderr
+    assert len(err) == 1 and err[0].startswith("thaw-train: error: ") and needle in err[0], (
+        res.stderr
+    )
     assert "Traceback" not in res.stderr and not out.exists()
 
 
 def _cfg():
-    return OmegaConf.create({"name": "x", "trainer": {"seed": 1, "resume": "auto"}, "lr": {"base": 0.1},
-                             "logger": {"name": "none"}})
+    return OmegaConf.create(
+        {
+            "name": "x",
+            "trainer": {"seed": 1, "resume": "auto"},
+            "lr": {"base": 0.1},
+            "logger": {"name": "none"},
+        }
+    )
 
 
 def _ckpt(best=None):
     model = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
-    return checkpoint.Checkpoint("finetune", 1, False, [{"phase": "head", "epoch": 1}], {"head": {}},
-                                 {"value": 0.5, "step": 0}, {"waited": 0}, model, [np.zeros(2)], best)
+    return checkpoint.Checkpoint(
+        "finetune",
+        1,
+        False,
+        [{"phase": "head", "epoch": 1}],
+        {"head": {}},
+        {"value": 0.5, "step": 0},
+        {"waited": 0},
+        model,
+        [np.zeros(2)],
+        best,
+    )
 
 
 def test_checkpoint_round_trip_keeps_only_differing_best_weights(tmp_path):
     current = [np.zeros((2, 3), np.float32), np.ones(3, np.float32)]
-    best = [np.full((2, 3), 7, np.float32), np.ones(3, np.float32)]  # the second equals the current weight
+    best = [
+        np.full((2, 3), 7, np.float32),
+        np.ones(3, np.float32),
+    ]  # the second equals the current weight
     checkpoint.save(tmp_path, _cfg(), _ckpt(best), current)
     back = checkpoint.load(tmp_path, _cfg())
-    assert back.phase == "finetune" and back.done == 1 and back.history == [{"phase": "head", "epoch": 1}]
+    assert (
+        back.phase == "finetune"
+        and back.done == 1
+        and back.history == [{"phase": "head", "epoch": 1}]
+    )
     assert np.array_equal(back.model[0], _ckpt().model[0]) and list(back.best_weights) == [0]
     assert np.array_equal(back.best_weights[0], best[0])
     assert back.position("head") == "skip" and back.position("finetune") == "continue"
@@ -169,7 +249,8 @@ def test_a_run_with_a_corrupt_checkpoint_starts_over_and_completes(tmp_path):
 
 
 def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
-    """A checkpoint resumes across trainer.reuse_compiled / fused_optimizer (same optimizer variables)
+    """A checkpoint resumes across trainer.reuse_compiled / fused_optimizer (same optimizer
+    variables)
     and across logger changes, and is refused for a change of what the run trains."""
     from conftest import compose_cfg
 

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import thaw_train
 from imagefiles import make_folder
 
@@ -25,7 +24,9 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "objective val_accuracy =" in res.stdout
     printed = res.stdout + res.stderr
-    assert "absl::InitializeLog" not in printed and "oneDNN" not in printed and "I0000" not in printed
+    assert (
+        "absl::InitializeLog" not in printed and "oneDNN" not in printed and "I0000" not in printed
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "complete"
     assert [r["phase"] for r in m["history"]] == ["head"] + ["finetune"] * 6
@@ -33,7 +34,8 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     assert m["history"][0]["val_accuracy"] <= 0.6
     assert m["objective"] == m["val_accuracy"] and m["val_loss"] > 0
     head, ft = m["phases"]["head"], m["phases"]["finetune"]
-    # phase 2 unfreezes every block of the random-init base: far more trainable parameters than the head
+    # phase 2 unfreezes every block of the random-init base: far more trainable parameters than the
+    # head
     assert ft["trainable_params"] > 100 * head["trainable_params"]
     assert ft["unfrozen_blocks"][0] == "stem" and ft["unfrozen_blocks"][-1] == "top"
     assert head["seconds"] > 0 and ft["seconds"] > 0
@@ -44,17 +46,30 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     tb = m["time_breakdown"]
     parts = {k: v for k, v in tb.items() if k != "total"}
     assert all(v >= 0 for v in parts.values()) and abs(sum(parts.values()) - tb["total"]) < 0.01
-    assert tb["total"] == pytest.approx(tb["import"] + m["wall_seconds"], abs=0.05) and tb["import"] > 1
+    assert (
+        tb["total"] == pytest.approx(tb["import"] + m["wall_seconds"], abs=0.05)
+        and tb["import"] > 1
+    )
     assert tb["trace"] > 1  # the first fine-tuning epoch traces the whole network's gradient
     assert tb["compute"] > tb["save"] > 0 and tb["data"] > 0 and tb["build"] > 0
     assert 0 < tb["checkpoint"] < tb["compute"]  # checkpoint.npz after each epoch, timed on its own
 
 
 def test_tf_start_up_lines_come_back_on_request(tmp_path):
-    script = "from thaw.runtime.tf_startup import import_tensorflow; import_tensorflow(); print('imported')"
-    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "THAW_TF_LOGS": "1"})
+    script = (
+        "from thaw.runtime.tf_startup import import_tensorflow; import_tensorflow(); "
+        "print('imported')"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    loud = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "THAW_TF_LOGS": "1"},
+    )
     assert quiet.returncode == loud.returncode == 0 and "imported" in quiet.stdout
     assert "oneDNN" not in quiet.stderr and "absl" not in quiet.stderr
     if not loud.stderr.strip():
@@ -68,7 +83,7 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np, keras
         assert "thaw" not in sys.modules
-        m = keras.saving.load_model({str(out / 'model.keras')!r})
+        m = keras.saving.load_model({str(out / "model.keras")!r})
         x = np.random.default_rng(0).uniform(0, 255, (3, 48, 48, 3)).astype("float32")
         y = m.predict(x, verbose=0)
         assert y.shape == (3, 1), y.shape
@@ -76,21 +91,26 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
         assert not any(k.startswith("thaw") for k in sys.modules), "project imported"
         print("ok")
     """)
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok" in r.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["backbone=vgg99"], "backbone/vgg99"),
-    (["lr.base=-0.1"], "lr.base"),
-    (["lr.base=0"], "lr.base"),
-    (["unfreeze.depth=99"], "unfreeze.depth"),
-    (["data=folder", "data.path=/no/such/dir"], "data.path"),
-    (["data=folder", "data.path=/etc/hostname"], "is a file"),
-    (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
-    (["no_such_key=1"], "no_such_key"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["backbone=vgg99"], "backbone/vgg99"),
+        (["lr.base=-0.1"], "lr.base"),
+        (["lr.base=0"], "lr.base"),
+        (["unfreeze.depth=99"], "unfreeze.depth"),
+        (["data=folder", "data.path=/no/such/dir"], "data.path"),
+        (["data=folder", "data.path=/etc/hostname"], "is a file"),
+        (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
+        (["no_such_key=1"], "no_such_key"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
     out = tmp_path / "run"
     res = thaw_train([*args, f"hydra.run.dir={out}"], cwd=tmp_path, timeout=60)
@@ -105,8 +125,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle)
 def test_bad_data_folder_is_refused(tmp_path):
     make_folder(tmp_path / "imgs", classes=("only",))
     out = tmp_path / "run"
-    res = thaw_train(["experiment=tiny", "data=folder", f"data.path={tmp_path / 'imgs'}",
-                      f"hydra.run.dir={out}"], cwd=tmp_path, timeout=60)
+    res = thaw_train(
+        [
+            "experiment=tiny",
+            "data=folder",
+            f"data.path={tmp_path / 'imgs'}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert res.returncode == 2 and "only one class" in res.stderr
     assert not out.exists()
 
@@ -117,9 +145,15 @@ def test_imagenet_without_network_fails_fast_with_the_fix(tmp_path):
     out = tmp_path / "run"
     dead_proxy = "http://127.0.0.1:9"  # the download's only way out; nothing listens there
     env = {"KERAS_HOME": str(tmp_path / "kh"), "WANDB_MODE": "", "no_proxy": "", "NO_PROXY": ""}
-    env.update({name: dead_proxy for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")})
-    res = thaw_train(["experiment=tiny", "backbone.weights=imagenet", f"hydra.run.dir={out}"],
-                     cwd=tmp_path, timeout=120, env=env)
+    env.update(
+        {name: dead_proxy for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")}
+    )
+    res = thaw_train(
+        ["experiment=tiny", "backbone.weights=imagenet", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 2  # W&B mode auto, no credentials: offline, yet no orphan offline run
     assert "backbone.weights=/path/to/weights.h5" in res.stderr
     assert "Connection refused" in res.stderr  # it failed at the dead proxy, network or not

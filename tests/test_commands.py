@@ -1,4 +1,5 @@
-"""After a sweep: thaw-predict, thaw-evaluate, thaw-export and thaw-retrain, as real subprocesses on a
+"""After a sweep: thaw-predict, thaw-evaluate, thaw-export and thaw-retrain, as real subprocesses on
+a
 real trained model (synthetic shapes here; the shared photos in test_commands_real.py)."""
 
 import csv
@@ -11,17 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import thaw_train
 
 
 def command(name, *args, cwd=None, timeout=300):
     exe = str(Path(sys.executable).with_name(name))
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def write_shapes(root: Path, per_class=12, size=64, seed=7):
-    """Synthetic shapes (the smoke data's generator) as PNG files in class folders, plus bad files."""
+    """Synthetic shapes (the smoke data's generator) as PNG files in class folders, plus bad
+    files."""
     from PIL import Image
 
     from thaw.data.folder import _draw
@@ -40,7 +43,10 @@ def write_shapes(root: Path, per_class=12, size=64, seed=7):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     run = tmp / "run"
-    res = thaw_train(["experiment=tiny", "trainer.save_model=true", "logger=none", f"hydra.run.dir={run}"], cwd=tmp)
+    res = thaw_train(
+        ["experiment=tiny", "trainer.save_model=true", "logger=none", f"hydra.run.dir={run}"],
+        cwd=tmp,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return run, write_shapes(tmp / "photos")
 
@@ -51,11 +57,21 @@ def learned(tmp_path_factory):
     agrees with it): experiment=smoke at 40 px, ~40 s; measured 0.98 validation accuracy."""
     tmp = tmp_path_factory.mktemp("learned")
     run = tmp / "run"
-    res = thaw_train(["experiment=smoke", "backbone.image_size=40", "trainer.deterministic=true", "logger=none",
-                      f"hydra.run.dir={run}"], cwd=tmp)
+    res = thaw_train(
+        [
+            "experiment=smoke",
+            "backbone.image_size=40",
+            "trainer.deterministic=true",
+            "logger=none",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
-    assert m["val_accuracy"] >= 0.8, [r["val_accuracy"] for r in m["history"]]  # it learned: not chance (0.5)
+    assert m["val_accuracy"] >= 0.8, [
+        r["val_accuracy"] for r in m["history"]
+    ]  # it learned: not chance (0.5)
     return run
 
 
@@ -68,7 +84,12 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
     res = command("thaw-predict", run, photos)
     assert res.returncode == 0, res.stderr
     rows = _csv(res.stdout)
-    assert len(rows) == 26 and list(rows[0])[:4] == ["path", "predicted", "prob_circle", "prob_square"]
+    assert len(rows) == 26 and list(rows[0])[:4] == [
+        "path",
+        "predicted",
+        "prob_circle",
+        "prob_square",
+    ]
     bad = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert set(bad) == {"notes.jpg", "empty.png"} and "empty file" in bad["empty.png"]
     good = [r for r in rows if not r["error"]]
@@ -89,19 +110,24 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
     # --out writes the same CSV; single files work; a sweep dir means its best trial
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump({"best_trial": {"number": 3, "run_dir": str(run)}}))
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"best_trial": {"number": 3, "run_dir": str(run)}})
+    )
     out = tmp_path / "pred.csv"
     res = command("thaw-predict", sweep, files[0], "--out", out)
     assert res.returncode == 0 and res.stdout == "" and _csv(out.read_text())[0]["path"] == files[0]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["{tmp}/nope", "{photos}"], "no such file or directory"),
-    (["{tmp}", "{photos}"], "no model.keras"),
-    (["{run}", "{tmp}/missing.jpg"], "missing.jpg: no such file"),
-    (["{run}/metrics.json", "{photos}"], "not a .keras model file"),
-    (["{run}", "{photos}", "--batch-size", "0"], "--batch-size: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["{tmp}/nope", "{photos}"], "no such file or directory"),
+        (["{tmp}", "{photos}"], "no model.keras"),
+        (["{run}", "{tmp}/missing.jpg"], "missing.jpg: no such file"),
+        (["{run}/metrics.json", "{photos}"], "not a .keras model file"),
+        (["{run}", "{photos}", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    ],
+)
 def test_predict_bad_input_is_one_line_exit_2(trained, tmp_path, args, needle):
     run, photos = trained
     res = command("thaw-predict", *[a.format(tmp=tmp_path, run=run, photos=photos) for a in args])
@@ -111,21 +137,24 @@ def test_predict_bad_input_is_one_line_exit_2(trained, tmp_path, args, needle):
 
 def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path):
     run, photos = trained
-    from PIL import Image
 
     odd = photos.parent / "odd"
     for name in ("circle", "square"):
         (odd / name).mkdir(parents=True)
         for f in sorted((photos / name).glob(f"{name}_*.png"))[:4]:
             (odd / name / f.name).write_bytes(f.read_bytes())
-    (odd / "square" / "<img src=x onerror=alert(1)>.png").write_bytes(b"")  # listed under bad files, escaped
+    (odd / "square" / "<img src=x onerror=alert(1)>.png").write_bytes(
+        b""
+    )  # listed under bad files, escaped
     res = command("thaw-evaluate", run, odd, "--out", tmp_path / "ev")
     assert res.returncode == 0, res.stderr
     r = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     cm = np.array(r["confusion_matrix"])
     assert cm.shape == (2, 2) and cm.sum() == r["num_images"] == 8
     assert r["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert r["per_class"]["square"]["support"] == 4 and len(r["misclassified"]) == cm.sum() - np.trace(cm)
+    assert r["per_class"]["square"]["support"] == 4 and len(
+        r["misclassified"]
+    ) == cm.sum() - np.trace(cm)
     assert [Path(f).name for f in r["bad_files"]] == ["<img src=x onerror=alert(1)>.png"]
     for name, c in r["per_class"].items():
         i = r["classes"].index(name)
@@ -150,11 +179,22 @@ def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path)
 
 
 def test_export_files_agree_with_keras(learned, tmp_path):
-    """On a model that learned (0.98 validation accuracy): its 128 validation images are half circles,
-    half squares, so agreeing with Keras means following its two answers, not one constant output."""
+    """On a model that learned (0.98 validation accuracy): its 128 validation images are half
+    circles,
+    half squares, so agreeing with Keras means following its two answers, not one constant
+    output."""
     run = learned
-    res = command("thaw-export", run, "--out", tmp_path / "ex", "--check-images", 128, "--calibration-images", 64,
-                  timeout=600)
+    res = command(
+        "thaw-export",
+        run,
+        "--out",
+        tmp_path / "ex",
+        "--check-images",
+        128,
+        "--calibration-images",
+        64,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "ex" / "export.json").read_text())
     e = r["exports"]
@@ -162,35 +202,61 @@ def test_export_files_agree_with_keras(learned, tmp_path):
     assert r["checked_on"]["images"] == 128 and r["calibration_images"] == 64
     for fmt in ("saved_model", "tflite_fp32"):
         assert e[fmt]["top1_agreement"] == 1.0 and e[fmt]["max_abs_prob_diff"] < 1e-4, (fmt, e[fmt])
-    assert e["tflite_fp16"]["top1_agreement"] >= 0.99 and e["tflite_fp16"]["max_abs_prob_diff"] < 0.05, e["tflite_fp16"]
+    assert (
+        e["tflite_fp16"]["top1_agreement"] >= 0.99 and e["tflite_fp16"]["max_abs_prob_diff"] < 0.05
+    ), e["tflite_fp16"]
     # post-training int8, calibrated on 64 training images: measured 0.992 agreement, max |dp| 0.09
-    assert e["tflite_int8"]["top1_agreement"] >= 0.95 and e["tflite_int8"]["max_abs_prob_diff"] < 0.3, e["tflite_int8"]
-    assert e["tflite_int8"]["bytes"] < 0.5 * e["tflite_fp32"]["bytes"]  # int8: a quarter, plus overhead
+    assert (
+        e["tflite_int8"]["top1_agreement"] >= 0.95 and e["tflite_int8"]["max_abs_prob_diff"] < 0.3
+    ), e["tflite_int8"]
+    assert (
+        e["tflite_int8"]["bytes"] < 0.5 * e["tflite_fp32"]["bytes"]
+    )  # int8: a quarter, plus overhead
     assert e["tflite_fp16"]["bytes"] < 0.7 * e["tflite_fp32"]["bytes"]
-    for fmt, info in e.items():
+    for info in e.values():
         assert Path(info["path"]).exists() and info["bytes"] > 10_000
     res = command("thaw-export", run, "--formats", "tflite_fp32,onnx", "--out", tmp_path / "bad")
-    assert res.returncode == 2 and "--formats: unknown onnx" in res.stderr and not (tmp_path / "bad").exists()
+    assert (
+        res.returncode == 2
+        and "--formats: unknown onnx" in res.stderr
+        and not (tmp_path / "bad").exists()
+    )
 
 
 def test_retrain_reruns_the_exact_config_with_overrides(trained, tmp_path):
     run, _ = trained
-    res = command("thaw-retrain", run, "trainer.finetune_epochs=2", "--train-on-val",
-                  f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    res = command(
+        "thaw-retrain",
+        run,
+        "trainer.finetune_epochs=2",
+        "--train-on-val",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     old = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     new = yaml.safe_load((tmp_path / "again" / ".hydra" / "config.yaml").read_text())
     assert new["trainer"].pop("finetune_epochs") == 2 and old["trainer"].pop("finetune_epochs") == 1
     assert new["data"].pop("train_on_val") is True and old["data"].pop("train_on_val") is False
-    assert new["trainer"].pop("restore_best") is False and old["trainer"].pop("restore_best") is True
+    assert (
+        new["trainer"].pop("restore_best") is False and old["trainer"].pop("restore_best") is True
+    )
     assert new == old  # everything else exactly as the original run
     m_old = json.loads((run / "metrics.json").read_text())
     m = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert m["num_train"] == m_old["num_train"] + m_old["num_val"] and len(m["history"]) == 3
     assert (tmp_path / "again" / "model.keras").is_file()
     # a typo'd key fails at composition: one line, exit 2
-    res = command("thaw-retrain", run, "trainer.finetune_epoch=2", f"hydra.run.dir={tmp_path / 'typo'}", cwd=tmp_path)
+    res = command(
+        "thaw-retrain",
+        run,
+        "trainer.finetune_epoch=2",
+        f"hydra.run.dir={tmp_path / 'typo'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and "finetune_epoch" in res.stderr and "Traceback" not in res.stderr
     # a config group cannot be swapped under the winner's keys (it would be silently undone)
-    res = command("thaw-retrain", run, "data=folder", f"hydra.run.dir={tmp_path / 'grp'}", cwd=tmp_path)
+    res = command(
+        "thaw-retrain", run, "data=folder", f"hydra.run.dir={tmp_path / 'grp'}", cwd=tmp_path
+    )
     assert res.returncode == 2 and "data=folder" in res.stderr and not (tmp_path / "grp").exists()

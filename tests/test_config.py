@@ -1,10 +1,11 @@
-"""Composition with Hydra's compose API: every group option, experiments, typed schema, validation."""
+"""Composition with Hydra's compose API: every group option, experiments, typed schema,
+validation."""
 
 import pytest
+from conftest import compose_cfg, need_cats_dogs, need_mnv2_weights
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import compose_cfg, need_cats_dogs, need_mnv2_weights
 from thaw.config.settings import validate
 from thaw.errors import ConfigError, DataError
 
@@ -38,7 +39,9 @@ def test_every_group_option_composes(group, option):
 
 @pytest.mark.parametrize("experiment", ["smoke", "tiny", "cats_vs_dogs", "cats_vs_dogs_local"])
 def test_experiments_compose_and_validate(experiment):
-    if experiment == "cats_vs_dogs_local":  # its weights and data are the shared files: validate checks them
+    if (
+        experiment == "cats_vs_dogs_local"
+    ):  # its weights and data are the shared files: validate checks them
         need_cats_dogs()
         need_mnv2_weights()
     cfg = compose_cfg([f"experiment={experiment}"])
@@ -54,7 +57,9 @@ def test_smoke_and_tiny_are_offline():
         assert cfg.data.name == "synthetic"
     tiny = compose_cfg(["experiment=tiny"])
     assert tiny.trainer.head_epochs == 1 and tiny.trainer.finetune_epochs == 1
-    smoke = compose_cfg(["experiment=smoke"])  # learns from scratch: every layer, BatchNorm statistics that keep up
+    smoke = compose_cfg(
+        ["experiment=smoke"]
+    )  # learns from scratch: every layer, BatchNorm statistics that keep up
     assert smoke.unfreeze.name == "all" and smoke.backbone.batchnorm_momentum == 0.9
 
 
@@ -73,21 +78,24 @@ def test_unknown_group_option_fails():
         compose_cfg(["backbone=vgg99"])
 
 
-@pytest.mark.parametrize("override,key", [
-    ("lr.base=0", "lr.base"),
-    ("lr.base=-1e-3", "lr.base"),
-    ("lr.base=nan", "lr.base"),
-    ("lr.finetune_factor=0", "lr.finetune_factor"),
-    ("unfreeze.depth=-1", "unfreeze.depth"),
-    ("unfreeze.depth=20", "unfreeze.depth"),
-    ("backbone.image_size=31", "backbone.image_size"),
-    ("backbone.alpha=0.6", "backbone.alpha"),
-    ("backbone.weights=/no/such/file.h5", "backbone.weights"),
-    ("backbone.num_blocks=5", "backbone.num_blocks"),
-    ("trainer.objective=accuracy_at_5", "trainer.objective"),
-    ("head.dropout=1.0", "head.dropout"),
-    ("data.batch_size=0", "data.batch_size"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("lr.base=0", "lr.base"),
+        ("lr.base=-1e-3", "lr.base"),
+        ("lr.base=nan", "lr.base"),
+        ("lr.finetune_factor=0", "lr.finetune_factor"),
+        ("unfreeze.depth=-1", "unfreeze.depth"),
+        ("unfreeze.depth=20", "unfreeze.depth"),
+        ("backbone.image_size=31", "backbone.image_size"),
+        ("backbone.alpha=0.6", "backbone.alpha"),
+        ("backbone.weights=/no/such/file.h5", "backbone.weights"),
+        ("backbone.num_blocks=5", "backbone.num_blocks"),
+        ("trainer.objective=accuracy_at_5", "trainer.objective"),
+        ("head.dropout=1.0", "head.dropout"),
+        ("data.batch_size=0", "data.batch_size"),
+    ],
+)
 def test_bad_values_name_their_key(override, key):
     cfg = compose_cfg([override])
     with pytest.raises(ConfigError) as info:

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
-from imagefiles import make_folder, write_image
 from thaw.config.settings import DataConfig
 from thaw.data.folder import load, load_synthetic, scan_folder
 from thaw.errors import DataError
@@ -128,7 +128,9 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     with caplog.at_level(logging.INFO, logger="thaw.data"):
         second = load(c, 32, 0, str(cache))
     assert any("read the decoded splits" in r.getMessage() for r in caplog.records)
-    assert isinstance(second.train.images, np.ndarray) and second.streamed_from is None  # fits: in memory
+    assert (
+        isinstance(second.train.images, np.ndarray) and second.streamed_from is None
+    )  # fits: in memory
     for a, b in ((first.train, second.train), (first.val, second.val)):
         assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
     assert second.class_names == first.class_names
@@ -146,13 +148,15 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
 
 def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
     """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
-    from thaw.data import folder as data
     from thaw.config.settings import DataConfig
+    from thaw.data import folder as data
 
     make_folder(tmp_path, per_class=4, fmt="png")
     data._LAST.clear()
     c = cfg(path=str(tmp_path), val_fraction=0.25)
     assert load(c, 32, 1) is load(c, 32, 2)
-    synth = OmegaConf.merge(OmegaConf.structured(DataConfig(name="synthetic")), dict(num_train=8, num_val=4))
+    synth = OmegaConf.merge(
+        OmegaConf.structured(DataConfig(name="synthetic")), dict(num_train=8, num_val=4)
+    )
     a, b = load(synth, 32, 1), load(synth, 32, 2)
     assert a is not b and not np.array_equal(a.train.images, b.train.images)

@@ -1,26 +1,39 @@
-"""The frozen-prefix activation cache gives the same training as the uncached path, and is reused."""
+"""The frozen-prefix activation cache gives the same training as the uncached path, and is
+reused."""
 
 import json
 
 import numpy as np
 import pytest
-
 from conftest import compose_cfg
+
 from thaw.train import features
 
 
 def _run(tmp_path, name, *overrides, reporter=None):
-    from thaw.train.recipe import train
-
     from omegaconf import OmegaConf
 
+    from thaw.train.recipe import train
+
     out = tmp_path / name
-    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2",
-                       "trainer.finetune_epochs=2", "unfreeze.depth=2", "data.num_train=64", "data.num_val=32",
-                       *overrides])
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "backbone.image_size=48",
+            "head.dropout=0",
+            "trainer.head_epochs=2",
+            "trainer.finetune_epochs=2",
+            "unfreeze.depth=2",
+            "data.num_train=64",
+            "data.num_val=32",
+            *overrides,
+        ]
+    )
     train(cfg, out, reporter=reporter)
     (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra would, for thaw.commands.evaluate
+    OmegaConf.save(
+        cfg, out / ".hydra" / "config.yaml"
+    )  # as Hydra would, for thaw.commands.evaluate
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -35,11 +48,14 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
     on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
     # the full model (not the sub-model that trained) is evaluated on the test split, with fresh
-    # metric state: the same figure as reloading model.keras and evaluating it (thaw.commands.evaluate)
+    # metric state: the same figure as reloading model.keras and evaluating it
+    # (thaw.commands.evaluate)
     from thaw.commands.evaluate import evaluate_test
 
     assert on["test_accuracy"] == pytest.approx(off["test_accuracy"], abs=1e-6)
-    assert on["test_accuracy"] == pytest.approx(evaluate_test(tmp_path / "on")["test_accuracy"], abs=1e-6)
+    assert on["test_accuracy"] == pytest.approx(
+        evaluate_test(tmp_path / "on")["test_accuracy"], abs=1e-6
+    )
     assert (on["test_accuracy"] * 16) == pytest.approx(round(on["test_accuracy"] * 16), abs=1e-4)
     assert not off["feature_cache"] and on["feature_cache"]
     assert on["phases"]["head"]["cache"] == "pooled"
@@ -47,13 +63,19 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
     for a, b in zip(off["history"], on["history"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
-    assert on["phases"]["finetune"]["trainable_params"] == off["phases"]["finetune"]["trainable_params"]
+    assert (
+        on["phases"]["finetune"]["trainable_params"]
+        == off["phases"]["finetune"]["trainable_params"]
+    )
 
 
 @pytest.mark.slow  # ~60 s; the refusal with cache_features=true runs by default
 def test_auto_falls_back_with_fresh_augmentation_or_training_batchnorm(tmp_path):
-    # augmentation drawn afresh every epoch (augment_views=0) cannot be cached; views can (test_augment.py)
-    m = _run(tmp_path, "aug", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference")
+    # augmentation drawn afresh every epoch (augment_views=0) cannot be cached; views can
+    # (test_augment.py)
+    m = _run(
+        tmp_path, "aug", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference"
+    )
     assert m["feature_cache"] is False
     m = _run(tmp_path, "bn", "backbone.weights=null")  # random init: BatchNorm trains
     assert m["feature_cache"] is False
@@ -63,8 +85,14 @@ def test_cache_true_with_fresh_augmentation_is_refused(tmp_path):
     from thaw.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.cache_features=true.*augment_views=0"):
-        _run(tmp_path, "x", "augment=flip", "trainer.augment_views=0", "backbone.batchnorm=inference",
-             "trainer.cache_features=true")
+        _run(
+            tmp_path,
+            "x",
+            "augment=flip",
+            "trainer.augment_views=0",
+            "backbone.batchnorm=inference",
+            "trainer.cache_features=true",
+        )
 
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
@@ -102,7 +130,8 @@ class NeverPrune:
         self.facts.update(facts)
 
 
-@pytest.mark.slow  # ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both
+# ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both
+@pytest.mark.slow
 def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
     features.clear_memory_cache()
     cache_dir = tmp_path / "cache"
@@ -117,7 +146,13 @@ def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
     assert set(cache_dir.glob("*.npy")) == files
     # and train exactly as without any cache
     features.clear_memory_cache()
-    fresh = _run(tmp_path, "fresh", "backbone.batchnorm=inference", "trainer.cache_features=false", "unfreeze.depth=2")
+    fresh = _run(
+        tmp_path,
+        "fresh",
+        "backbone.batchnorm=inference",
+        "trainer.cache_features=false",
+        "unfreeze.depth=2",
+    )
     served = json.loads((tmp_path / "d2" / "metrics.json").read_text())
     for a, b in zip(fresh["history"], served["history"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):

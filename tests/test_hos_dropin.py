@@ -17,8 +17,14 @@ EXAMPLE = Path(__file__).parent / "hos_example"
 
 
 def run_app(script, *args, check=True):
-    proc = subprocess.run([sys.executable, script, "--multirun", *args], cwd=EXAMPLE, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, HYDRA_FULL_ERROR="0"))
+    proc = subprocess.run(
+        [sys.executable, script, "--multirun", *args],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HYDRA_FULL_ERROR="0"),
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -28,9 +34,17 @@ def run_app(script, *args, check=True):
 def test_sphere_tpe(with_commandline, tmp_path):
     storage = f"sqlite:///{tmp_path / 'test.db'}"
     study_name = "test-optuna-example"
-    cmd = [f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
-           "hydra.sweeper.n_jobs=1", f"hydra.sweeper.storage={storage}", f"hydra.sweeper.study_name={study_name}",
-           "hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.seed=123", "~z"]
+    cmd = [
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.chdir=True",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.study_name={study_name}",
+        "hydra/sweeper/sampler=tpe",
+        "hydra.sweeper.sampler.seed=123",
+        "~z",
+    ]
     if with_commandline:
         cmd += ["x=choice(0, 1, 2)", "y=0"]
     run_app("sphere.py", *cmd)
@@ -50,12 +64,24 @@ def test_sphere_tpe(with_commandline, tmp_path):
 @pytest.mark.parametrize("num_trials", (10, 1))
 def test_grid_sampler(tmp_path, num_trials):
     storage = f"sqlite:///{tmp_path / 'test.db'}"
-    run_app("sphere.py", "--config-dir=test_conf", "--config-name=test_grid", f"hydra.sweep.dir={tmp_path}",
-            "hydra.job.chdir=False", f"hydra.sweeper.n_trials={num_trials}", "hydra.sweeper.n_jobs=1",
-            f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=test-grid-sampler")
+    run_app(
+        "sphere.py",
+        "--config-dir=test_conf",
+        "--config-name=test_grid",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.chdir=False",
+        f"hydra.sweeper.n_trials={num_trials}",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=test-grid-sampler",
+    )
     returns = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    bv, bx, by, bz = (returns["best_value"], returns["best_params"]["x"], returns["best_params"]["y"],
-                      returns["best_params"]["z"])
+    bv, bx, by, bz = (
+        returns["best_value"],
+        returns["best_params"]["x"],
+        returns["best_params"]["y"],
+        returns["best_params"]["z"],
+    )
     # HOS asserts the optimum only for num_trials >= 12 (its grid has 12 points: its float range
     # includes the end), and x in [-1, 1], y in [-1, 0] otherwise. Thaw's grid has 8 points (Hydra's
     # range excludes the end), so 10 trials walk all of it and must find the optimum; 1 trial keeps
@@ -72,13 +98,21 @@ def test_grid_sampler(tmp_path, num_trials):
 
 
 def _dominates(values_x, values_y):
-    return all(x <= y for x, y in zip(values_x, values_y)) and any(x < y for x, y in zip(values_x, values_y))
+    return all(x <= y for x, y in zip(values_x, values_y)) and any(
+        x < y for x, y in zip(values_x, values_y)
+    )
 
 
 @pytest.mark.parametrize("with_commandline", (True, False))
 def test_multi_objective(with_commandline, tmp_path):
-    cmd = [f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
-           "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123"]
+    cmd = [
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.chdir=True",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.n_jobs=1",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=123",
+    ]
     if with_commandline:
         cmd += ["x=range(0, 5)", "y=range(0, 3)"]
     run_app("multi-objective.py", *cmd)
@@ -94,9 +128,16 @@ def test_multi_objective(with_commandline, tmp_path):
 
 def test_custom_search_space(tmp_path):
     max_z_difference_from_x = 0.3
-    run_app("custom-search-space-objective.py", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True",
-            "hydra.sweeper.n_trials=20", "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=random",
-            "hydra.sweeper.sampler.seed=123", f"max_z_difference_from_x={max_z_difference_from_x}")
+    run_app(
+        "custom-search-space-objective.py",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.chdir=True",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.n_jobs=1",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=123",
+        f"max_z_difference_from_x={max_z_difference_from_x}",
+    )
     returns = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert returns.name == "optuna"
     assert abs(returns["best_params"]["x"] - returns["best_params"]["z"]) <= max_z_difference_from_x
@@ -105,15 +146,25 @@ def test_custom_search_space(tmp_path):
 
 @pytest.mark.parametrize("max_failure_rate", (0.5, 1.0))
 def test_failure_rate(max_failure_rate, tmp_path):
-    proc = run_app("sphere.py", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=True", "hydra.sweeper.n_trials=20",
-                   "hydra.sweeper.n_jobs=2", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123",
-                   f"hydra.sweeper.max_failure_rate={max_failure_rate}", "error=true", check=False)
+    proc = run_app(
+        "sphere.py",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.chdir=True",
+        "hydra.sweeper.n_trials=20",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=123",
+        f"hydra.sweeper.max_failure_rate={max_failure_rate}",
+        "error=true",
+        check=False,
+    )
     error_string = "RuntimeError: cfg.error is True"
     if max_failure_rate < 1.0:
         assert error_string in proc.stderr
     else:
         assert error_string not in proc.stderr
-    # beyond HOS: 0.5 stops after the first batch; 1.0 tolerates every failure, then says none completed
+    # beyond HOS: 0.5 stops after the first batch; 1.0 tolerates every failure, then says none
+    # completed
     study = optuna.load_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="sphere")
     assert len(study.trials) == (2 if max_failure_rate < 1.0 else 20)
     assert proc.returncode == 1

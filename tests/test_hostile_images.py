@@ -1,4 +1,5 @@
-"""Hostile image files, one row each: refused with the file named (data.on_bad_image=error, the default),
+"""Hostile image files, one row each: refused with the file named (data.on_bad_image=error, the
+default),
 or skipped with a warning and counted (data.on_bad_image=skip). Never a crash mid-epoch."""
 
 import os
@@ -7,19 +8,26 @@ import zlib
 
 import numpy as np
 import pytest
+from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
-from imagefiles import make_folder, write_image
 from thaw.config.settings import DataConfig
 from thaw.data.folder import load
 from thaw.errors import DataError
 
-GIF_1X1 = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
-           b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+GIF_1X1 = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
 
 
 def _png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def huge_png(path, side=10000):
@@ -28,8 +36,12 @@ def huge_png(path, side=10000):
     row = b"\x00" + b"\x00" * side
     body = b"".join(raw.compress(row) for _ in range(side)) + raw.flush()
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body)
-                     + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_of(path, array):
@@ -59,7 +71,10 @@ def make_case(root, case):
         png_of(target, np.full((20, 20, 1), 200, np.uint8))
     elif case == "rgba_png":
         target = target.with_suffix(".png")
-        png_of(target, np.dstack([np.full((20, 20, 3), 200, np.uint8), np.zeros((20, 20, 1), np.uint8)]))
+        png_of(
+            target,
+            np.dstack([np.full((20, 20, 3), 200, np.uint8), np.zeros((20, 20, 1), np.uint8)]),
+        )
     elif case == "png_16bit":
         target = target.with_suffix(".png")
         png_of(target, np.full((20, 20, 3), 65535, np.uint16))
@@ -87,8 +102,10 @@ CASES = {
 
 
 def cfg(path, on_bad):
-    return OmegaConf.merge(OmegaConf.structured(DataConfig(name="folder")),
-                           {"path": str(path), "val_fraction": 0.25, "on_bad_image": on_bad})
+    return OmegaConf.merge(
+        OmegaConf.structured(DataConfig(name="folder")),
+        {"path": str(path), "val_fraction": 0.25, "on_bad_image": on_bad},
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))

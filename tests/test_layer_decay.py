@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import thaw_train
 
 
@@ -34,9 +33,12 @@ def _one_step(opt, seed=0):
     return before, [v.numpy() for v in model.trainable_variables]
 
 
-@pytest.mark.parametrize("name,fused", [("adam", True), ("adam", False), ("sgd", False), ("rmsprop", False)])
+@pytest.mark.parametrize(
+    "name,fused", [("adam", True), ("adam", False), ("sgd", False), ("rmsprop", False)]
+)
 def test_a_layers_multiplier_is_its_learning_rate(name, fused):
-    """One step with `lower` at 0.25x equals, for `lower`, a plain step at a quarter of the rate, and
+    """One step with `lower` at 0.25x equals, for `lower`, a plain step at a quarter of the rate,
+    and
     for `upper`, a plain step at the full rate."""
     from thaw.model.optimizers import make
 
@@ -44,7 +46,9 @@ def test_a_layers_multiplier_is_its_learning_rate(name, fused):
     _, full = _one_step(make(name, 1e-2, fused))
     _, quarter = _one_step(make(name, 2.5e-3, fused))
     for i in range(2):  # lower/kernel, lower/bias
-        np.testing.assert_allclose(scaled[i] - before[i], quarter[i] - before[i], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(
+            scaled[i] - before[i], quarter[i] - before[i], rtol=1e-5, atol=1e-9
+        )
         assert not np.allclose(scaled[i] - before[i], full[i] - before[i])
     for i in range(2, 4):  # upper/kernel, upper/bias
         np.testing.assert_allclose(scaled[i], full[i], rtol=1e-6, atol=1e-9)
@@ -55,7 +59,9 @@ def test_the_multiplier_survives_loss_scaling():
 
     from thaw.model.optimizers import make
 
-    before, scaled = _one_step(keras.optimizers.LossScaleOptimizer(make("sgd", 1e-2, layer_rates={"lower": 0.5})))
+    before, scaled = _one_step(
+        keras.optimizers.LossScaleOptimizer(make("sgd", 1e-2, layer_rates={"lower": 0.5}))
+    )
     _, half = _one_step(keras.optimizers.LossScaleOptimizer(make("sgd", 5e-3)))
     np.testing.assert_allclose(scaled[0] - before[0], half[0] - before[0], rtol=1e-5, atol=1e-9)
 
@@ -69,22 +75,38 @@ def test_decay_one_is_the_plain_optimizer_and_keys_the_compiled_step():
     assert type(make("adam", 1e-3, True, layer_rates={})) is fused_adam_class()
     assert type(make("sgd", 1e-3, layer_rates={"x": 1.0})) is keras.optimizers.SGD
     rates = block_rates({"b1": ["x1", "x2"], "b2": ["y"], "b3": ["z"]}, ["b1", "b2", "b3"], 0.5)
-    assert rates == {"z": 1.0, "y": 0.5, "x1": 0.25, "x2": 0.25}  # the top block at the phase's rate
+    assert rates == {
+        "z": 1.0,
+        "y": 0.5,
+        "x1": 0.25,
+        "x2": 0.25,
+    }  # the top block at the phase's rate
     # a kept compiled step is keyed by its multipliers (they are constants of the traced step)
     assert compiled_name("adam", True, 0.0, rates) != compiled_name("adam", True, 0.0, {})
     assert compiled_name("adam", True, 0.0, {}) == "adam+fused"
 
 
-TINY = ["experiment=tiny", "logger=none", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
-        "data.batch_size=16", "trainer.save_model=false"]
+TINY = [
+    "experiment=tiny",
+    "logger=none",
+    "backbone.image_size=32",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.save_model=false",
+]
 
 
-@pytest.mark.parametrize("path", ["images", pytest.param("cached", marks=pytest.mark.slow)])  # cached: -m slow
+@pytest.mark.parametrize(
+    "path", ["images", pytest.param("cached", marks=pytest.mark.slow)]
+)  # cached: -m slow
 def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_path, path):
     extra = ["backbone.batchnorm=inference"] if path == "cached" else []
 
     def run(name, *more):
-        res = thaw_train([*TINY, f"hydra.run.dir={tmp_path / name}", "lr.base=0.01", *extra, *more], tmp_path)
+        res = thaw_train(
+            [*TINY, f"hydra.run.dir={tmp_path / name}", "lr.base=0.01", *extra, *more], tmp_path
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads((tmp_path / name / "metrics.json").read_text())
 
@@ -93,10 +115,14 @@ def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_pat
         assert decayed["feature_cache"], "the cached path was not taken"
     rates = decayed["phases"]["finetune"]["layer_rates"]
     blocks = decayed["phases"]["finetune"]["unfrozen_blocks"]
-    assert rates == pytest.approx({b: 0.1 ** i for i, b in enumerate(reversed(blocks))}) and len(blocks) == 3
+    assert (
+        rates == pytest.approx({b: 0.1**i for i, b in enumerate(reversed(blocks))})
+        and len(blocks) == 3
+    )
     assert "layer_rates" not in plain["phases"]["finetune"]
     curve = lambda m: [(r["loss"], r["val_loss"]) for r in m["history"]]  # noqa: E731
-    # tiny: one head epoch, the same in both (the decay is a fine-tuning setting); the fine-tuning epoch differs
+    # tiny: one head epoch, the same in both (the decay is a fine-tuning setting); the fine-tuning
+    # epoch differs
     assert curve(decayed)[0] == curve(plain)[0]
     assert curve(decayed)[1][0] != curve(plain)[1][0]
 
@@ -104,4 +130,6 @@ def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_pat
 @pytest.mark.parametrize("value", ["0", "1.5", "nan"])
 def test_a_bad_decay_is_refused_in_one_line(tmp_path, value):
     res = thaw_train([*TINY, f"lr.layer_decay={value}"], tmp_path)
-    assert res.returncode == 2 and "lr.layer_decay" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert (
+        res.returncode == 2 and "lr.layer_decay" in res.stderr and "Traceback" not in res.stderr
+    ), res.stderr

@@ -1,4 +1,5 @@
-"""thaw.model.optimizers: Adam on TensorFlow's fused kernel follows Keras' Adam, with far fewer ops to trace."""
+"""thaw.model.optimizers: Adam on TensorFlow's fused kernel follows Keras' Adam, with far fewer ops
+to trace."""
 
 import collections
 
@@ -37,17 +38,29 @@ def test_fused_adam_follows_keras_adam():
 
     fused, fused_loss = _fit(lambda: make("adam", 1e-2, fused=True))
     plain, plain_loss = _fit(lambda: keras.optimizers.Adam(1e-2))
-    assert type(fused.optimizer).__name__ == "FusedAdam" and type(plain.optimizer) is keras.optimizers.Adam
+    assert (
+        type(fused.optimizer).__name__ == "FusedAdam"
+        and type(plain.optimizer) is keras.optimizers.Adam
+    )
     assert int(fused.optimizer.iterations.numpy()) == 40
-    for a, b in zip(fused.weights, plain.weights):  # 40 steps: the float32 rounding of 1 - beta, no more
+    for a, b in zip(
+        fused.weights, plain.weights
+    ):  # 40 steps: the float32 rounding of 1 - beta, no more
         a, b = a.numpy(), b.numpy()
         assert np.max(np.abs(a - b)) <= 3e-5 * max(1e-3, float(np.max(np.abs(b)))), a.shape
-        assert np.max(np.abs(a - b)) > 0 or a.ndim == 0  # really the other kernel, not Keras' update again
+        assert (
+            np.max(np.abs(a - b)) > 0 or a.ndim == 0
+        )  # really the other kernel, not Keras' update again
     assert np.allclose(fused_loss, plain_loss, rtol=1e-4)
     assert fused_loss[-1] < 0.5 * fused_loss[0]  # it trains
-    # the same optimizer variables in the same order, under the same name: checkpoints move between the two
-    assert [tuple(v.shape) for v in fused.optimizer.variables] == [tuple(v.shape) for v in plain.optimizer.variables]
-    assert [v.path.split("/", 1)[0] for v in fused.optimizer.variables] == ["adam"] * len(fused.optimizer.variables)
+    # the same optimizer variables in the same order, under the same name: checkpoints move between
+    # the two
+    assert [tuple(v.shape) for v in fused.optimizer.variables] == [
+        tuple(v.shape) for v in plain.optimizer.variables
+    ]
+    assert [v.path.split("/", 1)[0] for v in fused.optimizer.variables] == ["adam"] * len(
+        fused.optimizer.variables
+    )
 
 
 def test_fused_adam_traces_far_fewer_ops():
@@ -60,14 +73,21 @@ def test_fused_adam_traces_far_fewer_ops():
         inp = keras.Input((8,))
         model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Dense(4)(inp)))
         model.compile(optimizer=optimizer, loss="mse")
-        ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 8), "float32"), np.zeros((4, 1), "float32"))).batch(2)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (np.zeros((4, 8), "float32"), np.zeros((4, 1), "float32"))
+        ).batch(2)
         model._symbolic_build(data_batch=ds.element_spec)
-        graph = tf.function(lambda b: model.train_step(b)).get_concrete_function(next(iter(ds))).graph
+        graph = (
+            tf.function(lambda b: model.train_step(b)).get_concrete_function(next(iter(ds))).graph
+        )
         return collections.Counter(op.type for op in graph.get_operations())
 
     fused, plain = op_count(make("adam", 1e-3, fused=True)), op_count(keras.optimizers.Adam(1e-3))
     assert fused["ResourceApplyAdam"] == 4 and plain["ResourceApplyAdam"] == 0  # one per variable
-    assert sum(fused.values()) < 0.65 * sum(plain.values()), (sum(fused.values()), sum(plain.values()))
+    assert sum(fused.values()) < 0.65 * sum(plain.values()), (
+        sum(fused.values()),
+        sum(plain.values()),
+    )
 
 
 def test_fused_adam_is_keras_adam_under_a_distribution_strategy():

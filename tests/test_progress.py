@@ -25,9 +25,14 @@ class _Clock:
 
 
 def _trial(number, state, value=None, **attrs):
-    t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
-                     params={"unfreeze.depth": number}, distributions={"unfreeze.depth": IntDistribution(0, 20)},
-                     user_attrs=attrs, intermediate_values={0: 0.5} if state == TrialState.PRUNED else None)
+    t = create_trial(
+        state=state,
+        value=value if state == TrialState.COMPLETE else None,
+        params={"unfreeze.depth": number},
+        distributions={"unfreeze.depth": IntDistribution(0, 20)},
+        user_attrs=attrs,
+        intermediate_values={0: 0.5} if state == TrialState.PRUNED else None,
+    )
     t.number = number
     return t
 
@@ -35,12 +40,18 @@ def _trial(number, state, value=None, **attrs):
 def test_line_counts_like_the_sweep_and_estimates_time_left():
     clock = _Clock()
     prog = Progress(10, _counted, ["maximize"], stream=io.StringIO(), clock=clock)
-    resumed = [_trial(0, TrialState.COMPLETE, 0.80)]  # from an earlier process: not part of the pace
+    resumed = [
+        _trial(0, TrialState.COMPLETE, 0.80)
+    ]  # from an earlier process: not part of the pace
     prog.start(resumed)
     clock.now += 120
-    trials = resumed + [_trial(1, TrialState.COMPLETE, 0.95), _trial(2, TrialState.PRUNED),
-                        _trial(3, TrialState.FAIL, error="OOM"), _trial(4, TrialState.FAIL, interrupted="x"),
-                        _trial(5, TrialState.COMPLETE, 0.90)]
+    trials = resumed + [
+        _trial(1, TrialState.COMPLETE, 0.95),
+        _trial(2, TrialState.PRUNED),
+        _trial(3, TrialState.FAIL, error="OOM"),
+        _trial(4, TrialState.FAIL, interrupted="x"),
+        _trial(5, TrialState.COMPLETE, 0.90),
+    ]
     line = prog.line(trials)
     # counted: 3 complete, 1 pruned, the failed job; not the interrupted one -> 5 of 10
     assert line.startswith("sweep: 5/10 trials done (COMPLETE 3, FAIL 2, PRUNED 1)")
@@ -55,8 +66,13 @@ def test_minimize_picks_the_lowest_and_no_best_before_a_complete_trial():
     prog.start([])
     assert "no best yet" in prog.line([_trial(0, TrialState.PRUNED)])
     clock.now += 10
-    line = prog.line([_trial(0, TrialState.COMPLETE, 0.4), _trial(1, TrialState.COMPLETE, 0.2),
-                      _trial(2, TrialState.COMPLETE, 0.3)])
+    line = prog.line(
+        [
+            _trial(0, TrialState.COMPLETE, 0.4),
+            _trial(1, TrialState.COMPLETE, 0.2),
+            _trial(2, TrialState.COMPLETE, 0.3),
+        ]
+    )
     assert "best 0.2 (trial 1)" in line and "about 0s left" in line and "3/3" in line
 
 

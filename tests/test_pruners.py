@@ -19,7 +19,9 @@ COLLAPSING = [0.948, 0.950, 0.958, 0.955, 0.933, 0.841, 0.878, 0.871, 0.903, 0.9
 
 def study_with(pruner, tmp_path, finished=FINISHED, direction="maximize"):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", pruner=pruner, direction=direction)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'p.db'}", pruner=pruner, direction=direction
+    )
     for curve in finished:
         t = study.ask()
         for step, v in enumerate(curve):
@@ -64,14 +66,18 @@ def test_no_pruning_before_startup_trials_finished(tmp_path):
 
 
 def test_interval_steps(tmp_path):
-    study = study_with(StepMedianPruner(n_startup_trials=1, n_warmup_steps=1, interval_steps=3), tmp_path)
+    study = study_with(
+        StepMedianPruner(n_startup_trials=1, n_warmup_steps=1, interval_steps=3), tmp_path
+    )
     # checked at steps 1, 4, 7: bad only from step 2 on -> first checked bad step is 4
     assert first_pruned_step(study, [0.99, 0.99, 0.5, 0.5, 0.5, 0.5]) == 4
 
 
 def test_minimize_and_nan(tmp_path):
     losses = [[1.0 - v for v in c] for c in FINISHED]
-    study = study_with(StepMedianPruner(n_startup_trials=3), tmp_path, finished=losses, direction="minimize")
+    study = study_with(
+        StepMedianPruner(n_startup_trials=3), tmp_path, finished=losses, direction="minimize"
+    )
     assert first_pruned_step(study, [0.01, 0.01, 0.5]) == 2
     assert first_pruned_step(study, [0.01, math.nan]) == 1
 
@@ -83,38 +89,61 @@ def test_bad_arguments():
 
 # ---- the options sweep=depth_lr turns on (keep a sweep learning after its start-up trials)
 
+
 def test_best_since_warmup_forgives_a_first_finetune_dip_but_not_a_collapse(tmp_path):
-    dip = FINISHED[0][:5] + [0.920, 0.952, 0.956, 0.957, 0.958]  # one bad epoch after unfreezing, then best
+    dip = FINISHED[0][:5] + [
+        0.920,
+        0.952,
+        0.956,
+        0.957,
+        0.958,
+    ]  # one bad epoch after unfreezing, then best
     plain = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5), tmp_path / "a")
     assert first_pruned_step(plain, dip) == 5  # today's rule stops it at the dip
-    best = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=6, best_since_warmup=True), tmp_path / "b")
+    best = study_with(
+        StepMedianPruner(n_startup_trials=3, n_warmup_steps=6, best_since_warmup=True),
+        tmp_path / "b",
+    )
     assert first_pruned_step(best, dip) is None
     # judged from the warm-up step on: the head phase's 0.958 never shields the collapsing fine-tune
-    strict = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, best_since_warmup=True), tmp_path / "c")
+    strict = study_with(
+        StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, best_since_warmup=True),
+        tmp_path / "c",
+    )
     assert first_pruned_step(strict, COLLAPSING) == 5
 
 
 def test_include_pruned_lets_the_reference_follow_the_whole_sweep(tmp_path):
-    """Three strong finished trials and many pruned ones: with the finished ones alone as reference, a
+    """Three strong finished trials and many pruned ones: with the finished ones alone as reference,
+    a
     trial at the sweep's typical level is always pruned; counting pruned values, it is not."""
     for include, expected in ((False, 5), (True, None)):
-        study = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, include_pruned=include),
-                           tmp_path / str(include))
+        study = study_with(
+            StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, include_pruned=include),
+            tmp_path / str(include),
+        )
         for _ in range(4):  # four trials at 0.90 through fine-tuning, pruned at its end
             t = study.ask()
             for step, v in enumerate(FINISHED[2][:5] + [0.90] * 5):
                 t.report(v, step)
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
-        typical = FINISHED[2][:5] + [0.928] * 5  # below the finished trials' median (0.931), above the pruned
+        typical = (
+            FINISHED[2][:5] + [0.928] * 5
+        )  # below the finished trials' median (0.931), above the pruned
         assert first_pruned_step(study, typical) == expected
 
 
 def test_tolerance_is_the_validation_standard_error(tmp_path):
     import numpy as np
 
-    near = FINISHED[1][:5] + [float(np.median([c[s] for c in FINISHED])) - 0.006 for s in range(5, 10)]  # 0.6 pt under
+    near = FINISHED[1][:5] + [
+        float(np.median([c[s] for c in FINISHED])) - 0.006 for s in range(5, 10)
+    ]  # 0.6 pt under
     for n_val, expected in ((400, None), (40000, 5)):  # se = 1.3 points vs 0.13 points
-        study = study_with(StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, tolerance_se=1.0), tmp_path / str(n_val))
+        study = study_with(
+            StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, tolerance_se=1.0),
+            tmp_path / str(n_val),
+        )
         t = study.ask()
         t.set_user_attr("num_val", n_val)
         pruned = None
@@ -137,20 +166,40 @@ def test_the_sweep_says_how_many_trials_completed_after_the_pruners_start_up(tmp
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    states = [TrialState.COMPLETE] * 3 + [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED,
-                                          TrialState.FAIL]
+    states = [TrialState.COMPLETE] * 3 + [
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+    ]
     for i, state in enumerate(states):
         value = {0: 0.9, 1: 0.8, 2: 0.7, 4: 0.85}.get(i, 0.5)
-        study.add_trial(create_trial(state=state, params={"x": 0.1 * i}, distributions=dist,
-                                     value=None if state == TrialState.FAIL else value,
-                                     intermediate_values={0: value} if state == TrialState.PRUNED else {}))
+        study.add_trial(
+            create_trial(
+                state=state,
+                params={"x": 0.1 * i},
+                distributions=dist,
+                value=None if state == TrialState.FAIL else value,
+                intermediate_values={0: value} if state == TrialState.PRUNED else {},
+            )
+        )
     runner = SweepRunner({"pruner": {"n_startup_trials": 3}})
     runner.study, runner.directions = study, ["maximize"]
     info = runner._after_startup(study.get_trials())
-    # the FAILed trial (an error, not counted) is not a later trial; the best (0.9) was a start-up one
-    assert info == {"startup_trials": 3, "later_trials": 3, "later_complete": 1, "later_pruned": 2,
-                    "best_found_after_startup": False}
-    study.add_trial(create_trial(state=TrialState.COMPLETE, params={"x": 0.9}, distributions=dist, value=0.95))
+    # the FAILed trial (an error, not counted) is not a later trial; the best (0.9) was a start-up
+    # one
+    assert info == {
+        "startup_trials": 3,
+        "later_trials": 3,
+        "later_complete": 1,
+        "later_pruned": 2,
+        "best_found_after_startup": False,
+    }
+    study.add_trial(
+        create_trial(state=TrialState.COMPLETE, params={"x": 0.9}, distributions=dist, value=0.95)
+    )
     info = runner._after_startup(study.get_trials())
     assert info["later_complete"] == 2 and info["best_found_after_startup"] is True
-    assert SweepRunner({"pruner": {}})._after_startup(study.get_trials()) is None  # no start-up to speak of
+    assert (
+        SweepRunner({"pruner": {}})._after_startup(study.get_trials()) is None
+    )  # no start-up to speak of

@@ -1,15 +1,24 @@
-"""optimizer.weight_decay and trainer.label_smoothing: off by default exactly as before, on when set,
+"""optimizer.weight_decay and trainer.label_smoothing: off by default exactly as before, on when
+set,
 on the image path and the cached-activation path, recorded, checked."""
 
 import json
 
 import pytest
-
 from conftest import thaw_train
 
-TINY = ["experiment=tiny", "logger=none", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
-        "data.batch_size=16", "trainer.save_model=false"]
-CACHED = ["backbone.batchnorm=inference"]  # a random base in inference mode: the frozen prefix is cached
+TINY = [
+    "experiment=tiny",
+    "logger=none",
+    "backbone.image_size=32",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.save_model=false",
+]
+CACHED = [
+    "backbone.batchnorm=inference"
+]  # a random base in inference mode: the frozen prefix is cached
 
 
 def run(tmp_path, name, *extra):
@@ -26,13 +35,23 @@ def test_zero_settings_are_exactly_the_old_run(tmp_path):
     from thaw.model.optimizers import compiled_name
 
     plain = run(tmp_path, "plain")
-    zeros = run(tmp_path, "zeros", "optimizer.weight_decay=0", "trainer.label_smoothing=0", "lr.layer_decay=1.0")
+    zeros = run(
+        tmp_path,
+        "zeros",
+        "optimizer.weight_decay=0",
+        "trainer.label_smoothing=0",
+        "lr.layer_decay=1.0",
+    )
     assert losses(plain) == losses(zeros)
     assert plain["regularization"] == {"weight_decay": 0.0, "label_smoothing": 0.0}
-    assert compiled_name("adam", True, 0.0) == "adam+fused"  # the kept compiled steps are keyed as before
+    assert (
+        compiled_name("adam", True, 0.0) == "adam+fused"
+    )  # the kept compiled steps are keyed as before
 
 
-@pytest.mark.parametrize("path", ["images", pytest.param("cached", marks=pytest.mark.slow)])  # cached: -m slow
+@pytest.mark.parametrize(
+    "path", ["images", pytest.param("cached", marks=pytest.mark.slow)]
+)  # cached: -m slow
 def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
     extra = CACHED if path == "cached" else []
     base = run(tmp_path, "base", *extra)
@@ -40,7 +59,10 @@ def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
         assert base["feature_cache"], "the cached path was not taken"
     smooth = run(tmp_path, "smooth", "trainer.label_smoothing=0.4", *extra)
     decay = run(tmp_path, "decay", "optimizer.weight_decay=0.5", "lr.base=0.01", *extra)
-    assert smooth["regularization"]["label_smoothing"] == 0.4 and decay["regularization"]["weight_decay"] == 0.5
+    assert (
+        smooth["regularization"]["label_smoothing"] == 0.4
+        and decay["regularization"]["weight_decay"] == 0.5
+    )
     # smoothed targets: the training loss the model reports is the smoothed one, so it differs
     assert [r["loss"] for r in smooth["history"]] != [r["loss"] for r in base["history"]]
     base_lr = run(tmp_path, "base_lr", "lr.base=0.01", *extra)
@@ -56,8 +78,13 @@ def test_label_smoothing_with_several_classes(tmp_path):
     assert all(r["loss"] == r["loss"] for r in smooth["history"])  # finite, not NaN
 
 
-@pytest.mark.parametrize("override,key", [("trainer.label_smoothing=1.5", "trainer.label_smoothing"),
-                                          ("optimizer.weight_decay=-0.1", "optimizer.weight_decay")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("trainer.label_smoothing=1.5", "trainer.label_smoothing"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+    ],
+)
 def test_bad_values_are_refused_in_one_line(tmp_path, override, key):
     res = thaw_train([*TINY, override], tmp_path)
     assert res.returncode == 2 and key in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -7,13 +7,24 @@ from optuna.trial import TrialState
 from thaw.report import plots as report_plots
 from thaw.report.html import build_report
 
-SPACE = {"unfreeze.depth": IntDistribution(0, 8), "lr.base": FloatDistribution(1e-5, 1e-2, log=True)}
+SPACE = {
+    "unfreeze.depth": IntDistribution(0, 8),
+    "lr.base": FloatDistribution(1e-5, 1e-2, log=True),
+}
 
 
 def _study(tmp_path):
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
-    plan = [("COMPLETE", [0.70, 0.80, 0.85, 0.90]), ("PRUNED", [0.55, 0.60]), ("COMPLETE", [0.72, 0.81, 0.84, 0.86]),
-            ("PRUNED", [0.50]), ("FAIL", [0.52, 0.53, 0.40]), ("PRUNED", [0.65, 0.66])]
+    study = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize"
+    )
+    plan = [
+        ("COMPLETE", [0.70, 0.80, 0.85, 0.90]),
+        ("PRUNED", [0.55, 0.60]),
+        ("COMPLETE", [0.72, 0.81, 0.84, 0.86]),
+        ("PRUNED", [0.50]),
+        ("FAIL", [0.52, 0.53, 0.40]),
+        ("PRUNED", [0.65, 0.66]),
+    ]
     for state, curve in plan:
         t = study.ask(SPACE)
         t.set_user_attr("head_epochs", 2)
@@ -39,7 +50,10 @@ def test_every_trial_is_in_the_depth_lr_plane_by_state(tmp_path):
     trials = study.get_trials()
     assert list(pruned.x) == [trials[i].params["unfreeze.depth"] for i in (1, 3, 5)]
     assert fig.layout.xaxis.title.text == "unfreeze depth (blocks)"
-    assert fig.layout.yaxis.type == "log" and fig.layout.coloraxis.colorbar.title.text == "validation accuracy"
+    assert (
+        fig.layout.yaxis.type == "log"
+        and fig.layout.coloraxis.colorbar.title.text == "validation accuracy"
+    )
 
 
 def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
@@ -54,15 +68,31 @@ def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
 def test_time_per_trial_is_stacked_by_where_it_went(tmp_path):
     study = _study(tmp_path)
     t = study.ask(SPACE)
-    t.set_user_attr("time_breakdown", {"import": 7.0, "data": 1.0, "build": 2.0, "feature_extraction": 0.0,
-                                       "trace": 9.0, "compute": 30.0, "save": 0.5, "test_evaluation": 0.0,
-                                       "other": 1.5, "total": 51.0})
+    t.set_user_attr(
+        "time_breakdown",
+        {
+            "import": 7.0,
+            "data": 1.0,
+            "build": 2.0,
+            "feature_extraction": 0.0,
+            "trace": 9.0,
+            "compute": 30.0,
+            "save": 0.5,
+            "test_evaluation": 0.0,
+            "other": 1.5,
+            "total": 51.0,
+        },
+    )
     study.tell(t, 0.9)
     fig = report_plots.trial_times(study)
     stacked = {tr.name: list(tr.y) for tr in fig.data if list(tr.x) == [6]}
-    assert stacked["compute"] == [30.0] and stacked["trace"] == [9.0] and fig.layout.barmode == "stack"
+    assert (
+        stacked["compute"] == [30.0] and stacked["trace"] == [9.0] and fig.layout.barmode == "stack"
+    )
     assert sum(v[0] for v in stacked.values()) == 51.0
-    assert sum(len(tr.x) for tr in fig.data if list(tr.x) != [6]) == 6  # the others: wall time by state
+    assert (
+        sum(len(tr.x) for tr in fig.data if list(tr.x) != [6]) == 6
+    )  # the others: wall time by state
 
 
 def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
@@ -74,7 +104,9 @@ def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
     page = page_path.read_text()
     order = [page.index(f'id="plot-{slug}"') for slug in ("trials", "curves", "times", "history")]
     assert order == sorted(order)
-    times = report_plots.trial_times(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}"))
+    times = report_plots.trial_times(
+        optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    )
     assert sum(len(tr.x) for tr in times.data) == 6 and times.layout.yaxis.title.text == "seconds"
     assert "MB, self-contained" in caplog.text
 

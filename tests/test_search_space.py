@@ -44,20 +44,28 @@ def test_config_group_choice():
 
 
 def test_yaml_params_and_command_line_merge():
-    space, fixed = parse({"lr.base": "tag(log, interval(1e-5, 1e-2))", "unfreeze.depth": "range(0, 5)"},
-                         ["unfreeze.depth=3", "head=mlp", "trainer.seed=choice(1,2)"])
-    assert set(space) == {"lr.base", "trainer.seed"}  # the fixed command-line depth wins over the YAML sweep
+    space, fixed = parse(
+        {"lr.base": "tag(log, interval(1e-5, 1e-2))", "unfreeze.depth": "range(0, 5)"},
+        ["unfreeze.depth=3", "head=mlp", "trainer.seed=choice(1,2)"],
+    )
+    assert set(space) == {
+        "lr.base",
+        "trainer.seed",
+    }  # the fixed command-line depth wins over the YAML sweep
     assert fixed == {"unfreeze.depth": "unfreeze.depth=3", "head": "head=mlp"}
 
 
-@pytest.mark.parametrize("expr,msg", [
-    ("interval(1e-2, 1e-5)", "empty interval"),
-    ("interval(1, 1)", "empty interval"),
-    ("tag(log, interval(0, 1))", "lower bound > 0"),
-    ("range(5, 5)", "empty range"),
-    ("interval(1, ", "cannot parse"),
-    ("choice(a, a)", "repeated"),
-])
+@pytest.mark.parametrize(
+    "expr,msg",
+    [
+        ("interval(1e-2, 1e-5)", "empty interval"),
+        ("interval(1, 1)", "empty interval"),
+        ("tag(log, interval(0, 1))", "lower bound > 0"),
+        ("range(5, 5)", "empty range"),
+        ("interval(1, ", "cannot parse"),
+        ("choice(a, a)", "repeated"),
+    ],
+)
 def test_malformed_search_spaces_are_refused(expr, msg):
     with pytest.raises(ConfigError, match=msg):
         one(expr)

@@ -13,12 +13,16 @@ from thaw.sweeper.storage import HeartbeatJournalStorage, make_storage
 
 
 def _trials(*states):
-    return [create_trial(state=TrialState[s], value=0.5 if s == "COMPLETE" else None) for s in states]
+    return [
+        create_trial(state=TrialState[s], value=0.5 if s == "COMPLETE" else None) for s in states
+    ]
 
 
 def test_thaw_rule_ignores_one_early_failure_and_stops_a_failing_sweep():
     check = SweepRunner._check_failures
-    check(_trials("FAIL"), 0.25, 5, "thaw")  # one failure in the first trial of a long sweep: goes on
+    check(
+        _trials("FAIL"), 0.25, 5, "thaw"
+    )  # one failure in the first trial of a long sweep: goes on
     check(_trials("FAIL", "COMPLETE", "COMPLETE", "PRUNED"), 0.25, 5, "thaw")  # 4 finished < 5
     check(_trials("FAIL", "COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"), 0.25, 5, "thaw")  # 1 of 5
     with pytest.raises(_TooManyFailures, match="2 of 5 trials failed"):
@@ -49,32 +53,62 @@ def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path):
     fail_stale_trials(other)
     states = {t.number: t.state for t in other.get_trials()}
     assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
-    retried = [t for t in other.get_trials() if RetryFailedTrialCallback.retried_trial_number(t) == dead.number]
+    retried = [
+        t
+        for t in other.get_trials()
+        if RetryFailedTrialCallback.retried_trial_number(t) == dead.number
+    ]
     assert len(retried) == 1 and retried[0].state == TrialState.WAITING
     # without heartbeats configured a journal is Optuna's plain JournalStorage
     assert not isinstance(make_storage(path), HeartbeatJournalStorage)
 
 
-@pytest.mark.parametrize("password", ["plain", "with/slash", "a:b", "q?x=1", "h#frag", "at@sign", "pct%40enc",
-                                      "all/:?#@%2F", "", "ends/"])
+@pytest.mark.parametrize(
+    "password",
+    [
+        "plain",
+        "with/slash",
+        "a:b",
+        "q?x=1",
+        "h#frag",
+        "at@sign",
+        "pct%40enc",
+        "all/:?#@%2F",
+        "",
+        "ends/",
+    ],
+)
 def test_redact_hides_any_password(password):
-    from thaw.sweeper.storage import redact, scrub
+    from thaw.runtime.secrets import redact, scrub
 
     url = f"postgresql+psycopg://thaw:{password}@db.example.org:5432/studies?sslmode=require"
     want = "postgresql+psycopg://thaw:***@db.example.org:5432/studies?sslmode=require"
     assert redact(url) == want
     # in free text too (a log line, an echoed command line, a YAML file), URL by URL
     line = f"storage={url} and mysql://u:{password}@h/db, sqlite:///x/study.db journal:///j.log"
-    assert redact(line) == f"storage={want} and mysql://u:***@h/db, sqlite:///x/study.db journal:///j.log"
+    assert (
+        redact(line)
+        == f"storage={want} and mysql://u:***@h/db, sqlite:///x/study.db journal:///j.log"
+    )
     assert redact(f"storage: {url}\nnext: 1\n") == f"storage: {want}\nnext: 1\n"
     if password:  # a driver's message quoting the password, as written or percent-decoded
-        assert password not in scrub(f"failed for {password!r} ({password.replace('%40', '@')})", url)
+        assert password not in scrub(
+            f"failed for {password!r} ({password.replace('%40', '@')})", url
+        )
 
 
 def test_redact_keeps_urls_without_a_password():
-    from thaw.sweeper.storage import redact
+    from thaw.runtime.secrets import redact
 
-    for url in ("sqlite:////abs/study.db", "journal:///tmp/j.log", "postgresql://thaw@h:5432/db",
-                "mysql+pymysql://h:3306/db", "/tmp/sweep/journal.log"):
+    for url in (
+        "sqlite:////abs/study.db",
+        "journal:///tmp/j.log",
+        "postgresql://thaw@h:5432/db",
+        "mysql+pymysql://h:3306/db",
+        "/tmp/sweep/journal.log",
+    ):
         assert redact(url) == url
-    assert redact("postgresql://h/db?user=u&password=s/e:c@r") == "postgresql://h/db?user=u&password=***"
+    assert (
+        redact("postgresql://h/db?user=u&password=s/e:c@r")
+        == "postgresql://h/db?user=u&password=***"
+    )

@@ -1,18 +1,19 @@
-"""Data over data.max_memory_mb streams from a decoded copy on disk and trains as it would in memory."""
+"""Data over data.max_memory_mb streams from a decoded copy on disk and trains as it would in
+memory."""
 
 import json
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import compose_cfg, thaw_train
 from imagefiles import make_folder, write_image
-from thaw.data import folder as data
-from thaw.train import features
+from omegaconf import OmegaConf
+
 from thaw.config.settings import DataConfig
+from thaw.data import folder as data
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.errors import DataError
+from thaw.train import features
 
 
 def folder_cfg(**kw):
@@ -56,12 +57,18 @@ def test_streamed_splits_equal_the_in_memory_ones_and_feed_the_same_batches(tmp_
     for name in ("train", "val", "test"):
         a, b = getattr(mem, name), getattr(disk, name)
         assert np.array_equal(a.images, np.asarray(b.images)) and np.array_equal(a.labels, b.labels)
-    for a, b in zip(data.train_epochs(mem.train, 4, 7, 0, 2), data.train_epochs(disk.train, 4, 7, 0, 2)):
-        assert np.array_equal(a[0].numpy(), b[0].numpy()) and np.array_equal(a[1].numpy(), b[1].numpy())
+    for a, b in zip(
+        data.train_epochs(mem.train, 4, 7, 0, 2), data.train_epochs(disk.train, 4, 7, 0, 2)
+    ):
+        assert np.array_equal(a[0].numpy(), b[0].numpy()) and np.array_equal(
+            a[1].numpy(), b[1].numpy()
+        )
     for a, b in zip(data.to_tf(mem.val, 3, False, 0), data.to_tf(disk.val, 3, False, 0)):
         assert np.array_equal(a[0].numpy(), b[0].numpy())
     both = data.with_val_in_train(disk)
-    assert np.array_equal(np.asarray(both.train.images), np.concatenate([mem.train.images, mem.val.images]))
+    assert np.array_equal(
+        np.asarray(both.train.images), np.concatenate([mem.train.images, mem.val.images])
+    )
 
 
 def test_bad_images_are_found_while_streaming_before_training(tmp_path):
@@ -90,7 +97,9 @@ def test_the_disk_copy_is_keyed_by_the_data_not_by_where_it_lives(tmp_path):
     again = _load(folder_cfg(path=str(root)), cache_dir=str(cache))  # fits now: read into memory
     assert again.streamed_from is None and list((cache / "decoded").iterdir()) == entries
     assert np.array_equal(again.train.images, np.asarray(streamed.train.images))
-    bigger = _load(folder_cfg(path=str(root)), size=40, cache_dir=str(cache))  # another size: another entry
+    bigger = _load(
+        folder_cfg(path=str(root)), size=40, cache_dir=str(cache)
+    )  # another size: another entry
     assert len(list((cache / "decoded").iterdir())) == 2 and bigger.train.images.shape[1] == 40
 
 
@@ -108,12 +117,25 @@ def _train(tmp_path, name, *overrides):
 @pytest.mark.parametrize("cache", ["true", "false"])
 def test_a_streamed_run_trains_like_the_run_in_memory(tmp_path, cache, weights, caplog, request):
     # random init with BatchNorm in inference mode: also a fixed base, and runs without ../shared
-    base = [f"backbone.weights={request.getfixturevalue('mnv2_weights')}"] if weights == "pretrained" \
+    base = (
+        [f"backbone.weights={request.getfixturevalue('mnv2_weights')}"]
+        if weights == "pretrained"
         else ["backbone.batchnorm=inference"]
+    )
     root = make_folder(tmp_path / "f", per_class=16)
-    common = ["experiment=tiny", "data=folder", f"data.path={root}", *base,
-              "backbone.image_size=48", "head.dropout=0", "trainer.head_epochs=2", "trainer.finetune_epochs=2",
-              "unfreeze.depth=2", "data.batch_size=8", f"trainer.cache_features={cache}"]
+    common = [
+        "experiment=tiny",
+        "data=folder",
+        f"data.path={root}",
+        *base,
+        "backbone.image_size=48",
+        "head.dropout=0",
+        "trainer.head_epochs=2",
+        "trainer.finetune_epochs=2",
+        "unfreeze.depth=2",
+        "data.batch_size=8",
+        f"trainer.cache_features={cache}",
+    ]
     mem = _train(tmp_path, "mem", *common)
     with caplog.at_level("INFO"):
         disk = _train(tmp_path, "disk", *common, "data.max_memory_mb=0")
@@ -128,13 +150,29 @@ def test_a_streamed_run_trains_like_the_run_in_memory(tmp_path, cache, weights, 
 
 
 def test_no_room_on_disk_for_the_stream_is_one_line_exit_2(tmp_path):
-    root, out, cache = make_folder(tmp_path / "f", per_class=4), tmp_path / "run", tmp_path / "cache"
-    res = thaw_train(["experiment=tiny", "data=folder", f"data.path={root}", "data.max_memory_mb=0",
-                      "data.max_disk_mb=0", f"trainer.cache_dir={cache}", f"hydra.run.dir={out}"], cwd=tmp_path,
-                     timeout=120)
+    root, out, cache = (
+        make_folder(tmp_path / "f", per_class=4),
+        tmp_path / "run",
+        tmp_path / "cache",
+    )
+    res = thaw_train(
+        [
+            "experiment=tiny",
+            "data=folder",
+            f"data.path={root}",
+            "data.max_memory_mb=0",
+            "data.max_disk_mb=0",
+            f"trainer.cache_dir={cache}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "data.max_disk_mb" in err[0] and "streaming the decoded images" in err[0], res.stderr
+    assert (
+        len(err) == 1 and "data.max_disk_mb" in err[0] and "streaming the decoded images" in err[0]
+    ), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert not out.exists() and not (cache / "decoded").exists()
 
@@ -143,13 +181,16 @@ def test_the_default_memory_budget_follows_ulimit_d():
     import subprocess
     import sys
 
-    script = ("import resource; resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30)); "
-              "from omegaconf import OmegaConf; from thaw import budget; "
-              "print(budget.available_memory(), budget.memory_budget(OmegaConf.create({'max_memory_mb': None})), "
-              "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100})))")
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30)); "
+        "from omegaconf import OmegaConf; from thaw import budget; "
+        "print(budget.available_memory(), budget.memory_budget(OmegaConf.create({'max_memory_mb': "
+        "None})), "
+        "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100})))"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     avail, default, fixed = map(int, out.stdout.split())
-    assert 0 < avail <= 3 * 2 ** 30 and default == avail // 2 and fixed == 100 * 2 ** 20
+    assert 0 < avail <= 3 * 2**30 and default == avail // 2 and fixed == 100 * 2**20
 
 
 def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
@@ -164,23 +205,37 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
             sink.append(chunk)
         return sink.close()
 
-    cache = features.FeatureCache(max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg)
+    cache = features.FeatureCache(
+        max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
+    )
     got = cache.get_or_compute("views-key", compute, shape=(4, 10, 3), lead=2)
-    assert isinstance(got, DiskArray) and got.shape == (4, 10, 3) and np.array_equal(np.asarray(got), arr)
+    assert (
+        isinstance(got, DiskArray)
+        and got.shape == (4, 10, 3)
+        and np.array_equal(np.asarray(got), arr)
+    )
     assert (cache_dir / "views-key.npy").is_file() and cache.spilled == ["views-key"]
     small = cache.get_or_compute("small", lambda sink: compute_small(sink), shape=(2, 3))
     assert isinstance(small, np.ndarray) and np.array_equal(np.load(cache_dir / "small.npy"), small)
     # another process (memory cleared) reads the spilled entry back from cache_dir, as a DiskArray
     features.clear_memory_cache()
-    later = features.FeatureCache(max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg)
-    again = later.get_or_compute("views-key", lambda sink: pytest.fail("recomputed"), shape=(4, 10, 3), lead=2)
+    later = features.FeatureCache(
+        max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
+    )
+    again = later.get_or_compute(
+        "views-key", lambda sink: pytest.fail("recomputed"), shape=(4, 10, 3), lead=2
+    )
     assert isinstance(again, DiskArray) and again.shape == (4, 10, 3) and later.hits == 1
     kept = later.get_or_compute("small", lambda sink: pytest.fail("recomputed"), shape=(2, 3))
     assert isinstance(kept, np.ndarray) and later.hits == 2  # small enough: read into memory
     # the disk bound: no room, one DataError naming the key, the claim given back
     before = budget.LEDGER.written
-    tight = features.FeatureCache(max_bytes=1000, cache_dir=str(tmp_path / "other"), spill_bytes=100,
-                                  data_cfg=OmegaConf.create({"max_disk_mb": 0}))
+    tight = features.FeatureCache(
+        max_bytes=1000,
+        cache_dir=str(tmp_path / "other"),
+        spill_bytes=100,
+        data_cfg=OmegaConf.create({"max_disk_mb": 0}),
+    )
     with pytest.raises(DataError, match="data.max_disk_mb"):
         tight.sink("big", (4, 10, 3), lead=2)
     assert budget.LEDGER.written == before

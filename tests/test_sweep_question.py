@@ -8,13 +8,18 @@ import sys
 import optuna
 import pytest
 import yaml
-
 from conftest import compose_cfg, thaw_train
 from imagefiles import make_folder
 
 # A random-init MobileNetV2 at 32 px on a few real image files: seconds a trial.
-FAST = ["experiment=tiny", "data=folder", "backbone.image_size=32", "data.batch_size=8", "logger=none",
-        "unfreeze.depth=range(0,3)"]
+FAST = [
+    "experiment=tiny",
+    "data=folder",
+    "backbone.image_size=32",
+    "data.batch_size=8",
+    "logger=none",
+    "unfreeze.depth=range(0,3)",
+]
 
 
 def folder(tmp_path, name, per_class):
@@ -22,18 +27,31 @@ def folder(tmp_path, name, per_class):
 
 
 def sweep(data, sweep_dir, *extra, study="q"):
-    return ["--multirun", *FAST, "sweep=depth_lr", f"data.path={data}", f"hydra.sweep.dir={sweep_dir}",
-            *([f"hydra.sweeper.study_name={study}"] if study else []), *extra]
+    return [
+        "--multirun",
+        *FAST,
+        "sweep=depth_lr",
+        f"data.path={data}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *([f"hydra.sweeper.study_name={study}"] if study else []),
+        *extra,
+    ]
 
 
 def snapshot(root):
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    }
 
 
 def test_other_data_aimed_at_a_study_is_refused_and_nothing_is_written(tmp_path):
     a, b = folder(tmp_path, "a", 6), folder(tmp_path, "b", 8)
     sw = tmp_path / "sw"
-    quick = ["hydra.sweeper.n_trials=1", "hydra.sweeper.confirm.top_k=0", "trainer.save_model=false"]
+    quick = [
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.confirm.top_k=0",
+        "trainer.save_model=false",
+    ]
     first = thaw_train(sweep(a, sw, *quick), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     before = snapshot(sw)
@@ -46,10 +64,14 @@ def test_other_data_aimed_at_a_study_is_refused_and_nothing_is_written(tmp_path)
     assert snapshot(sw) == before  # nothing written or touched
     # the same command again resumes its own study
     again = thaw_train(sweep(a, sw, *quick), tmp_path)
-    assert again.returncode == 0 and "1 of 1 trials done" in again.stdout + again.stderr, again.stderr[-2000:]
+    assert again.returncode == 0 and "1 of 1 trials done" in again.stdout + again.stderr, (
+        again.stderr[-2000:]
+    )
     # a deliberate change goes on, and the study records it
-    allowed = thaw_train(sweep(b, sw, *quick, "hydra.sweeper.allow_config_change=true",
-                               "hydra.sweeper.n_trials=2"), tmp_path)
+    allowed = thaw_train(
+        sweep(b, sw, *quick, "hydra.sweeper.allow_config_change=true", "hydra.sweeper.n_trials=2"),
+        tmp_path,
+    )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     study = optuna.load_study(study_name="q", storage=f"sqlite:///{sw}/study.db")
     changes = study.user_attrs["identity_changes"]
@@ -60,23 +82,43 @@ def test_other_data_aimed_at_a_study_is_refused_and_nothing_is_written(tmp_path)
 def test_default_study_names_do_not_collide(tmp_path):
     a, b = folder(tmp_path, "a", 6), folder(tmp_path, "b", 6)
     (b / "cats" / "cats.all.0.jpg").unlink()  # other content
-    quick = ["hydra.sweeper.n_trials=1", "hydra.sweeper.confirm.top_k=0", "trainer.save_model=false"]
+    quick = [
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.confirm.top_k=0",
+        "trainer.save_model=false",
+    ]
     for data in (a, b):
-        args = [x for x in sweep(data, "unused", *quick, study=None) if not x.startswith("hydra.sweep.dir")]
+        args = [
+            x
+            for x in sweep(data, "unused", *quick, study=None)
+            if not x.startswith("hydra.sweep.dir")
+        ]
         res = thaw_train(args, tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
     dirs = sorted(p.name for p in (tmp_path / "multirun" / "sweeps").iterdir())
-    assert len(dirs) == 2 and all(d.startswith("depth_lr-tiny-") and len(d) == len("depth_lr-tiny-") + 8
-                                  for d in dirs), dirs
+    assert len(dirs) == 2 and all(
+        d.startswith("depth_lr-tiny-") and len(d) == len("depth_lr-tiny-") + 8 for d in dirs
+    ), dirs
 
 
 def test_a_searched_key_the_config_ignores_is_refused(tmp_path):
-    # experiment=smoke trains every block (unfreeze=all): searching the depth would run one model n times
-    res = thaw_train(["--multirun", "experiment=smoke", "sweep=depth_lr", "logger=none",
-                      f"hydra.sweep.dir={tmp_path / 'sw'}"], tmp_path)
+    # experiment=smoke trains every block (unfreeze=all): searching the depth would run one model n
+    # times
+    res = thaw_train(
+        [
+            "--multirun",
+            "experiment=smoke",
+            "sweep=depth_lr",
+            "logger=none",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "unfreeze.depth" in lines[0] and "unfreeze=all" in lines[0], res.stderr
+    assert len(lines) == 1 and "unfreeze.depth" in lines[0] and "unfreeze=all" in lines[0], (
+        res.stderr
+    )
     assert not (tmp_path / "sw").exists()
 
 
@@ -96,15 +138,24 @@ def test_pruning_without_a_per_epoch_objective_is_warned_about():
     from thaw.commands.sweep_hooks import ThawTrainSweep
 
     app = ThawTrainSweep()
-    assert "pruning is off" in app.pruning_warning(compose_cfg(["experiment=tiny", "trainer.objective=wall_seconds"]))
+    assert "pruning is off" in app.pruning_warning(
+        compose_cfg(["experiment=tiny", "trainer.objective=wall_seconds"])
+    )
     assert app.pruning_warning(compose_cfg(["experiment=tiny"])) is None
 
 
 def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp_path):
     data = make_folder(tmp_path / "d", per_class=10)
     sw = tmp_path / "sw"
-    args = sweep(data, sw, "hydra.sweeper.n_trials=3", "hydra.sweeper.confirm.top_k=1",
-                 "hydra.sweeper.confirm.seeds=1", "data.test_fraction=0.5", "data.val_fraction=0.4")
+    args = sweep(
+        data,
+        sw,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.confirm.top_k=1",
+        "hydra.sweeper.confirm.seeds=1",
+        "data.test_fraction=0.5",
+        "data.val_fraction=0.4",
+    )
     res = thaw_train(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="q", storage=f"sqlite:///{sw}/study.db")
@@ -113,24 +164,36 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
     assert trials[0].params["unfreeze.depth"] == 0 and trials[0].user_attrs.get("baseline") is True
     assert trials[0].params["lr.base"] == pytest.approx(1e-3)  # the preset's rate
     runs = study.user_attrs["confirmation"]["runs"]
-    top = min((t for t in trials[1:] if t.state.name == "COMPLETE"), key=lambda t: (-t.value, t.number))
+    top = min(
+        (t for t in trials[1:] if t.state.name == "COMPLETE"), key=lambda t: (-t.value, t.number)
+    )
     assert set(runs) == {"0", str(top.number)}  # the top trial (top_k=1) and the baseline
     assert all(set(v) == {"43"} for v in runs.values())
     res_yaml = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert res_yaml["baseline"]["number"] == 0 and set(res_yaml["baseline"]["values"]) == {42, 43}
-    assert len(res_yaml["confirmed"]) == 2 and res_yaml["winner"] in {r["number"] for r in res_yaml["confirmed"]}
+    assert len(res_yaml["confirmed"]) == 2 and res_yaml["winner"] in {
+        r["number"] for r in res_yaml["confirmed"]
+    }
     gain = res_yaml["gain_vs_baseline"]
     assert gain["count"] == 2 and gain["low"] <= gain["mean"] <= gain["high"]
     best = res_yaml["best_trial"]
     assert best["number"] == res_yaml["winner"] and best["run_dir"] == f"trial_{best['number']}"
-    assert 0 <= best["test_interval"]["low"] <= best["test_accuracy"] <= best["test_interval"]["high"] <= 1
+    assert (
+        0
+        <= best["test_interval"]["low"]
+        <= best["test_accuracy"]
+        <= best["test_interval"]["high"]
+        <= 1
+    )
     assert "over 2 seeds" in res_yaml["verdict"] and "Test split" in res_yaml["verdict"]
     # what the answer cost: the search's trials summed and the confirmation's runs (2 of them)
     spent = res_yaml["seconds"]
-    assert spent["search"] == pytest.approx(sum((t.datetime_complete - t.datetime_start).total_seconds()
-                                                 for t in trials), abs=0.2)
+    assert spent["search"] == pytest.approx(
+        sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), abs=0.2
+    )
     assert 0 < spent["confirmation"] and spent["confirmation_share"] == pytest.approx(
-        spent["confirmation"] / spent["search"], abs=1e-3)
+        spent["confirmation"] / spent["search"], abs=1e-3
+    )
     assert res_yaml["verdict"][:40] in (sw / "report.html").read_text().lower()
     assert list((sw / "confirm").iterdir()) and not list((sw / "confirm").rglob("model.keras"))
     # a resumed sweep continues confirmation where it stopped: only the new seed runs
@@ -147,9 +210,17 @@ def test_confirmation_reuses_the_searchs_cached_views_unless_told_not_to(tmp_pat
     read from the feature cache, not computed again; their own seed still changes the run."""
     data = make_folder(tmp_path / "d", per_class=10)
     sw = tmp_path / "sw"
-    args = sweep(data, sw, "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=1",
-                 "hydra.sweeper.confirm.seeds=1", "augment=flip", f"backbone.weights={mnv2_weights}",
-                 "trainer.augment_views=2", "trainer.cache_features=true")
+    args = sweep(
+        data,
+        sw,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.confirm.top_k=1",
+        "hydra.sweeper.confirm.seeds=1",
+        "augment=flip",
+        f"backbone.weights={mnv2_weights}",
+        "trainer.augment_views=2",
+        "trainer.cache_features=true",
+    )
     res = thaw_train(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -167,10 +238,15 @@ def test_confirmation_reuses_the_searchs_cached_views_unless_told_not_to(tmp_pat
     # the run's own seed still changes it: another head, data order and view per epoch
     assert [e["loss"] for e in metrics["history"]] != [e["loss"] for e in base["history"]]
     # reuse_views=false: the next seed draws and computes its own views
-    more = thaw_train(args + ["hydra.sweeper.confirm.seeds=2", "hydra.sweeper.confirm.reuse_views=false"], tmp_path)
+    more = thaw_train(
+        args + ["hydra.sweeper.confirm.seeds=2", "hydra.sweeper.confirm.reuse_views=false"],
+        tmp_path,
+    )
     assert more.returncode == 0, more.stderr[-3000:]
     trainer, metrics = confirm_run(0, 44)
-    assert trainer["seed"] == 44 and trainer["view_seed"] is None and metrics["augment"]["seed"] == 44
+    assert (
+        trainer["seed"] == 44 and trainer["view_seed"] is None and metrics["augment"]["seed"] == 44
+    )
     assert metrics["phases"]["head"]["views_computed"] is True
 
 
@@ -178,9 +254,18 @@ def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_
     home = tmp_path / "home"
     make_folder(home / "photos", per_class=8)
     sw = home / "sw"
-    args = ["--multirun", *FAST, "sweep=depth_lr", "data.path=photos", "hydra.sweep.dir=sw",  # relative paths
-            "hydra.sweeper.study_name=q", "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top_k=0",
-            "data.test_fraction=0.5", "data.val_fraction=0.4"]
+    args = [
+        "--multirun",
+        *FAST,
+        "sweep=depth_lr",
+        "data.path=photos",
+        "hydra.sweep.dir=sw",  # relative paths
+        "hydra.sweeper.study_name=q",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.confirm.top_k=0",
+        "data.test_fraction=0.5",
+        "data.val_fraction=0.4",
+    ]
     res = thaw_train(args, home)
     assert res.returncode == 0, res.stderr[-3000:]
     resolved = yaml.safe_load((sw / "trial_0" / "resolved_config.yaml").read_text())
@@ -188,12 +273,20 @@ def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_
     here = thaw_cmd("thaw.commands.evaluate", [str(sw), "photos", "--out", "ev"], home)
     elsewhere_dir = tmp_path / "elsewhere"
     elsewhere_dir.mkdir()
-    there = thaw_cmd("thaw.commands.evaluate", [str(sw), str(home / "photos"), "--out", "ev"], elsewhere_dir)
-    assert here.returncode == 0 and there.returncode == 0, here.stderr[-2000:] + there.stderr[-2000:]
-    assert json.loads((home / "ev" / "evaluation.json").read_text())["accuracy"] == \
-        json.loads((elsewhere_dir / "ev" / "evaluation.json").read_text())["accuracy"]
+    there = thaw_cmd(
+        "thaw.commands.evaluate", [str(sw), str(home / "photos"), "--out", "ev"], elsewhere_dir
+    )
+    assert here.returncode == 0 and there.returncode == 0, (
+        here.stderr[-2000:] + there.stderr[-2000:]
+    )
+    assert (
+        json.loads((home / "ev" / "evaluation.json").read_text())["accuracy"]
+        == json.loads((elsewhere_dir / "ev" / "evaluation.json").read_text())["accuracy"]
+    )
     # export from another directory calibrates on the run's own (relative-path) data
-    exp = thaw_cmd("thaw.commands.export", [str(sw), "--formats", "tflite_fp32", "--out", "x"], elsewhere_dir)
+    exp = thaw_cmd(
+        "thaw.commands.export", [str(sw), "--formats", "tflite_fp32", "--out", "x"], elsewhere_dir
+    )
     assert exp.returncode == 0, exp.stderr[-2000:]
     # a copied sweep dir serves its own model: the original is gone
     moved = tmp_path / "moved"
@@ -207,12 +300,21 @@ def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_
     assert best_trial_dir(moved) == moved / f"trial_{best['number']}"
     shutil.rmtree(moved / f"trial_{best['number']}")
     gone = thaw_cmd("thaw.commands.predict", [str(moved), str(home / "photos")], elsewhere_dir)
-    assert gone.returncode == 2 and f"looked in {moved / ('trial_' + str(best['number']))}" in gone.stderr
+    assert (
+        gone.returncode == 2
+        and f"looked in {moved / ('trial_' + str(best['number']))}" in gone.stderr
+    )
 
 
 def thaw_cmd(module, args, cwd):
     import os
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )

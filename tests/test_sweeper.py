@@ -1,8 +1,8 @@
 """The thaw sweeper for real: Optuna on SQLite files, Hydra launchers, real worker processes."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,20 +12,33 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import thaw_train
 from optuna.trial import TrialState
 
-from conftest import thaw_train
-
 # A trial here takes seconds: 32 px, 32 images, no model file.
-TINY = ["experiment=tiny", "backbone.image_size=32", "data.num_train=32", "data.num_val=16",
-        "data.batch_size=16", "trainer.save_model=false"]
+TINY = [
+    "experiment=tiny",
+    "backbone.image_size=32",
+    "data.num_train=32",
+    "data.num_val=16",
+    "data.batch_size=16",
+    "trainer.save_model=false",
+]
 
 
 def sweep_args(sweep_dir, n_trials, *extra):
-    # depth limited to the top 3 blocks so each trial stays small; the preset's lr.base interval is kept
-    return ["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.study_name=test", "unfreeze.depth=range(0,4)",
-            *extra]
+    # depth limited to the top 3 blocks so each trial stays small; the preset's lr.base interval is
+    # kept
+    return [
+        "--multirun",
+        *TINY,
+        "sweep=depth_lr",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.study_name=test",
+        "unfreeze.depth=range(0,4)",
+        *extra,
+    ]
 
 
 def load(sweep_dir):
@@ -40,10 +53,17 @@ def by_state(study):
 
 
 def popen(args, cwd, name="worker"):
-    """A real sweep process in its own session; output goes to a file (a full pipe would block it)."""
+    """A real sweep process in its own session; output goes to a file (a full pipe would block
+    it)."""
     out = open(cwd / f"{name}.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "thaw.commands.train", *args], cwd=cwd, stdout=out,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thaw.commands.train", *args],
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     proc.out_path = cwd / f"{name}.out"
     return proc
 
@@ -66,11 +86,16 @@ FAKE_KEY = "thawtestsecret0123456789abcdef0123456789ab"
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    """One real 3-trial sweep with W&B offline and a recognisable fake API key in the environment."""
+    """One real 3-trial sweep with W&B offline and a recognisable fake API key in the
+    environment."""
     tmp = tmp_path_factory.mktemp("smoke_sweep")
-    res = thaw_train(sweep_args(tmp / "sw", 3, "data.num_test=16", "trainer.save_model=true",
-                                "logger.mode=offline"), cwd=tmp,
-                     env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": ""})
+    res = thaw_train(
+        sweep_args(
+            tmp / "sw", 3, "data.num_test=16", "trainer.save_model=true", "logger.mode=offline"
+        ),
+        cwd=tmp,
+        env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": ""},
+    )
     return res, tmp / "sw"
 
 
@@ -100,7 +125,9 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
     best_dir = sw / f"trial_{results['best_trial']['number']}"
     accuracy, correct = _test_accuracy_by_hand(best_dir)
     assert results["best_trial"]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert study.user_attrs["test_eval"]["correct"] == correct  # image by image: this model, not another
+    assert (
+        study.user_attrs["test_eval"]["correct"] == correct
+    )  # image by image: this model, not another
     assert results["best_trial"]["num_test"] == 16
     # one progress line per trial, counted like the study, with the best so far and time left
     out = res.stdout + res.stderr
@@ -129,20 +156,29 @@ def _test_accuracy_by_hand(run_dir):
     ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))
     assert len(ds.test) == 16 and set(ds.test.labels.tolist()) == {0, 1}
     logits = keras.saving.load_model(run_dir / "model.keras", compile=False).predict(
-        ds.test.images.astype("float32"), verbose=0)
-    correct = ((logits[:, 0] > 0).astype(int) == ds.test.labels)
+        ds.test.images.astype("float32"), verbose=0
+    )
+    correct = (logits[:, 0] > 0).astype(int) == ds.test.labels
     return float(np.mean(correct)), [int(c) for c in correct]
 
 
 def _wandb_records(run_dir):
     """The records of an offline W&B run, read back with W&B's own `wandb leet inspect`."""
     wandb_bin = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_bin), "leet", "inspect", "--json", str(run_dir)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [str(wandb_bin), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     recs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    summ = subprocess.run([str(wandb_bin), "leet", "inspect", "--summary", "--json", str(run_dir)],
-                          capture_output=True, text=True, timeout=120)
+    summ = subprocess.run(
+        [str(wandb_bin), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return recs, json.loads(summ.stdout)
 
 
@@ -189,14 +225,23 @@ def test_no_secret_when_auto_mode_goes_online_with_the_key(tmp_path):
     address where nothing listens (nothing is sent anywhere), fails, and the run falls back to
     offline. The key is in no output and no file: the run's, W&B's config, cache and data dirs."""
     wandb_home = tmp_path / "wandb_home"
-    res = thaw_train([*TINY, "logger=wandb", "logger.init_timeout=10", f"hydra.run.dir={tmp_path / 'run'}"],
-                     cwd=tmp_path, env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9",
-                                        "WANDB_CONFIG_DIR": str(wandb_home / "config"),
-                                        "WANDB_CACHE_DIR": str(wandb_home / "cache"),
-                                        "WANDB_DATA_DIR": str(wandb_home / "data")})
+    res = thaw_train(
+        [*TINY, "logger=wandb", "logger.init_timeout=10", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env={
+            "WANDB_API_KEY": FAKE_KEY,
+            "WANDB_MODE": "",
+            "WANDB_BASE_URL": "http://127.0.0.1:9",
+            "WANDB_CONFIG_DIR": str(wandb_home / "config"),
+            "WANDB_CACHE_DIR": str(wandb_home / "cache"),
+            "WANDB_DATA_DIR": str(wandb_home / "data"),
+        },
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert "W&B online failed" in out and "127.0.0.1:9" in out and "falling back to offline" in out  # it went online
+    assert (
+        "W&B online failed" in out and "127.0.0.1:9" in out and "falling back to offline" in out
+    )  # it went online
     assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
     assert FAKE_KEY not in out
     checked = 0
@@ -230,11 +275,28 @@ def test_report_renders_in_headless_chromium(smoke_sweep, tmp_path):
         pytest.skip("Debian chromium not installed (.ci/run installs it)")
     res, sw = smoke_sweep
     shot = tmp_path / "report.png"
-    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-                        "--window-size=1400,1800", "--virtual-time-budget=8000", f"--screenshot={shot}",
-                        f"file://{sw / 'report.html'}"], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1400,1800",
+            "--virtual-time-budget=8000",
+            f"--screenshot={shot}",
+            f"file://{sw / 'report.html'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.is_file(), r.stderr[-2000:]
     import numpy as np
     import tensorflow as tf
@@ -242,33 +304,50 @@ def test_report_renders_in_headless_chromium(smoke_sweep, tmp_path):
     img = tf.io.decode_png(shot.read_bytes()).numpy()[..., :3].astype(int)
     # plots rendered: many distinct colours and plenty of non-white pixels, not an empty page
     non_white = (img.sum(axis=2) < 720).mean()
-    colours = len(np.unique(img.reshape(-1, 3)[:: 7], axis=0))
+    colours = len(np.unique(img.reshape(-1, 3)[::7], axis=0))
     assert non_white > 0.05 and colours > 200, (non_white, colours)
 
 
 def test_report_command_and_html_escaping(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="<script>alert(1)</script>", storage=storage, direction="maximize")
+    study = optuna.create_study(
+        study_name="<script>alert(1)</script>", storage=storage, direction="maximize"
+    )
     for i in range(3):
         t = study.ask({"unfreeze.depth": optuna.distributions.IntDistribution(0, 5)})
         study.tell(t, 0.5 + 0.1 * i)
     t = study.ask()
     t.set_user_attr("error", "<img src=x onerror=alert(2)>")
     study.tell(t, state=TrialState.FAIL)
-    r = subprocess.run([str(Path(sys.executable).with_name("thaw-report")), str(tmp_path)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("thaw-report")), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "report.html").read_text()
-    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert (
+        "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    )
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
-    r = subprocess.run([str(Path(sys.executable).with_name("thaw-report")), str(tmp_path / "nope")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("thaw-report")), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
-    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"), cwd=tmp_path)
+    res = thaw_train(
+        sweep_args(
+            tmp_path / "sw", 2, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"
+        ),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
@@ -281,10 +360,19 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
 
 
 def test_the_last_epoch_is_recorded_never_pruned(tmp_path):
-    """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny: 1 + 1),
+    """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny: 1
+    + 1),
     where stopping saves nothing, so the trials complete with both values recorded."""
-    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01",
-                                "hydra.sweeper.pruner.n_warmup_steps=1"), cwd=tmp_path)
+    res = thaw_train(
+        sweep_args(
+            tmp_path / "sw",
+            2,
+            "hydra/sweeper/pruner=threshold",
+            "hydra.sweeper.pruner.lower=1.01",
+            "hydra.sweeper.pruner.n_warmup_steps=1",
+        ),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -292,11 +380,22 @@ def test_the_last_epoch_is_recorded_never_pruned(tmp_path):
 
 
 def test_failing_trial_is_fail_and_the_sweep_goes_on(tmp_path):
-    res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
-                      "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
-                      "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.baseline=false",
-                      "hydra.sweeper.confirm.top_k=0", "unfreeze.depth=choice(1,99)", "lr.base=1e-3"],
-                     cwd=tmp_path)
+    res = thaw_train(
+        [
+            "--multirun",
+            *TINY,
+            "sweep=depth_lr",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=test",
+            "hydra/sweeper/sampler=bruteforce",
+            "hydra.sweeper.baseline=false",
+            "hydra.sweeper.confirm.top_k=0",
+            "unfreeze.depth=choice(1,99)",
+            "lr.base=1e-3",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     states = by_state(load(tmp_path / "sw"))
     assert len(states[TrialState.COMPLETE]) == 1 and len(states[TrialState.FAIL]) == 1
@@ -306,28 +405,53 @@ def test_failing_trial_is_fail_and_the_sweep_goes_on(tmp_path):
 
 
 def test_too_many_failures_stop_the_sweep(tmp_path):
-    res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
-                      "hydra.sweeper.n_trials=5", "hydra.sweeper.study_name=test",
-                      "hydra.sweeper.max_failure_rate=0.0", "hydra.sweeper.baseline=false",
-                      "unfreeze.depth=choice(50,99)"], cwd=tmp_path)
+    res = thaw_train(
+        [
+            "--multirun",
+            *TINY,
+            "sweep=depth_lr",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+            "hydra.sweeper.n_trials=5",
+            "hydra.sweeper.study_name=test",
+            "hydra.sweeper.max_failure_rate=0.0",
+            "hydra.sweeper.baseline=false",
+            "unfreeze.depth=choice(50,99)",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 1
     assert "max_failure_rate" in res.stdout + res.stderr
     assert len(load(tmp_path / "sw").get_trials()) == 1
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["lr.base=interval(1e-2,1e-5)"], "empty interval"),
-    (["hydra.sweeper.n_trials=0"], "n_trials"),
-    (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/none"], "hydra.sweeper.storage"),
-    (["lr.base=-1"], "lr.base"),
-    (["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.n_startup_trails=3"], "n_startup_trails"),
-    (["hydra/sweeper/pruner=patient"], "hydra.sweeper.pruner.patience"),
-    (["trainer.objective=test_accuracy"], "trainer.objective: test_accuracy is not measured by sweep trials"),
-    (["hydra/sweeper/sampler=grid", "lr.base=interval(1e-4,1e-3)"], "grid sampler needs discrete values"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["lr.base=interval(1e-2,1e-5)"], "empty interval"),
+        (["hydra.sweeper.n_trials=0"], "n_trials"),
+        (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/none"], "hydra.sweeper.storage"),
+        (["lr.base=-1"], "lr.base"),
+        (
+            ["hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.n_startup_trails=3"],
+            "n_startup_trails",
+        ),
+        (["hydra/sweeper/pruner=patient"], "hydra.sweeper.pruner.patience"),
+        (
+            ["trainer.objective=test_accuracy"],
+            "trainer.objective: test_accuracy is not measured by sweep trials",
+        ),
+        (
+            ["hydra/sweeper/sampler=grid", "lr.base=interval(1e-4,1e-3)"],
+            "grid sampler needs discrete values",
+        ),
+    ],
+)
 def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
-    res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}", *args],
-                     cwd=tmp_path, timeout=120)
+    res = thaw_train(
+        ["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}", *args],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("thaw-train: error")]
     assert len(lines) == 1 and needle in lines[0]
@@ -336,25 +460,41 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_save_models_best_keeps_only_the_best_model_across_a_resume(tmp_path):
-    """Objective trainable_params (minimized): every depth gives a distinct value, so the best is one
-    trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random order."""
+    """Objective trainable_params (minimized): every depth gives a distinct value, so the best is
+    one
+    trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random
+    order."""
     sw = tmp_path / "sw"
     for n in (2, 4):  # the second command resumes the study to 4 trials
-        res = thaw_train(sweep_args(sw, n, "hydra.sweeper.save_models=best", "trainer.save_model=true",
-                                    "trainer.objective=trainable_params", "hydra/sweeper/sampler=grid",
-                                    "unfreeze.depth=choice(0,1,2,3)", "lr.base=1e-3",
-                                    "hydra.sweeper.sampler.seed=3"), cwd=tmp_path)
+        res = thaw_train(
+            sweep_args(
+                sw,
+                n,
+                "hydra.sweeper.save_models=best",
+                "trainer.save_model=true",
+                "trainer.objective=trainable_params",
+                "hydra/sweeper/sampler=grid",
+                "unfreeze.depth=choice(0,1,2,3)",
+                "lr.base=1e-3",
+                "hydra.sweeper.sampler.seed=3",
+            ),
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         study = load(sw)
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
         assert len(complete) == n
         models = sorted(p.parent.name for p in sw.glob("trial_*/model.keras"))
         assert len({t.value for t in complete}) == n  # distinct values: "the best" is one trial
-        assert study.best_trial.params["unfreeze.depth"] == min(t.params["unfreeze.depth"] for t in complete)
+        assert study.best_trial.params["unfreeze.depth"] == min(
+            t.params["unfreeze.depth"] for t in complete
+        )
         assert models == [f"trial_{study.best_trial.number}"]  # the best's model, and only it
         assert all((sw / f"trial_{t.number}" / "metrics.json").is_file() for t in complete)
     results = yaml.safe_load((sw / "optimization_results.yaml").read_text())
-    assert results["best_trial"]["run_dir"] == f"trial_{study.best_trial.number}"  # relative: the dir can move
+    assert (
+        results["best_trial"]["run_dir"] == f"trial_{study.best_trial.number}"
+    )  # relative: the dir can move
     assert (sw / results["best_trial"]["run_dir"] / "model.keras").is_file()
 
 
@@ -362,7 +502,9 @@ def _journal_study(path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name="test", storage=JournalStorage(JournalFileBackend(str(path))))
+    return optuna.load_study(
+        study_name="test", storage=JournalStorage(JournalFileBackend(str(path)))
+    )
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
@@ -372,22 +514,37 @@ def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path, storage):
     tests/test_postgres.py runs the same check."""
     journal = tmp_path / "study.log"
     if storage == "journal":
-        kill_9_then_resume(tmp_path, [f"hydra.sweeper.storage={journal}"], lambda: _journal_study(journal), journal)
+        kill_9_then_resume(
+            tmp_path, [f"hydra.sweeper.storage={journal}"], lambda: _journal_study(journal), journal
+        )
     else:
-        kill_9_then_resume(tmp_path, [], lambda: load(tmp_path / "sw"), tmp_path / "sw" / "study.db")
+        kill_9_then_resume(
+            tmp_path, [], lambda: load(tmp_path / "sw"), tmp_path / "sw" / "study.db"
+        )
 
 
 def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
     """kill -9 a 3-trial sweep in trial 1, right after its head phase's checkpoint (thaw's test-only
     fault hook sends the real signal at that exact point), run the same command again: exactly 3
-    COMPLETE trials, the dead one FAILed as stale and retried with its params (max_retry=1), the retry
+    COMPLETE trials, the dead one FAILed as stale and retried with its params (max_retry=1), the
+    retry
     continuing the dead trial's checkpoint at epoch 2."""
     sw = tmp_path / "sw"
-    args = sweep_args(sw, 3, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
-                      "hydra.sweeper.max_retry=1", "hydra.sweeper.confirm.top_k=0", *storage_args)
+    args = sweep_args(
+        sw,
+        3,
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=4",
+        "hydra.sweeper.max_retry=1",
+        "hydra.sweeper.confirm.top_k=0",
+        *storage_args,
+    )
     load = lambda _sw: open_study()  # noqa: E731
-    res = thaw_train(args, cwd=tmp_path,
-                     env={"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "trial_1/head:end"})
+    res = thaw_train(
+        args,
+        cwd=tmp_path,
+        env={"THAW_TEST_FAULTS": "1", "THAW_KILL_AFTER_CHECKPOINT": "trial_1/head:end"},
+    )
     assert res.returncode == -signal.SIGKILL, res.stdout[-3000:] + res.stderr[-3000:]
     assert marker is None or marker.exists()
     assert (sw / "trial_1" / "checkpoint.npz").exists()
@@ -411,7 +568,10 @@ def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
     assert retried[0].state == TrialState.COMPLETE
     # ... from the dead trial's checkpoint: epoch 1 is not trained again, the history is continuous,
     # and the trial has both epochs' values, each reported once
-    dead_dir, retry_dir = Path(stale[0].user_attrs["run_dir"]), Path(retried[0].user_attrs["run_dir"])
+    dead_dir, retry_dir = (
+        Path(stale[0].user_attrs["run_dir"]),
+        Path(retried[0].user_attrs["run_dir"]),
+    )
     record = json.loads((retry_dir / "metrics.json").read_text())
     assert record["resumed"][0]["after_epoch"] == 1
     assert [r["epoch"] for r in record["history"]] == [1, 2]
@@ -450,9 +610,18 @@ def test_two_workers_share_one_study(tmp_path):
 
 def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    res = thaw_train(sweep_args(tmp_path / "sw", 2, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                "hydra.sweeper.n_jobs=2",
-                                "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01"), cwd=tmp_path)
+    res = thaw_train(
+        sweep_args(
+            tmp_path / "sw",
+            2,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra/sweeper/pruner=threshold",
+            "hydra.sweeper.pruner.lower=1.01",
+        ),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
@@ -460,24 +629,41 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
 
 
 def test_a_job_the_launcher_returns_nothing_for_fails_its_trial_and_the_sweep_goes_on(tmp_path):
-    """A real Hydra launcher (tests/apps/plugins) that loses the first job: launch() returns None for
+    """A real Hydra launcher (tests/apps/plugins) that loses the first job: launch() returns None
+    for
     it without raising. That trial FAILs with a reason, the others run, the sweep ends normally."""
     plugins = Path(__file__).parent / "apps" / "plugins"
-    res = thaw_train(sweep_args(tmp_path / "sw", 2, "logger=none", "hydra.sweeper.confirm.top_k=0",
-                                "hydra.launcher._target_=hydra_plugins.thaw_test_launcher.LosesFirstJobLauncher"),
-                     cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins),
-                                                                                  os.environ.get("PYTHONPATH")]))})
+    res = thaw_train(
+        sweep_args(
+            tmp_path / "sw",
+            2,
+            "logger=none",
+            "hydra.sweeper.confirm.top_k=0",
+            "hydra.launcher._target_=hydra_plugins.thaw_test_launcher.LosesFirstJobLauncher",
+        ),
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(plugins), os.environ.get("PYTHONPATH")])
+            )
+        },
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     trials = load(tmp_path / "sw").get_trials()
     lost = trials[0]
-    assert lost.state == TrialState.FAIL and lost.user_attrs["error"] == "the launcher returned no result for this job"
+    assert (
+        lost.state == TrialState.FAIL
+        and lost.user_attrs["error"] == "the launcher returned no result for this job"
+    )
     assert not (tmp_path / "sw" / "trial_0").exists()  # never ran
     assert [t.state for t in trials[1:]] == [TrialState.COMPLETE]
     assert "trials done (FAIL 1); no best yet" in res.stdout + res.stderr  # counted as it happened
     assert "UnboundLocalError" not in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     sw = tmp_path / "sw"
     proc = popen(sweep_args(sw, 5), tmp_path)
@@ -485,6 +671,7 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
     def first_epoch_logged():
         log = sw / "trial_0" / "train.log"
         return log.exists() and "phase head" in log.read_text()
+
     try:
         wait_for(first_epoch_logged, 300, "trial 0 to train")
         os.killpg(proc.pid, sig)
@@ -503,11 +690,23 @@ def test_ctrl_c_ends_cleanly_and_keeps_the_study(tmp_path, sig):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_path):
-    res = thaw_train(["--multirun", *TINY, "sweep=depth_lr", f"hydra.sweep.dir={tmp_path / 'sw'}",
-                      "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=test",
-                      "hydra/sweeper/sampler=bruteforce",
-                      "head=choice(linear,no_such_head)", "unfreeze.depth=1", "lr.base=1e-3",
-                      "hydra.sweeper.baseline=false", "hydra.sweeper.confirm.top_k=0"], cwd=tmp_path)  # depth fixed
+    res = thaw_train(
+        [
+            "--multirun",
+            *TINY,
+            "sweep=depth_lr",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=test",
+            "hydra/sweeper/sampler=bruteforce",
+            "head=choice(linear,no_such_head)",
+            "unfreeze.depth=1",
+            "lr.base=1e-3",
+            "hydra.sweeper.baseline=false",
+            "hydra.sweeper.confirm.top_k=0",
+        ],
+        cwd=tmp_path,
+    )  # depth fixed
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     states = by_state(load(tmp_path / "sw"))
     assert len(states[TrialState.COMPLETE]) == 1 and len(states[TrialState.FAIL]) == 1
@@ -515,7 +714,8 @@ def test_a_trial_whose_config_cannot_compose_fails_and_the_sweep_goes_on(tmp_pat
 
 
 def test_workers_creating_a_new_storage_at_once_do_not_fail(tmp_path):
-    """Several processes opening a brand-new SQLite study file race on its schema; all must succeed."""
+    """Several processes opening a brand-new SQLite study file race on its schema; all must
+    succeed."""
     import threading
 
     from thaw.sweeper.storage import make_storage
@@ -527,6 +727,7 @@ def test_workers_creating_a_new_storage_at_once_do_not_fail(tmp_path):
             make_storage(url, 10, 60)
         except Exception as exc:
             errors.append(exc)
+
     threads = [threading.Thread(target=open_it) for _ in range(4)]
     for t in threads:
         t.start()
@@ -537,7 +738,8 @@ def test_workers_creating_a_new_storage_at_once_do_not_fail(tmp_path):
 
 def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
     """The baseline is created RUNNING by one worker (an enqueued WAITING trial can be popped by two
-    workers at once on SQLite), and one worker runs the confirmation: every run dir is written once."""
+    workers at once on SQLite), and one worker runs the confirmation: every run dir is written
+    once."""
     sw = tmp_path / "sw"
     args = sweep_args(sw, 4, "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.seeds=1")
     sw.mkdir()
@@ -551,7 +753,11 @@ def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
     trials = study.get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 4 and len(trials) == 4
     assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]
-    assert sum("trial 0: unfreeze.depth=0" in out for out in outs) == 1  # one worker ran the baseline
+    assert (
+        sum("trial 0: unfreeze.depth=0" in out for out in outs) == 1
+    )  # one worker ran the baseline
     runs = study.user_attrs["confirmation"]
-    assert not runs["errors"] and sum(len(v) for v in runs["runs"].values()) == 2  # baseline + top 1, once each
+    assert (
+        not runs["errors"] and sum(len(v) for v in runs["runs"].values()) == 2
+    )  # baseline + top 1, once each
     assert sum("confirming:" in out for out in outs) == 1

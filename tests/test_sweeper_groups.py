@@ -1,4 +1,5 @@
-"""Sampler and pruner config groups: every README swap command composes and builds its Optuna objects
+"""Sampler and pruner config groups: every README swap command composes and builds its Optuna
+objects
 through the sweeper's own code, and selecting a group replaces the whole node."""
 
 import re
@@ -30,11 +31,15 @@ def build(argv):
     assert argv[:2] == ["thaw-train", "--multirun"]
     overrides = argv[2:]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=_fixed_overrides(overrides), return_hydra_config=True)
+        cfg = compose(
+            config_name="train", overrides=_fixed_overrides(overrides), return_hydra_config=True
+        )
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     runner = SweepRunner(sweeper)
     runner.config = cfg
-    plan = plan_mod.build(sweeper, cfg, [o for o in overrides if o not in _fixed_overrides(overrides)])
+    plan = plan_mod.build(
+        sweeper, cfg, [o for o in overrides if o not in _fixed_overrides(overrides)]
+    )
     node, n_trials = runner._sampler_node(plan, int(sweeper["n_trials"]))
     return runner._instantiate("sampler", None, node), runner._instantiate("pruner", None), n_trials
 
@@ -45,26 +50,40 @@ def test_readme_swap_command_builds_what_it_says(argv):
 
 
 def check_swap_command(argv):
-    """Build the line's objects and check them against the line; returns the arguments it checked."""
+    """Build the line's objects and check them against the line; returns the arguments it
+    checked."""
     sampler, pruner, n_trials = build(argv)
     text = " ".join(argv)
     want_sampler = re.search(r"hydra/sweeper/sampler=(\w+)", text)
-    want = {"random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
-            "grid": optuna.samplers.GridSampler}
-    assert isinstance(sampler, want[want_sampler.group(1)] if want_sampler else optuna.samplers.TPESampler)
+    want = {
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "grid": optuna.samplers.GridSampler,
+    }
+    assert isinstance(
+        sampler, want[want_sampler.group(1)] if want_sampler else optuna.samplers.TPESampler
+    )
     want_pruner = re.search(r"hydra/sweeper/pruner=(\w+)|_target_: optuna\.pruners\.(\w+)", text)
-    classes = {"hyperband": optuna.pruners.HyperbandPruner, "median": optuna.pruners.MedianPruner,
-               "threshold": optuna.pruners.ThresholdPruner, "ThresholdPruner": optuna.pruners.ThresholdPruner,
-               "patient": optuna.pruners.PatientPruner, "none": optuna.pruners.NopPruner}
+    classes = {
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "median": optuna.pruners.MedianPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
+        "ThresholdPruner": optuna.pruners.ThresholdPruner,
+        "patient": optuna.pruners.PatientPruner,
+        "none": optuna.pruners.NopPruner,
+    }
     name = (want_pruner.group(1) or want_pruner.group(2)) if want_pruner else None
     assert isinstance(pruner, classes[name] if name else StepMedianPruner)
     if "sampler=grid" in text:  # 7 depths x 2 learning rates
         assert n_trials == 14
     # and every argument the line gives reached the Optuna object: as a dotted key
-    # (hydra.sweeper.pruner.lower=0.6) or inside a whole node ('hydra.sweeper.pruner={_target_: ..., lower: 0.6}')
+    # (hydra.sweeper.pruner.lower=0.6) or inside a whole node ('hydra.sweeper.pruner={_target_: ...,
+    # lower: 0.6}')
     given = re.findall(r"hydra\.sweeper\.(sampler|pruner)\.(\w+)=(\S+)", text)
     for node, body in re.findall(r"hydra\.sweeper\.(sampler|pruner)=(\{.*?\})", text):
-        given += [(node, key, value) for key, value in yaml.safe_load(body).items() if key != "_target_"]
+        given += [
+            (node, key, value) for key, value in yaml.safe_load(body).items() if key != "_target_"
+        ]
     for node, key, value in given:
         obj = sampler if node == "sampler" else pruner
         got = getattr(obj, f"_{key}", getattr(obj, key, None))
@@ -78,16 +97,34 @@ def test_readme_swap_commands_check_every_argument_they_give():
     node_form = [argv for text, argv in lines.items() if "hydra.sweeper.pruner={" in text]
     assert node_form, "the README's ThresholdPruner node line is gone"
     for argv in node_form:
-        assert "lower" in [key for node, key, _ in check_swap_command(argv) if node == "pruner"], argv
+        assert "lower" in [key for node, key, _ in check_swap_command(argv) if node == "pruner"], (
+            argv
+        )
 
 
 def test_selecting_a_group_replaces_the_whole_node():
     # the preset's pruner has StepMedianPruner arguments; hyperband gets none of them
-    sampler, pruner, _ = build(["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr",
-                                "hydra/sweeper/pruner=hyperband", "hydra/sweeper/sampler=random"])
-    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and isinstance(sampler, optuna.samplers.RandomSampler)
-    # the preset's own choices: TPE with 5 start-up trials, seeded; the median from the first fine-tuning epoch
-    sampler, pruner, _ = build(["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr",
-                                "trainer.head_epochs=4"])
+    sampler, pruner, _ = build(
+        [
+            "thaw-train",
+            "--multirun",
+            "experiment=tiny",
+            "sweep=depth_lr",
+            "hydra/sweeper/pruner=hyperband",
+            "hydra/sweeper/sampler=random",
+        ]
+    )
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and isinstance(
+        sampler, optuna.samplers.RandomSampler
+    )
+    # the preset's own choices: TPE with 5 start-up trials, seeded; the median from the first
+    # fine-tuning epoch
+    sampler, pruner, _ = build(
+        ["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr", "trainer.head_epochs=4"]
+    )
     assert sampler._n_startup_trials == 5
-    assert isinstance(pruner, StepMedianPruner) and pruner.n_warmup_steps == 4 and pruner.n_startup_trials == 3
+    assert (
+        isinstance(pruner, StepMedianPruner)
+        and pruner.n_warmup_steps == 4
+        and pruner.n_startup_trials == 3
+    )

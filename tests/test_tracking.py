@@ -3,6 +3,7 @@
 import logging
 
 from conftest import compose_cfg
+
 from thaw.runtime import tracking
 
 

@@ -4,23 +4,37 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import compose_cfg
+
 from thaw.model.classifier import base_training_flag
 
 
 def test_batchnorm_mode_follows_the_weights():
     assert base_training_flag(compose_cfg(["backbone.weights=imagenet"]).backbone) is False
     assert base_training_flag(compose_cfg(["backbone.weights=null"]).backbone) is None
-    assert base_training_flag(compose_cfg(["backbone.weights=null", "backbone.batchnorm=inference"]).backbone) is False
+    assert (
+        base_training_flag(
+            compose_cfg(["backbone.weights=null", "backbone.batchnorm=inference"]).backbone
+        )
+        is False
+    )
 
 
 def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
     from thaw.train.recipe import train
 
-    cfg = compose_cfg(["experiment=tiny", f"backbone.weights={mnv2_weights}", "backbone.image_size=96",
-                       "trainer.head_epochs=4", "trainer.finetune_epochs=1", "data.num_train=256",
-                       "data.num_val=128", "unfreeze.depth=2"])
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            f"backbone.weights={mnv2_weights}",
+            "backbone.image_size=96",
+            "trainer.head_epochs=4",
+            "trainer.finetune_epochs=1",
+            "data.num_train=256",
+            "data.num_val=128",
+            "unfreeze.depth=2",
+        ]
+    )
     result = train(cfg, tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["status"] == "complete"
@@ -35,8 +49,17 @@ def test_multiclass_uses_softmax_and_saves(tmp_path):
 
     from thaw.train.recipe import train
 
-    cfg = compose_cfg(["experiment=tiny", "data.num_classes=3", "data.num_train=48", "data.num_val=24",
-                       "backbone.image_size=32", "head=mlp", "lr=cosine"])
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "data.num_classes=3",
+            "data.num_train=48",
+            "data.num_val=24",
+            "backbone.image_size=32",
+            "head=mlp",
+            "lr=cosine",
+        ]
+    )
     train(cfg, tmp_path)
     model = keras.saving.load_model(tmp_path / "model.keras")
     y = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
@@ -51,8 +74,15 @@ def test_nan_loss_fails_the_run(tmp_path):
     from thaw.errors import TrainingError
     from thaw.train.recipe import train
 
-    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=16",
-                       "trainer.head_epochs=3"])
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "backbone.image_size=32",
+            "data.num_train=64",
+            "data.num_val=16",
+            "trainer.head_epochs=3",
+        ]
+    )
     cfg.lr.base = float("nan")  # a diverging run (validation would refuse this value up front)
     with pytest.raises(TrainingError, match="loss became"):
         train(cfg, tmp_path)
@@ -66,8 +96,17 @@ def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
 
     from thaw.train.recipe import train
 
-    cfg = compose_cfg(["experiment=tiny", "backbone.image_size=32", "data.num_train=64", "data.num_val=32",
-                       "trainer.precision=mixed_float16", "trainer.head_epochs=1", "trainer.finetune_epochs=1"])
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "backbone.image_size=32",
+            "data.num_train=64",
+            "data.num_val=32",
+            "trainer.precision=mixed_float16",
+            "trainer.head_epochs=1",
+            "trainer.finetune_epochs=1",
+        ]
+    )
     try:
         train(cfg, tmp_path)
         model = keras.saving.load_model(tmp_path / "model.keras")
@@ -77,7 +116,9 @@ def test_mixed_float16_computes_in_half_keeps_float32_logits(tmp_path):
     assert m["status"] == "complete" and np.isfinite(m["history"][-1]["loss"])
     base = next(l for l in model.layers if isinstance(l, keras.Model))
     convs = [l for l in base.layers if isinstance(l, keras.layers.Conv2D)]
-    assert convs and all(l.compute_dtype == "float16" and l.variable_dtype == "float32" for l in convs)
+    assert convs and all(
+        l.compute_dtype == "float16" and l.variable_dtype == "float32" for l in convs
+    )
     y = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert y.dtype == np.float32
     assert model.layers[-1].compute_dtype == "float32"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from thaw.model.backbones import SPECS, build_base
 from thaw.errors import ConfigError
 from thaw.model import unfreeze
+from thaw.model.backbones import SPECS, build_base
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
-"""A Hydra app that is not thaw-train: reports a loss curve per step through thaw.sweeper.current_trial
+"""A Hydra app that is not thaw-train: reports a loss curve per step through
+thaw.sweeper.current_trial
 and raises optuna.TrialPruned when the study's pruner says so (the pattern the README shows)."""
+
 import hydra
 import optuna
 from omegaconf import DictConfig

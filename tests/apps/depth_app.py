@@ -1,4 +1,5 @@
 """A Hydra app whose `depth` range depends on the `model` group it searches (model.n blocks)."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,11 +1,12 @@
 """A 4-d sphere whose z is searched near the x the trial drew, and w added with `+`."""
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base=None, config_path="custom-search-space", config_name="config")
 def multi_dimensional_sphere(cfg: DictConfig) -> float:
-    return cfg.w ** 2 + cfg.x ** 2 + cfg.y ** 2 + cfg.z ** 2
+    return cfg.w**2 + cfg.x**2 + cfg.y**2 + cfg.z**2
 
 
 def configure(cfg: DictConfig, trial) -> None:

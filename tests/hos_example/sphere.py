@@ -1,4 +1,5 @@
 """The sphere function x^2 + y^2; `error=true` makes every job raise (the failure-rate cases)."""
+
 import hydra
 from omegaconf import DictConfig
 
@@ -7,7 +8,7 @@ from omegaconf import DictConfig
 def sphere(cfg: DictConfig) -> float:
     if cfg.get("error", False):
         raise RuntimeError("cfg.error is True")
-    return cfg.x ** 2 + cfg.y ** 2
+    return cfg.x**2 + cfg.y**2
 
 
 if __name__ == "__main__":

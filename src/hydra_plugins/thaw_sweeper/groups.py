@@ -1,4 +1,5 @@
-"""Config groups `hydra/sweeper/sampler` and `hydra/sweeper/pruner`: one typed node per Optuna class.
+"""Config groups `hydra/sweeper/sampler` and `hydra/sweeper/pruner`: one typed node per Optuna
+class.
 
 Selecting one (`hydra/sweeper/sampler=random`, `hydra/sweeper/pruner=hyperband`) replaces the whole
 node, so no argument of the previous choice is left behind; a misspelt or mistyped argument fails
@@ -9,7 +10,7 @@ constraints_func, ...) take a nested `_target_` node (with `_partial_: true` for
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -20,18 +21,18 @@ from omegaconf import MISSING
 @dataclass
 class TPESamplerConf:
     _target_: str = "optuna.samplers.TPESampler"
-    seed: Optional[int] = None
-    consider_prior: Optional[bool] = None
-    prior_weight: Optional[float] = None
-    consider_magic_clip: Optional[bool] = None
-    consider_endpoints: Optional[bool] = None
+    seed: int | None = None
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     gamma: Any = None
     weights: Any = None
-    multivariate: Optional[bool] = None
+    multivariate: bool | None = None
     group: bool = False
-    warn_independent_sampling: Optional[bool] = None
+    warn_independent_sampling: bool | None = None
     constant_liar: bool = True
     constraints_func: Any = None
 
@@ -39,21 +40,21 @@ class TPESamplerConf:
 @dataclass
 class RandomSamplerConf:
     _target_: str = "optuna.samplers.RandomSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
 class CmaEsSamplerConf:
     _target_: str = "optuna.samplers.CmaEsSampler"
-    seed: Optional[int] = None
-    x0: Optional[Dict[str, Any]] = None
-    sigma0: Optional[float] = None
+    seed: int | None = None
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
     n_startup_trials: int = 1
     independent_sampler: Any = None
     warn_independent_sampling: bool = True
     consider_pruned_trials: bool = False
-    restart_strategy: Optional[str] = None
-    popsize: Optional[int] = None
+    restart_strategy: str | None = None
+    popsize: int | None = None
     inc_popsize: int = -1
     use_separable_cma: bool = False
     with_margin: bool = False
@@ -63,10 +64,10 @@ class CmaEsSamplerConf:
 @dataclass
 class NSGAIISamplerConf:
     _target_: str = "optuna.samplers.NSGAIISampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     population_size: int = 50
     mutation: Any = None
-    mutation_prob: Optional[float] = None
+    mutation_prob: float | None = None
     crossover: Any = None
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
@@ -82,7 +83,7 @@ class NSGAIIISamplerConf(NSGAIISamplerConf):
 @dataclass
 class QMCSamplerConf:
     _target_: str = "optuna.samplers.QMCSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     qmc_type: str = "sobol"
     scramble: bool = False
     independent_sampler: Any = None
@@ -93,7 +94,7 @@ class QMCSamplerConf:
 @dataclass
 class GPSamplerConf:
     _target_: str = "optuna.samplers.GPSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     independent_sampler: Any = None
     n_startup_trials: int = 10
     deterministic_objective: bool = False
@@ -107,20 +108,29 @@ class GridSamplerConf:
     capped at the grid's size."""
 
     _target_: str = "optuna.samplers.GridSampler"
-    seed: Optional[int] = None
-    search_space: Optional[Dict[str, Any]] = None
+    seed: int | None = None
+    search_space: dict[str, Any] | None = None
 
 
 @dataclass
 class BruteForceSamplerConf:
     _target_: str = "optuna.samplers.BruteForceSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     avoid_premature_stop: bool = False
 
 
-SAMPLERS = {"tpe": TPESamplerConf, "motpe": TPESamplerConf, "random": RandomSamplerConf, "cmaes": CmaEsSamplerConf,
-            "nsgaii": NSGAIISamplerConf, "nsgaiii": NSGAIIISamplerConf, "qmc": QMCSamplerConf, "gp": GPSamplerConf,
-            "grid": GridSamplerConf, "bruteforce": BruteForceSamplerConf}
+SAMPLERS = {
+    "tpe": TPESamplerConf,
+    "motpe": TPESamplerConf,
+    "random": RandomSamplerConf,
+    "cmaes": CmaEsSamplerConf,
+    "nsgaii": NSGAIISamplerConf,
+    "nsgaiii": NSGAIIISamplerConf,
+    "qmc": QMCSamplerConf,
+    "gp": GPSamplerConf,
+    "grid": GridSamplerConf,
+    "bruteforce": BruteForceSamplerConf,
+}
 
 # --------------------------------------------------------------------------- pruners
 
@@ -175,8 +185,8 @@ class HyperbandPrunerConf:
 @dataclass
 class ThresholdPrunerConf:
     _target_: str = "optuna.pruners.ThresholdPruner"
-    lower: Optional[float] = None
-    upper: Optional[float] = None
+    lower: float | None = None
+    upper: float | None = None
     n_warmup_steps: int = 0
     interval_steps: int = 1
 
@@ -203,10 +213,17 @@ class NopPrunerConf:
     _target_: str = "optuna.pruners.NopPruner"
 
 
-PRUNERS = {"step_median": StepMedianPrunerConf, "median": MedianPrunerConf, "percentile": PercentilePrunerConf,
-           "successive_halving": SuccessiveHalvingPrunerConf, "hyperband": HyperbandPrunerConf,
-           "threshold": ThresholdPrunerConf, "patient": PatientPrunerConf, "wilcoxon": WilcoxonPrunerConf,
-           "none": NopPrunerConf}
+PRUNERS = {
+    "step_median": StepMedianPrunerConf,
+    "median": MedianPrunerConf,
+    "percentile": PercentilePrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf,
+    "hyperband": HyperbandPrunerConf,
+    "threshold": ThresholdPrunerConf,
+    "patient": PatientPrunerConf,
+    "wilcoxon": WilcoxonPrunerConf,
+    "none": NopPrunerConf,
+}
 
 
 def register() -> None:

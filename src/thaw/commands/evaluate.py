@@ -1,4 +1,5 @@
-"""Evaluate a saved model: on its run's held-out test split (once, after a sweep), and on any folder of
+"""Evaluate a saved model: on its run's held-out test split (once, after a sweep), and on any folder
+of
 class sub-folders (`thaw-evaluate`).
 
 Sweeps optimise validation accuracy; trials never look at the test split. Only the best trial is
@@ -11,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from thaw.runtime.outputs import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def evaluate_test(run_dir, per_image: bool = False) -> Optional[Dict[str, Any]]:
-    """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test split.
+def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
+    """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test
+    split.
     `per_image`: also 'correct', one 0/1 per test image in split order (paired comparisons)."""
     from thaw.runtime.tf_startup import import_tensorflow
 
@@ -34,25 +36,36 @@ def evaluate_test(run_dir, per_image: bool = False) -> Optional[Dict[str, Any]]:
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    has_test = (cfg.data.name == "folder" and cfg.data.test_fraction > 0) or \
-        (cfg.data.name == "synthetic" and cfg.data.num_test > 0) or \
-        (cfg.data.name == "cats_vs_dogs" and cfg.data.test_fraction > 0)
+    has_test = (
+        (cfg.data.name == "folder" and cfg.data.test_fraction > 0)
+        or (cfg.data.name == "synthetic" and cfg.data.num_test > 0)
+        or (cfg.data.name == "cats_vs_dogs" and cfg.data.test_fraction > 0)
+    )
     model_path = run_dir / "model.keras"
     if not has_test or not model_path.is_file():
         return None
-    ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
+    ds = data_mod.load(
+        cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed), cfg.trainer.get("cache_dir")
+    )
     if ds.test is None or not len(ds.test):
         return None
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    logits = model.predict(data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x),
-                           verbose=0)
+    logits = model.predict(
+        data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x), verbose=0
+    )
     labels = np.asarray(ds.test.labels).reshape(-1)
     if ds.num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)(labels.reshape(-1, 1).astype("float32"), logits)
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)(
+            labels.reshape(-1, 1).astype("float32"), logits
+        )
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()(labels, logits)
     correct = (np.argmax(as_probabilities(logits), axis=1) == labels).astype(int)
-    out = {"test_accuracy": float(correct.mean()), "test_loss": float(loss), "num_test": len(ds.test)}
+    out = {
+        "test_accuracy": float(correct.mean()),
+        "test_loss": float(loss),
+        "num_test": len(ds.test),
+    }
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
@@ -63,26 +76,33 @@ def evaluate_test(run_dir, per_image: bool = False) -> Optional[Dict[str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------- thaw-evaluate: any folder of classes
+# ---------------------------------------------------------------- thaw-evaluate: any folder of
+# classes
 
 MAX_THUMBNAILS = 200  # the page stays small on a bad model; the JSON lists every mistake
 
 
-def _folder_files(folder: str, class_names: List[str]) -> Tuple[List[str], List[int], List[str]]:
+def _folder_files(folder: str, class_names: list[str]) -> tuple[list[str], list[int], list[str]]:
     """Files and labels of a folder of class sub-folders named like the model's classes."""
     from thaw.data.folder import _class_dirs, _list_class_dir
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise DataError(f"{folder}: not a directory (expected class sub-folders: {', '.join(class_names)})")
+        raise DataError(
+            f"{folder}: not a directory (expected class sub-folders: {', '.join(class_names)})"
+        )
     unknown = sorted(set(_class_dirs(root)) - set(class_names))
     if unknown:
-        raise DataError(f"{root}: sub-folder(s) {', '.join(unknown)} are not classes of this model "
-                        f"({', '.join(class_names)})")
-    skipped: List[str] = []
+        raise DataError(
+            f"{root}: sub-folder(s) {', '.join(unknown)} are not classes of this model "
+            f"({', '.join(class_names)})"
+        )
+    skipped: list[str] = []
     by_class = {name: _list_class_dir(root / name, "skip", skipped) for name in _class_dirs(root)}
     if not any(by_class.values()):
-        raise DataError(f"{root}: no images in class sub-folders (expected: {', '.join(class_names)})")
+        raise DataError(
+            f"{root}: no images in class sub-folders (expected: {', '.join(class_names)})"
+        )
     files, labels = [], []
     for name, paths in by_class.items():
         files += paths
@@ -90,21 +110,31 @@ def _folder_files(folder: str, class_names: List[str]) -> Tuple[List[str], List[
     return files, labels, skipped
 
 
-def confusion_report(labels: np.ndarray, predicted: np.ndarray, class_names: List[str]) -> Dict[str, Any]:
+def confusion_report(
+    labels: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
     k = len(class_names)
     cm = np.zeros((k, k), np.int64)
     np.add.at(cm, (labels, predicted), 1)
     per_class = {}
     for i, name in enumerate(class_names):
         tp, col, row = cm[i, i], cm[:, i].sum(), cm[i, :].sum()
-        per_class[name] = {"precision": float(tp / col) if col else None, "recall": float(tp / row) if row else None,
-                           "support": int(row)}
-    return {"accuracy": float((labels == predicted).mean()) if len(labels) else None,
-            "per_class": per_class, "confusion_matrix": cm.tolist(), "num_images": int(len(labels))}
+        per_class[name] = {
+            "precision": float(tp / col) if col else None,
+            "recall": float(tp / row) if row else None,
+            "support": int(row),
+        }
+    return {
+        "accuracy": float((labels == predicted).mean()) if len(labels) else None,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "num_images": int(len(labels)),
+    }
 
 
-def evaluate_folder(target: str, folder: str, out_dir: Path) -> Dict[str, Any]:
-    """Accuracy, per-class precision/recall, confusion matrix; evaluation.json and evaluation.html."""
+def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall, confusion matrix; evaluation.json and
+    evaluation.html."""
     from thaw.model.inference import decode_images, load_trained
 
     trained = load_trained(target)
@@ -117,12 +147,23 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> Dict[str, Any]:
     y = np.asarray(labels)[keep]
     probs = trained.probabilities(images) if len(good) else np.zeros((0, len(trained.class_names)))
     pred = probs.argmax(axis=1)
-    result = {"model": str(trained.path), "folder": str(Path(folder).expanduser()),
-              "classes": trained.class_names, **confusion_report(y, pred, trained.class_names),
-              "bad_files": {**{f: "skipped while scanning" for f in skipped}, **problems}}
+    result = {
+        "model": str(trained.path),
+        "folder": str(Path(folder).expanduser()),
+        "classes": trained.class_names,
+        **confusion_report(y, pred, trained.class_names),
+        "bad_files": {**{f: "skipped while scanning" for f in skipped}, **problems},
+    }
     result["misclassified"] = [
-        {"path": f, "true": trained.class_names[t], "predicted": trained.class_names[p], "probability": float(pr[p])}
-        for f, t, p, pr in zip(good, y, pred, probs) if t != p]
+        {
+            "path": f,
+            "true": trained.class_names[t],
+            "predicted": trained.class_names[p],
+            "probability": float(pr[p]),
+        }
+        for f, t, p, pr in zip(good, y, pred, probs)
+        if t != p
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "evaluation.json", result)
     from thaw.runtime.outputs import write_text_atomic
@@ -145,52 +186,72 @@ def _thumbnail(path: str, size: int = 128) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def evaluation_html(r: Dict[str, Any]) -> str:
+def evaluation_html(r: dict[str, Any]) -> str:
     """A self-contained page: summary, per-class table, confusion matrix, mistakes as thumbnails."""
     import html
 
     esc = html.escape
     names = r["classes"]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
-    rows = "".join(f"<tr><td>{esc(n)}</td><td>{pct(c['precision'])}</td><td>{pct(c['recall'])}</td>"
-                   f"<td>{c['support']}</td></tr>" for n, c in r["per_class"].items())
-    cm = "".join(f"<tr><th>{esc(n)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
-                 for n, row in zip(names, r["confusion_matrix"]))
+    rows = "".join(
+        f"<tr><td>{esc(n)}</td><td>{pct(c['precision'])}</td><td>{pct(c['recall'])}</td>"
+        f"<td>{c['support']}</td></tr>"
+        for n, c in r["per_class"].items()
+    )
+    cm = "".join(
+        f"<tr><th>{esc(n)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+        for n, row in zip(names, r["confusion_matrix"])
+    )
     thumbs = []
     for m in r["misclassified"][:MAX_THUMBNAILS]:
         try:
             src = _thumbnail(m["path"])
         except Exception:
             src = ""
-        thumbs.append(f"<figure><img src='{src}' alt='{esc(m['path'])}'><figcaption>{esc(Path(m['path']).name)}"
-                      f"<br>true {esc(m['true'])}, predicted {esc(m['predicted'])} ({100 * m['probability']:.0f} %)"
-                      "</figcaption></figure>")
+        thumbs.append(
+            f"<figure><img src='{src}' "
+            f"alt='{esc(m['path'])}'><figcaption>{esc(Path(m['path']).name)}"
+            f"<br>true {esc(m['true'])}, predicted {esc(m['predicted'])} "
+            f"({100 * m['probability']:.0f} %)"
+            "</figcaption></figure>"
+        )
     more = len(r["misclassified"]) - MAX_THUMBNAILS
     bad = "".join(f"<li>{esc(f)}: {esc(w)}</li>" for f, w in r["bad_files"].items())
-    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>thaw evaluation</title>
-<style>body {{ font-family: system-ui, sans-serif; margin: 2em; }} table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; }} figure {{ display: inline-block; width: 150px;
-margin: 4px; font-size: 12px; vertical-align: top; }} img {{ max-width: 140px; }}</style></head><body>
-<h1>Evaluation: {pct(r['accuracy'])} accuracy on {r['num_images']} images</h1>
-<p>Model {esc(r['model'])}<br>Folder {esc(r['folder'])}</p>
-<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>{rows}</table>
+    n_bad = len(r["bad_files"])
+    bad_section = f"<h2>Bad files ({n_bad})</h2><ul>{bad}</ul>" if bad else ""
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>thaw evaluation</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
+figure {{ display: inline-block; width: 150px; margin: 4px; font-size: 12px; vertical-align: top; }}
+img {{ max-width: 140px; }}</style></head><body>
+<h1>Evaluation: {pct(r["accuracy"])} accuracy on {r["num_images"]} images</h1>
+<p>Model {esc(r["model"])}<br>Folder {esc(r["folder"])}</p>
+<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>
+{rows}</table>
 <h2>Confusion matrix</h2><p>Rows: true class; columns: predicted class.</p>
-<table><tr><th></th>{''.join(f'<th>{esc(n)}</th>' for n in names)}</tr>{cm}</table>
-<h2>Misclassified ({len(r['misclassified'])})</h2>{''.join(thumbs)}
-{f'<p>and {more} more (listed in evaluation.json)</p>' if more > 0 else ''}
-{f'<h2>Bad files ({len(r["bad_files"])})</h2><ul>{bad}</ul>' if bad else ''}
+<table><tr><th></th>{"".join(f"<th>{esc(n)}</th>" for n in names)}</tr>{cm}</table>
+<h2>Misclassified ({len(r["misclassified"])})</h2>{"".join(thumbs)}
+{f"<p>and {more} more (listed in evaluation.json)</p>" if more > 0 else ""}
+{bad_section}
 </body></html>
 """
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from thaw.model.inference import run_command
 
-    parser = argparse.ArgumentParser(prog="thaw-evaluate", description=(
-        "Evaluate a trained thaw model on a folder of class sub-folders: accuracy, per-class precision and "
-        "recall, confusion matrix; writes evaluation.json and evaluation.html (misclassified thumbnails)."))
+    parser = argparse.ArgumentParser(
+        prog="thaw-evaluate",
+        description=(
+            "Evaluate a trained thaw model on a folder of class sub-folders: accuracy, per-class "
+            "precision and "
+            "recall, confusion matrix; writes evaluation.json and evaluation.html (misclassified "
+            "thumbnails)."
+        ),
+    )
     parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
     parser.add_argument("folder", help="folder of class sub-folders named like the model's classes")
     parser.add_argument("--out", default="evaluation", help="output dir (default: ./evaluation)")
@@ -198,9 +259,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def _run() -> int:
         r = evaluate_folder(args.model, args.folder, Path(args.out))
-        per = ", ".join(f"{n} P {c['precision'] or 0:.3f} R {c['recall'] or 0:.3f}" for n, c in r["per_class"].items())
-        print(f"accuracy {r['accuracy']:.4f} on {r['num_images']} images ({per}); "
-              f"{len(r['bad_files'])} bad file(s); {Path(args.out) / 'evaluation.html'}")
+        per = ", ".join(
+            f"{n} P {c['precision'] or 0:.3f} R {c['recall'] or 0:.3f}"
+            for n, c in r["per_class"].items()
+        )
+        print(
+            f"accuracy {r['accuracy']:.4f} on {r['num_images']} images ({per}); "
+            f"{len(r['bad_files'])} bad file(s); {Path(args.out) / 'evaluation.html'}"
+        )
         return 0
 
     return run_command("thaw-evaluate", _run)

@@ -1,4 +1,5 @@
-"""`thaw-export`: a trained model as a TensorFlow SavedModel and TensorFlow Lite files (float32, float16,
+"""`thaw-export`: a trained model as a TensorFlow SavedModel and TensorFlow Lite files (float32,
+float16,
 int8), each checked against the Keras model on real images before it is trusted.
 
 int8 is full-integer quantization calibrated on a representative sample of the run's training
@@ -14,12 +15,18 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
 from thaw.errors import ConfigError
-from thaw.model.inference import as_probabilities, decode_images, list_images, load_trained, run_command
+from thaw.model.inference import (
+    as_probabilities,
+    decode_images,
+    list_images,
+    load_trained,
+    run_command,
+)
 from thaw.runtime.tf_startup import native_stderr_filtered
 
 log = logging.getLogger(__name__)
@@ -27,25 +34,34 @@ log = logging.getLogger(__name__)
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 
 
-def sample_images(trained, data: Optional[str], n_rep: int, n_check: int) -> Tuple[np.ndarray, np.ndarray, str]:
+def sample_images(
+    trained, data: str | None, n_rep: int, n_check: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(representative images, check images, where they came from): the run's own train/validation
-    splits, or a folder given with --data (split by order: first for calibration, rest for checks)."""
+    splits, or a folder given with --data (split by order: first for calibration, rest for
+    checks)."""
     if data:
         images, good, _ = decode_images(list_images([data]), trained.image_size)
         rng = np.random.default_rng(0)
         order = rng.permutation(len(good))
         cut = min(n_rep, len(good) // 2)
-        return images[order[:cut]], images[order[cut:cut + n_check]], data
+        return images[order[:cut]], images[order[cut : cut + n_check]], data
     if trained.run_dir is None:
-        raise ConfigError(f"{trained.path}: no run config next to the model; give images with --data FOLDER")
+        raise ConfigError(
+            f"{trained.path}: no run config next to the model; give images with --data FOLDER"
+        )
     from thaw.data import folder as data_mod
     from thaw.model.inference import run_config
 
     cfg = run_config(trained.run_dir)
-    ds = data_mod.load(cfg.data, trained.image_size, int(cfg.trainer.seed), cfg.trainer.get("cache_dir"))
+    ds = data_mod.load(
+        cfg.data, trained.image_size, int(cfg.trainer.seed), cfg.trainer.get("cache_dir")
+    )
     rng = np.random.default_rng(0)
     rep = ds.train.images[np.sort(rng.permutation(len(ds.train))[:n_rep])]
-    check = ds.val.images[np.sort(rng.permutation(len(ds.val))[:n_check])]  # both classes, any n_check
+    check = ds.val.images[
+        np.sort(rng.permutation(len(ds.val))[:n_check])
+    ]  # both classes, any n_check
     return rep, check, f"run {trained.run_dir} (train: calibration, validation: checks)"
 
 
@@ -97,22 +113,38 @@ def run_saved_model(path: Path, images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))  # keep it referenced: its variables die with it
-    return np.concatenate([loaded.serve(tf.constant(images[i:i + 64].astype(np.float32))).numpy()
-                           for i in range(0, len(images), 64)])
+    return np.concatenate(
+        [
+            loaded.serve(tf.constant(images[i : i + 64].astype(np.float32))).numpy()
+            for i in range(0, len(images), 64)
+        ]
+    )
 
 
-def compare(reference: np.ndarray, other: np.ndarray) -> Dict[str, float]:
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     a, b = as_probabilities(reference), as_probabilities(other)
-    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-            "max_abs_prob_diff": float(np.abs(a - b).max())}
+    return {
+        "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+        "max_abs_prob_diff": float(np.abs(a - b).max()),
+    }
 
 
 def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
 
 
-def export(target: str, out: Optional[str], formats: List[str], data: Optional[str], n_rep: int,
-           n_check: int) -> Dict[str, Any]:
+def export(
+    target: str,
+    out: str | None,
+    formats: list[str],
+    data: str | None,
+    n_rep: int,
+    n_check: int,
+) -> dict[str, Any]:
     trained = load_trained(target)
     out_dir = Path(out) if out else (trained.run_dir or trained.path.parent) / "export"
     rep, check, source = sample_images(trained, data, n_rep, n_check)
@@ -134,11 +166,17 @@ def export(target: str, out: Optional[str], formats: List[str], data: Optional[s
     return result
 
 
-def _export_all(trained, saved: Path, out_dir: Path, formats, rep, check, reference, source) -> Dict[str, Any]:
+def _export_all(
+    trained, saved: Path, out_dir: Path, formats, rep, check, reference, source
+) -> dict[str, Any]:
     trained.model.export(str(saved), format="tf_saved_model", verbose=False)
-    result: Dict[str, Any] = {"model": str(trained.path), "keras_bytes": trained.path.stat().st_size,
-                              "checked_on": {"images": int(len(check)), "source": source},
-                              "calibration_images": int(len(rep)), "exports": {}}
+    result: dict[str, Any] = {
+        "model": str(trained.path),
+        "keras_bytes": trained.path.stat().st_size,
+        "checked_on": {"images": int(len(check)), "source": source},
+        "calibration_images": int(len(rep)),
+        "exports": {},
+    }
     for fmt in formats:
         t0 = time.perf_counter()
         if fmt == "saved_model":
@@ -150,40 +188,67 @@ def _export_all(trained, saved: Path, out_dir: Path, formats, rep, check, refere
             with native_stderr_filtered():
                 write_bytes_atomic(path, _converter(saved, fmt, rep).convert())
                 outputs = run_tflite(path, check)
-        result["exports"][fmt] = {"path": str(path), "bytes": _size(path), **compare(reference, outputs),
-                                  "seconds": round(time.perf_counter() - t0, 1)}
+        result["exports"][fmt] = {
+            "path": str(path),
+            "bytes": _size(path),
+            **compare(reference, outputs),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         log.info("%s: %s", fmt, result["exports"][fmt])
     return result
 
 
-def _main(argv: Optional[List[str]]) -> int:
-    parser = argparse.ArgumentParser(prog="thaw-export", description=(
-        "Export a trained thaw model to SavedModel and TensorFlow Lite (fp32, fp16, int8), each checked "
-        "against the Keras model on real images; writes export.json."))
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thaw-export",
+        description=(
+            "Export a trained thaw model to SavedModel and TensorFlow Lite (fp32, fp16, int8), "
+            "each checked "
+            "against the Keras model on real images; writes export.json."
+        ),
+    )
     parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
     parser.add_argument("--out", default=None, help="output dir (default: <run dir>/export)")
-    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
-    parser.add_argument("--data", default=None, help="images for calibration and checks (default: the run's data)")
+    parser.add_argument(
+        "--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}"
+    )
+    parser.add_argument(
+        "--data", default=None, help="images for calibration and checks (default: the run's data)"
+    )
     parser.add_argument("--calibration-images", type=int, default=200)
     parser.add_argument("--check-images", type=int, default=1000)
     args = parser.parse_args(argv)
-    for flag, value in (("--calibration-images", args.calibration_images), ("--check-images", args.check_images)):
+    for flag, value in (
+        ("--calibration-images", args.calibration_images),
+        ("--check-images", args.check_images),
+    ):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ConfigError(f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from "
+            f"{', '.join(FORMATS)}"
+        )
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    res = export(args.model, args.out, formats, args.data, args.calibration_images, args.check_images)
-    print(f"checked on {res['checked_on']['images']} images; model.keras {res['keras_bytes'] / 1e6:.2f} MB")
+    res = export(
+        args.model, args.out, formats, args.data, args.calibration_images, args.check_images
+    )
+    print(
+        f"checked on {res['checked_on']['images']} images; model.keras "
+        f"{res['keras_bytes'] / 1e6:.2f} MB"
+    )
     for fmt, e in res["exports"].items():
-        print(f"{fmt:12s} {e['bytes'] / 1e6:7.2f} MB  top-1 agreement {100 * e['top1_agreement']:6.2f} %  "
-              f"max |dp| {e['max_abs_prob_diff']:.4f}  {e['path']}")
+        print(
+            f"{fmt:12s} {e['bytes'] / 1e6:7.2f} MB  top-1 agreement "
+            f"{100 * e['top1_agreement']:6.2f} %  "
+            f"max |dp| {e['max_abs_prob_diff']:.4f}  {e['path']}"
+        )
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return run_command("thaw-export", lambda: _main(argv))
 
 

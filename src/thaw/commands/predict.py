@@ -1,4 +1,5 @@
-"""`thaw-predict`: class probabilities for new photos, as CSV (one row per file, bad files included)."""
+"""`thaw-predict`: class probabilities for new photos, as CSV (one row per file, bad files
+included)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import argparse
 import csv
 import io
 import sys
-from typing import List, Optional
 
 from thaw.errors import ConfigError
 from thaw.model.inference import decode_images, list_images, load_trained, run_command
 
 
-def predict_rows(target: str, inputs: List[str], batch_size: int = 64):
-    """(header, rows): path, predicted class, probability per class, error (bad files: error only)."""
+def predict_rows(target: str, inputs: list[str], batch_size: int = 64):
+    """(header, rows): path, predicted class, probability per class, error (bad files: error
+    only)."""
     trained = load_trained(target)
     files = list_images(inputs)
     images, good, problems = decode_images(files, trained.image_size)
@@ -30,11 +31,15 @@ def predict_rows(target: str, inputs: List[str], batch_size: int = 64):
     return ["path", "predicted", *[f"prob_{n}" for n in names], "error"], rows, trained
 
 
-def _main(argv: Optional[List[str]]) -> int:
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="thaw-predict", description="Predict classes for image files or folders with a trained thaw model.")
+        prog="thaw-predict",
+        description="Predict classes for image files or folders with a trained thaw model.",
+    )
     parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument(
+        "inputs", nargs="+", help="image files and/or folders (searched recursively)"
+    )
     parser.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
@@ -52,12 +57,15 @@ def _main(argv: Optional[List[str]]) -> int:
     else:
         sys.stdout.write(buf.getvalue())
     bad = sum(1 for r in rows if r[-1])
-    print(f"thaw-predict: {len(rows) - bad} predicted, {bad} bad file(s), model {trained.path}"
-          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+    print(
+        f"thaw-predict: {len(rows) - bad} predicted, {bad} bad file(s), model {trained.path}"
+        + (f", written to {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return run_command("thaw-predict", lambda: _main(argv))
 
 

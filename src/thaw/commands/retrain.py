@@ -14,7 +14,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
 
 from thaw.errors import ConfigError
 from thaw.model.inference import RESOLVED_CONFIG, best_trial_dir, run_command
@@ -26,8 +25,10 @@ def source_run(target: str) -> Path:
     p = Path(target).expanduser()
     run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / RESOLVED_CONFIG).is_file() and not (run / ".hydra" / "config.yaml").is_file():
-        raise ConfigError(f"{target}: not a sweep dir or run dir (no {run / RESOLVED_CONFIG} or "
-                          f"{run / '.hydra' / 'config.yaml'})")
+        raise ConfigError(
+            f"{target}: not a sweep dir or run dir (no {run / RESOLVED_CONFIG} or "
+            f"{run / '.hydra' / 'config.yaml'})"
+        )
     return run
 
 
@@ -37,10 +38,12 @@ def write_winner(run: Path, search_dir: Path) -> None:
     resolved = run / RESOLVED_CONFIG
     text = (resolved if resolved.is_file() else run / ".hydra" / "config.yaml").read_text()
     (search_dir / "retrain").mkdir(parents=True, exist_ok=True)
-    (search_dir / "retrain" / "winner.yaml").write_text(f"# @package _global_\n# from {run}\n{text}")
+    (search_dir / "retrain" / "winner.yaml").write_text(
+        f"# @package _global_\n# from {run}\n{text}"
+    )
 
 
-def _refuse_group_overrides(overrides: List[str]) -> None:
+def _refuse_group_overrides(overrides: list[str]) -> None:
     """The winner's config sets every key after the config groups compose, so `data=folder` would
     be silently undone: only dotted keys are overrides here."""
     from thaw.config.paths import conf_dir
@@ -49,11 +52,15 @@ def _refuse_group_overrides(overrides: List[str]) -> None:
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
         if "=" in o and "." not in key and key in groups:
-            raise ConfigError(f"{o}: thaw-retrain re-runs the winner's exact config, so a config group "
-                              f"cannot be swapped; override its keys instead (e.g. {key}.<key>=...)")
+            raise ConfigError(
+                f"{o}: thaw-retrain re-runs the winner's exact config, so a config group "
+                f"cannot be swapped; override its keys instead (e.g. {key}.<key>=...)"
+            )
 
 
-def retrain_argv(target: str, overrides: List[str], train_on_val: bool, search_dir: Path) -> List[str]:
+def retrain_argv(
+    target: str, overrides: list[str], train_on_val: bool, search_dir: Path
+) -> list[str]:
     """thaw-train's command line for the re-run (writes the winner's config under search_dir)."""
     run = source_run(target)
     write_winner(run, search_dir)
@@ -63,33 +70,55 @@ def retrain_argv(target: str, overrides: List[str], train_on_val: bool, search_d
     extra = list(overrides) + (TRAIN_ON_VAL if train_on_val else [])
     if not any(o.startswith("hydra.run.dir=") for o in extra):
         extra.append(f"hydra.run.dir={default_dir}")
-    return [f"hydra.searchpath=[file://{search_dir.resolve()}]", "+retrain=winner", "trainer.save_model=true",
-            *extra]
+    return [
+        f"hydra.searchpath=[file://{search_dir.resolve()}]",
+        "+retrain=winner",
+        "trainer.save_model=true",
+        *extra,
+    ]
 
 
-def _main(argv: Optional[List[str]]) -> int:
-    parser = argparse.ArgumentParser(prog="thaw-retrain", description=(
-        "Re-run a sweep's best trial (or a run) from its exact saved config, with overrides."),
-        epilog="e.g. thaw-retrain multirun/smoke/2026-11-29_10-00-00 trainer.finetune_epochs=20 --train-on-val")
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thaw-retrain",
+        description=(
+            "Re-run a sweep's best trial (or a run) from its exact saved config, with overrides."
+        ),
+        epilog="e.g. thaw-retrain multirun/smoke/2026-11-29_10-00-00 trainer.finetune_epochs=20 "
+        "--train-on-val",
+    )
     parser.add_argument("target", help="sweep dir (its best trial) or run dir")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.finetune_epochs=20")
-    parser.add_argument("--train-on-val", action="store_true",
-                        help="train on train + validation (" + " ".join(TRAIN_ON_VAL) + ")")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. trainer.finetune_epochs=20"
+    )
+    parser.add_argument(
+        "--train-on-val",
+        action="store_true",
+        help="train on train + validation (" + " ".join(TRAIN_ON_VAL) + ")",
+    )
     args = parser.parse_intermixed_args(argv)
     from thaw.commands import train as cli
 
     with tempfile.TemporaryDirectory(prefix="thaw-retrain-") as tmp:
         new_argv = retrain_argv(args.target, args.overrides, args.train_on_val, Path(tmp))
-        from thaw.sweeper.storage import redact  # a storage URL among the overrides: no password echoed
+        from thaw.runtime.secrets import (
+            redact,
+        )  # a storage URL among the overrides: no password echoed
 
-        print("thaw-retrain: thaw-train " + redact(" ".join(new_argv[1:])), file=sys.stderr, flush=True)
+        print(
+            "thaw-retrain: thaw-train " + redact(" ".join(new_argv[1:])),
+            file=sys.stderr,
+            flush=True,
+        )
         sys.argv = ["thaw-train", *new_argv]
         cli.main()
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    return run_command("thaw-retrain", lambda: _main(argv), per_file_logs=True)  # a training run logs as usual
+def main(argv: list[str] | None = None) -> int:
+    return run_command(
+        "thaw-retrain", lambda: _main(argv), per_file_logs=True
+    )  # a training run logs as usual
 
 
 if __name__ == "__main__":

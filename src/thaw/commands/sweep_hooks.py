@@ -1,26 +1,56 @@
 """thaw-train's side of a sweep: what the generic sweeper (thaw.sweeper) asks the app it runs.
 
-The sweeper knows nothing of data, weights or test splits; `cli._task.sweep_app` hands it this
-object. No TensorFlow here except in `evaluate`, after the search.
+The sweeper knows nothing of data, weights or test splits; `commands.train._task.sweep_app` hands
+it this object (thaw.sweeper.hooks.AppHooks). No TensorFlow here except in `evaluate`, after the
+search.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from thaw.errors import ConfigError
+from thaw.sweeper.hooks import AppHooks
 
 # Keys that change where or how fast a run goes, never what it learns: a study is the same question
 # with any of them changed (resumed elsewhere, with the cache off, without W&B, ...).
-RUN_LOCAL = ("name", "logger", "trainer.resume", "trainer.checkpoint", "trainer.cache_dir", "trainer.cache_max_mb",
-             "trainer.cache_features", "trainer.reuse_compiled", "trainer.fused_optimizer", "trainer.save_model",
-             "trainer.export_h5", "data.max_memory_mb", "data.max_disk_mb")
-PATH_KEYS = ("data.path", "backbone.weights", "data.tfds_data_dir", "trainer.cache_dir", "logger.dir")
+RUN_LOCAL = (
+    "name",
+    "logger",
+    "trainer.resume",
+    "trainer.checkpoint",
+    "trainer.cache_dir",
+    "trainer.cache_max_mb",
+    "trainer.cache_features",
+    "trainer.reuse_compiled",
+    "trainer.fused_optimizer",
+    "trainer.save_model",
+    "trainer.export_h5",
+    "data.max_memory_mb",
+    "data.max_disk_mb",
+)
+PATH_KEYS = (
+    "data.path",
+    "backbone.weights",
+    "data.tfds_data_dir",
+    "trainer.cache_dir",
+    "logger.dir",
+)
 SEED_KEY = "trainer.seed"
+# what a sweep trial measures; the test split is held out for the chosen trial
+TRIAL_OBJECTIVES = (
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "wall_seconds",
+    "trainable_params",
+)
 
 
 def absolute(cfg) -> None:
@@ -35,7 +65,9 @@ def resolved(cfg):
     """A run's config with interpolations resolved and paths absolute: reads the same anywhere."""
     from thaw.sweeper.identity import without_hydra
 
-    out = OmegaConf.create(OmegaConf.to_container(without_hydra(cfg) if "hydra" in cfg else cfg, resolve=True))
+    out = OmegaConf.create(
+        OmegaConf.to_container(without_hydra(cfg) if "hydra" in cfg else cfg, resolve=True)
+    )
     absolute(out)
     return out
 
@@ -63,7 +95,9 @@ def folder_content(root: str) -> str:
             except OSError:
                 continue
     entries.sort()
-    return f"{len(entries)} files, {hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
+    return (
+        f"{len(entries)} files, {hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
+    )
 
 
 def identity_free(job_cfg):
@@ -72,20 +106,70 @@ def identity_free(job_cfg):
     return without_hydra(job_cfg)
 
 
-class ThawTrainSweep:
+class ThawTrainSweep(AppHooks):
+    prog = "thaw-train"
     run_local = RUN_LOCAL
     seed_key = SEED_KEY
 
-    def config_keys(self, job_cfg, searched: Iterable[str]) -> Dict[str, str]:
-        """The fixed config, paths absolute (the same data from another directory is the same study)."""
+    def default_directions(self, config) -> list[str]:
+        """Each objective its own way: accuracy up; loss, time and size down."""
+        from thaw.train.record import objective_names
+
+        return [
+            "maximize" if n.endswith("accuracy") else "minimize" for n in objective_names(config)
+        ]
+
+    def check_objectives(self, config) -> None:
+        """An objective no trial measures would fail every trial: refused before the first."""
+        from thaw.train.record import objective_names
+
+        for name in objective_names(config):
+            if name not in TRIAL_OBJECTIVES:
+                raise ConfigError(
+                    f"trainer.objective: {name} is not measured by sweep trials (the test split is "
+                    "held out: the sweep evaluates only its best trial on it, once); sweep on one "
+                    f"of {', '.join(TRIAL_OBJECTIVES)}"
+                )
+
+    def no_model_overrides(self) -> list[str]:
+        return ["trainer.save_model=false"]
+
+    def on_results(self, config, study, sweep_dir, storage_url: str) -> None:
+        """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""
+        import logging
+
+        log = logging.getLogger("thaw.sweeper")
+        try:
+            from thaw.report.html import build_report
+
+            local = storage_url.endswith(f"{sweep_dir}/study.db")
+            path = build_report(
+                str(sweep_dir) if local else storage_url, study.study_name, out_dir=sweep_dir
+            )
+            log.info("sweep report: %s", path)
+        except Exception as exc:
+            log.warning("sweep report not written: %s", exc)
+        try:
+            from thaw.runtime.tracking import log_sweep_summary
+
+            log_sweep_summary(config.get("logger"), study, sweep_dir)
+        except Exception as exc:
+            log.warning("W&B sweep summary not logged: %s", exc)
+
+    def config_keys(self, job_cfg, searched: Iterable[str]) -> dict[str, str]:
+        """The fixed config, paths absolute (the same data from another directory is the same
+        study)."""
         from thaw.sweeper import identity
 
-        cfg = OmegaConf.create(OmegaConf.to_container(identity.without_hydra(job_cfg), resolve=True))
+        cfg = OmegaConf.create(
+            OmegaConf.to_container(identity.without_hydra(job_cfg), resolve=True)
+        )
         absolute(cfg)
         return identity.fixed_keys(cfg, searched, self.run_local)
 
-    def content_keys(self, job_cfg) -> Dict[str, str]:
-        """What the config's paths hold: the data folder by content, the weights file by its hash."""
+    def content_keys(self, job_cfg) -> dict[str, str]:
+        """What the config's paths hold: the data folder by content, the weights file by its
+        hash."""
         out = {}
         d, w = job_cfg.data, job_cfg.backbone.weights
         if d.name == "folder" and d.path and os.path.isdir(os.path.expanduser(str(d.path))):
@@ -95,7 +179,8 @@ class ThawTrainSweep:
         return out
 
     def validate(self, job_cfg) -> None:
-        """The fixed config's full check (the data folder scanned), after the study identity check."""
+        """The fixed config's full check (the data folder scanned), after the study identity
+        check."""
         from thaw.config.settings import validate
 
         validate(identity_free(job_cfg))
@@ -107,66 +192,89 @@ class ThawTrainSweep:
         for key, why in ignored(job_cfg, list(searched)).items():
             raise ConfigError(f"hydra.sweeper.params.{key}: searching it changes nothing: {why}")
 
-    def pruning_warning(self, job_cfg) -> Optional[str]:
+    def pruning_warning(self, job_cfg) -> str | None:
         from thaw.train.record import objective_names
 
         names = objective_names(job_cfg)
         if len(names) == 1 and names[0] not in ("val_accuracy", "val_loss"):
-            return (f"pruning is off: trainer.objective={names[0]} is measured once at the end, not per epoch "
-                    "(only val_accuracy and val_loss are reported per epoch)")
+            return (
+                f"pruning is off: trainer.objective={names[0]} is measured once at the end, not "
+                "per epoch "
+                "(only val_accuracy and val_loss are reported per epoch)"
+            )
         return None
 
-    def baseline(self, job_cfg, space: Dict[str, Any]) -> Dict[str, Any]:
-        """The frozen-base trial: depth 0, every other searched key at the composed config's value."""
+    def baseline(self, job_cfg, space: dict[str, Any]) -> dict[str, Any]:
+        """The frozen-base trial: depth 0, every other searched key at the composed config's
+        value."""
         if "unfreeze.depth" not in space:
-            raise ConfigError("hydra.sweeper.baseline=true: the baseline is unfreeze.depth=0, so unfreeze.depth "
-                              "must be searched (or set hydra.sweeper.baseline=false)")
+            raise ConfigError(
+                "hydra.sweeper.baseline=true: the baseline is unfreeze.depth=0, so unfreeze.depth "
+                "must be searched (or set hydra.sweeper.baseline=false)"
+            )
         params = {}
         for key, dist in space.items():
             value = 0 if key == "unfreeze.depth" else _preset_value(job_cfg, key)
             if value is None or not _contains(dist, value):
-                raise ConfigError(f"hydra.sweeper.baseline=true: {key}={value} (the preset's value) is outside "
-                                  "the searched range; widen it or set hydra.sweeper.baseline=false")
+                raise ConfigError(
+                    f"hydra.sweeper.baseline=true: {key}={value} (the preset's value) is outside "
+                    "the searched range; widen it or set hydra.sweeper.baseline=false"
+                )
             params[key] = value
         return params
 
-    def confirmation_overrides(self, job_cfg, base_seed: int, reuse_views: bool = True) -> List[str]:
+    def confirmation_overrides(
+        self, job_cfg, base_seed: int, reuse_views: bool = True
+    ) -> list[str]:
         """A confirmation run's model is never served (the winner's own trial is): not saved. With
         augmentation it keeps the search's augmented views (trainer.view_seed): they are in the
         feature cache, and computing a new seed's views costs a pass over every training image per
-        view; the run's own seed still draws the head, orders the data and assigns views to epochs."""
+        view; the run's own seed still draws the head, orders the data and assigns views to
+        epochs."""
         from thaw.data.augment import resolve
 
         out = ["trainer.save_model=false"]
-        if reuse_views and resolve(job_cfg) is not None and job_cfg.trainer.get("view_seed") is None:
+        if (
+            reuse_views
+            and resolve(job_cfg) is not None
+            and job_cfg.trainer.get("view_seed") is None
+        ):
             out.append(f"trainer.view_seed={int(base_seed)}")
         return out
 
-    @staticmethod
-    def confirmation_order(params: Dict[str, Any]):
-        """Within a seed, the deepest trial first: its pass through the frozen layers computes the new
+    def confirmation_order(self, params: dict[str, Any]):
+        """Within a seed, the deepest trial first: its pass through the frozen layers computes the
+        new
         seed's augmented views once and stores every shallower boundary for the runs after it."""
         return -int(params.get("unfreeze.depth", 0))
 
-    def about(self, job_cfg, space_text: str) -> Dict[str, Any]:
+    def about(self, job_cfg, space_text: str) -> dict[str, Any]:
         """What the sweep is about, for the report header and the W&B summary."""
         b, d = job_cfg.backbone, job_cfg.data
-        out: Dict[str, Any] = {"backbone": f"{b.name} alpha {b.alpha}", "weights": str(b.weights),
-                               "image_size": int(b.image_size), "search_space": space_text, "data": d.name}
+        out: dict[str, Any] = {
+            "backbone": f"{b.name} alpha {b.alpha}",
+            "weights": str(b.weights),
+            "image_size": int(b.image_size),
+            "search_space": space_text,
+            "data": d.name,
+        }
         if d.name == "folder" and d.path:
             out["data"] = os.path.abspath(os.path.expanduser(str(d.path)))
             try:
                 from thaw.data.folder import scan_folder
 
                 scan = scan_folder(d)
-                out["images"] = {"train": len(scan.train.files), "validation": len(scan.val.files),
-                                 "test": len(scan.test.files) if scan.test is not None else 0,
-                                 "classes": len(scan.class_names)}
+                out["images"] = {
+                    "train": len(scan.train.files),
+                    "validation": len(scan.val.files),
+                    "test": len(scan.test.files) if scan.test is not None else 0,
+                    "classes": len(scan.class_names),
+                }
             except Exception:  # the trials will say what is wrong with the folder
                 pass
         return out
 
-    def evaluate(self, run_dir: str) -> Optional[Dict[str, Any]]:
+    def evaluate(self, run_dir: str) -> dict[str, Any] | None:
         """The held-out test split on a trial's model.keras, with per-image correctness (paired
         comparisons), or None without a test split or a model."""
         from thaw.commands.evaluate import evaluate_test

@@ -7,15 +7,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import List
 
 import hydra
 from omegaconf import DictConfig
 
+from thaw.commands.sweep_hooks import ThawTrainSweep
+from thaw.config.paths import conf_dir
 from thaw.config.settings import register_configs, validate
 from thaw.errors import ThawError
-from thaw.config.paths import conf_dir
-from thaw.commands.sweep_hooks import ThawTrainSweep
 
 log = logging.getLogger("thaw")
 
@@ -29,7 +28,9 @@ def _one_line(exc: BaseException) -> str:
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += ": " + str(cause).strip().split("\n    full_key")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    from thaw.sweeper.storage import redact  # e.g. Hydra quoting a bad override: never a storage password
+    from thaw.runtime.secrets import (
+        redact,
+    )  # e.g. Hydra quoting a bad override: never a storage password
 
     return redact("; ".join(lines))[:600]
 
@@ -39,7 +40,7 @@ def _die(message: str) -> None:
     sys.exit(2)
 
 
-def _fixed_overrides(overrides: List[str]) -> List[str]:
+def _fixed_overrides(overrides: list[str]) -> list[str]:
     """Drop sweep overrides (a=1,2 / choice(...)) so the fixed part can be composed and checked."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -47,13 +48,22 @@ def _fixed_overrides(overrides: List[str]) -> List[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
-def precheck(argv: List[str]) -> None:
-    """Compose the config exactly as Hydra will and validate it; exit 2 with one line on bad input."""
+def precheck(argv: list[str]) -> None:
+    """Compose the config exactly as Hydra will and validate it; exit 2 with one line on bad
+    input."""
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-            or args.experimental_rerun or args.config_path or args.config_dir):
+    if (
+        args.help
+        or args.hydra_help
+        or args.cfg
+        or args.info
+        or args.shell_completion
+        or args.experimental_rerun
+        or args.config_path
+        or args.config_dir
+    ):
         return
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -61,15 +71,22 @@ def precheck(argv: List[str]) -> None:
 
     try:
         overrides = _fixed_overrides(args.overrides) if args.multirun else list(args.overrides)
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-            cfg = compose(config_name=args.config_name or "train", overrides=overrides,
-                          return_hydra_config=bool(args.multirun))
+        with initialize_config_dir(
+            config_dir=str(conf_dir()), version_base="1.3", job_name="train"
+        ):
+            cfg = compose(
+                config_name=args.config_name or "train",
+                overrides=overrides,
+                return_hydra_config=bool(args.multirun),
+            )
         thaw_sweep = args.multirun and "thaw_sweeper" in str(cfg.hydra.sweeper.get("_target_", ""))
         if args.multirun:
             from thaw.sweeper.identity import without_hydra
 
             cfg = without_hydra(cfg)
-        validate(cfg, scan_data=not thaw_sweep)  # thaw's sweeper scans the data after checking its study
+        validate(
+            cfg, scan_data=not thaw_sweep
+        )  # thaw's sweeper scans the data after checking its study
     except ThawError as exc:
         _die(_one_line(exc))
     except (HydraException, OmegaConfBaseException) as exc:
@@ -77,20 +94,26 @@ def precheck(argv: List[str]) -> None:
     _warn_ignored(cfg, overrides)
 
 
-def _warn_ignored(cfg, overrides: List[str]) -> None:
+def _warn_ignored(cfg, overrides: list[str]) -> None:
     """A key given on the command line that this config ignores: one warning line naming it and why
     (a sweep that searches such a key is refused by the sweeper instead)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from thaw.config.settings import ignored
 
-    keys = [o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(overrides)]
+    keys = [
+        o.get_key_element().lstrip("+~")
+        for o in OverridesParser.create().parse_overrides(overrides)
+    ]
     for key, why in ignored(cfg, keys).items():
-        print(f"thaw-train: warning: {key} changes nothing here: {why}", file=sys.stderr, flush=True)
+        print(
+            f"thaw-train: warning: {key} changes nothing here: {why}", file=sys.stderr, flush=True
+        )
 
 
 def _remove_if_only_hydra_files(out: Path) -> None:
-    """A run that failed on bad input leaves nothing behind (only Hydra's own files were written)."""
+    """A run that failed on bad input leaves nothing behind (only Hydra's own files were
+    written)."""
     try:
         names = {p.name for p in out.iterdir()}
     except OSError:
@@ -100,11 +123,14 @@ def _remove_if_only_hydra_files(out: Path) -> None:
 
 
 def _describe_time(trial, out: Path) -> None:
-    """The run's time breakdown on its trial, for the sweep log and report (before the trial is told)."""
+    """The run's time breakdown on its trial, for the sweep log and report (before the trial is
+    told)."""
     import json
 
     try:
-        trial.describe(time_breakdown=json.loads((out / "metrics.json").read_text()).get("time_breakdown"))
+        trial.describe(
+            time_breakdown=json.loads((out / "metrics.json").read_text()).get("time_breakdown")
+        )
     except (OSError, ValueError):
         pass
 
@@ -119,22 +145,31 @@ def _prepare_trial(cfg, trial, out: Path) -> None:
         from thaw.train import checkpoint
         from thaw.train.record import objective_names
 
-        trial.describe(head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0])
+        trial.describe(
+            head_epochs=int(cfg.trainer.head_epochs), objective_name=objective_names(cfg)[0]
+        )
         source = trial.retried_run_dir() if cfg.trainer.resume == "auto" else None
         if checkpoint.adopt(source, out):
-            log.info("trial %d retries a dead trial: continuing its checkpoint from %s", trial.number, source)
+            log.info(
+                "trial %d retries a dead trial: continuing its checkpoint from %s",
+                trial.number,
+                source,
+            )
 
 
 def _save_resolved_config(cfg, out: Path) -> None:
     from omegaconf import OmegaConf
 
+    from thaw.commands.sweep_hooks import resolved
     from thaw.model.inference import RESOLVED_CONFIG
     from thaw.runtime.outputs import write_text_atomic
-    from thaw.commands.sweep_hooks import resolved
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / RESOLVED_CONFIG, "# this run's config: interpolations resolved, paths absolute\n"
-                      + OmegaConf.to_yaml(resolved(cfg)))
+    write_text_atomic(
+        out / RESOLVED_CONFIG,
+        "# this run's config: interpolations resolved, paths absolute\n"
+        + OmegaConf.to_yaml(resolved(cfg)),
+    )
 
 
 def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
@@ -150,12 +185,16 @@ _RELEASES = [0, False]  # trials released in this process; unfreeze before the n
 
 def _release_graphs(keep_compiled: bool, failed: bool = False) -> None:
     """Trials that share a process would otherwise keep every earlier trial's graphs. With the
-    classifier and its compiled fit models kept for later trials (trainer.reuse_compiled), one garbage
-    collection frees the rest; clear_session (another collection, and TensorFlow's kernel cache, which
-    the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the collection
+    classifier and its compiled fit models kept for later trials (trainer.reuse_compiled), one
+    garbage
+    collection frees the rest; clear_session (another collection, and TensorFlow's kernel cache,
+    which
+    the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the
+    collection
     (TensorFlow, the kept models) is frozen out of later collections, which then scan only what the
     next trial allocated (0.4 s -> ~0.05 s a trial). Frozen objects that later become garbage are
-    collected when thaw.train.compiled drops a kept model, after a failed trial (its traceback held the
+    collected when thaw.model.compiled drops a kept model, after a failed trial (its traceback held
+    the
     trial's objects) and every 10th trial."""
     if "keras" not in sys.modules:
         return
@@ -184,7 +223,7 @@ def run(cfg: DictConfig):
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     if hc.output_subdir:  # Hydra copied the command line there, a storage URL's password included
-        from thaw.sweeper.storage import redact_files
+        from thaw.runtime.secrets import redact_files
 
         redact_files(out / hc.output_subdir)
     trial = attach_trial(hc)
@@ -229,8 +268,18 @@ def run(cfg: DictConfig):
         raise
     else:
         state = "COMPLETE"
-        summary = {k: result.metrics.get(k) for k in ("objective", "val_accuracy", "val_loss", "best_epoch",
-                                                      "test_accuracy", "wall_seconds") if result.metrics.get(k) is not None}
+        summary = {
+            k: result.metrics.get(k)
+            for k in (
+                "objective",
+                "val_accuracy",
+                "val_loss",
+                "best_epoch",
+                "test_accuracy",
+                "wall_seconds",
+            )
+            if result.metrics.get(k) is not None
+        }
     finally:
         if trial is not None:
             trial.close()
@@ -241,7 +290,9 @@ def run(cfg: DictConfig):
     if trial is not None:
         trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)
-    log.info("objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out)
+    log.info(
+        "objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out
+    )
     print(f"objective {result.metrics['objective_name']} = {result.objective}", flush=True)
     return result.objective
 
@@ -250,9 +301,12 @@ def _task(cfg: DictConfig):
     return run(cfg)
 
 
-_task.thaw_train = True  # how the sweeper tells thaw-train's task from any other Hydra app's
-_task.sweep_app = ThawTrainSweep()  # what the sweeper asks the app: study identity, baseline, test split
-_hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(_task)
+_task.sweep_app = (
+    ThawTrainSweep()
+)  # what the sweeper asks the app: study identity, baseline, test split
+_hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(
+    _task
+)
 
 
 def main() -> None:
@@ -260,7 +314,9 @@ def main() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     precheck(sys.argv[1:])
-    try:  # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-run
+    # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-
+    # run
+    try:
         from thaw.train.checkpoint import kill_point
 
         kill_point()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,14 +21,16 @@ class BackboneConfig:
     name: str = "mobilenet_v2"
     alpha: float = 1.0
     image_size: int = 160
-    weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
+    weights: str | None = "imagenet"  # "imagenet", null (random init) or a path to a weights file
     num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
     # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
     batchnorm: str = "auto"
-    # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned for
-    # long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation, which
+    # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned
+    # for
+    # long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation,
+    # which
     # uses the moving statistics, stays at chance while training accuracy climbs.
-    batchnorm_momentum: Optional[float] = None
+    batchnorm_momentum: float | None = None
 
 
 @dataclass
@@ -44,8 +46,11 @@ class LRConfig:
     name: str = "constant"
     base: float = 1e-4
     finetune_factor: float = 0.1
-    final_fraction: float = 0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
-    # per-block (discriminative) rates in the fine-tuning phase: the top unfrozen block trains at the
+    final_fraction: float = (
+        0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
+    )
+    # per-block (discriminative) rates in the fine-tuning phase: the top unfrozen block trains at
+    # the
     # phase's rate, each block below at layer_decay times the block above, the head at the full
     # rate; 1.0: one rate for all
     layer_decay: float = 1.0
@@ -60,34 +65,41 @@ class UnfreezeConfig:
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    path: Optional[str] = None
+    path: str | None = None
     batch_size: int = 32
     augment: bool = False
-    num_classes: Optional[int] = None  # inferred from class folders where possible
+    num_classes: int | None = None  # inferred from class folders where possible
     val_fraction: float = 0.2  # folder without train/ + validation/: share held out for validation
     test_fraction: float = 0.0  # share of the validation split held out as a test split
-    max_per_class: Optional[int] = None  # cap images per class and split (quick runs)
-    on_bad_image: str = "error"  # "error": refuse the data set; "skip": drop the file with a warning
-    train_on_val: bool = False  # retraining a winner: validation images join training (needs restore_best=false)
+    max_per_class: int | None = None  # cap images per class and split (quick runs)
+    on_bad_image: str = (
+        "error"  # "error": refuse the data set; "skip": drop the file with a warning
+    )
+    train_on_val: bool = (
+        False  # retraining a winner: validation images join training (needs restore_best=false)
+    )
     # decoded images and cached activations held in memory; larger data streams from disk
     # (null: half the memory available when the run starts, cgroup limits included)
-    max_memory_mb: Optional[int] = None
-    max_disk_mb: Optional[int] = None  # bound on what streaming writes to disk (null: free space less 1 GB)
+    max_memory_mb: int | None = None
+    max_disk_mb: int | None = (
+        None  # bound on what streaming writes to disk (null: free space less 1 GB)
+    )
     # synthetic
     num_train: int = 256
     num_val: int = 128
     num_test: int = 0
     # TensorFlow Datasets
     tfds_name: str = "cats_vs_dogs"
-    tfds_data_dir: Optional[str] = None
+    tfds_data_dir: str | None = None
     tfds_train_split: str = "train[:80%]"
     tfds_val_split: str = "train[80%:90%]"
-    tfds_test_split: Optional[str] = "train[90%:]"
+    tfds_test_split: str | None = "train[90%:]"
 
 
 @dataclass
 class AugmentConfig:
-    """Training-image augmentation (thaw.data.augment); validation and test images are never augmented."""
+    """Training-image augmentation (thaw.data.augment); validation and test images are never
+    augmented."""
 
     name: str = "none"
     flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
@@ -108,9 +120,10 @@ class TrainerConfig:
     save_model: bool = True
     export_h5: bool = False
     # Frozen-prefix activation cache: auto (on when the base is in inference mode and augmentation,
-    # if any, uses cached views), true, false. Bounded in memory (cache_max_mb); shared across processes via cache_dir.
+    # if any, uses cached views), true, false. Bounded in memory (cache_max_mb); shared across
+    # processes via cache_dir.
     cache_features: Any = "auto"
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     cache_max_mb: int = 2048
     # Augmented views per training image computed once through the frozen layers and cached
     # (epoch e uses view (e + offset) % V); 0 = a fresh draw every epoch, on images, no cache.
@@ -118,23 +131,27 @@ class TrainerConfig:
     # the augmentation draws' seed (null: trainer.seed); a sweep's confirmation runs set it to the
     # search's seed so they reuse its cached views, while their own trainer.seed reassigns the views
     # to epochs, draws the head and orders the data
-    view_seed: Optional[int] = None
+    view_seed: int | None = None
     restore_best: bool = True  # model.keras and the objective come from the best validation epoch
     patience: int = 0  # stop a phase after this many epochs without improvement (0: never)
     precision: str = "float32"  # or mixed_float16 (GPU)
     jit_compile: Any = "auto"  # Keras: XLA on GPU, off on CPU (where it is ~10x slower)
     # default: one device; mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPUs)
     strategy: str = "default"
-    cpu_devices: Optional[int] = None  # split the CPU into N logical devices (tests multi-device code)
-    # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is pruned)
+    cpu_devices: int | None = None  # split the CPU into N logical devices (tests multi-device code)
+    # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is
+    # pruned)
     checkpoint: bool = True
     # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
-    # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras compile
+    # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras
+    # compile
     reuse_compiled: bool = True
-    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel (thaw.model.optimizers: a
+    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel
+    # (thaw.model.optimizers: a
     # new depth's first step traces half the ops); false: Keras' own Adam
     fused_optimizer: bool = True
-    # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a retried
+    # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a
+    # retried
     # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
     resume: str = "auto"
     # targets (1 - s) one-hot + s / classes: the head stops pushing logits to infinity on small data
@@ -154,12 +171,12 @@ class LoggerConfig:
     name: str = "none"
     # wandb
     project: str = "thaw"
-    entity: Optional[str] = None
+    entity: str | None = None
     mode: str = "auto"  # online | offline | disabled | auto (online with credentials, else offline)
-    group: Optional[str] = None  # default: the study name in sweeps, else the run name
-    tags: List[str] = field(default_factory=list)
+    group: str | None = None  # default: the study name in sweeps, else the run name
+    tags: list[str] = field(default_factory=list)
     log_model: bool = False  # upload model.keras as an artifact
-    dir: Optional[str] = None  # default: the Hydra run dir
+    dir: str | None = None  # default: the Hydra run dir
     init_timeout: float = 30.0
 
 
@@ -177,8 +194,15 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "test_accuracy",
-              "wall_seconds", "trainable_params")
+OBJECTIVES = (
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "test_accuracy",
+    "wall_seconds",
+    "trainable_params",
+)
 HEADS = ("linear", "mlp")
 LRS = ("constant", "cosine")
 UNFREEZE = ("top_blocks", "none", "all")
@@ -198,8 +222,13 @@ def register_configs() -> None:
     exp_dir = experiments_dir()
     if exp_dir.is_dir():
         for path in sorted(exp_dir.glob("*.yaml")):
-            cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_",
-                     provider="thaw")
+            cs.store(
+                group="experiment",
+                name=path.stem,
+                node=OmegaConf.load(path),
+                package="_global_",
+                provider="thaw",
+            )
 
 
 def _finite_positive(value: Any, key: str) -> float:
@@ -224,7 +253,8 @@ def _validate_augment(a) -> None:
 
 
 def validate(cfg: DictConfig, scan_data: bool = True) -> None:
-    """Check values the schema cannot: ranges, cross-field rules, files. Raises ConfigError/DataError.
+    """Check values the schema cannot: ranges, cross-field rules, files. Raises
+    ConfigError/DataError.
     `scan_data=False` leaves the data folder's scan to later (a sweep checks its study first)."""
     from thaw.model.backbones import get_spec
 
@@ -240,25 +270,40 @@ def validate(cfg: DictConfig, scan_data: bool = True) -> None:
 
 def _validate_backbone(b, spec) -> None:
     if b.num_blocks != spec.num_blocks:
-        raise ConfigError(f"backbone.num_blocks: {b.name} has {spec.num_blocks} blocks, not "
-                          f"{b.num_blocks} (it is fixed by the architecture)")
+        raise ConfigError(
+            f"backbone.num_blocks: {b.name} has {spec.num_blocks} blocks, not "
+            f"{b.num_blocks} (it is fixed by the architecture)"
+        )
     if b.image_size < spec.min_size:
-        raise ConfigError(f"backbone.image_size: {b.image_size} is below {b.name}'s minimum "
-                          f"of {spec.min_size} px")
+        raise ConfigError(
+            f"backbone.image_size: {b.image_size} is below {b.name}'s minimum of {spec.min_size} px"
+        )
     if b.image_size > 1024:
         raise ConfigError(f"backbone.image_size: {b.image_size} is too large (max 1024)")
     if b.batchnorm not in ("auto", "inference", "train"):
-        raise ConfigError(f"backbone.batchnorm: expected auto, inference or train, got {b.batchnorm!r}")
+        raise ConfigError(
+            f"backbone.batchnorm: expected auto, inference or train, got {b.batchnorm!r}"
+        )
     if b.batchnorm_momentum is not None and not 0.0 <= b.batchnorm_momentum < 1.0:
-        raise ConfigError(f"backbone.batchnorm_momentum: must be in [0, 1) or null, got {b.batchnorm_momentum}")
+        raise ConfigError(
+            f"backbone.batchnorm_momentum: must be in [0, 1) or null, got {b.batchnorm_momentum}"
+        )
     _finite_positive(b.alpha, "backbone.alpha")
-    if b.weights == "imagenet" and spec.imagenet_alphas is not None and b.alpha not in spec.imagenet_alphas:
-        raise ConfigError(f"backbone.alpha: ImageNet weights for {b.name} exist only for alpha in "
-                          f"{list(spec.imagenet_alphas)}, got {b.alpha}")
+    if (
+        b.weights == "imagenet"
+        and spec.imagenet_alphas is not None
+        and b.alpha not in spec.imagenet_alphas
+    ):
+        raise ConfigError(
+            f"backbone.alpha: ImageNet weights for {b.name} exist only for alpha in "
+            f"{list(spec.imagenet_alphas)}, got {b.alpha}"
+        )
     if b.weights not in (None, "imagenet"):
         if not os.path.isfile(b.weights):
-            raise ConfigError(f"backbone.weights: no such file: {b.weights} "
-                              "(use imagenet, null, or a path to a Keras weights file)")
+            raise ConfigError(
+                f"backbone.weights: no such file: {b.weights} "
+                "(use imagenet, null, or a path to a Keras weights file)"
+            )
 
 
 def _validate_head(head) -> None:
@@ -267,7 +312,9 @@ def _validate_head(head) -> None:
     if not 0 <= head.dropout < 1:
         raise ConfigError(f"head.dropout: must be in [0, 1), got {head.dropout}")
     if head.name == "mlp" and head.hidden_units < 1:
-        raise ConfigError(f"head.hidden_units: must be >= 1 for the mlp head, got {head.hidden_units}")
+        raise ConfigError(
+            f"head.hidden_units: must be >= 1 for the mlp head, got {head.hidden_units}"
+        )
 
 
 def _validate_lr(lr) -> None:
@@ -286,8 +333,10 @@ def _validate_unfreeze(u, backbone_name: str, spec) -> None:
         if u.depth < 0:
             raise ConfigError(f"unfreeze.depth: must be >= 0, got {u.depth}")
         if u.depth > spec.num_blocks:
-            raise ConfigError(f"unfreeze.depth: {u.depth} is more than {backbone_name}'s {spec.num_blocks} "
-                              f"blocks (use 0..{spec.num_blocks}, or unfreeze=all)")
+            raise ConfigError(
+                f"unfreeze.depth: {u.depth} is more than {backbone_name}'s {spec.num_blocks} "
+                f"blocks (use 0..{spec.num_blocks}, or unfreeze=all)"
+            )
 
 
 def _validate_trainer(cfg) -> None:
@@ -297,21 +346,33 @@ def _validate_trainer(cfg) -> None:
     if t.head_epochs + t.finetune_epochs == 0:
         raise ConfigError("trainer.head_epochs: at least one epoch must be trained")
     if t.cache_features not in ("auto", True, False, "true", "false"):
-        raise ConfigError(f"trainer.cache_features: expected auto, true or false, got {t.cache_features!r}")
+        raise ConfigError(
+            f"trainer.cache_features: expected auto, true or false, got {t.cache_features!r}"
+        )
     if t.cache_max_mb < 0:
         raise ConfigError(f"trainer.cache_max_mb: must be >= 0, got {t.cache_max_mb}")
     if t.augment_views < 0:
         raise ConfigError(f"trainer.augment_views: must be >= 0, got {t.augment_views}")
     if t.patience < 0:
-        raise ConfigError(f"trainer.patience: must be >= 0 (0 = never stop early), got {t.patience}")
+        raise ConfigError(
+            f"trainer.patience: must be >= 0 (0 = never stop early), got {t.patience}"
+        )
     if cfg.data.train_on_val and (t.restore_best or t.patience):
-        raise ConfigError("data.train_on_val: validation images are trained on, so they cannot choose the "
-                          "epoch; set trainer.restore_best=false trainer.patience=0 (thaw-retrain --train-on-val does)")
+        raise ConfigError(
+            "data.train_on_val: validation images are trained on, so they cannot choose the "
+            "epoch; set trainer.restore_best=false trainer.patience=0 (thaw-retrain --train-on-val "
+            "does)"
+        )
     _validate_augment(cfg.augment)
     if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise ConfigError(f"trainer.precision: expected float32, mixed_float16 or mixed_bfloat16, got {t.precision!r}")
+        raise ConfigError(
+            "trainer.precision: expected float32, mixed_float16 or mixed_bfloat16, got "
+            f"{t.precision!r}"
+        )
     if t.jit_compile not in ("auto", True, False):
-        raise ConfigError(f"trainer.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
+        raise ConfigError(
+            f"trainer.jit_compile: expected auto, true or false, got {t.jit_compile!r}"
+        )
     if t.strategy not in ("default", "mirrored"):
         raise ConfigError(f"trainer.strategy: expected default or mirrored, got {t.strategy!r}")
     if t.cpu_devices is not None and t.cpu_devices < 1:
@@ -322,25 +383,39 @@ def _validate_trainer(cfg) -> None:
         raise ConfigError(f"trainer.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
     decay = cfg.lr.get("layer_decay", 1.0)
     if not (math.isfinite(float(decay)) and 0.0 < float(decay) <= 1.0):
-        raise ConfigError(f"lr.layer_decay: must be in (0, 1] (each block below trains at this times the "
-                          f"rate of the block above; 1: one rate), got {decay}")
+        raise ConfigError(
+            f"lr.layer_decay: must be in (0, 1] (each block below trains at this times the "
+            f"rate of the block above; 1: one rate), got {decay}"
+        )
     wd = cfg.get("optimizer", {}).get("weight_decay", 0.0)
     if not (math.isfinite(float(wd)) and 0.0 <= float(wd) < 1.0):
-        raise ConfigError(f"optimizer.weight_decay: must be in [0, 1) (decoupled, per step at the learning "
-                          f"rate), got {wd}")
+        raise ConfigError(
+            f"optimizer.weight_decay: must be in [0, 1) (decoupled, per step at the learning "
+            f"rate), got {wd}"
+        )
     if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
-    objectives = t.objective if OmegaConf.is_list(t.objective) or isinstance(t.objective, list) else [t.objective]
+        raise ConfigError(
+            f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"
+        )
+    objectives = (
+        t.objective
+        if OmegaConf.is_list(t.objective) or isinstance(t.objective, list)
+        else [t.objective]
+    )
     for obj in objectives:
         if obj not in OBJECTIVES:
-            raise ConfigError(f"trainer.objective: unknown metric {obj!r}; choose from {', '.join(OBJECTIVES)}")
+            raise ConfigError(
+                f"trainer.objective: unknown metric {obj!r}; choose from {', '.join(OBJECTIVES)}"
+            )
 
 
 def _validate_logger(logger) -> None:
     if logger.name not in LOGGERS:
         raise ConfigError(f"logger.name: expected one of {', '.join(LOGGERS)}, got {logger.name!r}")
     if logger.mode not in WANDB_MODES:
-        raise ConfigError(f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {logger.mode!r}")
+        raise ConfigError(
+            f"logger.mode: expected one of {', '.join(WANDB_MODES)}, got {logger.mode!r}"
+        )
 
 
 def _validate_data(d, scan: bool = True) -> None:
@@ -382,10 +457,14 @@ def inert_keys(cfg) -> dict:
     out = {}
     u, t, d = cfg.unfreeze, cfg.trainer, cfg.data
     if u.name != "top_blocks":
-        out["unfreeze.depth"] = (f"unfreeze={u.name} trains {'every' if u.name == 'all' else 'no'} block of the "
-                                 "base; the depth counts blocks only with unfreeze=top_blocks")
+        out["unfreeze.depth"] = (
+            f"unfreeze={u.name} trains {'every' if u.name == 'all' else 'no'} block of the "
+            "base; the depth counts blocks only with unfreeze=top_blocks"
+        )
     if u.name == "none":
-        out["lr.layer_decay"] = "unfreeze=none trains no block of the base: there are no blocks to give rates"
+        out["lr.layer_decay"] = (
+            "unfreeze=none trains no block of the base: there are no blocks to give rates"
+        )
     if int(t.finetune_epochs) == 0:
         for key in ("unfreeze.depth", "lr.finetune_factor", "lr.layer_decay"):
             out[key] = "trainer.finetune_epochs=0: there is no fine-tuning phase"
@@ -393,22 +472,42 @@ def inert_keys(cfg) -> dict:
         for key in ("head.hidden_units", "head.activation"):
             out[key] = f"head={cfg.head.name} has no hidden layer (head=mlp has)"
     if cfg.lr.name == "constant":
-        out["lr.final_fraction"] = "lr=constant keeps the rate; the final fraction applies to lr=cosine"
+        out["lr.final_fraction"] = (
+            "lr=constant keeps the rate; the final fraction applies to lr=cosine"
+        )
     if d.name != "folder":
         for key in ("path", "val_fraction", "on_bad_image"):
             out[f"data.{key}"] = f"data={d.name} does not read a folder (data=folder does)"
     if d.name != "synthetic":
         for key in ("num_train", "num_val", "num_test"):
-            out[f"data.{key}"] = f"data={d.name} is not generated (the counts apply to data=synthetic)"
+            out[f"data.{key}"] = (
+                f"data={d.name} is not generated (the counts apply to data=synthetic)"
+            )
     if d.name != "cats_vs_dogs":
-        for key in ("tfds_name", "tfds_data_dir", "tfds_train_split", "tfds_val_split", "tfds_test_split"):
-            out[f"data.{key}"] = f"data={d.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)"
+        for key in (
+            "tfds_name",
+            "tfds_data_dir",
+            "tfds_train_split",
+            "tfds_val_split",
+            "tfds_test_split",
+        ):
+            out[f"data.{key}"] = (
+                f"data={d.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)"
+            )
     if not active(cfg.get("augment")) and not d.get("augment"):
-        out["trainer.augment_views"] = "no augmentation is on (augment=none): there are no views to draw"
-        out["trainer.view_seed"] = "no augmentation is on (augment=none): there are no views to draw"
-    if cfg.backbone.batchnorm == "inference" or (cfg.backbone.batchnorm == "auto" and cfg.backbone.weights):
-        out["backbone.batchnorm_momentum"] = ("the pretrained base runs BatchNorm in inference mode, so its "
-                                              "moving averages never update (backbone.batchnorm=train would)")
+        out["trainer.augment_views"] = (
+            "no augmentation is on (augment=none): there are no views to draw"
+        )
+        out["trainer.view_seed"] = (
+            "no augmentation is on (augment=none): there are no views to draw"
+        )
+    if cfg.backbone.batchnorm == "inference" or (
+        cfg.backbone.batchnorm == "auto" and cfg.backbone.weights
+    ):
+        out["backbone.batchnorm_momentum"] = (
+            "the pretrained base runs BatchNorm in inference mode, so its "
+            "moving averages never update (backbone.batchnorm=train would)"
+        )
     if cfg.logger.name == "none":
         for key in _LOGGER_KEYS:
             out[f"logger.{key}"] = "logger=none: nothing is tracked"
@@ -416,6 +515,7 @@ def inert_keys(cfg) -> dict:
 
 
 def ignored(cfg, keys) -> dict:
-    """{key: why} for those of `keys` (dotted; a group's own key like `head.hidden_units`) that `cfg` ignores."""
+    """{key: why} for those of `keys` (dotted; a group's own key like `head.hidden_units`) that
+    `cfg` ignores."""
     inert = inert_keys(cfg)
     return {k: inert[k] for k in keys if k in inert}

@@ -1,2 +1,3 @@
-"""Images in: folders scanned and decoded (Pillow), splits, augmentation draws, memory and disk limits.
+"""Images in: folders scanned and decoded (Pillow), splits, augmentation draws, memory and disk
+limits.
 Scanning never imports TensorFlow."""

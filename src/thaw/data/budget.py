@@ -2,27 +2,27 @@
 
 `data.max_memory_mb` bounds the decoded images and cached activations thaw holds in memory; what is
 larger lives on disk and streams. Its default is half the memory available when the run starts (a
-cgroup limit or `ulimit -d` counts: a SLURM job or a container sees its own share). `data.max_disk_mb` bounds what
+cgroup limit or `ulimit -d` counts: a SLURM job or a container sees its own share).
+`data.max_disk_mb` bounds what
 thaw writes for that (decoded copies, spilled activations); its default is the free space of the
 target disk less 1 GB.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import atexit
 import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from thaw.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MB = 2 ** 20
+MB = 2**20
 DISK_MARGIN = 1024 * MB
 # Decoded images are held in memory when three times their size fits the bound: the array, the
 # tf.constant tf.data gathers from, and decoding buffers / allocator slack (measured: peak RSS grows
@@ -42,7 +42,11 @@ def _cgroup_dirs():
         if controllers == "":  # cgroup v2
             root, limit, usage = Path("/sys/fs/cgroup"), "memory.max", "memory.current"
         elif "memory" in controllers.split(","):  # cgroup v1
-            root, limit, usage = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"
+            root, limit, usage = (
+                Path("/sys/fs/cgroup/memory"),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
         else:
             continue
         d = root / rel.lstrip("/")
@@ -53,7 +57,7 @@ def _cgroup_dirs():
             d = d.parent
 
 
-def _cgroup_room() -> Optional[int]:
+def _cgroup_room() -> int | None:
     """Bytes the tightest memory cgroup above this process still allows (page cache that can be
     dropped not counted as used), or None if none limits it."""
     rooms = []
@@ -63,7 +67,7 @@ def _cgroup_room() -> Optional[int]:
             usage = int((d / usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
-        if limit == "max" or int(limit) >= 2 ** 60:
+        if limit == "max" or int(limit) >= 2**60:
             continue
         try:
             stat = dict(line.split() for line in (d / "memory.stat").read_text().splitlines())
@@ -74,8 +78,9 @@ def _cgroup_room() -> Optional[int]:
     return min(rooms) if rooms else None
 
 
-def _rlimit_room() -> Optional[int]:
-    """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited. The limit counts the
+def _rlimit_room() -> int | None:
+    """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited. The limit counts
+    the
     data segment (heap, private mappings, stacks): VmData, not the resident set."""
     import resource
 
@@ -127,7 +132,7 @@ class DiskLedger:
 
     def __init__(self):
         self.written = 0
-        self._tmp: Optional[Path] = None
+        self._tmp: Path | None = None
 
     def bound(self, cfg_data, where: Path) -> int:
         mb = getattr(cfg_data, "max_disk_mb", None)
@@ -139,10 +144,16 @@ class DiskLedger:
         """Refuse (DataError: one line, exit 2) what would not fit; else count it as written."""
         bound = self.bound(cfg_data, where)
         if self.written + nbytes > bound:
-            key = "data.max_disk_mb" if getattr(cfg_data, "max_disk_mb", None) is not None else "free disk space"
-            raise DataError(f"{what} needs {nbytes / MB:,.0f} MB on disk at {where}, more than {key} allows "
-                            f"({max(0, bound - self.written) / MB:,.0f} MB left); set trainer.cache_dir to a "
-                            "larger disk, raise data.max_memory_mb, or lower data.max_per_class")
+            key = (
+                "data.max_disk_mb"
+                if getattr(cfg_data, "max_disk_mb", None) is not None
+                else "free disk space"
+            )
+            raise DataError(
+                f"{what} needs {nbytes / MB:,.0f} MB on disk at {where}, more than {key} allows "
+                f"({max(0, bound - self.written) / MB:,.0f} MB left); set trainer.cache_dir to a "
+                "larger disk, raise data.max_memory_mb, or lower data.max_per_class"
+            )
         self.written += nbytes
 
     def release(self, nbytes: int) -> None:
@@ -150,7 +161,8 @@ class DiskLedger:
         self.written = max(0, self.written - nbytes)
 
     def temp_dir(self) -> Path:
-        """A per-process directory for streamed data when no trainer.cache_dir is set; removed at exit,
+        """A per-process directory for streamed data when no trainer.cache_dir is set; removed at
+        exit,
         and by a later process if this one was killed."""
         if self._tmp is None:
             remove_stale(Path(tempfile.gettempdir()), "thaw-stream-")
@@ -160,7 +172,8 @@ class DiskLedger:
 
 
 def tmp_tag() -> str:
-    """Marks a temp file or dir as this process's (host and pid: cache dirs may be shared by nodes)."""
+    """Marks a temp file or dir as this process's (host and pid: cache dirs may be shared by
+    nodes)."""
     return f"tmp-{socket.gethostname()}-{os.getpid()}-"
 
 
@@ -174,13 +187,15 @@ def remove_stale(where: Path, prefix: str = "") -> None:
         return
     for e in entries:
         if prefix and e.name.startswith(prefix):
-            pid = e.name[len(prefix):].split("-", 1)[0]
+            pid = e.name[len(prefix) :].split("-", 1)[0]
         elif mark in e.name:
             pid = e.name.split(mark, 1)[1].split("-", 1)[0]
         else:
             continue
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(e.path, ignore_errors=True) if e.is_dir() else Path(e.path).unlink(missing_ok=True)
+            shutil.rmtree(e.path, ignore_errors=True) if e.is_dir() else Path(e.path).unlink(
+                missing_ok=True
+            )
 
 
 def _alive(pid: int) -> bool:

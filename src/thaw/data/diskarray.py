@@ -16,21 +16,27 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
 
 import numpy as np
 
 HEADER_BYTES = 128  # fixed, so the row count can be written when the last row is known
 
 
-def npy_header(shape: Tuple[int, ...], dtype) -> bytes:
+def npy_header(shape: tuple[int, ...], dtype) -> bytes:
     """A version 1.0 .npy header padded to HEADER_BYTES (a multiple of 64, as the format asks)."""
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
-        np.lib.format.dtype_to_descr(np.dtype(dtype)), tuple(int(d) for d in shape))
+    # numpy's own layout, repr()s and all
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (  # noqa: UP031
+        np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        tuple(int(d) for d in shape),
+    )
     room = HEADER_BYTES - 10
     if len(text) + 1 > room:
         raise ValueError(f"shape {shape} too long for a {HEADER_BYTES}-byte .npy header")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", room) + (text.ljust(room - 1) + "\n").encode("latin1")
+    return (
+        b"\x93NUMPY\x01\x00"
+        + struct.pack("<H", room)
+        + (text.ljust(room - 1) + "\n").encode("latin1")
+    )
 
 
 def _read_header(path: Path):
@@ -59,9 +65,9 @@ class DiskArray:
         if math.prod(self.shape) != math.prod(file_shape):
             raise ValueError(f"{path}: cannot view shape {file_shape} as {self.shape}")
         self.row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
         self._pid = -1
-        self._fingerprint: Optional[str] = None
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -74,7 +80,7 @@ class DiskArray:
     def ndim(self) -> int:
         return len(self.shape)
 
-    def reshape(self, *shape) -> "DiskArray":
+    def reshape(self, *shape) -> DiskArray:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
         return DiskArray(self.path, shape)
 
@@ -104,11 +110,15 @@ class DiskArray:
             raise IndexError(f"{self.path}: row index out of range for {n} rows")
         out = np.empty((idx.size,) + self.shape[1:], self.dtype)
         for j, i in enumerate(np.where(idx < 0, idx + n, idx)):
-            self._read_into(fd, out[j:j + 1], int(i))
+            self._read_into(fd, out[j : j + 1], int(i))
         return out
 
     def _read_into(self, fd: int, out: np.ndarray, first_row: int) -> None:
-        view, pos, want = memoryview(out).cast("B"), self.offset + first_row * self.row_bytes, out.nbytes
+        view, pos, want = (
+            memoryview(out).cast("B"),
+            self.offset + first_row * self.row_bytes,
+            out.nbytes,
+        )
         done = 0
         while done < want:
             got = os.preadv(fd, [view[done:]], pos + done)
@@ -122,7 +132,7 @@ class DiskArray:
 
     def chunks(self, rows: int = 1024):
         for start in range(0, len(self), rows):
-            yield self[start:start + rows]
+            yield self[start : start + rows]
 
     def fingerprint(self) -> str:
         """The same digest features.fingerprint_array gives the array in memory (read in chunks)."""
@@ -153,7 +163,8 @@ class DiskArray:
 
 class DiskArrayWriter:
     """Appends rows to `<path>.tmp<pid>` and renames it to `path` on close(): a file at `path` is
-    always complete. Rows may be fewer than announced (bad images skipped); the header says how many."""
+    always complete. Rows may be fewer than announced (bad images skipped); the header says how
+    many."""
 
     def __init__(self, path, row_shape, dtype, final_shape=None, on_abort=None):
         self.path = Path(path)
@@ -171,7 +182,9 @@ class DiskArrayWriter:
     def append(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, self.dtype)
         if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"rows of shape {rows.shape[1:]} appended to an array of {self.row_shape}")
+            raise ValueError(
+                f"rows of shape {rows.shape[1:]} appended to an array of {self.row_shape}"
+            )
         self._f.write(rows.data)
         self.rows += len(rows)
 
@@ -181,7 +194,9 @@ class DiskArrayWriter:
         shape = tuple(shape) if shape is not None else (self.rows,) + self.row_shape
         if math.prod(shape) != self.rows * math.prod(self.row_shape):
             self.abort()
-            raise ValueError(f"{self.path}: {self.rows} rows of {self.row_shape} cannot be shaped {shape}")
+            raise ValueError(
+                f"{self.path}: {self.rows} rows of {self.row_shape} cannot be shaped {shape}"
+            )
         self._f.seek(0)
         self._f.write(npy_header(shape, self.dtype))
         self._f.flush()
@@ -205,11 +220,13 @@ class ArrayWriter:
 
     def __init__(self, final_shape, row_shape, dtype=np.float32):
         self.final_shape = tuple(final_shape)
-        self.out = np.empty((math.prod(final_shape) // max(1, math.prod(row_shape)),) + tuple(row_shape), dtype)
+        self.out = np.empty(
+            (math.prod(final_shape) // max(1, math.prod(row_shape)),) + tuple(row_shape), dtype
+        )
         self.rows = 0
 
     def append(self, rows: np.ndarray) -> None:
-        self.out[self.rows:self.rows + len(rows)] = rows
+        self.out[self.rows : self.rows + len(rows)] = rows
         self.rows += len(rows)
 
     def close(self) -> np.ndarray:

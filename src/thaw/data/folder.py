@@ -1,7 +1,8 @@
 """Data: scan a folder (pure Python, before TensorFlow), decode every image once, serve tf.data.
 
 Images are decoded and resized once into uint8 arrays; epochs and phases never read a JPEG again.
-Splits that fit `data.max_memory_mb` are held in memory; larger ones are decoded once, chunk by chunk,
+Splits that fit `data.max_memory_mb` are held in memory; larger ones are decoded once, chunk by
+chunk,
 into .npy files on disk (under trainer.cache_dir, or a temp dir) and streamed a batch at a time.
 """
 
@@ -12,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,17 +30,17 @@ VAL_DIRS = ("validation", "val")
 
 @dataclass
 class FileSplit:
-    files: List[str]
-    labels: List[int]
+    files: list[str]
+    labels: list[int]
 
 
 @dataclass
 class FolderScan:
-    class_names: List[str]
+    class_names: list[str]
     train: FileSplit
     val: FileSplit
-    test: Optional[FileSplit]
-    skipped: List[str] = field(default_factory=list)
+    test: FileSplit | None
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,12 +54,12 @@ class Split:
 
 @dataclass
 class Dataset:
-    class_names: List[str]
+    class_names: list[str]
     train: Split
     val: Split
-    test: Optional[Split] = None
-    skipped: List[str] = field(default_factory=list)
-    streamed_from: Optional[str] = None  # the directory of the decoded .npy files, when streamed
+    test: Split | None = None
+    skipped: list[str] = field(default_factory=list)
+    streamed_from: str | None = None  # the directory of the decoded .npy files, when streamed
 
     @property
     def num_classes(self) -> int:
@@ -76,7 +77,9 @@ def with_val_in_train(ds: Dataset) -> Dataset:
     labels = np.concatenate([ds.train.labels, ds.val.labels])
     if ds.streamed_from is None:
         return replace(ds, train=Split(np.concatenate([ds.train.images, ds.val.images]), labels))
-    path = Path(ds.streamed_from) / "train_val_images.npy"  # derived from the entry: made once, kept
+    path = (
+        Path(ds.streamed_from) / "train_val_images.npy"
+    )  # derived from the entry: made once, kept
     if path.is_file():
         try:
             both = DiskArray(path)
@@ -86,7 +89,9 @@ def with_val_in_train(ds: Dataset) -> Dataset:
             pass
     size = ds.train.images.nbytes + ds.val.images.nbytes
     budget.LEDGER.claim(None, path.parent, size, "data.train_on_val (train + validation copy)")
-    writer = DiskArrayWriter(path, ds.train.images.shape[1:], np.uint8, on_abort=lambda: budget.LEDGER.release(size))
+    writer = DiskArrayWriter(
+        path, ds.train.images.shape[1:], np.uint8, on_abort=lambda: budget.LEDGER.release(size)
+    )
     try:
         for part in (ds.train.images, ds.val.images):
             for chunk in part.chunks():
@@ -103,11 +108,12 @@ def _name_key(path: str) -> str:
 
 
 MAX_PIXELS = 50_000_000  # a decompression bomb (or a 10000x10000 scan) is refused before decoding
-# What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from cameras).
+# What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from
+# cameras).
 DECODABLE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}
 
 
-def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> Optional[str]:
+def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
     """Why a file cannot be an image we decode, or None if its header looks right.
 
     Pillow reads only the header here (format and size); pixels are decoded later, in parallel.
@@ -136,7 +142,7 @@ def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> Optional[str]:
     return None
 
 
-def _list_class_dir(class_dir: Path, on_bad: str, skipped: List[str]) -> List[str]:
+def _list_class_dir(class_dir: Path, on_bad: str, skipped: list[str]) -> list[str]:
     files = []
     for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
@@ -160,11 +166,11 @@ def _list_class_dir(class_dir: Path, on_bad: str, skipped: List[str]) -> List[st
     return files
 
 
-def _class_dirs(root: Path) -> List[str]:
+def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _scan_split(root: Path, on_bad: str, skipped: List[str], what: str) -> dict:
+def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str) -> dict:
     classes = _class_dirs(root)
     if not classes:
         raise DataError(f"{root}: no class sub-folders found in the {what} folder")
@@ -172,15 +178,19 @@ def _scan_split(root: Path, on_bad: str, skipped: List[str], what: str) -> dict:
     for name in classes:
         files = _list_class_dir(root / name, on_bad, skipped)
         if not files:
-            raise DataError(f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         out[name] = files
     if len(out) < 2:
-        raise DataError(f"{root}: only one class ({classes[0]}); a classifier needs at least two "
-                        "class sub-folders")
+        raise DataError(
+            f"{root}: only one class ({classes[0]}); a classifier needs at least two "
+            "class sub-folders"
+        )
     return out
 
 
-def _take(files: List[str], limit: Optional[int]) -> List[str]:
+def _take(files: list[str], limit: int | None) -> list[str]:
     return files[:limit] if limit else files
 
 
@@ -211,7 +221,7 @@ def _scan_folder(cfg) -> FolderScan:
         raise DataError(f"data.path: no such directory: {root}")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is a file; expected a directory of class sub-folders")
-    skipped: List[str] = []
+    skipped: list[str] = []
     on_bad = cfg.on_bad_image
     train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
     val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
@@ -219,8 +229,10 @@ def _scan_folder(cfg) -> FolderScan:
         train_map = _scan_split(train_dir, on_bad, skipped, "train")
         val_map = _scan_split(val_dir, on_bad, skipped, "validation")
         if set(train_map) != set(val_map):
-            raise DataError(f"data.path: train/ and {val_dir.name}/ have different classes "
-                            f"({sorted(train_map)} vs {sorted(val_map)})")
+            raise DataError(
+                f"data.path: train/ and {val_dir.name}/ have different classes "
+                f"({sorted(train_map)} vs {sorted(val_map)})"
+            )
     else:
         all_map = _scan_split(root, on_bad, skipped, "data")
         train_map, val_map = {}, {}
@@ -228,14 +240,18 @@ def _scan_folder(cfg) -> FolderScan:
             ordered = sorted(files, key=_name_key)
             n_val = max(1, int(round(len(ordered) * cfg.val_fraction)))
             if n_val >= len(ordered):
-                raise DataError(f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
-                                f"validation with data.val_fraction={cfg.val_fraction}")
+                raise DataError(
+                    f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
+                    f"validation with data.val_fraction={cfg.val_fraction}"
+                )
             val_map[name] = sorted(ordered[:n_val])
             train_map[name] = sorted(ordered[n_val:])
     class_names = sorted(train_map)
     if cfg.num_classes is not None and cfg.num_classes != len(class_names):
-        raise ConfigError(f"data.num_classes: set to {cfg.num_classes} but {root} has "
-                          f"{len(class_names)} classes ({', '.join(class_names)})")
+        raise ConfigError(
+            f"data.num_classes: set to {cfg.num_classes} but {root} has "
+            f"{len(class_names)} classes ({', '.join(class_names)})"
+        )
 
     train = FileSplit([], [])
     val = FileSplit([], [])
@@ -249,8 +265,10 @@ def _scan_folder(cfg) -> FolderScan:
             ordered = sorted(vfiles, key=_name_key)
             n_test = int(round(len(ordered) * cfg.test_fraction))
             if n_test < 1 or n_test >= len(ordered):
-                raise DataError(f"data.test_fraction={cfg.test_fraction}: class {name} has "
-                                f"{len(ordered)} validation image(s), too few to hold out a test split")
+                raise DataError(
+                    f"data.test_fraction={cfg.test_fraction}: class {name} has "
+                    f"{len(ordered)} validation image(s), too few to hold out a test split"
+                )
             for f in _take(sorted(ordered[:n_test]), cfg.max_per_class):
                 test.files.append(f)
                 test.labels.append(label)
@@ -261,7 +279,9 @@ def _scan_folder(cfg) -> FolderScan:
     return FolderScan(class_names, train, val, test, skipped)
 
 
-# ---------------------------------------------------------------- decoding (TensorFlow from here on)
+# ---------------------------------------------------------------- decoding (TensorFlow from here
+# on)
+
 
 def _decode_fn(image_size: int):
     import tensorflow as tf
@@ -276,29 +296,41 @@ def _decode_fn(image_size: int):
     return decode
 
 
-def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[str]):
+def _decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[str]):
     """Decode all files in parallel; if any fails, find which ones file by file."""
     import tensorflow as tf
 
     if not files:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
     decode = _decode_fn(image_size)
-    ds = (tf.data.Dataset.from_tensor_slices(files)
-          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(256).prefetch(2))
+    ds = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(256)
+        .prefetch(2)
+    )
     try:
-        out = np.empty((len(files), image_size, image_size, 3), np.uint8)  # filled in place: held once
+        out = np.empty(
+            (len(files), image_size, image_size, 3), np.uint8
+        )  # filled in place: held once
     except MemoryError:
-        raise DataError(f"data: {len(files)} decoded images ({size_text(len(files) * image_size ** 2 * 3)}) do not fit "
-                        "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
-                        "stream them from disk") from None
+        raise DataError(
+            f"data: {len(files)} decoded images ({size_text(len(files) * image_size**2 * 3)}) do "
+            "not fit "
+            "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
+            "stream them from disk"
+        ) from None
     try:
         at = 0
         for b in ds:
-            out[at:at + len(b)] = b.numpy()
+            out[at : at + len(b)] = b.numpy()
             at += len(b)
         return out, np.ones(len(files), bool)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.ResourceExhaustedError):
+    except (
+        tf.errors.InvalidArgumentError,
+        tf.errors.UnknownError,
+        tf.errors.ResourceExhaustedError,
+    ):
         pass
     out[:] = 0
     ok = np.ones(len(files), bool)
@@ -308,15 +340,16 @@ def _decode_files(files: List[str], image_size: int, on_bad: str, skipped: List[
         except (tf.errors.OpError, ValueError) as exc:
             msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             if on_bad != "skip":
-                raise DataError(f"{f}: cannot decode image ({msg}); remove it, "
-                                "or set data.on_bad_image=skip") from None
+                raise DataError(
+                    f"{f}: cannot decode image ({msg}); remove it, or set data.on_bad_image=skip"
+                ) from None
             log.warning("skipping %s: cannot decode image (%s)", f, msg)
             skipped.append(f)
             ok[i] = False
     return out[ok], ok
 
 
-def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: List[str]) -> Split:
+def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: list[str]) -> Split:
     images, ok = _decode_files(split.files, image_size, on_bad, skipped)
     labels = np.asarray(split.labels, np.int32)[ok]
     return Split(images, labels)
@@ -325,8 +358,11 @@ def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: List[s
 DECODE_CHUNK = 1024  # images decoded at a time when streaming: ~20 MB at 80 px, ~150 MB at 224 px
 
 
-def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[str], path: Path) -> Split:
-    """Decode chunk by chunk into a .npy file on disk; bad images are found here, before training."""
+def _stream_split(
+    split: FileSplit, image_size: int, on_bad: str, skipped: list[str], path: Path
+) -> Split:
+    """Decode chunk by chunk into a .npy file on disk; bad images are found here, before
+    training."""
     writer = DiskArrayWriter(path, (image_size, image_size, 3), np.uint8)
     labels = np.asarray(split.labels, np.int32)
     keep = np.ones(len(labels), bool)
@@ -335,9 +371,11 @@ def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[
     try:
         for start in range(0, len(split.files), DECODE_CHUNK):
             interrupt.check()  # SIGTERM/Ctrl-C: stop between chunks, the partial copy removed
-            images, ok = _decode_files(split.files[start:start + DECODE_CHUNK], image_size, on_bad, skipped)
+            images, ok = _decode_files(
+                split.files[start : start + DECODE_CHUNK], image_size, on_bad, skipped
+            )
             writer.append(images)
-            keep[start:start + len(ok)] = ok
+            keep[start : start + len(ok)] = ok
     except BaseException:
         writer.abort()
         raise
@@ -345,7 +383,8 @@ def _stream_split(split: FileSplit, image_size: int, on_bad: str, skipped: List[
 
 
 def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Dataset:
-    """The decoded splits as .npy files in `target` (written to a temp dir and renamed: a reader sees
+    """The decoded splits as .npy files in `target` (written to a temp dir and renamed: a reader
+    sees
     a complete set or none), read a batch at a time."""
     import json
     import shutil
@@ -359,11 +398,16 @@ def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Datas
     try:
         labels = {}
         for name, split in splits.items():
-            out = _stream_split(split, image_size, cfg.on_bad_image, skipped, tmp / f"{name}_images.npy")
+            out = _stream_split(
+                split, image_size, cfg.on_bad_image, skipped, tmp / f"{name}_images.npy"
+            )
             np.save(tmp / f"{name}_labels.npy", out.labels)
             labels[name] = out.labels
-        (tmp / "meta.json").write_text(json.dumps({"class_names": scan.class_names, "skipped": skipped,
-                                                   "splits": list(splits)}))
+        (tmp / "meta.json").write_text(
+            json.dumps(
+                {"class_names": scan.class_names, "skipped": skipped, "splits": list(splits)}
+            )
+        )
         try:
             os.rename(tmp, target)
         except OSError:  # another process wrote the same data first: read theirs
@@ -380,10 +424,20 @@ def _read_decoded(where: Path, stream: bool) -> Dataset:
     meta = json.loads((where / "meta.json").read_text())
     splits = {}
     for name in meta["splits"]:
-        images = DiskArray(where / f"{name}_images.npy") if stream else np.load(where / f"{name}_images.npy")
+        images = (
+            DiskArray(where / f"{name}_images.npy")
+            if stream
+            else np.load(where / f"{name}_images.npy")
+        )
         splits[name] = Split(images, np.load(where / f"{name}_labels.npy"))
-    return Dataset(meta["class_names"], splits["train"], splits["val"], splits.get("test"), meta["skipped"],
-                   streamed_from=str(where) if stream else None)
+    return Dataset(
+        meta["class_names"],
+        splits["train"],
+        splits["val"],
+        splits.get("test"),
+        meta["skipped"],
+        streamed_from=str(where) if stream else None,
+    )
 
 
 def decoded_bytes(scan: FolderScan, image_size: int) -> int:
@@ -391,7 +445,7 @@ def decoded_bytes(scan: FolderScan, image_size: int) -> int:
     return n * image_size * image_size * 3
 
 
-def load_folder(cfg, image_size: int, scan: Optional[FolderScan] = None) -> Dataset:
+def load_folder(cfg, image_size: int, scan: FolderScan | None = None) -> Dataset:
     scan = scan or scan_folder(cfg)
     skipped = list(scan.skipped)
     train = _materialize(scan.train, image_size, cfg.on_bad_image, skipped)
@@ -416,7 +470,7 @@ def _draw(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     dy, dx = yy - cy, xx - cx
     shape = SHAPES[label]
     if shape == "circle":
-        mask = dy ** 2 + dx ** 2 <= r ** 2
+        mask = dy**2 + dx**2 <= r**2
     elif shape == "square":
         mask = (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85)
     elif shape == "triangle":
@@ -432,8 +486,11 @@ def _synth_split(n: int, classes: int, size: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int32) % classes
     rng.shuffle(labels)
-    images = np.stack([_draw(rng, int(lab), size) for lab in labels]) if n else \
-        np.zeros((0, size, size, 3), np.uint8)
+    images = (
+        np.stack([_draw(rng, int(lab), size) for lab in labels])
+        if n
+        else np.zeros((0, size, size, 3), np.uint8)
+    )
     return Split(images, labels)
 
 
@@ -448,25 +505,46 @@ def load_synthetic(cfg, image_size: int, seed: int) -> Dataset:
 
 # ---------------------------------------------------------------- TensorFlow Datasets
 
+
 def load_tfds(cfg, image_size: int) -> Dataset:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError("data=cats_vs_dogs needs tensorflow-datasets (pip install -e '.[tfds]'); "
-                        "offline, use data=folder data.path=/path/to/images") from None
+        raise DataError(
+            "data=cats_vs_dogs needs tensorflow-datasets (pip install -e '.[tfds]'); "
+            "offline, use data=folder data.path=/path/to/images"
+        ) from None
     import tensorflow as tf
 
     def take(split_name):
         try:
-            ds, info = tfds.load(cfg.tfds_name, split=split_name, as_supervised=True, with_info=True,
-                                 data_dir=cfg.tfds_data_dir)
+            ds, info = tfds.load(
+                cfg.tfds_name,
+                split=split_name,
+                as_supervised=True,
+                with_info=True,
+                data_dir=cfg.tfds_data_dir,
+            )
         except Exception as exc:  # download or preparation failure
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
-                            "offline, use data=folder data.path=/path/to/images") from None
-        ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(
-            tf.image.resize(x, (image_size, image_size))), 0, 255), tf.uint8), y),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            first = (
+                str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            )
+            raise DataError(
+                f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
+                "offline, use data=folder data.path=/path/to/images"
+            ) from None
+        ds = ds.map(
+            lambda x, y: (
+                tf.cast(
+                    tf.clip_by_value(
+                        tf.round(tf.image.resize(x, (image_size, image_size))), 0, 255
+                    ),
+                    tf.uint8,
+                ),
+                y,
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         if cfg.max_per_class:
             ds = ds.take(cfg.max_per_class * info.features["label"].num_classes)
         imgs, labels = [], []
@@ -484,13 +562,17 @@ def load_tfds(cfg, image_size: int) -> Dataset:
 _LAST: dict = {}  # the last decoded data set: trials of an in-process sweep decode once
 
 
-def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Dataset:
+def load(cfg, image_size: int, seed: int, cache_dir: str | None = None) -> Dataset:
     """Decoded, resized splits; reused across the trials of one process while the data config is
     unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all).
     Data over data.max_memory_mb is streamed from a decoded copy on disk."""
     # only synthetic data depends on the seed: a sweep over trainer.seed decodes a folder once
     key = (_image_key(cfg), image_size, seed if cfg.name == "synthetic" else None)
-    if cfg.name != "cats_vs_dogs" and _LAST.get("key") == key and _folder_unchanged(cfg, _LAST.get("stamp")):
+    if (
+        cfg.name != "cats_vs_dogs"
+        and _LAST.get("key") == key
+        and _folder_unchanged(cfg, _LAST.get("stamp"))
+    ):
         return _LAST["data"]
     limit = budget.memory_budget(cfg)
     disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
@@ -499,10 +581,22 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
         scan = scan_folder(cfg)
         need = decoded_bytes(scan, image_size)
         if need * budget.IN_MEMORY_COPIES > limit:
-            target = disk.dir if disk is not None else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
-            log.info("data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in memory "
-                     "(x%d while training): streaming them from %s", need // (image_size ** 2 * 3),
-                     size_text(need), image_size, limit // budget.MB, budget.IN_MEMORY_COPIES, target)
+            target = (
+                disk.dir
+                if disk is not None
+                else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
+            )
+            log.info(
+                "data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in "
+                "memory "
+                "(x%d while training): streaming them from %s",
+                need // (image_size**2 * 3),
+                size_text(need),
+                image_size,
+                limit // budget.MB,
+                budget.IN_MEMORY_COPIES,
+                target,
+            )
             budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
             try:
                 data = stream_folder(scan, cfg, image_size, target)
@@ -516,9 +610,13 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
     elif data is None:
         data = _load(cfg, image_size, seed)
         if data.nbytes * budget.IN_MEMORY_COPIES > limit:
-            log.warning("data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
-                        "for data larger than memory use data=folder", size_text(data.nbytes), limit // budget.MB,
-                        cfg.name)
+            log.warning(
+                "data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
+                "for data larger than memory use data=folder",
+                size_text(data.nbytes),
+                limit // budget.MB,
+                cfg.name,
+            )
         if disk is not None:
             disk.write(data)
     _LAST.clear()
@@ -528,7 +626,14 @@ def load(cfg, image_size: int, seed: int, cache_dir: Optional[str] = None) -> Da
 
 # keys that do not change the decoded images: a sweep over batch_size or a retrain with
 # train_on_val reuses the same decoded copy
-_NOT_IMAGES = {"batch_size", "augment", "train_on_val", "num_classes", "max_memory_mb", "max_disk_mb"}
+_NOT_IMAGES = {
+    "batch_size",
+    "augment",
+    "train_on_val",
+    "num_classes",
+    "max_memory_mb",
+    "max_disk_mb",
+}
 
 
 def _image_key(cfg) -> str:
@@ -541,12 +646,13 @@ def _image_key(cfg) -> str:
 
 
 def size_text(nbytes: int) -> str:
-    return f"{nbytes / 2 ** 30:.1f} GB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.0f} MB"
+    return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MB"
 
 
 class DecodedCache:
     """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
-    (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data config,
+    (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data
+    config,
     image size and every file's path, size and mtime, so a changed folder is decoded again.
     Written to a temp dir and renamed: atomic."""
 
@@ -563,10 +669,18 @@ class DecodedCache:
             for dirpath, _, names in os.walk(root):
                 for name in names:
                     st = os.stat(os.path.join(dirpath, name))
-                    files.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
-        return hashlib.sha256(json.dumps(list(map(str, key)) + [sorted(files)]).encode()).hexdigest()[:20]
+                    files.append(
+                        (
+                            os.path.relpath(os.path.join(dirpath, name), root),
+                            st.st_size,
+                            st.st_mtime_ns,
+                        )
+                    )
+        return hashlib.sha256(
+            json.dumps(list(map(str, key)) + [sorted(files)]).encode()
+        ).hexdigest()[:20]
 
-    def read(self, memory_limit: int) -> Optional[Dataset]:
+    def read(self, memory_limit: int) -> Dataset | None:
         import json
 
         try:
@@ -575,8 +689,11 @@ class DecodedCache:
             data = _read_decoded(self.dir, stream=size * budget.IN_MEMORY_COPIES > memory_limit)
         except (OSError, ValueError, KeyError, SyntaxError):
             return None
-        log.info("data: read the decoded splits from %s%s", self.dir,
-                 " (streamed: over data.max_memory_mb)" if data.streamed_from else "")
+        log.info(
+            "data: read the decoded splits from %s%s",
+            self.dir,
+            " (streamed: over data.max_memory_mb)" if data.streamed_from else "",
+        )
         return data
 
     def write(self, data: Dataset) -> None:
@@ -588,15 +705,28 @@ class DecodedCache:
             return
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
-        splits = {"train": data.train, "val": data.val, **({"test": data.test} if data.test is not None else {})}
+        splits = {
+            "train": data.train,
+            "val": data.val,
+            **({"test": data.test} if data.test is not None else {}),
+        }
         try:
             for name, split in splits.items():
                 np.save(tmp / f"{name}_images.npy", split.images)
                 np.save(tmp / f"{name}_labels.npy", split.labels)
-            (tmp / "meta.json").write_text(json.dumps({"class_names": list(data.class_names), "skipped": list(data.skipped),
-                                                       "splits": list(splits)}))
+            (tmp / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "class_names": list(data.class_names),
+                        "skipped": list(data.skipped),
+                        "splits": list(splits),
+                    }
+                )
+            )
             os.rename(tmp, self.dir)
-        except OSError as exc:  # another process won the rename, or the disk is full: decode next time
+        except (
+            OSError
+        ) as exc:  # another process won the rename, or the disk is full: decode next time
             log.debug("decoded cache not written: %s", exc)
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -671,8 +801,11 @@ def in_order(array, batch_size: int):
     import tensorflow as tf
 
     take = rows(array)
-    return tf.data.Dataset.range(len(array)).batch(batch_size).map(
-        lambda idx: tf.cast(take(idx), tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    return (
+        tf.data.Dataset.range(len(array))
+        .batch(batch_size)
+        .map(lambda idx: tf.cast(take(idx), tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    )
 
 
 def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
@@ -684,7 +817,9 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
         order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     take, labels = rows(split.images), tf.constant(split.labels)
     ds = order.batch(batch_size).map(
-        lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
+        lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -694,8 +829,14 @@ def train_epochs(split: Split, batch_size: int, seed: int, first_epoch: int, epo
     import tensorflow as tf
 
     take, y = rows(split.images), tf.constant(split.labels)
-    return epoch_batches(len(split), batch_size, seed, first_epoch, epochs,
-                         lambda idx, _: (tf.cast(take(idx), tf.float32), tf.gather(y, idx)))
+    return epoch_batches(
+        len(split),
+        batch_size,
+        seed,
+        first_epoch,
+        epochs,
+        lambda idx, _: (tf.cast(take(idx), tf.float32), tf.gather(y, idx)),
+    )
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, batch_fn):
@@ -708,10 +849,23 @@ def epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: 
     # the orders are drawn up front (NumPy, from (seed, e)); tf.data only slices them, so the
     # pipeline's functions are trivial to trace and batch_fn is traced once, at the top level
     first = int(first_epoch)
-    orders = np.stack([np.random.default_rng([int(seed), e]).permutation(n) for e in range(first, first + epochs)]) \
-        if epochs > 0 else np.zeros((0, n), np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((orders, np.arange(first, first + epochs, dtype=np.int64)))
-    ds = ds.flat_map(lambda order, e: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-                     .map(lambda idx: (idx, e)))
+    orders = (
+        np.stack(
+            [
+                np.random.default_rng([int(seed), e]).permutation(n)
+                for e in range(first, first + epochs)
+            ]
+        )
+        if epochs > 0
+        else np.zeros((0, n), np.int64)
+    )
+    ds = tf.data.Dataset.from_tensor_slices(
+        (orders, np.arange(first, first + epochs, dtype=np.int64))
+    )
+    ds = ds.flat_map(
+        lambda order, e: (
+            tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(lambda idx: (idx, e))
+        )
+    )
     ds = ds.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

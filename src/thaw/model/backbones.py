@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Optional
 
 from thaw.errors import ConfigError, WeightsError
 
@@ -18,15 +17,17 @@ class BackboneSpec:
     name: str
     constructor: str  # attribute of keras.applications
     preprocess_module: str  # keras.applications.<module>.preprocess_input is the reference
-    preprocess: str  # "tf" (x/127.5-1), "caffe" (BGR, mean-subtracted) or "none" (done inside the model)
+    preprocess: (
+        str  # "tf" (x/127.5-1), "caffe" (BGR, mean-subtracted) or "none" (done inside the model)
+    )
     block_pattern: str  # regex; group 1 is the block a layer belongs to
-    top_pattern: Optional[str]  # layers of the final conv ("top" block), if the backbone has one
+    top_pattern: str | None  # layers of the final conv ("top" block), if the backbone has one
     num_blocks: int
     min_size: int = 32
-    imagenet_alphas: Optional[tuple] = None  # None: backbone has no width multiplier
-    imagenet_sizes: Optional[tuple] = None
+    imagenet_alphas: tuple | None = None  # None: backbone has no width multiplier
+    imagenet_sizes: tuple | None = None
 
-    def block_of(self, layer_name: str) -> Optional[str]:
+    def block_of(self, layer_name: str) -> str | None:
         """The block a layer starts or belongs to; None means 'same block as the previous layer'."""
         if self.top_pattern and re.match(self.top_pattern, layer_name):
             return "top"
@@ -86,7 +87,7 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def build_base(spec: BackboneSpec, alpha: float, image_size: int, weights: Optional[str]):
+def build_base(spec: BackboneSpec, alpha: float, image_size: int, weights: str | None):
     """The convolutional base without its classifier, weights loaded."""
     import keras
 
@@ -104,12 +105,15 @@ def build_base(spec: BackboneSpec, alpha: float, image_size: int, weights: Optio
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if weights == "imagenet":
             raise WeightsError(
-                f"backbone.weights=imagenet: could not download the ImageNet weights ({first[:300]}); "
+                "backbone.weights=imagenet: could not download the ImageNet weights "
+                f"({first[:300]}); "
                 "offline, pass a local file with backbone.weights=/path/to/weights.h5 "
                 "(or backbone.weights=null for random init)"
             ) from None
-        raise WeightsError(f"backbone.weights={weights}: cannot load these weights into "
-                           f"{spec.constructor} ({first[:200]})") from None
+        raise WeightsError(
+            f"backbone.weights={weights}: cannot load these weights into "
+            f"{spec.constructor} ({first[:200]})"
+        ) from None
     finally:
         socket.setdefaulttimeout(old_timeout)
 

@@ -15,13 +15,15 @@ from thaw.model.heads import build_head
 
 log = logging.getLogger("thaw.train")
 
-# Bases and whole classifiers built in this process, with their initial state: trials of an in-process
+# Bases and whole classifiers built in this process, with their initial state: trials of an
+# in-process
 # sweep reuse them (weights put back in memory) instead of rebuilding the graph and re-reading the
-# weights file; a reused classifier keeps its compiled fit models (thaw.train.compiled), so a trial at a
+# weights file; a reused classifier keeps its compiled fit models (thaw.model.compiled), so a trial
+# at a
 # depth seen before pays no trace.
-_BASES: "OrderedDict[tuple, tuple]" = OrderedDict()
+_BASES: OrderedDict[tuple, tuple] = OrderedDict()
 _MAX_BASES = 2
-_CLASSIFIERS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_CLASSIFIERS: OrderedDict[tuple, tuple] = OrderedDict()
 _MAX_CLASSIFIERS = 2
 
 
@@ -46,14 +48,16 @@ class Classifier(NamedTuple):
     base: Any  # the convolutional base (a nested keras.Model), frozen and unfrozen by blocks
     base_output: Any  # the base's output tensor in the model's graph (the head's input)
     spec: Any  # thaw.model.backbones.BackboneSpec: block names, preprocessing
-    fits: Any = None  # thaw.train.compiled.FitModels: the models phases fit, kept with the classifier
+    fits: Any = (
+        None  # thaw.model.compiled.FitModels: the models phases fit, kept with the classifier
+    )
 
 
 def build_classifier(cfg, num_classes: int) -> Classifier:
     """The classifier for this run: built, or this process's earlier one with every variable (base,
     head, dropout seed state), BatchNorm momenta and the RNG state after building put back, so the
     run computes exactly what it would in a fresh process."""
-    from thaw.train.compiled import release_frozen
+    from thaw.model.compiled import release_frozen
 
     weights = cfg.backbone.weights
     if weights is not None and weights != "imagenet":
@@ -65,7 +69,10 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
         clf, initial = hit
         _CLASSIFIERS.move_to_end(key)
         _restore(clf.model.variables, clf.base, initial)
-        log.info("model: reusing this process's %s classifier (initial weights restored in memory)", spec.name)
+        log.info(
+            "model: reusing this process's %s classifier (initial weights restored in memory)",
+            spec.name,
+        )
         return clf
     clf = _build(spec, cfg, weights, num_classes)
     _CLASSIFIERS[key] = (clf, _snapshot(clf.model.variables, clf.base))
@@ -78,15 +85,24 @@ def build_classifier(cfg, num_classes: int) -> Classifier:
 def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
     from omegaconf import OmegaConf
 
-    head = OmegaConf.to_container(cfg.head, resolve=True) if OmegaConf.is_config(cfg.head) else dict(cfg.head)
-    return (_base_key(spec, cfg, int(cfg.backbone.image_size), weights), repr(sorted(head.items())),
-            int(num_classes), base_training_flag(cfg.backbone), cfg.backbone.get("batchnorm_momentum"))
+    head = (
+        OmegaConf.to_container(cfg.head, resolve=True)
+        if OmegaConf.is_config(cfg.head)
+        else dict(cfg.head)
+    )
+    return (
+        _base_key(spec, cfg, int(cfg.backbone.image_size), weights),
+        repr(sorted(head.items())),
+        int(num_classes),
+        base_training_flag(cfg.backbone),
+        cfg.backbone.get("batchnorm_momentum"),
+    )
 
 
 def _build(spec, cfg, weights, num_classes: int) -> Classifier:
     import keras
 
-    from thaw.train.compiled import FitModels
+    from thaw.model.compiled import FitModels
 
     size = cfg.backbone.image_size
     base = _base(spec, cfg, size, weights)
@@ -111,15 +127,24 @@ def _base_key(spec, cfg, size: int, weights) -> tuple:
     strategy = tf.distribute.get_strategy()
     # the seed is in the key because building draws initializer seeds from Python's RNG: a reused
     # base must leave the RNG where a fresh build would, or the head would start differently
-    return (spec.name, float(cfg.backbone.alpha), int(size), weights, stamp, int(cfg.trainer.seed),
-            keras.mixed_precision.global_policy().name, type(strategy).__name__, strategy.num_replicas_in_sync)
+    return (
+        spec.name,
+        float(cfg.backbone.alpha),
+        int(size),
+        weights,
+        stamp,
+        int(cfg.trainer.seed),
+        keras.mixed_precision.global_policy().name,
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+    )
 
 
 def _base(spec, cfg, size: int, weights):
     """The base for this run: built, or this process's earlier one with its initial state restored
     (weights and BatchNorm statistics, trainable flags, momenta, and the RNG state after building),
     so the run computes exactly what it would in a fresh process."""
-    from thaw.train.compiled import release_frozen
+    from thaw.model.compiled import release_frozen
 
     key = _base_key(spec, cfg, size, weights)
     hit = _BASES.get(key)
@@ -127,7 +152,10 @@ def _base(spec, cfg, size: int, weights):
         base, initial = hit
         _BASES.move_to_end(key)
         _restore(base.variables, base, initial)
-        log.info("backbone: reusing this process's %s base (initial weights restored in memory)", spec.name)
+        log.info(
+            "backbone: reusing this process's %s base (initial weights restored in memory)",
+            spec.name,
+        )
         return base
     base = build_base(spec, float(cfg.backbone.alpha), size, weights)
     _BASES[key] = (base, _snapshot(base.variables, base))
@@ -140,6 +168,7 @@ def _base(spec, cfg, size: int, weights):
 class _Initial(NamedTuple):
     """What a kept model goes back to for the next run: its variables' values, BatchNorm momenta and
     the RNG state right after building (building draws initializer seeds from Python's RNG)."""
+
     values: list
     momenta: list
     py_state: Any
@@ -151,8 +180,12 @@ def _snapshot(variables, base) -> _Initial:
 
     import numpy as np
 
-    momenta = [(layer, layer.momentum) for layer in base._flatten_layers() if hasattr(layer, "momentum")]
-    return _Initial([v.numpy() for v in variables], momenta, random.getstate(), np.random.get_state())
+    momenta = [
+        (layer, layer.momentum) for layer in base._flatten_layers() if hasattr(layer, "momentum")
+    ]
+    return _Initial(
+        [v.numpy() for v in variables], momenta, random.getstate(), np.random.get_state()
+    )
 
 
 def _restore(variables, base, initial: _Initial) -> None:
@@ -175,7 +208,11 @@ def set_batchnorm_momentum(base, momentum) -> int:
 
     if momentum is None:
         return 0
-    layers = [layer for layer in base._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [
+        layer
+        for layer in base._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in layers:
         layer.momentum = float(momentum)
     return len(layers)

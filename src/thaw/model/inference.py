@@ -1,5 +1,6 @@
 """What thaw-predict, thaw-evaluate and thaw-export share: the trained model a user points at (a run
-dir, a sweep dir meaning its best trial, or a model.keras), its class names and input size, and image
+dir, a sweep dir meaning its best trial, or a model.keras), its class names and input size, and
+image
 files decoded the way training decoded them, with bad files reported one by one, not fatal."""
 
 from __future__ import annotations
@@ -7,9 +8,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,9 @@ def run_command(prog: str, fn: Callable[[], int], per_file_logs: bool = False) -
         return 2
 
 
-RESOLVED_CONFIG = "resolved_config.yaml"  # written by every run: interpolations resolved, paths absolute
+RESOLVED_CONFIG = (
+    "resolved_config.yaml"  # written by every run: interpolations resolved, paths absolute
+)
 
 
 def run_config(run_dir: Path):
@@ -54,33 +58,53 @@ def best_trial_dir(sweep: Path) -> Path:
     try:
         res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{sweep / 'optimization_results.yaml'}: unreadable ({str(exc).splitlines()[0][:160]})") from None
+        raise ConfigError(
+            f"{sweep / 'optimization_results.yaml'}: unreadable ({str(exc).splitlines()[0][:160]})"
+        ) from None
     best = (res.get("best_trial") or {}) if isinstance(res, dict) else {}
     if "number" not in best:
-        raise ConfigError(f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)")
-    recorded = Path(str(best["run_dir"])) if best.get("run_dir") else Path(f"trial_{best['number']}")
-    candidates = [sweep / recorded] if not recorded.is_absolute() else [sweep / recorded.name, recorded]
+        raise ConfigError(
+            f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)"
+        )
+    recorded = (
+        Path(str(best["run_dir"])) if best.get("run_dir") else Path(f"trial_{best['number']}")
+    )
+    candidates = (
+        [sweep / recorded] if not recorded.is_absolute() else [sweep / recorded.name, recorded]
+    )
     candidates.append(sweep / f"trial_{best['number']}")
     for run in candidates:
         if run.is_dir():
             return run
-    raise ConfigError(f"{sweep}: the best trial's run dir is missing (looked in "
-                      f"{', '.join(str(c) for c in dict.fromkeys(candidates))})")
+    raise ConfigError(
+        f"{sweep}: the best trial's run dir is missing (looked in "
+        f"{', '.join(str(c) for c in dict.fromkeys(candidates))})"
+    )
 
 
-def find_run(target: str) -> Tuple[Path, Optional[Path]]:
-    """(model.keras, run dir or None) for a run dir, a sweep dir (its best trial) or a model file."""
+def find_run(target: str) -> tuple[Path, Path | None]:
+    """(model.keras, run dir or None) for a run dir, a sweep dir (its best trial) or a model
+    file."""
     p = Path(os.path.expanduser(target))
     if not p.exists():
-        raise ConfigError(f"{target}: no such file or directory (expected a run dir, a sweep dir or a model.keras)")
+        raise ConfigError(
+            f"{target}: no such file or directory (expected a run dir, a sweep dir or a "
+            "model.keras)"
+        )
     if p.is_file():
         if p.suffix != ".keras":
-            raise ConfigError(f"{target}: not a .keras model file (expected a run dir, a sweep dir or a model.keras)")
+            raise ConfigError(
+                f"{target}: not a .keras model file (expected a run dir, a sweep dir or a "
+                "model.keras)"
+            )
         return p, p.parent if (p.parent / "metrics.json").is_file() else None
     run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / "model.keras").is_file():
-        why = "the run was made with trainer.save_model=false" if (run / "metrics.json").is_file() else \
-            "not a thaw run or sweep directory"
+        why = (
+            "the run was made with trainer.save_model=false"
+            if (run / "metrics.json").is_file()
+            else "not a thaw run or sweep directory"
+        )
         raise ConfigError(f"{run}: no model.keras ({why}); retrain it with thaw-retrain {p}")
     return run / "model.keras", run
 
@@ -88,8 +112,8 @@ def find_run(target: str) -> Tuple[Path, Optional[Path]]:
 @dataclass
 class Trained:
     path: Path
-    run_dir: Optional[Path]
-    class_names: List[str]
+    run_dir: Path | None
+    class_names: list[str]
     image_size: int
     model: Any
 
@@ -107,10 +131,12 @@ def as_probabilities(out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _class_names(run_dir: Optional[Path], n_out: int) -> List[str]:
+def _class_names(run_dir: Path | None, n_out: int) -> list[str]:
     n = 2 if n_out == 1 else n_out
     try:
-        names = json.loads((run_dir / "metrics.json").read_text()).get("classes") if run_dir else None
+        names = (
+            json.loads((run_dir / "metrics.json").read_text()).get("classes") if run_dir else None
+        )
     except (OSError, ValueError):
         names = None
     return list(names) if names and len(names) == n else [f"class_{i}" for i in range(n)]
@@ -132,16 +158,20 @@ def load_trained(target: str) -> Trained:
     return Trained(path, run_dir, _class_names(run_dir, int(model.output_shape[-1])), size, model)
 
 
-def list_images(inputs: List[str]) -> List[str]:
+def list_images(inputs: list[str]) -> list[str]:
     """Files as given, folders searched recursively (sorted); only image extensions from folders."""
     from thaw.data.folder import IMAGE_EXTENSIONS
 
-    files: List[str] = []
+    files: list[str] = []
     for item in inputs:
         p = Path(os.path.expanduser(item))
         if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files += sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
         elif p.exists() or p.is_symlink():
             files.append(str(p))
         else:
@@ -151,17 +181,19 @@ def list_images(inputs: List[str]) -> List[str]:
     return files
 
 
-def decode_images(files: List[str], image_size: int) -> Tuple[np.ndarray, List[str], Dict[str, str]]:
+def decode_images(
+    files: list[str], image_size: int
+) -> tuple[np.ndarray, list[str], dict[str, str]]:
     """(images of the good files, the good files, {bad file: why}); decoded as in training."""
     from thaw.data.folder import _decode_files, sniff_image
 
-    problems: Dict[str, str] = {}
+    problems: dict[str, str] = {}
     for f in files:
         why = "not a regular file" if not os.path.isfile(f) else sniff_image(f)
         if why:
             problems[f] = why
     candidates = [f for f in files if f not in problems]
-    skipped: List[str] = []
+    skipped: list[str] = []
     images, ok = _decode_files(candidates, image_size, "skip", skipped)
     for f in skipped:
         problems[f] = "cannot decode image"

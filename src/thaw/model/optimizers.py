@@ -5,26 +5,40 @@ the step size again for every variable, then the moment and weight updates). Tra
 instantiating them is about half of a new fine-tuning depth's first step (MobileNetV2, top 8 blocks:
 4,800 ops with Adam, 2,420 with SGD). `FusedAdam` computes the step's scalars once and updates each
 variable with one `ResourceApplyAdam`, the kernel tf.compat.v1's AdamOptimizer runs: the same rule,
-m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps),
+m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) +
+eps),
 with 1 - b1 and 1 - b2 taken in float32 inside the kernel where Keras rounds them from float64
 (1 - 0.999: 9.99987e-4 against 1.0e-3). trainer.fused_optimizer=false runs Keras' own Adam.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-_CLASSES = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}  # in keras.optimizers
+_CLASSES = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "sgd": "SGD",
+}  # in keras.optimizers
 NAMES = tuple(_CLASSES)
 _FUSED: list = []
-_WITH_RATES: Dict[type, type] = {}
+_WITH_RATES: dict[type, type] = {}
 
 
-def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0,
-         layer_rates: Optional[Dict[str, float]] = None):
-    """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form here).
+def make(
+    name: str,
+    learning_rate,
+    fused: bool = True,
+    weight_decay: float = 0.0,
+    layer_rates: dict[str, float] | None = None,
+):
+    """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form
+    here).
     `weight_decay` > 0 is Keras' decoupled decay (applied before the update, the fused one too); 0
-    leaves the optimizer exactly as before (AdamW keeps its own default). `layer_rates`: {layer name:
+    leaves the optimizer exactly as before (AdamW keeps its own default). `layer_rates`: {layer
+    name:
     learning-rate multiplier} for the variables of those layers (lr.layer_decay); None or all 1: the
     optimizer is exactly the plain one."""
     import keras
@@ -42,9 +56,14 @@ def make(name: str, learning_rate, fused: bool = True, weight_decay: float = 0.0
     return opt
 
 
-def compiled_name(name: str, fused: bool, weight_decay: float = 0.0,
-                  layer_rates: Optional[Dict[str, float]] = None) -> str:
-    """What a kept compiled step is keyed by (thaw.train.compiled): a fused and a Keras Adam trace differently,
+def compiled_name(
+    name: str,
+    fused: bool,
+    weight_decay: float = 0.0,
+    layer_rates: dict[str, float] | None = None,
+) -> str:
+    """What a kept compiled step is keyed by (thaw.model.compiled): a fused and a Keras Adam trace
+    differently,
     and the decay and the per-layer multipliers are constants of the traced step."""
     base = f"{name}+fused" if name == "adam" and fused else name
     if weight_decay:
@@ -53,10 +72,13 @@ def compiled_name(name: str, fused: bool, weight_decay: float = 0.0,
     return f"{base}+rates{rates!r}" if rates else base
 
 
-def block_rates(block_layers: Dict[str, Sequence[str]], blocks: Sequence[str], decay: float) -> Dict[str, float]:
-    """{layer name: multiplier}: the top of `blocks` (ordered bottom to top) at 1, each block below at
+def block_rates(
+    block_layers: dict[str, Sequence[str]], blocks: Sequence[str], decay: float
+) -> dict[str, float]:
+    """{layer name: multiplier}: the top of `blocks` (ordered bottom to top) at 1, each block below
+    at
     `decay` times the block above; layers outside them (the head) keep the full rate."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     if float(decay) == 1.0:
         return out
     for depth_from_top, block in enumerate(reversed(list(blocks))):
@@ -69,8 +91,9 @@ def with_layer_rates(cls: type) -> type:
     """`cls` with a learning-rate multiplier per variable, by the layer that owns it: Keras' update
     rules take it through `update_step`, the fused Adam through its kernel's `lr`."""
     if cls not in _WITH_RATES:
+
         class LayerRates(cls):  # type: ignore[misc, valid-type]
-            layer_rates: Dict[str, float] = {}
+            layer_rates: dict[str, float] = {}
 
             def build(self, variables):
                 super().build(variables)
@@ -81,7 +104,9 @@ def with_layer_rates(cls: type) -> type:
 
             def update_step(self, gradient, variable, learning_rate):
                 m = self.lr_multiplier(variable)
-                return super().update_step(gradient, variable, learning_rate if m == 1.0 else learning_rate * m)
+                return super().update_step(
+                    gradient, variable, learning_rate if m == 1.0 else learning_rate * m
+                )
 
         LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
         _WITH_RATES[cls] = LayerRates
@@ -105,34 +130,54 @@ def _define() -> Any:
     import tensorflow as tf
 
     class FusedAdam(keras.optimizers.Adam):
-        """keras.optimizers.Adam whose TensorFlow update is one fused kernel per variable. Falls back to
-        Keras' own update under a distribution strategy, with amsgrad, sparse gradients or another backend."""
+        """keras.optimizers.Adam whose TensorFlow update is one fused kernel per variable. Falls
+        back to
+        Keras' own update under a distribution strategy, with amsgrad, sparse gradients or another
+        backend."""
 
         def _backend_update_step(self, grads, trainable_variables, learning_rate):
-            variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+            variables = [
+                v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
+            ]
             if not self._fusable(grads, variables):
                 return super()._backend_update_step(grads, trainable_variables, learning_rate)
             dtype = variables[0].dtype
             step = tf.cast(self.iterations + 1, dtype)
             b1, b2 = tf.constant(self.beta_1, dtype), tf.constant(self.beta_2, dtype)
-            scalars = dict(beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step),
-                           lr=tf.cast(learning_rate, dtype), beta1=b1, beta2=b2,
-                           epsilon=tf.constant(self.epsilon, dtype))
+            scalars = dict(
+                beta1_power=tf.pow(b1, step),
+                beta2_power=tf.pow(b2, step),
+                lr=tf.cast(learning_rate, dtype),
+                beta1=b1,
+                beta2=b2,
+                epsilon=tf.constant(self.epsilon, dtype),
+            )
             multiplier = getattr(self, "lr_multiplier", None)
             for grad, var in zip(grads, variables):
                 i = self._get_variable_index(var)
                 m = 1.0 if multiplier is None else multiplier(var)
-                args = scalars if m == 1.0 else dict(scalars, lr=scalars["lr"] * tf.constant(m, dtype))
-                tf.raw_ops.ResourceApplyAdam(var=var.handle, m=self._momentums[i].value.handle,
-                                             v=self._velocities[i].value.handle, grad=tf.cast(grad, dtype),
-                                             use_locking=False, **args)
+                args = (
+                    scalars if m == 1.0 else dict(scalars, lr=scalars["lr"] * tf.constant(m, dtype))
+                )
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle,
+                    m=self._momentums[i].value.handle,
+                    v=self._velocities[i].value.handle,
+                    grad=tf.cast(grad, dtype),
+                    use_locking=False,
+                    **args,
+                )
 
         def _fusable(self, grads, variables) -> bool:
-            return (keras.backend.backend() == "tensorflow" and not tf.distribute.has_strategy()
-                    and not self.amsgrad and bool(variables)
-                    and len({v.dtype for v in variables}) == 1
-                    and variables[0].dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-                    and all(isinstance(g, tf.Tensor) for g in grads)
-                    and all(hasattr(v, "handle") for v in variables))
+            return (
+                keras.backend.backend() == "tensorflow"
+                and not tf.distribute.has_strategy()
+                and not self.amsgrad
+                and bool(variables)
+                and len({v.dtype for v in variables}) == 1
+                and variables[0].dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+                and all(isinstance(g, tf.Tensor) for g in grads)
+                and all(hasattr(v, "handle") for v in variables)
+            )
 
     return FusedAdam

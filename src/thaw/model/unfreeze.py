@@ -6,13 +6,12 @@ tutorial's `fine_tune_at=100` cuts MobileNetV2's block_11 in half.
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 from thaw.errors import ConfigError
 
 
-def layer_blocks(base, spec) -> Dict[str, str]:
-    """Map each layer of the base to its block; layers without a block name join the previous one."""
+def layer_blocks(base, spec) -> dict[str, str]:
+    """Map each layer of the base to its block; layers without a block name join the previous
+    one."""
     current = "stem"
     out = {}
     for layer in base.layers:
@@ -23,25 +22,27 @@ def layer_blocks(base, spec) -> Dict[str, str]:
     return out
 
 
-def block_order(base, spec) -> List[str]:
-    order: List[str] = []
+def block_order(base, spec) -> list[str]:
+    order: list[str] = []
     for block in layer_blocks(base, spec).values():
         if block not in order:
             order.append(block)
     return order
 
 
-def trainable_blocks(base, spec, mode: str, depth: int) -> List[str]:
+def trainable_blocks(base, spec, mode: str, depth: int) -> list[str]:
     order = block_order(base, spec)
     if len(order) != spec.num_blocks:
-        raise RuntimeError(f"{spec.name}: found {len(order)} blocks, registry says {spec.num_blocks}")
+        raise RuntimeError(
+            f"{spec.name}: found {len(order)} blocks, registry says {spec.num_blocks}"
+        )
     if mode == "none":
         return []
     if mode == "all":
         return order
     if depth > len(order):
         raise ConfigError(f"unfreeze.depth: {depth} is more than {spec.name}'s {len(order)} blocks")
-    return order[len(order) - depth:] if depth else []
+    return order[len(order) - depth :] if depth else []
 
 
 def top_block_layers(base, spec, depth: int) -> set:
@@ -54,7 +55,7 @@ def freeze_all(base) -> None:
     base.trainable = False
 
 
-def apply(base, spec, mode: str, depth: int) -> List[str]:
+def apply(base, spec, mode: str, depth: int) -> list[str]:
     """Make exactly the top `depth` blocks trainable (or none/all); returns their names."""
     blocks = set(trainable_blocks(base, spec, mode, depth))
     if not blocks:

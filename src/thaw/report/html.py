@@ -6,17 +6,14 @@ network) and optuna.visualization.matplotlib for the PNGs.
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
-import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple
 
-from thaw.errors import ConfigError, ThawError
-from thaw.runtime.outputs import write_text_atomic
+from thaw.errors import ConfigError
 from thaw.report.plots import DEPTH, LR
+from thaw.runtime.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +33,16 @@ def _storage(target: str):
             raise ConfigError(f"{target}: not a sweep directory or storage URL")
         db = path / "study.db"
         if not db.is_file():
-            raise ConfigError(f"{target}: no study.db in this directory (pass the storage URL instead)")
+            raise ConfigError(
+                f"{target}: no study.db in this directory (pass the storage URL instead)"
+            )
         return f"sqlite:///{db.resolve()}", path
     return target, Path.cwd()
 
 
-def open_study(target: str, study_name: Optional[str] = None):
-    """(study, output dir) from a sweep dir holding study.db, a journal file, or an Optuna storage URL."""
+def open_study(target: str, study_name: str | None = None):
+    """(study, output dir) from a sweep dir holding study.db, a journal file, or an Optuna storage
+    URL."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,19 +50,26 @@ def open_study(target: str, study_name: Optional[str] = None):
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as exc:
-        raise ConfigError(f"{target}: cannot open the storage ({str(exc).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"{target}: cannot open the storage ({str(exc).splitlines()[0][:200]})"
+        ) from None
     if study_name is None:
         if len(names) != 1:
-            raise ConfigError(f"{target}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                              "choose one with --study")
+            raise ConfigError(
+                f"{target}: holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "choose one with --study"
+            )
         study_name = names[0]
     elif study_name not in names:
-        raise ConfigError(f"--study: no study {study_name!r} in {target} (found: {', '.join(names) or 'none'})")
+        raise ConfigError(
+            f"--study: no study {study_name!r} in {target} (found: {', '.join(names) or 'none'})"
+        )
     return optuna.load_study(study_name=study_name, storage=url), out_dir
 
 
-def _figures(study) -> List[Tuple[str, str, object, object]]:
-    """(slug, title, plotly figure or None, matplotlib function or None); None where too few trials."""
+def _figures(study) -> list[tuple[str, str, object, object]]:
+    """(slug, title, plotly figure or None, matplotlib function or None); None where too few
+    trials."""
     from optuna import visualization as vis
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as vmat
@@ -71,16 +78,36 @@ def _figures(study) -> List[Tuple[str, str, object, object]]:
     params = sorted({p for t in complete for p in t.params})
     varying = [p for p in params if len({repr(t.params.get(p)) for t in complete}) > 1]
     specs = [
-        ("history", "Optimisation history", lambda m: m.plot_optimization_history(study), len(complete) >= 1),
-        ("importance", "Parameter importances",
-         lambda m: m.plot_param_importances(study), len(complete) >= 2 and len(varying) >= 1),
-        ("depth", "Optuna slice plot: objective against unfreeze depth (COMPLETE trials only)",
-         lambda m: m.plot_slice(study, params=[DEPTH]), DEPTH in params),
-        ("lr", "Optuna slice plot: objective against learning rate (COMPLETE trials only)",
-         lambda m: m.plot_slice(study, params=[LR]), LR in params),
-        ("intermediate", "Intermediate values per trial (pruned trials stop early)",
-         lambda m: m.plot_intermediate_values(study),
-         any(t.intermediate_values for t in study.get_trials(deepcopy=False))),
+        (
+            "history",
+            "Optimisation history",
+            lambda m: m.plot_optimization_history(study),
+            len(complete) >= 1,
+        ),
+        (
+            "importance",
+            "Parameter importances",
+            lambda m: m.plot_param_importances(study),
+            len(complete) >= 2 and len(varying) >= 1,
+        ),
+        (
+            "depth",
+            "Optuna slice plot: objective against unfreeze depth (COMPLETE trials only)",
+            lambda m: m.plot_slice(study, params=[DEPTH]),
+            DEPTH in params,
+        ),
+        (
+            "lr",
+            "Optuna slice plot: objective against learning rate (COMPLETE trials only)",
+            lambda m: m.plot_slice(study, params=[LR]),
+            LR in params,
+        ),
+        (
+            "intermediate",
+            "Intermediate values per trial (pruned trials stop early)",
+            lambda m: m.plot_intermediate_values(study),
+            any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
+        ),
     ]
     out = []
     for slug, title, make, ok in specs:
@@ -100,9 +127,23 @@ def _trial_rows(study):
     for t in study.get_trials(deepcopy=False):
         value = t.values[0] if t.values and len(t.values) == 1 else (t.values or "")
         dur = t.duration.total_seconds() if t.duration else None
-        note = t.user_attrs.get("error") or t.user_attrs.get("pruned") or t.user_attrs.get("interrupted") or ""
-        rows.append([t.number, t.state.name, value, *[t.params.get(p, "") for p in params],
-                     f"{dur:.1f}" if dur is not None else "", t.user_attrs.get("run_dir", ""), note])
+        note = (
+            t.user_attrs.get("error")
+            or t.user_attrs.get("pruned")
+            or t.user_attrs.get("interrupted")
+            or ""
+        )
+        rows.append(
+            [
+                t.number,
+                t.state.name,
+                value,
+                *[t.params.get(p, "") for p in params],
+                f"{dur:.1f}" if dur is not None else "",
+                t.user_attrs.get("run_dir", ""),
+                note,
+            ]
+        )
     return ["#", "state", "objective", *params, "seconds", "run dir", "note"], rows
 
 
@@ -130,11 +171,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _plot_section(slug: str, title: str, fig, png: Optional[str] = None) -> str:
+def _plot_section(slug: str, title: str, fig, png: str | None = None) -> str:
     esc = html.escape
     if fig is None:
-        return (f'<section class="plot missing"><h2>{esc(title)}</h2>'
-                '<p>Not enough finished trials for this plot yet.</p></section>')
+        return (
+            f'<section class="plot missing"><h2>{esc(title)}</h2>'
+            "<p>Not enough finished trials for this plot yet.</p></section>"
+        )
     fig.update_layout(title=None, height=420, margin=dict(l=60, r=20, t=20, b=50))
     div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{slug}")
     link = f'<p><a href="{png}">PNG</a></p>' if png else ""
@@ -157,8 +200,9 @@ def _save_png(make_png, path: Path, title: str) -> bool:
         return False
 
 
-def _sections(study, png_dir: Path) -> List[str]:
-    """thaw's own plots first (every trial, learning curves, time), then Optuna's with PNG copies."""
+def _sections(study, png_dir: Path) -> list[str]:
+    """thaw's own plots first (every trial, learning curves, time), then Optuna's with PNG
+    copies."""
     from thaw.report.plots import own_figures
 
     sections = []
@@ -167,25 +211,35 @@ def _sections(study, png_dir: Path) -> List[str]:
         for slug, title, fig in own_figures(study):
             sections.append(_plot_section(slug, title, fig))
         for slug, title, fig, make_png in _figures(study):
-            png = f"report_png/{slug}.png" if fig is not None and _save_png(
-                make_png, png_dir / f"{slug}.png", title) else None
+            png = (
+                f"report_png/{slug}.png"
+                if fig is not None and _save_png(make_png, png_dir / f"{slug}.png", title)
+                else None
+            )
             sections.append(_plot_section(slug, title, fig, png))
     return sections
 
 
 def _table(rows, header) -> str:
     esc = html.escape
-    table = ["<table class='trials'><thead><tr>", *[f"<th>{esc(str(h))}</th>" for h in header],
-             "</tr></thead><tbody>"]
+    table = [
+        "<table class='trials'><thead><tr>",
+        *[f"<th>{esc(str(h))}</th>" for h in header],
+        "</tr></thead><tbody>",
+    ]
     for row in rows:
-        table.append("<tr class='%s'>" % esc(row[1].lower()) + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row)
-                     + "</tr>")
+        table.append(
+            f"<tr class='{esc(row[1].lower())}'>"
+            + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row)
+            + "</tr>"
+        )
     table.append("</tbody></table>")
     return "".join(table)
 
 
 def _about_html(study) -> str:
-    """What the sweep is about and its answer in words (thaw-train sweeps record both on the study)."""
+    """What the sweep is about and its answer in words (thaw-train sweeps record both on the
+    study)."""
     esc = html.escape
     about, verdict = study.user_attrs.get("about") or {}, study.user_attrs.get("verdict")
     parts = []
@@ -193,11 +247,21 @@ def _about_html(study) -> str:
         parts.append(f"<p class='verdict'><b>{esc(verdict[0].upper() + verdict[1:])}.</b></p>")
     if about:
         images = about.get("images") or {}
-        counts = (f" ({images.get('train')} train / {images.get('validation')} validation / {images.get('test')} test "
-                  f"images, {images.get('classes')} classes)") if images else ""
-        parts.append(f"<p class='about'>Data {esc(str(about.get('data')))}{esc(counts)}; backbone "
-                     f"{esc(str(about.get('backbone')))}, weights {esc(str(about.get('weights')))}, "
-                     f"{esc(str(about.get('image_size')))} px; searching {esc(str(about.get('search_space')))}.</p>")
+        counts = (
+            (
+                f" ({images.get('train')} train / {images.get('validation')} validation / "
+                f"{images.get('test')} test "
+                f"images, {images.get('classes')} classes)"
+            )
+            if images
+            else ""
+        )
+        parts.append(
+            f"<p class='about'>Data {esc(str(about.get('data')))}{esc(counts)}; backbone "
+            f"{esc(str(about.get('backbone')))}, weights {esc(str(about.get('weights')))}, "
+            f"{esc(str(about.get('image_size')))} px; searching "
+            f"{esc(str(about.get('search_space')))}.</p>"
+        )
     return "".join(parts)
 
 
@@ -209,13 +273,17 @@ def _best_html(study) -> str:
         b = study.best_trial
     except ValueError:
         return ""
-    best = (f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
-            f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>")
+    best = (
+        f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
+        f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>"
+    )
     test_eval = study.user_attrs.get("test_eval") or {}
     if test_eval.get("trial") == b.number:
-        best += (f"<p class='best'>Held-out test accuracy of the best trial: "
-                 f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
-                 f"({esc(str(test_eval.get('num_test')))} images)</p>")
+        best += (
+            f"<p class='best'>Held-out test accuracy of the best trial: "
+            f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
+            f"({esc(str(test_eval.get('num_test')))} images)</p>"
+        )
     return best
 
 
@@ -229,8 +297,9 @@ tr.pruned { color: #996600; } tr.fail { color: #b00; }
 """
 
 
-def build_report(target: str, study_name: Optional[str] = None, out_dir: Optional[Path] = None) -> Path:
-    """Write report.html (self-contained: plotly inline) and report_png/*.png; returns the HTML path."""
+def build_report(target: str, study_name: str | None = None, out_dir: Path | None = None) -> Path:
+    """Write report.html (self-contained: plotly inline) and report_png/*.png; returns the HTML
+    path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,11 +321,11 @@ def build_report(target: str, study_name: Optional[str] = None, out_dir: Optiona
 <script type="text/javascript">{get_plotlyjs()}</script>
 <style>{_STYLE}</style></head><body>
 <h1>Sweep report: {esc(study.study_name)}</h1>
-<p>{len(rows)} trials: {esc(', '.join(f'{k} {v}' for k, v in sorted(counts.items())))}.
-Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
+<p>{len(rows)} trials: {esc(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))}.
+Direction: {esc(", ".join(d.name.lower() for d in study.directions))}.</p>
 {_about_html(study)}
 {_best_html(study)}
-{''.join(sections)}
+{"".join(sections)}
 <h2>Trials</h2><p>Click a column header to sort.</p>
 {_table(rows, header)}
 <script>{_SORT_JS}</script>
@@ -266,25 +335,3 @@ Direction: {esc(', '.join(d.name.lower() for d in study.directions))}.</p>
     write_text_atomic(path, page)
     log.info("report: %s (%.1f MB, self-contained)", path, path.stat().st_size / 1e6)
     return path
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="thaw-report", description="Write report.html for a sweep.")
-    parser.add_argument("target", help="sweep dir (with study.db), a journal file (.log/.journal/.jsonl, "
-                        "journal:///path) or an Optuna storage URL")
-    parser.add_argument("--study", default=None, help="study name (needed when the storage holds several)")
-    parser.add_argument("--out", default=None, help="output dir (default: the sweep dir, the journal's dir, "
-                        "or . for a URL)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = build_report(args.target, args.study, Path(args.out) if args.out else None)
-    except ThawError as exc:
-        print(f"thaw-report: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

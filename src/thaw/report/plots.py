@@ -1,16 +1,27 @@
 """The sweep report's own plots, in the user's terms: every trial (pruned and failed too) in the
-depth x learning-rate plane, learning curves against epoch with the head/fine-tune boundary, and time
+depth x learning-rate plane, learning curves against epoch with the head/fine-tune boundary, and
+time
 per trial. Optuna's generic plots follow them on the page (thaw.report.html)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
 
 DEPTH, LR = "unfreeze.depth", "lr.base"
-MARKERS = {"COMPLETE": "circle", "PRUNED": "x", "FAIL": "square", "RUNNING": "diamond", "WAITING": "diamond"}
-COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#d98c00", "FAIL": "#b00020", "RUNNING": "#777777",
-           "WAITING": "#777777"}
+MARKERS = {
+    "COMPLETE": "circle",
+    "PRUNED": "x",
+    "FAIL": "square",
+    "RUNNING": "diamond",
+    "WAITING": "diamond",
+}
+COLOURS = {
+    "COMPLETE": "#1f77b4",
+    "PRUNED": "#d98c00",
+    "FAIL": "#b00020",
+    "RUNNING": "#777777",
+    "WAITING": "#777777",
+}
 AXIS = {DEPTH: "unfreeze depth (blocks)", LR: "learning rate (lr.base)"}
 
 
@@ -20,7 +31,7 @@ def value_label(study) -> str:
     return {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get(name, name)
 
 
-def last_value(trial) -> Optional[float]:
+def last_value(trial) -> float | None:
     """The final value for a COMPLETE trial; the last reported epoch for a pruned or failed one."""
     if trial.values and len(trial.values) == 1:
         return float(trial.values[0])
@@ -29,7 +40,7 @@ def last_value(trial) -> Optional[float]:
     return None
 
 
-def _axes(params: List[str]):
+def _axes(params: list[str]):
     x = DEPTH if DEPTH in params else (params[0] if params else None)
     rest = [p for p in params if p != x]
     y = LR if LR in rest else (rest[0] if rest else None)
@@ -51,23 +62,38 @@ def trials_plane(study):
         if not group:
             continue
         values = [last_value(t) for t in group]
-        fig.add_trace(go.Scatter(
-            x=[t.params[x] for t in group], y=[t.params.get(y, 0) for t in group] if y else values,
-            mode="markers", name=f"{state.lower()} ({len(group)})",
-            marker=dict(symbol=marker, size=12, color=[v if v is not None else float("nan") for v in values],
-                        coloraxis="coloraxis", line=dict(width=1, color=COLOURS[state])),
-            text=[f"trial {t.number}: {state.lower()}, {label} "
-                  f"{'?' if v is None else f'{v:.4f}'}" for t, v in zip(group, values)],
-            hoverinfo="text"))
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=label)),
-                      xaxis_title=AXIS.get(x, x), yaxis_title=AXIS.get(y, y) if y else label,
-                      legend=dict(orientation="h", y=-0.2))
+        fig.add_trace(
+            go.Scatter(
+                x=[t.params[x] for t in group],
+                y=[t.params.get(y, 0) for t in group] if y else values,
+                mode="markers",
+                name=f"{state.lower()} ({len(group)})",
+                marker=dict(
+                    symbol=marker,
+                    size=12,
+                    color=[v if v is not None else float("nan") for v in values],
+                    coloraxis="coloraxis",
+                    line=dict(width=1, color=COLOURS[state]),
+                ),
+                text=[
+                    f"trial {t.number}: {state.lower()}, {label} {'?' if v is None else f'{v:.4f}'}"
+                    for t, v in zip(group, values)
+                ],
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        coloraxis=dict(colorscale="Viridis", colorbar=dict(title=label)),
+        xaxis_title=AXIS.get(x, x),
+        yaxis_title=AXIS.get(y, y) if y else label,
+        legend=dict(orientation="h", y=-0.2),
+    )
     if y == LR:
         fig.update_yaxes(type="log")
     return fig
 
 
-def _head_epochs(trial) -> Optional[int]:
+def _head_epochs(trial) -> int | None:
     """Recorded by the trial (user attribute); for studies made before that, from its run dir."""
     if trial.user_attrs.get("head_epochs") is not None:
         return int(trial.user_attrs["head_epochs"])
@@ -80,8 +106,8 @@ def _head_epochs(trial) -> Optional[int]:
         return None
 
 
-def _boundaries(trials) -> Dict[int, int]:
-    out: Dict[int, int] = {}
+def _boundaries(trials) -> dict[int, int]:
+    out: dict[int, int] = {}
     for t in trials:
         head = _head_epochs(t)
         if head:
@@ -100,20 +126,41 @@ def learning_curves(study):
     fig = go.Figure()
     for t in trials:
         steps = sorted(t.intermediate_values)
-        fig.add_trace(go.Scatter(
-            x=[s + 1 for s in steps], y=[t.intermediate_values[s] for s in steps], mode="lines+markers",
-            name=f"trial {t.number} ({t.state.name.lower()})", line=dict(color=COLOURS.get(t.state.name)),
-            opacity=0.8))
+        fig.add_trace(
+            go.Scatter(
+                x=[s + 1 for s in steps],
+                y=[t.intermediate_values[s] for s in steps],
+                mode="lines+markers",
+                name=f"trial {t.number} ({t.state.name.lower()})",
+                line=dict(color=COLOURS.get(t.state.name)),
+                opacity=0.8,
+            )
+        )
     for head, n in _boundaries(trials).items():
-        fig.add_vline(x=head + 0.5, line_dash="dash", line_color="#444",
-                      annotation_text="fine-tuning starts" + (f" ({n} trials)" if len(_boundaries(trials)) > 1
-                                                              else ""), annotation_position="top left")
+        fig.add_vline(
+            x=head + 0.5,
+            line_dash="dash",
+            line_color="#444",
+            annotation_text="fine-tuning starts"
+            + (f" ({n} trials)" if len(_boundaries(trials)) > 1 else ""),
+            annotation_position="top left",
+        )
     fig.update_layout(xaxis_title="epoch", yaxis_title=label, showlegend=len(trials) <= 20)
     return fig
 
 
-PARTS = ("import", "data", "build", "feature_extraction", "trace", "compute", "checkpoint", "save", "test_evaluation",
-         "other")
+PARTS = (
+    "import",
+    "data",
+    "build",
+    "feature_extraction",
+    "trace",
+    "compute",
+    "checkpoint",
+    "save",
+    "test_evaluation",
+    "other",
+)
 
 
 def trial_times(study):
@@ -128,15 +175,26 @@ def trial_times(study):
     split = [t for t in trials if t.user_attrs.get("time_breakdown")]
     if split:
         for part in PARTS:
-            fig.add_trace(go.Bar(x=[t.number for t in split], name=part.replace("_", " "),
-                                 y=[t.user_attrs["time_breakdown"].get(part, 0.0) for t in split]))
+            fig.add_trace(
+                go.Bar(
+                    x=[t.number for t in split],
+                    name=part.replace("_", " "),
+                    y=[t.user_attrs["time_breakdown"].get(part, 0.0) for t in split],
+                )
+            )
         fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="seconds")
         trials = [t for t in trials if not t.user_attrs.get("time_breakdown")]
     for state in MARKERS:
         group = [t for t in trials if t.state.name == state]
         if group:
-            fig.add_trace(go.Bar(x=[t.number for t in group], y=[t.duration.total_seconds() for t in group],
-                                 name=state.lower(), marker_color=COLOURS[state]))
+            fig.add_trace(
+                go.Bar(
+                    x=[t.number for t in group],
+                    y=[t.duration.total_seconds() for t in group],
+                    name=state.lower(),
+                    marker_color=COLOURS[state],
+                )
+            )
     if not split:
         fig.update_layout(xaxis_title="trial", yaxis_title="seconds", barmode="overlay")
     return fig
@@ -145,10 +203,22 @@ def trial_times(study):
 def own_figures(study):
     """(slug, title, figure or None), first on the report page."""
     return [
-        ("trials", "Every trial: unfreeze depth x learning rate (colour: validation value; pruned at their "
-                   "last epoch)", trials_plane(study)),
-        ("curves", "Learning curves per trial (dashed: the head phase ends, fine-tuning starts)",
-         learning_curves(study)),
-        ("times", "Time per trial, by where it went (import, data, build, feature extraction, trace, "
-                  "compute, save, ...)", trial_times(study)),
+        (
+            "trials",
+            "Every trial: unfreeze depth x learning rate (colour: validation value; pruned at "
+            "their "
+            "last epoch)",
+            trials_plane(study),
+        ),
+        (
+            "curves",
+            "Learning curves per trial (dashed: the head phase ends, fine-tuning starts)",
+            learning_curves(study),
+        ),
+        (
+            "times",
+            "Time per trial, by where it went (import, data, build, feature extraction, trace, "
+            "compute, save, ...)",
+            trial_times(study),
+        ),
     ]

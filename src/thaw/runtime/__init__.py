@@ -1,1 +1,2 @@
-"""What every command needs around a run: atomic outputs, interrupts, TensorFlow start-up, tracking."""
+"""What every command needs around a run: atomic outputs, interrupts, TensorFlow start-up,
+tracking."""

@@ -17,9 +17,11 @@ import threading
 import time
 from contextlib import contextmanager
 
-NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]"
-                   r"|To enable the following instructions:|INFO: Created TensorFlow Lite XNNPACK delegate"
-                   r"|fully_quantize: \d+, inference_type: |W\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] Ignored )")
+NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]"
+    r"|To enable the following instructions:|INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|fully_quantize: \d+, inference_type: |W\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] Ignored )"
+)
 
 
 def _forward(read_fd: int, out_fd: int) -> None:

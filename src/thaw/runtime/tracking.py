@@ -1,4 +1,5 @@
-"""Weights & Biases: one run per training run / sweep trial, grouped by study. Never prompts, never hangs.
+"""Weights & Biases: one run per training run / sweep trial, grouped by study. Never prompts, never
+hangs.
 
 Tracking is best effort: if W&B cannot start or fails mid-run, training goes on with a warning.
 """
@@ -11,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def _argv_redacted():
     """W&B records the command line (sys.argv) with each run: it sees the storage URL's password as
     ***. Around wandb.init and run.finish, where W&B reads it."""
-    from thaw.sweeper.storage import redact
+    from thaw.runtime.secrets import redact
 
     saved = list(sys.argv)
     sys.argv[:] = [redact(a) for a in saved]
@@ -52,13 +53,13 @@ def resolve_mode(mode: str) -> str:
 class Tracker:
     """No-op tracker (logger=none)."""
 
-    def log_epoch(self, row: Dict[str, Any], step: int) -> None:
+    def log_epoch(self, row: dict[str, Any], step: int) -> None:
         pass
 
-    def log_phase(self, phase: str, info: Dict[str, Any]) -> None:
+    def log_phase(self, phase: str, info: dict[str, Any]) -> None:
         pass
 
-    def finish(self, summary: Dict[str, Any], state: str, model_path: Optional[Path] = None) -> None:
+    def finish(self, summary: dict[str, Any], state: str, model_path: Path | None = None) -> None:
         pass
 
 
@@ -77,14 +78,19 @@ class WandbTracker(Tracker):
             log.warning("W&B logging failed, training goes on without it: %s", exc)
 
     def log_epoch(self, row, step):
-        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None
-                   and math.isfinite(float(v))}
+        numeric = {
+            k: v
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))
+        }
         numeric["phase"] = row.get("phase")
         self._safe(self.run.log, numeric, step=step)
 
     def log_phase(self, phase, info):
-        self._safe(self.run.summary.update, {f"{phase}/{k}": v for k, v in info.items()
-                                             if isinstance(v, (int, float, str))})
+        self._safe(
+            self.run.summary.update,
+            {f"{phase}/{k}": v for k, v in info.items() if isinstance(v, (int, float, str))},
+        )
 
     def finish(self, summary, state, model_path=None):
         def _finish():
@@ -95,6 +101,7 @@ class WandbTracker(Tracker):
                 art = wandb.Artifact(f"model-{self.run.id}", type="model")
                 art.add_file(str(model_path))
                 self.run.log_artifact(art)
+
         self._safe(_finish)
         try:
             with _argv_redacted():
@@ -122,7 +129,9 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     group, name, job_type = lcfg.group or cfg.name, None, "train"
-    if trial is not None and hasattr(trial, "seed"):  # a confirmation run (thaw.sweeper.trial.ConfirmationRun)
+    if trial is not None and hasattr(
+        trial, "seed"
+    ):  # a confirmation run (thaw.sweeper.trial.ConfirmationRun)
         group = lcfg.group or trial.study_name
         name, job_type = f"trial-{trial.number}-seed-{trial.seed}", "confirmation"
         config["confirmation"] = {"trial": trial.number, "seed": trial.seed}
@@ -139,27 +148,48 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
 
     def init(m):
         with _argv_redacted():
-            return wandb.init(project=lcfg.project, entity=lcfg.entity, group=group, job_type=job_type,
-                              name=name, tags=list(lcfg.tags or []), config=config, dir=str(wandb_dir), mode=m,
-                              reinit="finish_previous",
-                              settings=wandb.Settings(init_timeout=float(lcfg.init_timeout), silent=True,
-                                                      console="off", x_disable_stats=True))
+            return wandb.init(
+                project=lcfg.project,
+                entity=lcfg.entity,
+                group=group,
+                job_type=job_type,
+                name=name,
+                tags=list(lcfg.tags or []),
+                config=config,
+                dir=str(wandb_dir),
+                mode=m,
+                reinit="finish_previous",
+                settings=wandb.Settings(
+                    init_timeout=float(lcfg.init_timeout),
+                    silent=True,
+                    console="off",
+                    x_disable_stats=True,
+                ),
+            )
+
     try:
         run = init(mode)
     except Exception as exc:
         if mode != "online":
-            log.warning("W&B could not start (%s); training goes on without tracking", str(exc)[:200])
+            log.warning(
+                "W&B could not start (%s); training goes on without tracking", str(exc)[:200]
+            )
             return Tracker()
-        log.warning("W&B online failed (%s); falling back to offline", str(exc).splitlines()[0][:200])
+        log.warning(
+            "W&B online failed (%s); falling back to offline", str(exc).splitlines()[0][:200]
+        )
         mode = "offline"
         try:
             run = init(mode)
         except Exception as exc2:
-            log.warning("W&B could not start (%s); training goes on without tracking", str(exc2)[:200])
+            log.warning(
+                "W&B could not start (%s); training goes on without tracking", str(exc2)[:200]
+            )
             return Tracker()
     if mode == "offline":
-        log.info("W&B offline run in %s; upload later with: wandb sync %s", run.dir,
-                 Path(run.dir).parent)
+        log.info(
+            "W&B offline run in %s; upload later with: wandb sync %s", run.dir, Path(run.dir).parent
+        )
     return WandbTracker(run)
 
 
@@ -174,12 +204,22 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
         import wandb
 
         with _argv_redacted():
-            run = wandb.init(project=logger_cfg.get("project", "thaw"), entity=logger_cfg.get("entity"),
-                             group=logger_cfg.get("group") or study.study_name, job_type="sweep-summary",
-                             name=f"{study.study_name}-summary", dir=str(sweep_dir), mode=mode,
-                             reinit="finish_previous",
-                             settings=wandb.Settings(init_timeout=float(logger_cfg.get("init_timeout", 30)),
-                                                     silent=True, console="off", x_disable_stats=True))
+            run = wandb.init(
+                project=logger_cfg.get("project", "thaw"),
+                entity=logger_cfg.get("entity"),
+                group=logger_cfg.get("group") or study.study_name,
+                job_type="sweep-summary",
+                name=f"{study.study_name}-summary",
+                dir=str(sweep_dir),
+                mode=mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(
+                    init_timeout=float(logger_cfg.get("init_timeout", 30)),
+                    silent=True,
+                    console="off",
+                    x_disable_stats=True,
+                ),
+            )
     except Exception as exc:
         log.warning("W&B sweep summary not logged: %s", str(exc).splitlines()[0][:200])
         return
@@ -188,15 +228,32 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
         table = wandb.Table(columns=["number", "state", "value", *params, "run_dir"])
         for t in study.get_trials(deepcopy=False):
             value = t.values[0] if t.values and len(t.values) == 1 else None
-            table.add_data(t.number, t.state.name, value, *[t.params.get(p) for p in params],
-                           t.user_attrs.get("run_dir", ""))
-        images = {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted((sweep_dir / "report_png").glob("*.png"))}
+            table.add_data(
+                t.number,
+                t.state.name,
+                value,
+                *[t.params.get(p) for p in params],
+                t.user_attrs.get("run_dir", ""),
+            )
+        images = {
+            f"plots/{p.stem}": wandb.Image(str(p))
+            for p in sorted((sweep_dir / "report_png").glob("*.png"))
+        }
         run.log({"trials": table, **images})
         try:
-            run.summary.update({"best_value": study.best_value, "best_params": study.best_params,
-                                "best_trial": study.best_trial.number})
-            if study.user_attrs.get("verdict"):  # the confirmed winner against the baseline, in words
-                run.summary.update({"verdict": study.user_attrs["verdict"], "about": study.user_attrs.get("about")})
+            run.summary.update(
+                {
+                    "best_value": study.best_value,
+                    "best_params": study.best_params,
+                    "best_trial": study.best_trial.number,
+                }
+            )
+            if study.user_attrs.get(
+                "verdict"
+            ):  # the confirmed winner against the baseline, in words
+                run.summary.update(
+                    {"verdict": study.user_attrs["verdict"], "about": study.user_attrs.get("about")}
+                )
         except (ValueError, RuntimeError):
             pass
     except Exception as exc:

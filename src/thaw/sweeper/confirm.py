@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from thaw.sweeper import confidence
 from thaw.sweeper.search_space import format_value
 
 log = logging.getLogger("thaw.sweeper")
 
-ATTR = "confirmation"  # {"runs": {"<trial>": {"<seed>": value}}, "errors": {"<trial>:<seed>": why}, "seconds": wall}
+# {"runs": {"<trial>": {"<seed>": value}}, "errors": {"<trial>:<seed>": why}, "seconds": wall}
+ATTR = "confirmation"
 BASELINE_ATTR = "baseline_trial"
 
 
@@ -30,14 +31,20 @@ class Settings:
     reuse_views: bool = True
 
     @classmethod
-    def parse(cls, node) -> "Settings":
+    def parse(cls, node) -> Settings:
         from thaw.errors import ConfigError
 
         node = dict(node or {})
-        out = cls(int(node.get("top_k", 3)), int(node.get("seeds", 2)), str(node.get("seed_key", "trainer.seed")),
-                  bool(node.get("reuse_views", True)))
+        out = cls(
+            int(node.get("top_k", 3)),
+            int(node.get("seeds", 2)),
+            str(node.get("seed_key", "trainer.seed")),
+            bool(node.get("reuse_views", True)),
+        )
         if out.top_k < 0 or out.seeds < 0:
-            raise ConfigError(f"hydra.sweeper.confirm: top_k and seeds must be >= 0, got {out.top_k}, {out.seeds}")
+            raise ConfigError(
+                f"hydra.sweeper.confirm: top_k and seeds must be >= 0, got {out.top_k}, {out.seeds}"
+            )
         return out
 
     @property
@@ -45,7 +52,7 @@ class Settings:
         return self.top_k > 0 and self.seeds > 0
 
 
-def baseline_number(study) -> Optional[int]:
+def baseline_number(study) -> int | None:
     n = study.user_attrs.get(BASELINE_ATTR)
     return None if n is None else int(n)
 
@@ -56,39 +63,48 @@ def _complete(study):
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
-def top_trials(study, k: int, maximize: bool) -> List[Any]:
+def top_trials(study, k: int, maximize: bool) -> list[Any]:
     """The k best COMPLETE trials that are not the baseline, best first."""
     base = baseline_number(study)
-    ranked = sorted((t for t in _complete(study) if t.number != base),
-                    key=lambda t: (-t.value if maximize else t.value, t.number))
+    ranked = sorted(
+        (t for t in _complete(study) if t.number != base),
+        key=lambda t: (-t.value if maximize else t.value, t.number),
+    )
     return ranked[:k]
 
 
 class Confirmation:
-    """The confirmation stage of one sweep: which runs, their launch lines, their record, the verdict."""
+    """The confirmation stage of one sweep: which runs, their launch lines, their record, the
+    verdict."""
 
     def __init__(self, settings: Settings, study, maximize: bool, base_seed: int, order=None):
         self.s, self.study, self.maximize, self.base_seed = settings, study, maximize, base_seed
-        self.order = order  # the app's sort key for a trial's params (runs sharing a seed, cheapest order)
+        self.order = (
+            order  # the app's sort key for a trial's params (runs sharing a seed, cheapest order)
+        )
 
     @property
-    def seeds(self) -> List[int]:
+    def seeds(self) -> list[int]:
         return [self.base_seed + i for i in range(1, self.s.seeds + 1)]
 
-    def candidates(self) -> List[Any]:
+    def candidates(self) -> list[Any]:
         trials = top_trials(self.study, self.s.top_k, self.maximize)
         base = baseline_number(self.study)
         if base is not None:
             trials.append(self.study.get_trials(deepcopy=False)[base])
         return trials
 
-    def recorded(self) -> Dict[str, Any]:
+    def recorded(self) -> dict[str, Any]:
         rec = self.study.user_attrs.get(ATTR) or {}
-        return {"runs": dict(rec.get("runs") or {}), "errors": dict(rec.get("errors") or {}),
-                "seconds": float(rec.get("seconds") or 0.0)}
+        return {
+            "runs": dict(rec.get("runs") or {}),
+            "errors": dict(rec.get("errors") or {}),
+            "seconds": float(rec.get("seconds") or 0.0),
+        }
 
-    def pending(self) -> List[Tuple[Any, int]]:
-        """(trial, seed) runs still to do; a baseline that did not complete also runs its own seed."""
+    def pending(self) -> list[tuple[Any, int]]:
+        """(trial, seed) runs still to do; a baseline that did not complete also runs its own
+        seed."""
         from optuna.trial import TrialState
 
         rec = self.recorded()
@@ -96,16 +112,27 @@ class Confirmation:
         for t in self.candidates():
             seeds = self.seeds if t.state == TrialState.COMPLETE else [self.base_seed] + self.seeds
             done = rec["runs"].get(str(t.number), {})
-            out += [(t, s) for s in seeds if str(s) not in done and f"{t.number}:{s}" not in rec["errors"]]
-        return sorted(out, key=lambda ts: (ts[1], self.order(ts[0].params) if self.order else 0, ts[0].number))
+            out += [
+                (t, s)
+                for s in seeds
+                if str(s) not in done and f"{t.number}:{s}" not in rec["errors"]
+            ]
+        return sorted(
+            out, key=lambda ts: (ts[1], self.order(ts[0].params) if self.order else 0, ts[0].number)
+        )
 
-    def overrides(self, trial, seed: int) -> List[str]:
+    def overrides(self, trial, seed: int) -> list[str]:
         return [f"{k}={format_value(v)}" for k, v in trial.params.items()] + [
-            f"{self.s.seed_key}={seed}", f"hydra.sweeper.confirmation={trial.number}:{seed}",
-            f"hydra.sweep.subdir=confirm/trial_{trial.number}_seed_{seed}"]
+            f"{self.s.seed_key}={seed}",
+            f"hydra.sweeper.confirmation={trial.number}:{seed}",
+            f"hydra.sweep.subdir=confirm/trial_{trial.number}_seed_{seed}",
+        ]
 
-    def store(self, results: List[Tuple[Any, int, Optional[float], Optional[str]]], seconds: float = 0.0) -> None:
-        """Add finished runs (trial, seed, value or None, error or None) and the wall seconds they took
+    def store(
+        self, results: list[tuple[Any, int, float | None, str | None]], seconds: float = 0.0
+    ) -> None:
+        """Add finished runs (trial, seed, value or None, error or None) and the wall seconds they
+        took
         to the study's record."""
         rec = self.recorded()
         rec["seconds"] += seconds
@@ -117,17 +144,21 @@ class Confirmation:
         self.study.set_user_attr(ATTR, rec)
 
     # ------------------------------------------------------------------ the verdict
-    def values(self, trial) -> Dict[int, float]:
+    def values(self, trial) -> dict[int, float]:
         """Every value this trial has, by seed: its own (base seed) and its confirmation runs'."""
         from optuna.trial import TrialState
 
-        out = {int(s): float(v) for s, v in (self.recorded()["runs"].get(str(trial.number)) or {}).items()}
+        out = {
+            int(s): float(v)
+            for s, v in (self.recorded()["runs"].get(str(trial.number)) or {}).items()
+        }
         if trial.state == TrialState.COMPLETE:
             out[self.base_seed] = float(trial.value)
         return dict(sorted(out.items()))
 
-    def summary(self) -> Optional[Dict[str, Any]]:
-        """baseline, confirmed (values per seed, mean, std), winner (best mean), gain_vs_baseline."""
+    def summary(self) -> dict[str, Any] | None:
+        """baseline, confirmed (values per seed, mean, std), winner (best mean),
+        gain_vs_baseline."""
         base = baseline_number(self.study)
         rows = []
         for t in self.candidates():
@@ -135,22 +166,44 @@ class Confirmation:
             if not vals:
                 continue
             ms = confidence.mean_std(list(vals.values()))
-            rows.append({"number": t.number, "params": dict(t.params), "values": vals, "mean": ms["mean"],
-                         "std": ms["std"], "baseline": t.number == base})
+            rows.append(
+                {
+                    "number": t.number,
+                    "params": dict(t.params),
+                    "values": vals,
+                    "mean": ms["mean"],
+                    "std": ms["std"],
+                    "baseline": t.number == base,
+                }
+            )
         if not rows:
             return None
         sign = 1 if self.maximize else -1
         winner = max(rows, key=lambda r: (sign * r["mean"], -r["number"]))
-        out: Dict[str, Any] = {"confirmed": rows, "winner": winner["number"], "seeds": [self.base_seed] + self.seeds}
+        out: dict[str, Any] = {
+            "confirmed": rows,
+            "winner": winner["number"],
+            "seeds": [self.base_seed] + self.seeds,
+        }
         base_row = next((r for r in rows if r["baseline"]), None)
         if base_row is not None:
-            out["baseline"] = {"number": base_row["number"], "values": base_row["values"], "mean": base_row["mean"]}
+            out["baseline"] = {
+                "number": base_row["number"],
+                "values": base_row["values"],
+                "mean": base_row["mean"],
+            }
             tuned = [r for r in rows if not r["baseline"]]
             if tuned:
-                best_tuned = winner if not winner["baseline"] else max(tuned, key=lambda r: (sign * r["mean"],
-                                                                                            -r["number"]))
+                best_tuned = (
+                    winner
+                    if not winner["baseline"]
+                    else max(tuned, key=lambda r: (sign * r["mean"], -r["number"]))
+                )
                 common = sorted(set(best_tuned["values"]) & set(base_row["values"]))
                 diffs = [best_tuned["values"][s] - base_row["values"][s] for s in common]
                 if diffs:
-                    out["gain_vs_baseline"] = {"trial": best_tuned["number"], **confidence.mean_interval(diffs)}
+                    out["gain_vs_baseline"] = {
+                        "trial": best_tuned["number"],
+                        **confidence.mean_interval(diffs),
+                    }
         return out

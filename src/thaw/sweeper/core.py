@@ -14,21 +14,23 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from thaw.errors import ConfigError, ThawError
 from thaw.runtime.outputs import write_text_atomic
-from thaw.sweeper import confidence, confirm, identity
+from thaw.runtime.secrets import redact
+from thaw.sweeper import confidence, confirm, identity, search_space
 from thaw.sweeper import plan as search_space_plan
-from thaw.sweeper import search_space
+from thaw.sweeper.hooks import AppHooks
 from thaw.sweeper.progress import Progress
-from thaw.sweeper.storage import make_storage, redact
+from thaw.sweeper.storage import make_storage
 
 log = logging.getLogger("thaw.sweeper")
 
-# Heartbeats and fail_stale_trials are used deliberately outside Study.optimize (ask/tell across processes).
+# Heartbeats and fail_stale_trials are used deliberately outside Study.optimize (ask/tell across
+# processes).
 warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
 warnings.filterwarnings("ignore", category=Warning, module="optuna._experimental")
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental.*")
@@ -36,18 +38,23 @@ warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental.*
 POLL_SECONDS = 2.0
 DEFAULT_FAILURE_RATE = 0.25  # thaw's rule when hydra.sweeper.max_failure_rate is unset
 # thaw-train objectives a trial measures (test_accuracy is measured once, on the best trial)
-TRIAL_OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "wall_seconds", "trainable_params")
 
 
-def time_summary(breakdown: Optional[Dict[str, float]]) -> str:
+def time_summary(breakdown: dict[str, float] | None) -> str:
     """'; time 41.2 s: compute 22.0, trace 9.1, ...' (largest first, parts under 0.5 s left out)."""
     if not breakdown:
         return ""
-    parts = sorted(((k, v) for k, v in breakdown.items() if k != "total" and v >= 0.5), key=lambda kv: -kv[1])
-    return f"; time {breakdown.get('total', 0):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts)
+    parts = sorted(
+        ((k, v) for k, v in breakdown.items() if k != "total" and v >= 0.5), key=lambda kv: -kv[1]
+    )
+    return f"; time {breakdown.get('total', 0):.1f} s: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in parts
+    )
 
 
-def _running_trial(study, params: Dict[str, Any], space: Dict[str, Any], user_attrs: Dict[str, Any]):
+def _running_trial(
+    study, params: dict[str, Any], space: dict[str, Any], user_attrs: dict[str, Any]
+):
     """A trial with fixed params, created RUNNING for this worker. Optuna's enqueue_trial leaves it
     WAITING, and on SQLite two workers asking at once can both pop the same waiting trial."""
     import datetime
@@ -55,10 +62,19 @@ def _running_trial(study, params: Dict[str, Any], space: Dict[str, Any], user_at
     import optuna
     from optuna.trial import FrozenTrial, TrialState
 
-    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None,
-                           datetime_start=datetime.datetime.now(), datetime_complete=None, params=dict(params),
-                           distributions={k: space[k] for k in params}, user_attrs=dict(user_attrs),
-                           system_attrs={}, intermediate_values={}, trial_id=-1)
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.datetime.now(),
+        datetime_complete=None,
+        params=dict(params),
+        distributions={k: space[k] for k in params},
+        user_attrs=dict(user_attrs),
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return optuna.Trial(study, trial_id)
 
@@ -92,7 +108,7 @@ def _counted(trial) -> bool:
 class _Heartbeats:
     """Beat for trials this process launched, while the launcher blocks on them."""
 
-    def __init__(self, storage, interval: Optional[int]):
+    def __init__(self, storage, interval: int | None):
         self.storage, self.interval = storage, interval
         self.ids: set = set()
         self._lock = threading.Lock()
@@ -128,9 +144,9 @@ class _Heartbeats:
 
 
 class SweepRunner:
-    def __init__(self, sweeper_cfg: Dict[str, Any]):
+    def __init__(self, sweeper_cfg: dict[str, Any]):
         self.cfg = sweeper_cfg
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context = None
 
@@ -140,10 +156,12 @@ class SweepRunner:
 
         self.config = config
         self.hydra_context = hydra_context
-        self.thaw_train = bool(getattr(task_function, "thaw_train", False))
-        self.app = getattr(task_function, "sweep_app", None)  # the app's hooks (thaw.commands.sweep_hooks), or None
+        self.app = (
+            getattr(task_function, "sweep_app", None) or AppHooks()
+        )  # thaw-train: commands.sweep_hooks
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def _settings(self):
         c = self.cfg
@@ -155,42 +173,32 @@ class SweepRunner:
             raise ConfigError(f"hydra.sweeper.n_jobs: must be >= 1, got {n_jobs}")
         rate = c.get("max_failure_rate")
         if rate is not None and not 0.0 <= float(rate) <= 1.0:
-            raise ConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1] (or unset), got {rate}")
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate: must be in [0, 1] (or unset), got {rate}"
+            )
         if int(c.get("failure_min_trials") or 0) < 1:
-            raise ConfigError(f"hydra.sweeper.failure_min_trials: must be >= 1, got {c.get('failure_min_trials')}")
+            raise ConfigError(
+                f"hydra.sweeper.failure_min_trials: must be >= 1, got {c.get('failure_min_trials')}"
+            )
         direction = c.get("direction")
         if direction is None:
-            direction = self._default_directions()
-        directions = list(direction) if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction) \
+            direction = self.app.default_directions(self.config)
+        directions = (
+            list(direction)
+            if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction)
             else [direction]
+        )
         for d in directions:
             if d not in ("maximize", "minimize"):
-                raise ConfigError(f"hydra.sweeper.direction: expected maximize or minimize, got {d!r}")
-        return int(n_trials), n_jobs, None if rate is None else float(rate), [str(d) for d in directions]
-
-    def _is_thaw_train(self) -> bool:
-        return bool(getattr(self, "thaw_train", False))
-
-    def _default_directions(self) -> List[str]:
-        """thaw-train: each objective's own way (accuracy up; loss, time, size down); other apps:
-        minimize, hydra-optuna-sweeper's default."""
-        if not self._is_thaw_train():
-            return ["minimize"]
-        from thaw.train.record import objective_names
-
-        return ["maximize" if n.endswith("accuracy") else "minimize" for n in objective_names(self.config)]
-
-    def _check_objectives(self) -> None:
-        """An objective no trial measures would fail every trial: refuse it before the first."""
-        if not self._is_thaw_train():
-            return
-        from thaw.train.record import objective_names
-
-        for name in objective_names(self.config):
-            if name not in TRIAL_OBJECTIVES:
-                raise ConfigError(f"trainer.objective: {name} is not measured by sweep trials (the test split is "
-                                  "held out: the sweep evaluates only its best trial on it, once); sweep on one "
-                                  f"of {', '.join(TRIAL_OBJECTIVES)}")
+                raise ConfigError(
+                    f"hydra.sweeper.direction: expected maximize or minimize, got {d!r}"
+                )
+        return (
+            int(n_trials),
+            n_jobs,
+            None if rate is None else float(rate),
+            [str(d) for d in directions],
+        )
 
     def _instantiate(self, key: str, default, node=None):
         from hydra.utils import instantiate
@@ -198,42 +206,53 @@ class SweepRunner:
         node = self.cfg.get(key) if node is None else node
         if node is None:
             return default
-        if not isinstance(node, dict):  # Hydra already instantiated it (recursive plugin instantiation)
+        if not isinstance(
+            node, dict
+        ):  # Hydra already instantiated it (recursive plugin instantiation)
             return node
         missing = [k for k, v in node.items() if v == "???"]
         if missing:
-            raise ConfigError(f"hydra.sweeper.{key}.{missing[0]}: {node.get('_target_')} needs a value "
-                              f"(e.g. hydra.sweeper.{key}.{missing[0]}=2)")
+            raise ConfigError(
+                f"hydra.sweeper.{key}.{missing[0]}: {node.get('_target_')} needs a value "
+                f"(e.g. hydra.sweeper.{key}.{missing[0]}=2)"
+            )
         try:
             return instantiate(node)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:200]
-            raise ConfigError(f"hydra.sweeper.{key}: cannot build {node.get('_target_')} ({first})") from None
+            raise ConfigError(
+                f"hydra.sweeper.{key}: cannot build {node.get('_target_')} ({first})"
+            ) from None
 
     # ------------------------------------------------------------------ sweep
-    def sweep(self, arguments: List[str]):
+    def sweep(self, arguments: list[str]):
         try:
             return self._sweep(arguments)
         except _TooManyFailures as exc:
             log.error("sweep stopped: %s", exc)
-            print(f"{self._prog()}: error: sweep stopped: {exc.short or exc}", file=sys.stderr, flush=True)
+            print(
+                f"{self._prog()}: error: sweep stopped: {exc.short or exc}",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
         except ThawError as exc:
             print(f"{self._prog()}: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     def _prog(self) -> str:
-        return "thaw-train" if self._is_thaw_train() else "thaw sweeper"
+        return self.app.prog
 
-    def _sweep(self, arguments: List[str]):
+    def _sweep(self, arguments: list[str]):
         import optuna
         from optuna.trial import TrialState
 
         n_trials, n_jobs, max_failure_rate, directions = self._settings()
-        self._check_objectives()
+        self.app.check_objectives(self.config)
         self._save_models()
-        plan = self.plan = search_space_plan.build(self.cfg, self.config, arguments,
-                                                   getattr(self.hydra_context, "config_loader", None))
+        plan = self.plan = search_space_plan.build(
+            self.cfg, self.config, arguments, getattr(self.hydra_context, "config_loader", None)
+        )
         space = plan.space
         fixed_lines = list(plan.fixed.values())
         self._check_question(plan, fixed_lines)
@@ -244,10 +263,18 @@ class SweepRunner:
         beats = _Heartbeats(self.storage, interval)
         progress = Progress(n_trials, _counted, directions)
         progress.start(study.get_trials(deepcopy=False))
-        log.info("study %r at %s: %d of %d trials done, searching %s", study_name, redact(url), progress.at_start,
-                 n_trials, ", ".join([f"{k} ~ {type(d).__name__}" for k, d in space.items()]
-                                     + [f"{k} (per {'/'.join(d.owners)})" for k, d in plan.dependent.items()]
-                                     + (["custom_search_space"] if plan.extender else [])))
+        log.info(
+            "study %r at %s: %d of %d trials done, searching %s",
+            study_name,
+            redact(url),
+            progress.at_start,
+            n_trials,
+            ", ".join(
+                [f"{k} ~ {type(d).__name__}" for k, d in space.items()]
+                + [f"{k} (per {'/'.join(d.owners)})" for k, d in plan.dependent.items()]
+                + (["custom_search_space"] if plan.extender else [])
+            ),
+        )
         interrupted = False
         try:
             from thaw.runtime import interrupt
@@ -260,13 +287,29 @@ class SweepRunner:
                 done = [t for t in trials if _counted(t)]
                 running = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
                 if max_failure_rate is None:
-                    self._check_failures(done, DEFAULT_FAILURE_RATE, int(self.cfg.get("failure_min_trials") or 5),
-                                         "max_failure_rate unset: thaw's rule over the finished trials")
+                    self._check_failures(
+                        done,
+                        DEFAULT_FAILURE_RATE,
+                        int(self.cfg.get("failure_min_trials") or 5),
+                        "max_failure_rate unset: thaw's rule over the finished trials",
+                    )
                 if len(done) >= n_trials:
                     break
-                mine = getattr(self, "baseline_trial", None)  # created RUNNING here, not yet launched
-                slots = n_trials - len(done) - len([t for t in running if t.state == TrialState.RUNNING
-                                                    and (mine is None or t.number != mine.number)])
+                mine = getattr(
+                    self, "baseline_trial", None
+                )  # created RUNNING here, not yet launched
+                slots = (
+                    n_trials
+                    - len(done)
+                    - len(
+                        [
+                            t
+                            for t in running
+                            if t.state == TrialState.RUNNING
+                            and (mine is None or t.number != mine.number)
+                        ]
+                    )
+                )
                 if slots <= 0:
                     time.sleep(POLL_SECONDS)  # the rest is running in other workers
                     continue
@@ -278,13 +321,19 @@ class SweepRunner:
                 self._remove_unneeded_models()
                 self.write_results()
                 if max_failure_rate is not None:  # hydra-optuna-sweeper's meaning: per batch
-                    self._check_failures([self.storage.get_trial(t._trial_id) for t in batch], max_failure_rate, 1,
-                                         f"hydra.sweeper.max_failure_rate={max_failure_rate}, per batch")
+                    self._check_failures(
+                        [self.storage.get_trial(t._trial_id) for t in batch],
+                        max_failure_rate,
+                        1,
+                        f"hydra.sweeper.max_failure_rate={max_failure_rate}, per batch",
+                    )
                 progress.report(study.get_trials(deepcopy=False), log)
         except KeyboardInterrupt:
             interrupted = True
-            log.warning("interrupted: finished trials are kept in %s; run the same command to resume",
-                        redact(url))
+            log.warning(
+                "interrupted: finished trials are kept in %s; run the same command to resume",
+                redact(url),
+            )
         finally:
             beats.stop()
             self._fail_unfinished(beats)
@@ -296,8 +345,11 @@ class SweepRunner:
         try:
             self._confirm(fixed_lines, study_name, beats)
         except KeyboardInterrupt:
-            log.warning("interrupted during confirmation: finished runs are kept on the study; run the same "
-                        "command to continue")
+            log.warning(
+                "interrupted during confirmation: finished runs are kept on the study; run the "
+                "same "
+                "command to continue"
+            )
             self.write_results(log_best=True)
             sys.exit(130)
         self._remove_unneeded_models()
@@ -308,7 +360,7 @@ class SweepRunner:
         return self.study
 
     # ------------------------------------------------------------------ what the study is about
-    def _check_question(self, plan, fixed_lines: List[str]) -> None:
+    def _check_question(self, plan, fixed_lines: list[str]) -> None:
         """Compose a trial's fixed config once: searched keys it ignores are refused, a pruner that
         never hears a value is warned about, and the study's identity (and the `{config_hash}` in
         its name) is computed, all before anything is written."""
@@ -324,14 +376,12 @@ class SweepRunner:
             self.identity_keys = {}
             return
         app = self.app
-        if app is not None:
-            app.refuse_ignored(self.job_cfg, searched)
-            warning = app.pruning_warning(self.job_cfg) if self.cfg.get("pruner") else None
-            if warning:
-                log.warning("%s", warning)
-        config_keys = (app.config_keys(self.job_cfg, searched) if app is not None
-                       else identity.fixed_keys(self.job_cfg, searched, ()))
-        self.identity_keys = {**config_keys, **(app.content_keys(self.job_cfg) if app is not None else {})}
+        app.refuse_ignored(self.job_cfg, searched)
+        warning = app.pruning_warning(self.job_cfg) if self.cfg.get("pruner") else None
+        if warning:
+            log.warning("%s", warning)
+        config_keys = app.config_keys(self.job_cfg, searched)
+        self.identity_keys = {**config_keys, **app.content_keys(self.job_cfg)}
         name = str(self.cfg.get("study_name") or "thaw")
         expanded = identity.expand_name(name, config_keys)
         if expanded != name:
@@ -342,68 +392,94 @@ class SweepRunner:
                 self.config.hydra.sweeper.study_name = expanded  # hydra.sweep.dir follows it
         self.baseline_params = self._baseline_params(plan)
 
-    def _baseline_params(self, plan) -> Optional[Dict[str, Any]]:
+    def _baseline_params(self, plan) -> dict[str, Any] | None:
         if not self.cfg.get("baseline"):
             return None
-        if self.app is None:
-            raise ConfigError("hydra.sweeper.baseline=true: only thaw-train knows its baseline (depth 0)")
         node = self.cfg.get("sampler")
         if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
-            log.warning("hydra.sweeper.baseline: not enqueued with the grid sampler (the grid decides every "
-                        "trial; include unfreeze.depth=0 in it to measure the frozen base)")
+            log.warning(
+                "hydra.sweeper.baseline: not enqueued with the grid sampler (the grid decides "
+                "every "
+                "trial; include unfreeze.depth=0 in it to measure the frozen base)"
+            )
             return None
         return self.app.baseline(self.job_cfg, plan.space)
 
     def _refuse_other_question(self, url: str, study_name: str, sampler, pruner) -> None:
-        """An existing study run with another fixed config is refused (one line, nothing written)."""
+        """An existing study run with another fixed config is refused (one line, nothing
+        written)."""
         import optuna
 
         from thaw.sweeper.storage import journal_path
 
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else journal_path(url)
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else journal_path(url)
         if (path is not None and not Path(path).exists()) or not self.identity_keys:
             return
-        attrs = identity.sqlite_study_attrs(path, study_name) if url.startswith("sqlite:///") else None
+        attrs = (
+            identity.sqlite_study_attrs(path, study_name) if url.startswith("sqlite:///") else None
+        )
         if attrs is None:
             try:
-                attrs = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=sampler,
-                                          pruner=pruner).user_attrs
+                attrs = optuna.load_study(
+                    study_name=study_name, storage=make_storage(url), sampler=sampler, pruner=pruner
+                ).user_attrs
             except KeyError:
                 return
-        self.identity_diff = identity.check(attrs, self.identity_keys, study_name,
-                                            bool(self.cfg.get("allow_config_change")))
+        self.identity_diff = identity.check(
+            attrs, self.identity_keys, study_name, bool(self.cfg.get("allow_config_change"))
+        )
 
     def _record_question(self, study, plan) -> None:
         if self.identity_keys:
             identity.record(study, self.identity_keys, getattr(self, "identity_diff", None))
             if getattr(self, "identity_diff", None):
-                log.warning("hydra.sweeper.allow_config_change=true: study %r continues with a changed config "
-                            "(%s); recorded on the study", study.study_name, "; ".join(self.identity_diff[:5]))
-        if self.app is not None and self.job_cfg is not None:
+                log.warning(
+                    "hydra.sweeper.allow_config_change=true: study %r continues with a changed "
+                    "config "
+                    "(%s); recorded on the study",
+                    study.study_name,
+                    "; ".join(self.identity_diff[:5]),
+                )
+        if self.job_cfg is not None:
             study.set_user_attr("about", self.app.about(self.job_cfg, _space_text(plan)))
         params = getattr(self, "baseline_params", None)
         if params and not study.get_trials(deepcopy=False):
             self.baseline_trial = _running_trial(study, params, plan.space, {"baseline": True})
-            # workers starting at once may each create one: the lowest number is the baseline, for all
-            first = min(t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
+            # workers starting at once may each create one: the lowest number is the baseline, for
+            # all
+            first = min(
+                t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")
+            )
             if first != self.baseline_trial.number:
                 study._storage.set_trial_user_attr(self.baseline_trial._trial_id, "baseline", False)
-                log.info("another worker created the baseline (trial %d); trial %d runs as a search trial",
-                         first, self.baseline_trial.number)
+                log.info(
+                    "another worker created the baseline (trial %d); trial %d runs as a search "
+                    "trial",
+                    first,
+                    self.baseline_trial.number,
+                )
                 return
             study.set_user_attr(confirm.BASELINE_ATTR, self.baseline_trial.number)
-            log.info("trial 0 is the baseline: %s (the frozen base, the preset's recipe)",
-                     " ".join(f"{k}={v}" for k, v in params.items()))
+            log.info(
+                "trial 0 is the baseline: %s (the frozen base, the preset's recipe)",
+                " ".join(f"{k}={v}" for k, v in params.items()),
+            )
 
     def _sampler_node(self, plan, n_trials: int):
-        """The sampler's settings; GridSampler without a search_space walks the params' values, and the
+        """The sampler's settings; GridSampler without a search_space walks the params' values, and
+        the
         sweep then stops at the grid's size."""
         node = self.cfg.get("sampler")
-        if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler") \
-                and node.get("search_space") is None:
+        if (
+            isinstance(node, dict)
+            and str(node.get("_target_", "")).endswith("GridSampler")
+            and node.get("search_space") is None
+        ):
             if plan.dependent or plan.extender:
-                raise ConfigError("hydra/sweeper/sampler=grid: needs a fixed grid (no custom_search_space and "
-                                  "no param whose range follows another)")
+                raise ConfigError(
+                    "hydra/sweeper/sampler=grid: needs a fixed grid (no custom_search_space and "
+                    "no param whose range follows another)"
+                )
             values = search_space.grid(plan.space)
             size = 1
             for v in values.values():
@@ -415,7 +491,8 @@ class SweepRunner:
         return node, n_trials
 
     def _open_study(self, directions, plan, n_trials: int) -> int:
-        """Sampler, pruner and storage from the config; the study created or resumed (same directions).
+        """Sampler, pruner and storage from the config; the study created or resumed (same
+        directions).
         Returns n_trials (a grid caps it)."""
         import optuna
 
@@ -427,25 +504,43 @@ class SweepRunner:
         url = self.cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
         study_name = self.cfg.get("study_name") or "thaw"
         self._refuse_other_question(url, study_name, sampler, pruner)
-        if self.app is not None and self.job_cfg is not None:
-            self.app.validate(self.job_cfg)  # the data folder is scanned only once the study is the right one
+        if self.job_cfg is not None:
+            self.app.validate(
+                self.job_cfg
+            )  # the data folder is scanned only once the study is the right one
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = make_storage(url, self.cfg.get("heartbeat_interval"), self.cfg.get("grace_period"),
-                               int(self.cfg.get("max_retry") or 0))
+        storage = make_storage(
+            url,
+            self.cfg.get("heartbeat_interval"),
+            self.cfg.get("grace_period"),
+            int(self.cfg.get("max_retry") or 0),
+        )
         try:
-            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                        directions=directions, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                directions=directions,
+                load_if_exists=True,
+            )
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:200]
-            raise ConfigError(f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} "
-                              f"({first})") from None
+            raise ConfigError(
+                f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} "
+                f"({first})"
+            ) from None
         existing = [d.name.lower() for d in study.directions]
         if existing != directions:
-            raise ConfigError(f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
-                              f"not {directions}")
-        self._reseed_on_resume(study)  # before the baseline is enqueued: a new study is not a resumed one
+            raise ConfigError(
+                f"hydra.sweeper.direction: study {study_name!r} was created with {existing}, "
+                f"not {directions}"
+            )
+        self._reseed_on_resume(
+            study
+        )  # before the baseline is enqueued: a new study is not a resumed one
         self._record_question(study, plan)
         if isinstance(node, dict) and str(node.get("_target_", "")).endswith("GridSampler"):
             _requeue_lost_grid_points(study)
@@ -453,7 +548,8 @@ class SweepRunner:
         return n_trials
 
     def _ask_batch(self, plan, size: int, beats) -> list:
-        """Up to `size` new trials, heartbeating; fewer when other workers filled the study meanwhile."""
+        """Up to `size` new trials, heartbeating; fewer when other workers filled the study
+        meanwhile."""
         batch = []
         baseline = getattr(self, "baseline_trial", None)
         if baseline is not None:  # created RUNNING by this worker: no other worker can take it
@@ -470,36 +566,32 @@ class SweepRunner:
 
     def _report(self) -> None:
         """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""
-        try:
-            from thaw.report.html import build_report
-
-            path = build_report(str(self.sweep_dir) if self.url.endswith(f"{self.sweep_dir}/study.db")
-                                else self.url, self.study.study_name, out_dir=self.sweep_dir)
-            log.info("sweep report: %s", path)
-        except Exception as exc:
-            log.warning("sweep report not written: %s", exc)
-        try:
-            from thaw.runtime.tracking import log_sweep_summary
-
-            log_sweep_summary(self.config.get("logger"), self.study, self.sweep_dir)
-        except Exception as exc:
-            log.warning("W&B sweep summary not logged: %s", exc)
+        self.app.on_results(self.config, self.study, self.sweep_dir, self.url)
 
     # ------------------------------------------------------------------ confirm, evaluate
-    def _confirmation(self) -> Optional[confirm.Confirmation]:
+    def _confirmation(self) -> confirm.Confirmation | None:
         settings = confirm.Settings.parse(self.cfg.get("confirm"))
         if not settings.on or len(self.directions) != 1 or self.job_cfg is None:
             return None
         base_seed = OmegaConf.select(self.job_cfg, settings.seed_key, default=None)
         if base_seed is None:
-            log.warning("hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation runs "
-                        "(set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)", settings.seed_key)
+            log.warning(
+                "hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation runs "
+                "(set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)",
+                settings.seed_key,
+            )
             return None
-        return confirm.Confirmation(settings, self.study, self.directions[0] == "maximize", int(base_seed),
-                                    getattr(self.app, "confirmation_order", None))
+        return confirm.Confirmation(
+            settings,
+            self.study,
+            self.directions[0] == "maximize",
+            int(base_seed),
+            self.app.confirmation_order,
+        )
 
-    def _confirm(self, fixed_lines: List[str], study_name: str, beats) -> None:
-        """Re-run the top trials and the baseline with more seeds (recorded on the study, not told to
+    def _confirm(self, fixed_lines: list[str], study_name: str, beats) -> None:
+        """Re-run the top trials and the baseline with more seeds (recorded on the study, not told
+        to
         Optuna), n_jobs at a time through the launcher."""
         conf = self._confirmation()
         if conf is None:
@@ -509,21 +601,32 @@ class SweepRunner:
             return
         owner = self._confirmation_owner()
         if owner is not None:
-            log.info("confirmation: left to the worker %s of this study (it runs every confirmation run once)", owner)
+            log.info(
+                "confirmation: left to the worker %s of this study (it runs every confirmation run "
+                "once)",
+                owner,
+            )
             return
-        log.info("confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)", len(pending),
-                 sorted({t.number for t, _ in pending}), conf.seeds)
-        extra = (self.app.confirmation_overrides(self.job_cfg, conf.base_seed, conf.s.reuse_views)
-                 if self.app is not None else [])
+        log.info(
+            "confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)",
+            len(pending),
+            sorted({t.number for t, _ in pending}),
+            conf.seeds,
+        )
+        extra = self.app.confirmation_overrides(self.job_cfg, conf.base_seed, conf.s.reuse_views)
         n_jobs = int(self.cfg.get("n_jobs") or 1)
         for i in range(0, len(pending), n_jobs):
             from thaw.runtime import interrupt
 
             interrupt.check()
-            batch = pending[i:i + n_jobs]
-            lines = [fixed_lines + conf.overrides(t, seed) + extra + [f"hydra.sweeper.storage={self.url}",
-                                                                       f"hydra.sweeper.study_name={study_name}"]
-                     for t, seed in batch]
+            batch = pending[i : i + n_jobs]
+            lines = [
+                fixed_lines
+                + conf.overrides(t, seed)
+                + extra
+                + [f"hydra.sweeper.storage={self.url}", f"hydra.sweeper.study_name={study_name}"]
+                for t, seed in batch
+            ]
             started = time.monotonic()
             try:
                 returns = self.launcher.launch(lines, initial_job_idx=10_000 + i)
@@ -534,18 +637,30 @@ class SweepRunner:
             for (trial, seed), ret in zip(batch, returns):
                 value, error = _confirmation_value(ret)
                 results.append((trial, seed, value, error))
-                log.log(logging.INFO if error is None else logging.WARNING, "confirm trial %d seed %d: %s",
-                        trial.number, seed, f"value {value:.4f}" if error is None else f"failed ({error})")
+                log.log(
+                    logging.INFO if error is None else logging.WARNING,
+                    "confirm trial %d seed %d: %s",
+                    trial.number,
+                    seed,
+                    f"value {value:.4f}" if error is None else f"failed ({error})",
+                )
             conf.store(results, seconds)
             self.write_results()
         spent = self._seconds(self.study.get_trials(deepcopy=False))
         if spent.get("confirmation_share") is not None:
-            log.info("confirmation: %.0f s in all, %.0f %% of the search's %.0f s (hydra.sweeper.confirm sets "
-                     "how many runs)", spent["confirmation"], 100 * spent["confirmation_share"], spent["search"])
+            log.info(
+                "confirmation: %.0f s in all, %.0f %% of the search's %.0f s "
+                "(hydra.sweeper.confirm sets "
+                "how many runs)",
+                spent["confirmation"],
+                100 * spent["confirmation_share"],
+                spent["search"],
+            )
 
-    def _confirmation_owner(self) -> Optional[str]:
+    def _confirmation_owner(self) -> str | None:
         """None when this worker runs the confirmation, else the worker that does: several workers
-        finishing one study's search would otherwise run the same confirmation runs into the same dirs."""
+        finishing one study's search would otherwise run the same confirmation runs into the same
+        dirs."""
         import os
         import socket
 
@@ -567,11 +682,15 @@ class SweepRunner:
         return self.study.best_trial, None
 
     def _evaluate_best(self) -> None:
-        """The chosen trial (and the baseline, the fixed reference) once on the held-out test split."""
-        if len(self.directions) != 1 or self.app is None:
+        """The chosen trial (and the baseline, the fixed reference) once on the held-out test
+        split."""
+        if len(self.directions) != 1:
             return
         if self._save_models() == "none":
-            log.info("save_models=none: no model to evaluate on the test split (thaw-retrain rebuilds the winner)")
+            log.info(
+                "save_models=none: no model to evaluate on the test split (thaw-retrain rebuilds "
+                "the winner)"
+            )
             return
         from optuna.trial import TrialState
 
@@ -581,7 +700,9 @@ class SweepRunner:
         self._evaluate_once("test_eval", chosen, "chosen trial")
         base = confirm.baseline_number(self.study)
         if base is not None and base != chosen.number:
-            self._evaluate_once("test_eval_baseline", self.study.get_trials(deepcopy=False)[base], "baseline")
+            self._evaluate_once(
+                "test_eval_baseline", self.study.get_trials(deepcopy=False)[base], "baseline"
+            )
 
     def _evaluate_once(self, attr: str, trial, what: str) -> None:
         done = self.study.user_attrs.get(attr) or {}
@@ -595,8 +716,13 @@ class SweepRunner:
             return
         if res:  # finished trials are immutable in Optuna: the result lives on the study
             self.study.set_user_attr(attr, {"trial": trial.number, **res})
-            log.info("%s %d on the held-out test split: accuracy %.4f (%d images)", what, trial.number,
-                     res["test_accuracy"], res["num_test"])
+            log.info(
+                "%s %d on the held-out test split: accuracy %.4f (%d images)",
+                what,
+                trial.number,
+                res["test_accuracy"],
+                res["num_test"],
+            )
 
     def _reseed_on_resume(self, study) -> None:
         """A seeded sampler restarted on an existing study would replay the same random draws and
@@ -608,10 +734,13 @@ class SweepRunner:
         if not n or not isinstance(node, dict) or node.get("seed") is None:
             return
         if str(node.get("_target_", "")).endswith("GridSampler"):
-            return  # its seed orders the grid, and the grid ids of the finished trials must keep meaning
+            # its seed orders the grid, and the grid ids of the finished trials must keep meaning
+            return
         try:
             study.sampler = instantiate({**node, "seed": int(node["seed"]) + n})
-            log.info("resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n)
+            log.info(
+                "resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n
+            )
         except Exception as exc:
             log.warning("could not re-seed the sampler on resume: %s", exc)
 
@@ -619,9 +748,12 @@ class SweepRunner:
         """Another worker filled the last slot between our count and our ask: give this one back."""
         from optuna.trial import TrialState
 
-        before = [t for t in self.study.get_trials(deepcopy=False)
-                  if t.number < trial.number and (_counted(t) or t.state in (TrialState.RUNNING,
-                                                                               TrialState.WAITING))]
+        before = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.number < trial.number
+            and (_counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        ]
         if len(before) < self.n_trials:
             return False
         self.study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
@@ -636,24 +768,32 @@ class SweepRunner:
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def _run_batch(self, batch, fixed_lines, study_name, beats) -> None:
-        from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
         job_overrides = []
         for trial in batch:
             sampled = [f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()]
-            no_model = ["trainer.save_model=false"] if self._save_models() == "none" and self._is_thaw_train() else []
-            job_overrides.append(fixed_lines + sampled + no_model + [
-                f"hydra.sweeper.trial_number={trial.number}",
-                f"hydra.sweeper.storage={self.url}",
-                f"hydra.sweeper.study_name={study_name}",
-                f"hydra.sweep.subdir=trial_{trial.number}",
-            ])
+            no_model = self.app.no_model_overrides() if self._save_models() == "none" else []
+            job_overrides.append(
+                fixed_lines
+                + sampled
+                + no_model
+                + [
+                    f"hydra.sweeper.trial_number={trial.number}",
+                    f"hydra.sweeper.storage={self.url}",
+                    f"hydra.sweeper.study_name={study_name}",
+                    f"hydra.sweep.subdir=trial_{trial.number}",
+                ]
+            )
             log.info("trial %d: %s", trial.number, " ".join(sampled))
-        err = "the launcher returned no result for this job"  # a None return, unless launch() raised
+        err = (
+            "the launcher returned no result for this job"  # a None return, unless launch() raised
+        )
         try:
             returns = self.launcher.launch(job_overrides, initial_job_idx=batch[0].number)
-        except Exception as exc:  # e.g. a job's config failed to compose: fail the batch, keep sweeping
+        except (
+            Exception
+        ) as exc:  # e.g. a job's config failed to compose: fail the batch, keep sweeping
             err = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
             log.error("launching trial(s) %s failed: %s", [t.number for t in batch], err)
             returns = [None] * len(batch)
@@ -668,17 +808,30 @@ class SweepRunner:
                 continue
             frozen = self.storage.get_trial(trial._trial_id)
             run_dir = frozen.user_attrs.get("run_dir") or _output_dir(ret)
-            if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
+            if (
+                frozen.state == TrialState.RUNNING
+            ):  # the job never told its trial (died, or a foreign task)
                 if run_dir:
                     self.storage.set_trial_user_attr(trial._trial_id, "run_dir", run_dir)
                 self._tell_from_return(trial, ret)
                 frozen = self.storage.get_trial(trial._trial_id)
-            value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
+            value = (
+                frozen.values
+                if frozen.values is None or len(frozen.values) > 1
+                else frozen.values[0]
+            )
             extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""
             level = logging.WARNING if frozen.state == TrialState.FAIL else logging.INFO
-            log.log(level, "trial %d %s value=%s %s(run dir %s)%s", trial.number, frozen.state.name, value,
-                    f"{extra} " if extra else "", run_dir or "?",
-                    time_summary(frozen.user_attrs.get("time_breakdown")))
+            log.log(
+                level,
+                "trial %d %s value=%s %s(run dir %s)%s",
+                trial.number,
+                frozen.state.name,
+                value,
+                f"{extra} " if extra else "",
+                run_dir or "?",
+                time_summary(frozen.user_attrs.get("time_breakdown")),
+            )
         from thaw.sweeper.current import release
 
         release()  # an in-process job's trial handle (basic launcher) stops heartbeating
@@ -686,13 +839,17 @@ class SweepRunner:
     def _save_models(self) -> str:
         mode = str(self.cfg.get("save_models") or "all")
         if mode not in ("all", "best", "none"):
-            raise ConfigError(f"hydra.sweeper.save_models: expected all, best or none, got {mode!r}")
+            raise ConfigError(
+                f"hydra.sweeper.save_models: expected all, best or none, got {mode!r}"
+            )
         return mode
 
     def _remove_unneeded_models(self) -> None:
-        """save_models=best: delete model.keras (and model.h5) of every COMPLETE trial that is not the
+        """save_models=best: delete model.keras (and model.h5) of every COMPLETE trial that is not
+        the
         best (several objectives: not on the Pareto front). Judged on the whole study, so it holds
-        across resumes and workers; a trial that is not the best in a snapshot never becomes the best
+        across resumes and workers; a trial that is not the best in a snapshot never becomes the
+        best
         later (the best only improves), so deleting its model is safe."""
         if self._save_models() != "best":
             return
@@ -701,7 +858,11 @@ class SweepRunner:
         trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not trials:
             return
-        keep = {t.number for t in self.study.best_trials} if len(self.directions) > 1 else {self.study.best_trial.number}
+        keep = (
+            {t.number for t in self.study.best_trials}
+            if len(self.directions) > 1
+            else {self.study.best_trial.number}
+        )
         keep |= self._models_confirmation_needs(keep)
         for t in trials:
             run_dir = t.user_attrs.get("run_dir")
@@ -711,10 +872,13 @@ class SweepRunner:
                 path = Path(run_dir) / name
                 if path.exists():
                     path.unlink()
-                    log.info("save_models=best: removed %s (trial %d is not the best)", path, t.number)
+                    log.info(
+                        "save_models=best: removed %s (trial %d is not the best)", path, t.number
+                    )
 
     def _models_confirmation_needs(self, keep: set) -> set:
-        """The baseline's model (the test split's reference) and, until confirmation is done, the top
+        """The baseline's model (the test split's reference) and, until confirmation is done, the
+        top
         trials' (any may win); after it, the winner's instead of Optuna's best."""
         base = confirm.baseline_number(self.study)
         extra = set() if base is None else {base}
@@ -730,7 +894,8 @@ class SweepRunner:
         return extra
 
     def _tell_from_return(self, trial, ret) -> None:
-        """A job that did not tell its trial itself (any Hydra app): its return value, or its exception
+        """A job that did not tell its trial itself (any Hydra app): its return value, or its
+        exception
         (optuna.TrialPruned = PRUNED at the last reported step), decides the state."""
         import optuna
         from hydra.core.utils import JobStatus
@@ -738,7 +903,9 @@ class SweepRunner:
 
         value = ret._return_value
         if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
-            self.storage.set_trial_user_attr(trial._trial_id, "pruned", str(value) or "pruned by the app")
+            self.storage.set_trial_user_attr(
+                trial._trial_id, "pruned", str(value) or "pruned by the app"
+            )
             return self._tell(trial, state=TrialState.PRUNED)
         if ret.status == JobStatus.FAILED:
             error = f"{type(value).__name__}: {value}"
@@ -760,7 +927,8 @@ class SweepRunner:
 
     @staticmethod
     def _check_failures(done, max_rate: float, min_trials: int, rule: str) -> None:
-        """Raise when more than max_rate of `done` failed, judged once at least min_trials are done."""
+        """Raise when more than max_rate of `done` failed, judged once at least min_trials are
+        done."""
         from optuna.trial import TrialState
 
         if len(done) < max(1, min_trials):
@@ -769,24 +937,30 @@ class SweepRunner:
         rate = len(failed) / len(done)
         if failed and rate > max_rate:
             last = failed[-1]
-            raise _TooManyFailures(f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > {max_rate}; "
-                                   f"{rule}); last error, trial {last.number}: {last.user_attrs.get('error', '?')}")
+            raise _TooManyFailures(
+                f"{len(failed)} of {len(done)} trials failed (rate {rate:.2f} > {max_rate}; "
+                f"{rule}); last error, trial {last.number}: {last.user_attrs.get('error', '?')}"
+            )
 
     def _nothing_usable(self) -> None:
-        """A sweep that ends with failures and not one COMPLETE trial failed, whatever the rule said."""
+        """A sweep that ends with failures and not one COMPLETE trial failed, whatever the rule
+        said."""
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
         failed = [t for t in trials if t.state == TrialState.FAIL and _counted(t)]
         if failed and not any(t.state == TrialState.COMPLETE for t in trials):
             self._report()
-            raise _TooManyFailures(f"no trial completed ({len(failed)} failed); last error, trial "
-                                   f"{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}",
-                                   f"no trial completed ({len(failed)} failed; each trial's error is in the log "
-                                   "above and on the trial in the study)")
+            raise _TooManyFailures(
+                f"no trial completed ({len(failed)} failed); last error, trial "
+                f"{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}",
+                f"no trial completed ({len(failed)} failed; each trial's error is in the log "
+                "above and on the trial in the study)",
+            )
 
     def _fail_unfinished(self, beats) -> None:
-        """Trials this process asked for but did not finish (Ctrl-C) are failed, not left RUNNING."""
+        """Trials this process asked for but did not finish (Ctrl-C) are failed, not left
+        RUNNING."""
         from optuna.trial import TrialState
 
         if not hasattr(self, "study"):
@@ -800,15 +974,16 @@ class SweepRunner:
                 log.warning("could not fail interrupted trial id %s: %s", tid, exc)
 
     # ------------------------------------------------------------------ results
-    def results(self) -> Dict[str, Any]:
+    def results(self) -> dict[str, Any]:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
         counts = {s.name: 0 for s in TrialState}
         for t in trials:
             counts[t.state.name] += 1
-        out: Dict[str, Any] = {
-            "name": "optuna",  # as hydra-optuna-sweeper writes it (scripts read it): the search is Optuna's
+        out: dict[str, Any] = {
+            # as hydra-optuna-sweeper writes it (scripts read it): the search is Optuna's
+            "name": "optuna",
             "study_name": self.study.study_name,
             "storage": redact(self.url),
             "direction": self.directions[0] if len(self.directions) == 1 else self.directions,
@@ -819,15 +994,30 @@ class SweepRunner:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete and len(self.directions) == 1:
             best, summary = self._chosen()
-            out.update(best_value=best.value, best_params=dict(best.params),
-                       best_trial={"number": best.number, "run_dir": self._relative(best.user_attrs.get("run_dir"))})
+            out.update(
+                best_value=best.value,
+                best_params=dict(best.params),
+                best_trial={
+                    "number": best.number,
+                    "run_dir": self._relative(best.user_attrs.get("run_dir")),
+                },
+            )
             if best.number != self.study.best_trial.number:
-                out["search_best_trial"] = {"number": self.study.best_trial.number,
-                                            "value": self.study.best_trial.value}
+                out["search_best_trial"] = {
+                    "number": self.study.best_trial.number,
+                    "value": self.study.best_trial.value,
+                }
             if summary is not None:
-                out["best_trial"]["mean"] = next(r["mean"] for r in summary["confirmed"] if r["number"] == best.number)
-                out.update({k: summary[k] for k in ("baseline", "confirmed", "winner", "gain_vs_baseline", "seeds")
-                            if k in summary})
+                out["best_trial"]["mean"] = next(
+                    r["mean"] for r in summary["confirmed"] if r["number"] == best.number
+                )
+                out.update(
+                    {
+                        k: summary[k]
+                        for k in ("baseline", "confirmed", "winner", "gain_vs_baseline", "seeds")
+                        if k in summary
+                    }
+                )
             out["best_trial"].update(self._test_info(best))
             out["seconds"] = self._seconds(trials)
             after = self._after_startup(trials)
@@ -837,13 +1027,23 @@ class SweepRunner:
             self.study.set_user_attr("verdict", out["verdict"])
         elif complete:
             best_trials = self.study.best_trials
-            out["best_trials"] = [{"number": t.number, "values": t.values, "params": dict(t.params),
-                                   "run_dir": self._relative(t.user_attrs.get("run_dir"))} for t in best_trials]
-            out["solutions"] = [{"params": dict(t.params), "values": t.values} for t in best_trials]  # HOS's key
+            out["best_trials"] = [
+                {
+                    "number": t.number,
+                    "values": t.values,
+                    "params": dict(t.params),
+                    "run_dir": self._relative(t.user_attrs.get("run_dir")),
+                }
+                for t in best_trials
+            ]
+            out["solutions"] = [
+                {"params": dict(t.params), "values": t.values} for t in best_trials
+            ]  # HOS's key
         return out
 
-    def _after_startup(self, trials) -> Optional[Dict[str, Any]]:
-        """Did the search keep learning after the pruner's start-up trials? A pruner that prunes every
+    def _after_startup(self, trials) -> dict[str, Any] | None:
+        """Did the search keep learning after the pruner's start-up trials? A pruner that prunes
+        every
         later trial leaves the start-up's best as the sweep's answer."""
         from optuna.trial import TrialState
 
@@ -851,37 +1051,59 @@ class SweepRunner:
         counted = sorted((t for t in trials if _counted(t)), key=lambda t: t.number)
         if startup is None or len(counted) <= int(startup) or len(self.directions) != 1:
             return None
-        later = counted[int(startup):]
-        out = {"startup_trials": int(startup), "later_trials": len(later),
-               "later_complete": sum(t.state == TrialState.COMPLETE for t in later),
-               "later_pruned": sum(t.state == TrialState.PRUNED for t in later)}
+        later = counted[int(startup) :]
+        out = {
+            "startup_trials": int(startup),
+            "later_trials": len(later),
+            "later_complete": sum(t.state == TrialState.COMPLETE for t in later),
+            "later_pruned": sum(t.state == TrialState.PRUNED for t in later),
+        }
         if any(t.state == TrialState.COMPLETE for t in counted):
-            out["best_found_after_startup"] = self.study.best_trial.number in {t.number for t in later}
+            out["best_found_after_startup"] = self.study.best_trial.number in {
+                t.number for t in later
+            }
         return out
 
     def _log_after_startup(self) -> None:
-        info = self._after_startup(self.study.get_trials(deepcopy=False)) if hasattr(self, "study") else None
+        info = (
+            self._after_startup(self.study.get_trials(deepcopy=False))
+            if hasattr(self, "study")
+            else None
+        )
         if info is None:
             return
         best = info.get("best_found_after_startup")
-        log.info("search: %d of %d trials after the pruner's %d start-up trials completed (%d pruned); the best "
-                 "trial was found %s", info["later_complete"], info["later_trials"], info["startup_trials"],
-                 info["later_pruned"], "after the start-up" if best else "among the start-up trials")
+        log.info(
+            "search: %d of %d trials after the pruner's %d start-up trials completed (%d pruned); "
+            "the best "
+            "trial was found %s",
+            info["later_complete"],
+            info["later_trials"],
+            info["startup_trials"],
+            info["later_pruned"],
+            "after the start-up" if best else "among the start-up trials",
+        )
 
-    def _seconds(self, trials) -> Dict[str, float]:
+    def _seconds(self, trials) -> dict[str, float]:
         """What the answer cost: the search's trials (start to end, summed) and the confirmation's
         launches (wall), so the price of "how sure" is on record."""
-        search = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                     if t.datetime_complete is not None and t.datetime_start is not None)
+        search = sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in trials
+            if t.datetime_complete is not None and t.datetime_start is not None
+        )
         out = {"search": round(search, 1)}
         conf = self._confirmation()
         if conf is not None:
             out["confirmation"] = round(conf.recorded()["seconds"], 1)
-            out["confirmation_share"] = round(out["confirmation"] / out["search"], 3) if out["search"] > 0 else None
+            out["confirmation_share"] = (
+                round(out["confirmation"] / out["search"], 3) if out["search"] > 0 else None
+            )
         return out
 
-    def _relative(self, run_dir: Optional[str]) -> Optional[str]:
-        """A trial's run dir relative to the sweep dir (a copied or moved sweep dir still finds it)."""
+    def _relative(self, run_dir: str | None) -> str | None:
+        """A trial's run dir relative to the sweep dir (a copied or moved sweep dir still finds
+        it)."""
         if not run_dir:
             return run_dir
         try:
@@ -889,7 +1111,7 @@ class SweepRunner:
         except ValueError:
             return run_dir
 
-    def _test_info(self, best) -> Dict[str, Any]:
+    def _test_info(self, best) -> dict[str, Any]:
         """The chosen trial's test accuracy with its 95 % Wilson interval, and its paired gap to the
         baseline's on the same images."""
         test_eval = self.study.user_attrs.get("test_eval") or {}
@@ -899,68 +1121,111 @@ class SweepRunner:
         info = {k: v for k, v in test_eval.items() if k not in ("trial", "correct")}
         info["test_interval"] = confidence.wilson(round(acc * n), n)
         base = self.study.user_attrs.get("test_eval_baseline") or {}
-        if base.get("trial") == confirm.baseline_number(self.study) and test_eval.get("correct") and base.get("correct"):
+        if (
+            base.get("trial") == confirm.baseline_number(self.study)
+            and test_eval.get("correct")
+            and base.get("correct")
+        ):
             info["baseline_test_accuracy"] = base["test_accuracy"]
-            info["test_gain_vs_baseline"] = confidence.paired_gap(test_eval["correct"], base["correct"])
+            info["test_gain_vs_baseline"] = confidence.paired_gap(
+                test_eval["correct"], base["correct"]
+            )
         return info
 
-    def _verdict(self, best, res: Dict[str, Any]) -> str:
+    def _verdict(self, best, res: dict[str, Any]) -> str:
         """The sweep's answer in words: the winner against the frozen base, and how sure."""
         points = str(best.user_attrs.get("objective_name", "")).endswith("accuracy")
         fmt = (lambda v: f"{100 * v:.1f} points") if points else (lambda v: f"{v:.4g}")
         rng = (lambda v: f"{100 * v:.1f}") if points else (lambda v: f"{v:.4g}")
-        what = ", ".join(f"{_label(k)} {v:.3g}" if isinstance(v, float) else f"{_label(k)} {v}"
-                         for k, v in best.params.items())
+        what = ", ".join(
+            f"{_label(k)} {v:.3g}" if isinstance(v, float) else f"{_label(k)} {v}"
+            for k, v in best.params.items()
+        )
         gain, base = res.get("gain_vs_baseline"), res.get("baseline")
         if gain is None or base is None:
             text = f"trial {best.number} ({what}) is the best, value {best.value:.4g}"
             if "confirmed" in res:
-                text += f", mean {res['best_trial'].get('mean', best.value):.4g} over {len(res.get('seeds', []))} seeds"
+                mean, seeds = res["best_trial"].get("mean", best.value), len(res.get("seeds", []))
+                text += f", mean {mean:.4g} over {seeds} seeds"
             base_number = confirm.baseline_number(self.study)
-            base_trial = next((t for t in self.study.get_trials(deepcopy=False)
-                               if t.number == base_number and t.value is not None), None)
+            base_trial = next(
+                (
+                    t
+                    for t in self.study.get_trials(deepcopy=False)
+                    if t.number == base_number and t.value is not None
+                ),
+                None,
+            )
             if base_trial is None:
                 text += " (no baseline to compare with)"
             elif best.number == base_trial.number:
-                text += " and is the frozen base; not confirmed over seeds (hydra.sweeper.confirm.top_k=0)"
+                text += " and is the frozen base; not confirmed over seeds "
+                text += "(hydra.sweeper.confirm.top_k=0)"
             else:
-                text += (f"; the frozen base (trial {base_trial.number}) scored {base_trial.value:.4g}, "
-                         "one seed each: not confirmed (hydra.sweeper.confirm.top_k=0)")
+                text += (
+                    f"; the frozen base (trial {base_trial.number}) scored {base_trial.value:.4g}, "
+                    "one seed each: not confirmed (hydra.sweeper.confirm.top_k=0)"
+                )
         else:
             n = gain["count"]
-            interval = (f", 95 % interval {rng(gain['low'])} to {rng(gain['high'])}" if gain["low"] is not None
-                        else " (one seed: no interval)")
+            interval = (
+                f", 95 % interval {rng(gain['low'])} to {rng(gain['high'])}"
+                if gain["low"] is not None
+                else " (one seed: no interval)"
+            )
             tuned = gain["trial"]
             sign = 1 if self.directions[0] == "maximize" else -1
             if best.number == base["number"]:
-                text = (f"the frozen base (trial {best.number}) has the best mean; the best fine-tuned trial {tuned} "
-                        f"differs by {fmt(gain['mean'])}{interval}, over {n} seeds")
+                text = (
+                    f"the frozen base (trial {best.number}) has the best mean; the best fine-tuned "
+                    f"trial {tuned} "
+                    f"differs by {fmt(gain['mean'])}{interval}, over {n} seeds"
+                )
             elif gain["low"] is not None and sign * gain["low"] > 0:
-                text = f"{what} (trial {tuned}) beats the frozen base by {fmt(sign * gain['mean'])}{interval}, over {n} seeds"
+                by = fmt(sign * gain["mean"])
+                text = f"{what} (trial {tuned}) beats the frozen base by {by}{interval}"
+                text += f", over {n} seeds"
             else:
-                text = (f"{what} (trial {tuned}) is not distinguishable from the frozen base: {fmt(sign * gain['mean'])}"
-                        f"{interval}, over {n} seeds")
+                text = (
+                    f"{what} (trial {tuned}) is not distinguishable from the frozen base: "
+                    f"{fmt(sign * gain['mean'])}"
+                    f"{interval}, over {n} seeds"
+                )
         t = res["best_trial"]
         if "test_accuracy" in t:
             iv = t["test_interval"]
-            text += (f". Test split ({t['num_test']} images): {100 * t['test_accuracy']:.1f} % "
-                     f"(95 % interval {100 * iv['low']:.1f} to {100 * iv['high']:.1f})")
+            text += (
+                f". Test split ({t['num_test']} images): {100 * t['test_accuracy']:.1f} % "
+                f"(95 % interval {100 * iv['low']:.1f} to {100 * iv['high']:.1f})"
+            )
             if "test_gain_vs_baseline" in t:
                 g = t["test_gain_vs_baseline"]
-                text += (f", frozen base {100 * t['baseline_test_accuracy']:.1f} %: gap {100 * g['mean']:+.1f} points "
-                         f"(95 % interval {100 * g['low']:.1f} to {100 * g['high']:.1f})")
+                text += (
+                    f", frozen base {100 * t['baseline_test_accuracy']:.1f} %: gap "
+                    f"{100 * g['mean']:+.1f} points "
+                    f"(95 % interval {100 * g['low']:.1f} to {100 * g['high']:.1f})"
+                )
         return text
 
     def write_results(self, log_best: bool = False) -> None:
         res = self.results()
-        write_text_atomic(self.sweep_dir / "optimization_results.yaml",
-                          OmegaConf.to_yaml(OmegaConf.create(res)))
+        write_text_atomic(
+            self.sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(res))
+        )
         if log_best:
             if "best_value" in res:
-                log.info("best trial %d: value %s params %s (run dir %s)", res["best_trial"]["number"],
-                         res["best_value"], res["best_params"], res["best_trial"]["run_dir"])
-            log.info("trials by state: %s; results in %s", {k: v for k, v in res["trial_counts"].items() if v},
-                     self.sweep_dir / "optimization_results.yaml")
+                log.info(
+                    "best trial %d: value %s params %s (run dir %s)",
+                    res["best_trial"]["number"],
+                    res["best_value"],
+                    res["best_params"],
+                    res["best_trial"]["run_dir"],
+                )
+            log.info(
+                "trials by state: %s; results in %s",
+                {k: v for k, v in res["trial_counts"].items() if v},
+                self.sweep_dir / "optimization_results.yaml",
+            )
             if res.get("verdict"):
                 log.info("verdict: %s", res["verdict"])
 
@@ -986,8 +1251,11 @@ def _requeue_lost_grid_points(study) -> None:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    live = {repr(sorted(t.params.items())) for t in trials
-            if _counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    live = {
+        repr(sorted(t.params.items()))
+        for t in trials
+        if _counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+    }
     for t in trials:
         key = repr(sorted(t.params.items()))
         if t.state == TrialState.FAIL and not _counted(t) and t.params and key not in live:
@@ -1001,14 +1269,17 @@ def _confirmation_value(ret):
     from hydra.core.utils import JobStatus
 
     if ret is None or isinstance(ret, BaseException):
-        return None, f"launch failed: {ret}" if ret is not None else "the launcher returned no result"
+        return (
+            None,
+            f"launch failed: {ret}" if ret is not None else "the launcher returned no result",
+        )
     if ret.status == JobStatus.FAILED:
         return None, f"{type(ret._return_value).__name__}: {ret._return_value}"[:500]
     values, error = _objective_values(ret._return_value, 1)
     return (values[0], None) if error is None else (None, error)
 
 
-def _output_dir(ret) -> Optional[str]:
+def _output_dir(ret) -> str | None:
     try:
         return str(ret.hydra_cfg.hydra.runtime.output_dir)
     except Exception:

@@ -1,4 +1,5 @@
-"""Reach the sweep trial a Hydra job runs for, from any app: report intermediate values, ask to prune.
+"""Reach the sweep trial a Hydra job runs for, from any app: report intermediate values, ask to
+prune.
 
     from thaw.sweeper import current_trial
 
@@ -21,7 +22,7 @@ sweeper) the trial is a no-op: report records nothing and should_prune is always
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional
+from typing import Any
 
 _lock = threading.Lock()
 _handle = None  # the TrialHandle of the job this process runs now (one at a time per process)
@@ -38,11 +39,11 @@ class CurrentTrial:
         return self._handle is not None
 
     @property
-    def number(self) -> Optional[int]:
+    def number(self) -> int | None:
         return None if self._handle is None else self._handle.number
 
     @property
-    def params(self) -> Dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         return {} if self._handle is None else dict(self._handle.trial.params)
 
     @property
@@ -57,7 +58,9 @@ class CurrentTrial:
                 import logging
 
                 logging.getLogger("thaw.sweeper").warning(
-                    "current_trial: this study has several objectives; Optuna cannot prune it, reports are ignored")
+                    "current_trial: this study has several objectives; Optuna cannot prune it, "
+                    "reports are ignored"
+                )
             return False
         return True
 

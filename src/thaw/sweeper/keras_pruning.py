@@ -1,4 +1,5 @@
-"""A Keras callback that reports a metric to the sweep trial every epoch and stops a pruned trial."""
+"""A Keras callback that reports a metric to the sweep trial every epoch and stops a pruned
+trial."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from thaw.sweeper.current import current_trial
 class PruningCallback(keras.callbacks.Callback):
     """model.fit(..., callbacks=[PruningCallback("val_loss")]) in any Hydra app swept by thaw.
 
-    Reports `monitor` at each epoch end; when the study's pruner says stop, raises optuna.TrialPruned,
+    Reports `monitor` at each epoch end; when the study's pruner says stop, raises
+    optuna.TrialPruned,
     which ends fit() and the job: the sweeper records the trial as PRUNED with its values so far.
     Outside a thaw sweep it does nothing.
     """
@@ -26,8 +28,10 @@ class PruningCallback(keras.callbacks.Callback):
             return
         logs = logs or {}
         if self.monitor not in logs:
-            raise ValueError(f"PruningCallback: monitor {self.monitor!r} is not in the epoch's logs "
-                             f"({', '.join(sorted(logs)) or 'none'})")
+            raise ValueError(
+                f"PruningCallback: monitor {self.monitor!r} is not in the epoch's logs "
+                f"({', '.join(sorted(logs)) or 'none'})"
+            )
         value = float(logs[self.monitor])
         self.trial.report(value, epoch)
         if self.trial.should_prune():

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import Callable, List, Optional, Sequence, TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 
-def _clock(seconds: Optional[float]) -> str:
+def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
@@ -24,13 +25,19 @@ def _clock(seconds: Optional[float]) -> str:
 
 
 class Progress:
-    def __init__(self, n_trials: int, counted: Callable, directions: Sequence[str],
-                 stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        n_trials: int,
+        counted: Callable,
+        directions: Sequence[str],
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.n_trials, self.counted, self.directions = n_trials, counted, list(directions)
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock
         self.t0 = clock()
-        self.at_start: Optional[int] = None
+        self.at_start: int | None = None
 
     def start(self, trials) -> None:
         self.at_start = sum(1 for t in trials if self.counted(t))
@@ -54,12 +61,18 @@ class Progress:
         left = max(0, self.n_trials - done)
         eta = elapsed / ran * left if ran > 0 else None
         best = self._best(trials)
-        best_txt = f"best {best.values[0]:.4g} (trial {best.number})" if best is not None else "no best yet"
+        best_txt = (
+            f"best {best.values[0]:.4g} (trial {best.number})"
+            if best is not None
+            else "no best yet"
+        )
         state_txt = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-        return (f"sweep: {done}/{self.n_trials} trials done ({state_txt}); {best_txt}; "
-                f"elapsed {_clock(elapsed)}, about {_clock(eta) if left else '0s'} left")
+        return (
+            f"sweep: {done}/{self.n_trials} trials done ({state_txt}); {best_txt}; "
+            f"elapsed {_clock(elapsed)}, about {_clock(eta) if left else '0s'} left"
+        )
 
-    def bar(self, trials) -> Optional[str]:
+    def bar(self, trials) -> str | None:
         """tqdm's meter for a terminal; None when the stream is not one."""
         isatty = getattr(self.stream, "isatty", None)
         if not (isatty and isatty()):
@@ -67,10 +80,17 @@ class Progress:
         from tqdm import tqdm
 
         done = min(self.n_trials, sum(1 for t in trials if self.counted(t)))
-        return tqdm.format_meter(done, self.n_trials, self.clock() - self.t0, ncols=80, prefix="sweep",
-                                 unit="trial", initial=min(done, self.at_start or 0))
+        return tqdm.format_meter(
+            done,
+            self.n_trials,
+            self.clock() - self.t0,
+            ncols=80,
+            prefix="sweep",
+            unit="trial",
+            initial=min(done, self.at_start or 0),
+        )
 
-    def report(self, trials: List, log) -> str:
+    def report(self, trials: list, log) -> str:
         text = self.line(trials)
         log.info("%s", text)
         bar = self.bar(trials)

@@ -41,11 +41,22 @@ class StepMedianPruner(optuna.pruners.BasePruner):
       trial's `num_val` user attribute (thaw-train records it; without it the tolerance is 0).
     """
 
-    def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0, interval_steps: int = 1,
-                 n_min_trials: int = 1, best_since_warmup: bool = False, include_pruned: bool = False,
-                 tolerance_se: float = 0.0):
-        for name, value, low in (("n_startup_trials", n_startup_trials, 0), ("n_warmup_steps", n_warmup_steps, 0),
-                                 ("interval_steps", interval_steps, 1), ("n_min_trials", n_min_trials, 1)):
+    def __init__(
+        self,
+        n_startup_trials: int = 5,
+        n_warmup_steps: int = 0,
+        interval_steps: int = 1,
+        n_min_trials: int = 1,
+        best_since_warmup: bool = False,
+        include_pruned: bool = False,
+        tolerance_se: float = 0.0,
+    ):
+        for name, value, low in (
+            ("n_startup_trials", n_startup_trials, 0),
+            ("n_warmup_steps", n_warmup_steps, 0),
+            ("interval_steps", interval_steps, 1),
+            ("n_min_trials", n_min_trials, 1),
+        ):
             if int(value) < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         self.n_startup_trials = int(n_startup_trials)
@@ -70,10 +81,19 @@ class StepMedianPruner(optuna.pruners.BasePruner):
         value = self._judged_value(trial, step, maximize)
         if math.isnan(value):
             return True
-        states = (TrialState.COMPLETE, TrialState.PRUNED) if self.include_pruned else (TrialState.COMPLETE,)
-        reference = study.get_trials(deepcopy=False, states=states) if self.include_pruned else finished
-        others = [t.intermediate_values[step] for t in reference
-                  if step in t.intermediate_values and t.number != trial.number]
+        states = (
+            (TrialState.COMPLETE, TrialState.PRUNED)
+            if self.include_pruned
+            else (TrialState.COMPLETE,)
+        )
+        reference = (
+            study.get_trials(deepcopy=False, states=states) if self.include_pruned else finished
+        )
+        others = [
+            t.intermediate_values[step]
+            for t in reference
+            if step in t.intermediate_values and t.number != trial.number
+        ]
         others = [v for v in others if not math.isnan(v)]
         if len(others) < self.n_min_trials:
             return False
@@ -86,8 +106,11 @@ class StepMedianPruner(optuna.pruners.BasePruner):
     def _judged_value(self, trial, step: int, maximize: bool) -> float:
         if not self.best_since_warmup:
             return trial.intermediate_values[step]
-        since = [v for s, v in trial.intermediate_values.items() if self.n_warmup_steps <= s <= step
-                 and not math.isnan(v)]
+        since = [
+            v
+            for s, v in trial.intermediate_values.items()
+            if self.n_warmup_steps <= s <= step and not math.isnan(v)
+        ]
         if not since:
             return float("nan")
         return max(since) if maximize else min(since)

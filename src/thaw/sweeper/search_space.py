@@ -6,8 +6,6 @@ range(a,b[,step]) a grid with the end excluded, choice(...) / a,b,c categorical 
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from thaw.errors import ConfigError
 
 
@@ -24,14 +22,18 @@ def _distribution(override):
         if not choices:
             raise ConfigError(f"hydra.sweeper.params.{key}: empty choice()")
         if len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"hydra.sweeper.params.{key}: repeated values in {override.input_line}")
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: repeated values in {override.input_line}"
+            )
         return CategoricalDistribution(choices)
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())
         if not values:
             raise ConfigError(f"hydra.sweeper.params.{key}: empty range in {override.input_line}")
         if value.step is not None and value.step < 0:
-            raise ConfigError(f"hydra.sweeper.params.{key}: range() with a negative step is not supported")
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: range() with a negative step is not supported"
+            )
         if all(isinstance(v, int) for v in values):
             step = int(value.step or 1)
             if len(values) == 1:
@@ -41,28 +43,35 @@ def _distribution(override):
     if isinstance(value, IntervalSweep):
         lo, hi = value.start, value.end
         if lo is None or hi is None or not lo < hi:
-            raise ConfigError(f"hydra.sweeper.params.{key}: empty interval in {override.input_line} "
-                              "(the lower bound must be below the upper)")
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: empty interval in {override.input_line} "
+                "(the lower bound must be below the upper)"
+            )
         if log and lo <= 0:
             raise ConfigError(f"hydra.sweeper.params.{key}: a log interval needs a lower bound > 0")
         if isinstance(lo, int) and isinstance(hi, int):
             return IntDistribution(lo, hi, log=log)
         return FloatDistribution(float(lo), float(hi), log=log)
-    raise ConfigError(f"hydra.sweeper.params.{key}: {override.input_line} is not a sweep "
-                      "(use interval, range, choice or a,b,c)")
+    raise ConfigError(
+        f"hydra.sweeper.params.{key}: {override.input_line} is not a sweep "
+        "(use interval, range, choice or a,b,c)"
+    )
 
 
-def parse(params: Dict[str, object], arguments: List[str],
-          preset: Dict[str, object] = None) -> Tuple[Dict[str, object], Dict[str, str]]:
-    """(search space {key: distribution}, fixed overrides {key: 'key=value'}); the command line wins.
-    `preset`: distributions given directly (hydra-optuna-sweeper's search_space), overridden by both."""
+def parse(
+    params: dict[str, object], arguments: list[str], preset: dict[str, object] = None
+) -> tuple[dict[str, object], dict[str, str]]:
+    """(search space {key: distribution}, fixed overrides {key: 'key=value'}); the command line
+    wins.
+    `preset`: distributions given directly (hydra-optuna-sweeper's search_space), overridden by
+    both."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    space: Dict[str, object] = dict(preset or {})
-    fixed: Dict[str, str] = {}
+    space: dict[str, object] = dict(preset or {})
+    fixed: dict[str, str] = {}
     for line in lines:
         try:
             override = parser.parse_override(line)
@@ -95,34 +104,44 @@ def format_value(value) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def from_hos_search_space(search_space: Dict[str, Dict]) -> Dict[str, object]:
-    """hydra-optuna-sweeper's deprecated `search_space` ({name: {type, low, high, step, log, choices}})."""
+def from_hos_search_space(search_space: dict[str, dict]) -> dict[str, object]:
+    """hydra-optuna-sweeper's deprecated `search_space` ({name: {type, low, high, step, log,
+    choices}})."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     for name, spec in (search_space or {}).items():
         kind = str(spec.get("type", "")).split(".")[-1]
-        low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
+        low, high, step, log = (
+            spec.get("low"),
+            spec.get("high"),
+            spec.get("step"),
+            bool(spec.get("log", False)),
+        )
         try:
             if kind == "categorical":
                 out[name] = CategoricalDistribution(list(spec["choices"]))
             elif kind == "int":
                 out[name] = IntDistribution(int(low), int(high), log=log, step=int(step or 1))
             elif kind == "float":
-                out[name] = FloatDistribution(float(low), float(high), log=log,
-                                              step=None if step is None else float(step))
+                out[name] = FloatDistribution(
+                    float(low), float(high), log=log, step=None if step is None else float(step)
+                )
             else:
-                raise ValueError(f"type must be int, float or categorical, got {spec.get('type')!r}")
+                raise ValueError(
+                    f"type must be int, float or categorical, got {spec.get('type')!r}"
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"hydra.sweeper.search_space.{name}: {exc}") from None
     return out
 
 
-def grid(space: Dict[str, object]) -> Dict[str, list]:
-    """The values GridSampler walks: choices, or every step of a range; continuous params are refused."""
+def grid(space: dict[str, object]) -> dict[str, list]:
+    """The values GridSampler walks: choices, or every step of a range; continuous params are
+    refused."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    out: Dict[str, list] = {}
+    out: dict[str, list] = {}
     for name, dist in space.items():
         if isinstance(dist, CategoricalDistribution):
             out[name] = list(dist.choices)
@@ -132,8 +151,10 @@ def grid(space: Dict[str, object]) -> Dict[str, list]:
             n = int(round((dist.high - dist.low) / dist.step))
             out[name] = [round(dist.low + i * dist.step, 12) for i in range(n + 1)]
         else:
-            raise ConfigError(f"hydra.sweeper.params.{name}: the grid sampler needs discrete values "
-                              "(choice(...) or range(...)), not a continuous interval")
+            raise ConfigError(
+                f"hydra.sweeper.params.{name}: the grid sampler needs discrete values "
+                "(choice(...) or range(...)), not a continuous interval"
+            )
     return out
 
 
@@ -171,8 +192,9 @@ def load_function(path: str, key: str = "hydra.sweeper.custom_search_space"):
         raise ConfigError(f"{key}: cannot load {path!r} ({first})") from None
 
 
-def interpolated_keys(expression: object) -> List[str]:
-    """The config keys an unresolved param expression interpolates: '${backbone.num_blocks}' -> [...]."""
+def interpolated_keys(expression: object) -> list[str]:
+    """The config keys an unresolved param expression interpolates: '${backbone.num_blocks}' ->
+    [...]."""
     import re
 
     return re.findall(r"\$\{([A-Za-z_][\w.]*)\}", str(expression))

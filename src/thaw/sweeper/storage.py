@@ -3,71 +3,24 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
-from typing import List, Optional
 
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 from thaw.errors import ConfigError
+from thaw.runtime.secrets import redact, scrub
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 
 
-def journal_path(url: str) -> Optional[str]:
-    """The file of a journal storage URL (`journal:///path` or a path ending in .log/.journal/.jsonl)."""
+def journal_path(url: str) -> str | None:
+    """The file of a journal storage URL (`journal:///path` or a path ending in
+    .log/.journal/.jsonl)."""
     if url.startswith("journal://"):
-        return url[len("journal://"):]
+        return url[len("journal://") :]
     return url if "://" not in url and url.endswith(JOURNAL_SUFFIXES) else None
-
-
-# `scheme://user:password@host...`: the password runs to the token's LAST '@' (SQLAlchemy reads a
-# password up to an '@', but a user may write '/', ':', '?', '#' or even a raw '@' in it), so a
-# password is never cut short; a token with an '@' after a password-less authority loses a bit
-# more than its password, never less.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):\S*@(?=[^\s@]*(?:\s|$))")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (in `user:password@` or `?password=`), for logs and
-    result files. Also for any text: every URL in it loses its password."""
-    text = _URL_PASSWORD.sub(r"\1:***@", str(url))
-    return _QUERY_PASSWORD.sub(r"\1***", text)
-
-
-def scrub(text: str, url: str) -> str:
-    """`text` (a driver's error message, say) with the password of `url` nowhere in it, however
-    it is spelled there (as written in the URL or percent-decoded)."""
-    from urllib.parse import unquote
-
-    text = redact(text)
-    m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:(\S*)@[^\s@]*$", str(url))
-    if m and m.group(1):
-        for spelling in {m.group(1), unquote(m.group(1))}:
-            text = text.replace(spelling, "***")
-    return text
-
-
-def redact_files(folder: Path) -> None:
-    """Rewrite the YAML files in `folder` (a job's `.hydra`: Hydra copies the whole command line,
-    storage URL included, into hydra.yaml and overrides.yaml) with every URL's password redacted."""
-    from thaw.runtime.outputs import write_text_atomic
-
-    try:
-        paths = sorted(Path(folder).glob("*.yaml"))
-    except OSError:
-        return
-    for path in paths:
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError):
-            continue
-        clean = redact(text)
-        if clean != text:
-            write_text_atomic(path, clean)
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -81,7 +34,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     on the same shared file system.
     """
 
-    def __init__(self, path: str, heartbeat_interval: int, grace_period: Optional[int], callback):
+    def __init__(self, path: str, heartbeat_interval: int, grace_period: int | None, callback):
         from optuna.storages.journal import JournalFileBackend
 
         super().__init__(JournalFileBackend(path))
@@ -96,7 +49,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         beat.touch()
         os.utime(beat)
 
-    def _get_stale_trial_ids(self, study_id: int) -> List[int]:
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.trial import TrialState
 
         now, stale = time.time(), []
@@ -109,22 +62,26 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
                 stale.append(t._trial_id)
         return stale
 
-    def get_heartbeat_interval(self) -> Optional[int]:
+    def get_heartbeat_interval(self) -> int | None:
         return self._interval
 
     def get_heartbeat_stale_trial_callback(self):
         return self._callback
 
 
-def make_storage(url: str, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
-                 max_retry: int = 0):
+def make_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int = 0,
+):
     import optuna
+    import optuna.storages as storages
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
-    import optuna.storages as storages
-
-    # Optuna >= 4.9 names it for what it does; RetryFailedTrialCallback is the same, deprecated there
+    # Optuna >= 4.9 names it for what it does; RetryFailedTrialCallback is the same, deprecated
+    # there
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", RetryFailedTrialCallback)
     callback = retry(max_retry=max_retry) if max_retry > 0 else None
     path = journal_path(url)
@@ -134,10 +91,13 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
                 return HeartbeatJournalStorage(path, heartbeat_interval, grace_period, callback)
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
-            raise ConfigError(f"hydra.sweeper.storage: cannot open journal file {path} ({exc})") from None
+            raise ConfigError(
+                f"hydra.sweeper.storage: cannot open journal file {path} ({exc})"
+            ) from None
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        # several workers on one file: wait for the lock instead of failing with "database is locked"
+        # several workers on one file: wait for the lock instead of failing with "database is
+        # locked"
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
@@ -145,15 +105,27 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, grace_perio
 
     for attempt in range(6):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, failed_trial_callback=callback)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                failed_trial_callback=callback,
+            )
         except Exception as exc:  # sqlalchemy / driver errors
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = (
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            )
             # Several processes creating the schema of a new database at once race on it
             # ("UNIQUE constraint failed: alembic_version"): the loser retries and finds it made.
-            if attempt < 5 and any(k in first for k in ("IntegrityError", "UniqueViolation", "already exists", "locked")):
+            if attempt < 5 and any(
+                k in first
+                for k in ("IntegrityError", "UniqueViolation", "already exists", "locked")
+            ):
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise ConfigError(f"hydra.sweeper.storage: cannot open {redact(url)} ({scrub(first, url)})") from None
+            raise ConfigError(
+                f"hydra.sweeper.storage: cannot open {redact(url)} ({scrub(first, url)})"
+            ) from None
         finally:
             optuna.logging.set_verbosity(optuna.logging.WARNING)

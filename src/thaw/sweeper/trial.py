@@ -10,15 +10,22 @@ import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental.*")
 
 
 class TrialHandle:
-    def __init__(self, storage_url: str, study_name: str, number: int, pruner_cfg: Any,
-                 heartbeat_interval: Optional[int], grace_period: Optional[int]):
+    def __init__(
+        self,
+        storage_url: str,
+        study_name: str,
+        number: int,
+        pruner_cfg: Any,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+    ):
         import optuna
         from hydra.utils import instantiate
 
@@ -28,14 +35,18 @@ class TrialHandle:
         self.storage = make_storage(storage_url, heartbeat_interval, grace_period)
         pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
         self.study = optuna.load_study(study_name=study_name, storage=self.storage, pruner=pruner)
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, number
+        )
         self.trial = optuna.trial.Trial(self.study, trial_id)
         self._trial_id = trial_id
         self._stop = threading.Event()
         self._beat = None
         self._told = False
         if heartbeat_interval and hasattr(self.storage, "record_heartbeat"):
-            self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_interval,), daemon=True)
+            self._beat = threading.Thread(
+                target=self._heartbeat, args=(heartbeat_interval,), daemon=True
+            )
             self._beat.start()
 
     def _heartbeat(self, interval: int) -> None:
@@ -49,7 +60,8 @@ class TrialHandle:
             self._stop.wait(interval)
 
     def describe(self, **attrs) -> None:
-        """User attributes the report reads (head_epochs: where fine-tuning starts; objective_name)."""
+        """User attributes the report reads (head_epochs: where fine-tuning starts;
+        objective_name)."""
         try:
             for key, value in attrs.items():
                 self.trial.set_user_attr(key, value)
@@ -58,17 +70,20 @@ class TrialHandle:
 
     # -- reporting during training
     def report(self, step: int, value: float, judge: bool = True) -> bool:
-        """Record an intermediate value; True when the pruner says stop (asked only when `judge`)."""
+        """Record an intermediate value; True when the pruner says stop (asked only when
+        `judge`)."""
         self.trial.report(value, step)
         return judge and self.trial.should_prune()
 
-    def retried_run_dir(self) -> Optional[str]:
+    def retried_run_dir(self) -> str | None:
         """The run dir of the dead trial this one retries (hydra.sweeper.max_retry), or None."""
         # what optuna's RetryFailedTrialCallback records (read directly: the class is deprecated)
         history = self.storage.get_trial(self._trial_id).system_attrs.get("retry_history") or []
         if not history:
             return None
-        tid = self.storage.get_trial_id_from_study_id_trial_number(self.study._study_id, history[-1])
+        tid = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, history[-1]
+        )
         return self.storage.get_trial(tid).user_attrs.get("run_dir")
 
     def replay(self, step: int, value: float) -> None:
@@ -90,7 +105,11 @@ class TrialHandle:
         import math
 
         self.trial.set_user_attr("run_dir", str(run_dir))
-        bad = [v for v in (values if isinstance(values, (list, tuple)) else [values]) if not math.isfinite(float(v))]
+        bad = [
+            v
+            for v in (values if isinstance(values, (list, tuple)) else [values])
+            if not math.isfinite(float(v))
+        ]
         if bad:  # Optuna would FAIL it silently, and the sweep would not count it
             return self.fail(f"the objective is {bad[0]} (not finite)")
         self._tell(values=values)
@@ -138,7 +157,7 @@ class ConfirmationRun:
     def replay(self, step: int, value: float) -> None:
         pass
 
-    def retried_run_dir(self) -> Optional[str]:
+    def retried_run_dir(self) -> str | None:
         return None
 
     def describe(self, **attrs) -> None:
@@ -169,13 +188,21 @@ def attach_trial(hydra_cfg):
         return ConfirmationRun(str(sweeper.study_name), number, seed)
     if sweeper is None or sweeper.get("trial_number", None) is None:
         return None
-    handle = TrialHandle(sweeper.storage, sweeper.study_name, int(sweeper.trial_number),
-                         sweeper.get("pruner"), sweeper.get("heartbeat_interval"), sweeper.get("grace_period"))
+    handle = TrialHandle(
+        sweeper.storage,
+        sweeper.study_name,
+        int(sweeper.trial_number),
+        sweeper.get("pruner"),
+        sweeper.get("heartbeat_interval"),
+        sweeper.get("grace_period"),
+    )
     state = handle.storage.get_trial(handle._trial_id).state
     if state.is_finished():
         handle.close()
-        raise RuntimeError(f"trial {handle.number} is already {state.name} in the study (a requeued job whose "
-                           "trial was failed as stale meanwhile: the sweep retries it with max_retry)")
+        raise RuntimeError(
+            f"trial {handle.number} is already {state.name} in the study (a requeued job whose "
+            "trial was failed as stale meanwhile: the sweep retries it with max_retry)"
+        )
     try:
         handle.trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
     except Exception:

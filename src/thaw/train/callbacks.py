@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional
 
 import keras
 
@@ -23,26 +22,31 @@ class EpochCallback(keras.callbacks.Callback):
     `stop_reason` says why it stopped the phase: "nan", "pruned" (the sweeper's pruner),
     "patience" (no improvement for trainer.patience epochs) or None; `stop_message` is the one line
     that goes into metrics.json and the log. Every epoch that beats the run's best so far hands its
-    weights to `run.best` (restore_best), like EarlyStopping(restore_best_weights=True) across phases.
+    weights to `run.best` (restore_best), like EarlyStopping(restore_best_weights=True) across
+    phases.
     """
 
-    def __init__(self, phase, run, trainable: int, state: Optional[dict] = None, checkpoint=None):
+    def __init__(self, phase, run, trainable: int, state: dict | None = None, checkpoint=None):
         super().__init__()
         self.phase = phase
         self.run = run
         self.trainable = trainable
         self.checkpoint = checkpoint  # fn(done, ended, state) after every epoch, or None
         state = state or {}
-        self.stop_reason: Optional[str] = state.get("stop_reason")
+        self.stop_reason: str | None = state.get("stop_reason")
         self.stop_message = state.get("stop_message", "")
-        self._phase_best: Optional[float] = state.get("phase_best")
+        self._phase_best: float | None = state.get("phase_best")
         self._waited = int(state.get("waited", 0))
         self._done = phase.done
 
     def state(self) -> dict:
         """What a resumed phase needs to stop where this one would have (patience, stop reasons)."""
-        return {"stop_reason": self.stop_reason, "stop_message": self.stop_message,
-                "phase_best": self._phase_best, "waited": self._waited}
+        return {
+            "stop_reason": self.stop_reason,
+            "stop_message": self.stop_message,
+            "phase_best": self._phase_best,
+            "waited": self._waited,
+        }
 
     def save_checkpoint(self, ended: bool = False) -> None:
         if self.checkpoint is not None:
@@ -56,28 +60,48 @@ class EpochCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if interrupt.REQUESTED.is_set():  # stopped mid-epoch: not a whole epoch, neither recorded nor
-            self.model.stop_training = True  # checkpointed (a resume redoes it from the last whole one)
+        if (
+            interrupt.REQUESTED.is_set()
+        ):  # stopped mid-epoch: not a whole epoch, neither recorded nor
+            self.model.stop_training = (
+                True  # checkpointed (a resume redoes it from the last whole one)
+            )
             return
         logs = dict(logs or {})
         secs = time.perf_counter() - self._t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         n_train = self.run.num_train
-        row = {"phase": self.phase.name, "epoch": epoch + 1,
-               **{k: float(v) for k, v in logs.items() if k != "learning_rate"},
-               "lr": lr, "seconds": secs, "images_per_sec": n_train / secs if secs > 0 else None}
+        row = {
+            "phase": self.phase.name,
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in logs.items() if k != "learning_rate"},
+            "lr": lr,
+            "seconds": secs,
+            "images_per_sec": n_train / secs if secs > 0 else None,
+        }
         step = self.run.record.add_epoch(row)
         self.run.tracker.log_epoch({**row, "trainable_params": self.trainable}, step=step)
-        log.info("[%s] epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  "
-                 "%.1fs (%.0f img/s)", self.phase.name, epoch + 1, self.phase.total_epochs,
-                 logs.get("loss", math.nan), logs.get("accuracy", math.nan), logs.get("val_loss", math.nan),
-                 logs.get("val_accuracy", math.nan), lr, secs, row["images_per_sec"] or 0)
+        log.info(
+            "[%s] epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  "
+            "%.1fs (%.0f img/s)",
+            self.phase.name,
+            epoch + 1,
+            self.phase.total_epochs,
+            logs.get("loss", math.nan),
+            logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan),
+            logs.get("val_accuracy", math.nan),
+            lr,
+            secs,
+            row["images_per_sec"] or 0,
+        )
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             self._stop("nan", f"loss became {loss} in {self.phase.name} epoch {epoch + 1}")
             return
         self._track_best(step, epoch, logs)
-        # the pruner's step is the planned epoch (a phase stopped early leaves a gap), so step k means
+        # the pruner's step is the planned epoch (a phase stopped early leaves a gap), so step k
+        # means
         # the same point of the recipe in every trial
         self._maybe_prune(epoch, logs)
         self._done = epoch + 1 - self.phase.first_epoch
@@ -98,9 +122,11 @@ class EpochCallback(keras.callbacks.Callback):
         if patience and self._waited >= patience and self.stop_reason is None and not last:
             self.model.stop_training = True
             self.stop_reason = "patience"
-            self.stop_message = (f"{self.phase.name}: no {best.monitor} improvement for {patience} epoch(s), "
-                                 f"phase stopped after epoch {epoch + 1 - self.phase.first_epoch} of "
-                                 f"{self.phase.epochs}")
+            self.stop_message = (
+                f"{self.phase.name}: no {best.monitor} improvement for {patience} epoch(s), "
+                f"phase stopped after epoch {epoch + 1 - self.phase.first_epoch} of "
+                f"{self.phase.epochs}"
+            )
 
     def _maybe_prune(self, epoch: int, logs) -> None:
         reporter, name = self.run.reporter, self.run.objective_name
@@ -113,7 +139,9 @@ class EpochCallback(keras.callbacks.Callback):
         # would throw a finished result out of the sweep's best
         final = epoch + 1 >= self.phase.total_epochs
         if reporter.report(epoch, float(value), judge=not final):
-            self._stop("pruned", f"pruned after {self.phase.name} epoch {epoch + 1} ({name}={value:.4f})")
+            self._stop(
+                "pruned", f"pruned after {self.phase.name} epoch {epoch + 1} ({name}={value:.4f})"
+            )
 
     def _stop(self, reason: str, message: str) -> None:
         self.model.stop_training = True
@@ -121,13 +149,14 @@ class EpochCallback(keras.callbacks.Callback):
 
 
 class BestWeights:
-    """The best validation epoch of a run so far (across both phases) and, with restore_best, its weights."""
+    """The best validation epoch of a run so far (across both phases) and, with restore_best, its
+    weights."""
 
     def __init__(self, monitor: str, keep_weights: bool):
         self.monitor = monitor  # val_accuracy (higher is better) or val_loss (lower)
         self.keep_weights = keep_weights
-        self.value: Optional[float] = None
-        self.step: Optional[int] = None
+        self.value: float | None = None
+        self.step: int | None = None
         self.weights = None
 
     def better(self, value: float, than: float) -> bool:
@@ -139,8 +168,9 @@ class BestWeights:
             if self.keep_weights:
                 self.weights = model.get_weights()
 
-    def restore(self, model, last_step: int) -> Optional[int]:
-        """Put the best epoch's weights back; returns that epoch's step, or None if nothing changed."""
+    def restore(self, model, last_step: int) -> int | None:
+        """Put the best epoch's weights back; returns that epoch's step, or None if nothing
+        changed."""
         if self.weights is None or self.step == last_step:
             return None
         model.set_weights(self.weights)

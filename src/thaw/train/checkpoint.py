@@ -23,7 +23,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +34,17 @@ log = logging.getLogger("thaw.train")
 NAME = "checkpoint.npz"
 VERSION = 1
 # keys that do not change what a run computes: a resume may change them
-_FREE = ("logger", "trainer.resume", "trainer.checkpoint", "trainer.save_model", "trainer.export_h5", "name",
-         # how the step is compiled and run: the optimizer's variables are the same either way
-         "trainer.reuse_compiled", "trainer.fused_optimizer")
+_FREE = (
+    "logger",
+    "trainer.resume",
+    "trainer.checkpoint",
+    "trainer.save_model",
+    "trainer.export_h5",
+    "name",
+    # how the step is compiled and run: the optimizer's variables are the same either way
+    "trainer.reuse_compiled",
+    "trainer.fused_optimizer",
+)
 
 
 @dataclass
@@ -44,17 +52,19 @@ class Checkpoint:
     phase: str  # "head" or "finetune"
     done: int  # epochs of that phase already trained
     ended: bool  # the phase finished (best weights put back): the next one starts
-    history: List[Dict[str, Any]]
-    phases: Dict[str, Dict[str, Any]]
-    best: Dict[str, Any]  # {"value", "step"}
-    callback: Dict[str, Any]  # {"phase_best", "waited", "stop_reason", "stop_message"}
-    model: List[np.ndarray] = field(repr=False)
-    optimizer: List[np.ndarray] = field(repr=False)
+    history: list[dict[str, Any]]
+    phases: dict[str, dict[str, Any]]
+    best: dict[str, Any]  # {"value", "step"}
+    callback: dict[str, Any]  # {"phase_best", "waited", "stop_reason", "stop_message"}
+    model: list[np.ndarray] = field(repr=False)
+    optimizer: list[np.ndarray] = field(repr=False)
     # the best epoch's weights (model.get_weights() order), None without restore_best. Saved: only
     # those that differ from the current weights (frozen layers never do); loaded: {index: array}
     best_weights: Any = field(default=None, repr=False)
-    resumed: List[Dict[str, Any]] = field(default_factory=list)  # earlier resumes of this run
-    seconds: float = 0.0  # wall seconds of the attempts so far (a resumed run's wall time counts them)
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # earlier resumes of this run
+    seconds: float = (
+        0.0  # wall seconds of the attempts so far (a resumed run's wall time counts them)
+    )
 
     @property
     def epoch(self) -> int:
@@ -62,7 +72,8 @@ class Checkpoint:
         return len(self.history)
 
     def position(self, phase: str) -> str:
-        """'skip' (this phase is behind the checkpoint), 'continue' (resume inside it) or 'fresh'."""
+        """'skip' (this phase is behind the checkpoint), 'continue' (resume inside it) or
+        'fresh'."""
         order = ("head", "finetune")
         if order.index(phase) < order.index(self.phase) or (phase == self.phase and self.ended):
             return "skip"
@@ -82,14 +93,27 @@ def fingerprint(cfg) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def save(out: Path, cfg, ckpt: Checkpoint, current_weights: List[np.ndarray]) -> None:
+def save(out: Path, cfg, ckpt: Checkpoint, current_weights: list[np.ndarray]) -> None:
     """Write the checkpoint next to metrics.json, atomically (a kill leaves the previous one)."""
-    header = {"version": VERSION, "fingerprint": fingerprint(cfg), "phase": ckpt.phase, "done": ckpt.done,
-              "ended": ckpt.ended, "history": ckpt.history, "phases": ckpt.phases, "best": ckpt.best,
-              "callback": ckpt.callback, "resumed": ckpt.resumed, "seconds": ckpt.seconds, "n_model": len(ckpt.model),
-              "n_optimizer": len(ckpt.optimizer)}
+    header = {
+        "version": VERSION,
+        "fingerprint": fingerprint(cfg),
+        "phase": ckpt.phase,
+        "done": ckpt.done,
+        "ended": ckpt.ended,
+        "history": ckpt.history,
+        "phases": ckpt.phases,
+        "best": ckpt.best,
+        "callback": ckpt.callback,
+        "resumed": ckpt.resumed,
+        "seconds": ckpt.seconds,
+        "n_model": len(ckpt.model),
+        "n_optimizer": len(ckpt.optimizer),
+    }
     best = ckpt.best_weights or []
-    header["best_differs"] = [i for i, (b, m) in enumerate(zip(best, current_weights)) if not np.array_equal(b, m)]
+    header["best_differs"] = [
+        i for i, (b, m) in enumerate(zip(best, current_weights)) if not np.array_equal(b, m)
+    ]
     header["has_best"] = bool(best)
     arrays = {"header": np.frombuffer(json.dumps(header, default=float).encode(), dtype=np.uint8)}
     arrays.update({f"m{i}": a for i, a in enumerate(ckpt.model)})
@@ -112,8 +136,9 @@ KILL_AFTER = "THAW_KILL_AFTER_CHECKPOINT"
 _KILL_POINT = re.compile(r"(?:([A-Z0-9]+)@)?(?:([\w.-]+)/)?(head|finetune):(end|[0-9]+)")
 
 
-def kill_point() -> Optional[Tuple[int, str, Optional[str]]]:
-    """(signal number, "phase:epoch" or "phase:end", run dir name or None) to kill at, or None (off).
+def kill_point() -> tuple[int, str, str | None] | None:
+    """(signal number, "phase:epoch" or "phase:end", run dir name or None) to kill at, or None
+    (off).
 
     THAW_TEST_FAULTS=1 THAW_KILL_AFTER_CHECKPOINT=head:1 / head:end / finetune:2 (SIGKILL) or
     TERM@finetune:1 (SIGTERM; any SIG<NAME> as <NAME>@); trial_1/head:1 acts only in a run dir of
@@ -123,16 +148,20 @@ def kill_point() -> Optional[Tuple[int, str, Optional[str]]]:
 
     switch = os.environ.get(FAULTS_SWITCH, "")
     if switch not in ("", "0", "1"):
-        raise ConfigError(f"{FAULTS_SWITCH}={switch!r}: expected 1 (test-only fault injection on) or unset")
+        raise ConfigError(
+            f"{FAULTS_SWITCH}={switch!r}: expected 1 (test-only fault injection on) or unset"
+        )
     target = os.environ.get(KILL_AFTER, "")
     if switch != "1" or not target:
         return None
     m = _KILL_POINT.fullmatch(target)
     sig = getattr(signal, f"SIG{m.group(1)}", None) if m and m.group(1) else signal.SIGKILL
     if not m or not isinstance(sig, signal.Signals):
-        raise ConfigError(f"{KILL_AFTER}={target!r}: expected [SIGNAL@][RUN_DIR/]head|finetune:EPOCH|end, "
-                          "e.g. head:1, finetune:end, trial_1/head:1 or TERM@finetune:2 (SIGNAL a name from "
-                          "the signal module without SIG)")
+        raise ConfigError(
+            f"{KILL_AFTER}={target!r}: expected [SIGNAL@][RUN_DIR/]head|finetune:EPOCH|end, "
+            "e.g. head:1, finetune:end, trial_1/head:1 or TERM@finetune:2 (SIGNAL a name from "
+            "the signal module without SIG)"
+        )
     return int(sig), f"{m.group(3)}:{m.group(4)}", m.group(2)
 
 
@@ -144,7 +173,7 @@ def _fault_injection(out: Path, ckpt: Checkpoint) -> None:
         os.kill(os.getpid(), point[0])
 
 
-def load(out: Path, cfg, shapes=None) -> Optional[Checkpoint]:
+def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
     """The run dir's checkpoint, or None (none there, or refused: one line, file kept aside).
     `shapes`: the model's variable shapes, which the checkpoint must match."""
     path = out / NAME
@@ -159,19 +188,44 @@ def load(out: Path, cfg, shapes=None) -> Optional[Checkpoint]:
                 raise ValueError("it was written for another configuration")
             model = [z[f"m{i}"] for i in range(header["n_model"])]
             if shapes is not None and [tuple(s) for s in shapes] != [a.shape for a in model]:
-                raise ValueError(f"it does not fit this model ({len(model)} variables saved, "
-                                 f"{len(shapes)} in the model, or other shapes)")
+                raise ValueError(
+                    f"it does not fit this model ({len(model)} variables saved, "
+                    f"{len(shapes)} in the model, or other shapes)"
+                )
             optimizer = [z[f"o{i}"] for i in range(header["n_optimizer"])]
             best = {i: z[f"b{i}"] for i in header["best_differs"]} if header["has_best"] else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as exc:
         refused = out / "checkpoint.refused.npz"
         os.replace(path, refused)
-        log.warning("checkpoint %s refused (%s); kept as %s, starting over", path, str(exc).splitlines()[0][:200],
-                    refused.name)
+        log.warning(
+            "checkpoint %s refused (%s); kept as %s, starting over",
+            path,
+            str(exc).splitlines()[0][:200],
+            refused.name,
+        )
         return None
-    return Checkpoint(header["phase"], int(header["done"]), bool(header["ended"]), header["history"],
-                      header["phases"], header["best"], header["callback"], model, optimizer, best,
-                      header.get("resumed", []), float(header.get("seconds", 0.0)))
+    return Checkpoint(
+        header["phase"],
+        int(header["done"]),
+        bool(header["ended"]),
+        header["history"],
+        header["phases"],
+        header["best"],
+        header["callback"],
+        model,
+        optimizer,
+        best,
+        header.get("resumed", []),
+        float(header.get("seconds", 0.0)),
+    )
 
 
 def remove(out: Path) -> None:
@@ -182,19 +236,21 @@ def remove(out: Path) -> None:
             pass
 
 
-def arrays(variables) -> List[np.ndarray]:
+def arrays(variables) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in variables]
 
 
-def assign(variables, values: List[np.ndarray], what: str) -> None:
+def assign(variables, values: list[np.ndarray], what: str) -> None:
     variables = list(variables)
     if len(variables) != len(values):
-        raise ValueError(f"{what}: checkpoint has {len(values)} variables, the model {len(variables)}")
+        raise ValueError(
+            f"{what}: checkpoint has {len(values)} variables, the model {len(variables)}"
+        )
     for var, value in zip(variables, values):
         var.assign(value)
 
 
-def adopt(source_dir: Optional[str], out: Path) -> bool:
+def adopt(source_dir: str | None, out: Path) -> bool:
     """A retried trial continues the dead trial's checkpoint: copy it into this run dir (the dead
     trial's dir is left as it was)."""
     if not source_dir or (out / NAME).exists():
@@ -214,4 +270,3 @@ def adopt(source_dir: Optional[str], out: Path) -> bool:
 def describe(ckpt: Checkpoint) -> str:
     where = f"{ckpt.phase} epoch {ckpt.done}" + (" (phase ended)" if ckpt.ended else "")
     return f"{ckpt.epoch} epoch(s) done, last {where}"
-

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 # An array over 1/SPILL_FRACTION of the memory bound goes to disk: a phase holds its training and
 # validation arrays while the previous phase's stay cached for later trials.
 SPILL_FRACTION = 4
-_MEMORY: "OrderedDict[str, np.ndarray]" = OrderedDict()
-_DISK: Dict[str, DiskArray] = {}  # spilled to disk by this process (temp dir or cache_dir)
+_MEMORY: OrderedDict[str, np.ndarray] = OrderedDict()
+_DISK: dict[str, DiskArray] = {}  # spilled to disk by this process (temp dir or cache_dir)
 
 
 def _memory_bytes() -> int:
@@ -70,18 +70,27 @@ class FeatureCache:
     """Activations by key: in memory (LRU within max_bytes), on disk under cache_dir, and, for an
     array over spill_bytes, only on disk (cache_dir, or this process's temp dir), read per batch."""
 
-    def __init__(self, max_bytes: int, cache_dir: Optional[str], spill_bytes: Optional[int] = None,
-                 data_cfg=None):
+    def __init__(
+        self,
+        max_bytes: int,
+        cache_dir: str | None,
+        spill_bytes: int | None = None,
+        data_cfg=None,
+    ):
         self.max_bytes = max_bytes
         self.spill_bytes = spill_bytes
         self.data_cfg = data_cfg
         self.dir = Path(cache_dir) if cache_dir else None
         self.hits = 0
         self.misses = 0
-        self.spilled: List[str] = []
+        self.spilled: list[str] = []
 
     def __contains__(self, key: str) -> bool:
-        return key in _MEMORY or key in _DISK or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
+        return (
+            key in _MEMORY
+            or key in _DISK
+            or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
+        )
 
     def put(self, key: str, arr) -> None:
         if isinstance(arr, DiskArray):
@@ -136,10 +145,21 @@ class FeatureCache:
         budget.LEDGER.claim(self.data_cfg, where, nbytes, "the feature cache")
         budget.remove_stale(where)  # temp files of killed processes of this host
         self.spilled.append(key)
-        log.info("feature cache: %.0f MB of activations are over a quarter of the memory bound (%.0f MB): "
-                 "they go to disk at %s", nbytes / budget.MB, self.spill_bytes * SPILL_FRACTION / budget.MB, where)
-        return DiskArrayWriter(where / f"{key}.npy", shape[lead:], np.float32, final_shape=shape,
-                               on_abort=lambda: budget.LEDGER.release(nbytes))
+        log.info(
+            "feature cache: %.0f MB of activations are over a quarter of the memory bound (%.0f "
+            "MB): "
+            "they go to disk at %s",
+            nbytes / budget.MB,
+            self.spill_bytes * SPILL_FRACTION / budget.MB,
+            where,
+        )
+        return DiskArrayWriter(
+            where / f"{key}.npy",
+            shape[lead:],
+            np.float32,
+            final_shape=shape,
+            on_abort=lambda: budget.LEDGER.release(nbytes),
+        )
 
     def _write(self, key: str, arr: np.ndarray) -> None:
         if self.dir is None:
@@ -164,7 +184,8 @@ class FeatureCache:
 
 
 def boundary_tensor(base, trainable_layers: set):
-    """The single tensor the trainable top consumes from the frozen prefix, or None if not single."""
+    """The single tensor the trainable top consumes from the frozen prefix, or None if not
+    single."""
     produced_outside = {}
     for layer in base.layers:
         if layer.name not in trainable_layers:
@@ -179,7 +200,7 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _forward(model):
@@ -190,9 +211,12 @@ def _forward(model):
     import tensorflow as tf
 
     if model not in _FORWARD:
-        ref = weakref.ref(model)  # a value holding its key would keep every trial's prefix model alive
-        _FORWARD[model] = tf.function(lambda b: keras.tree.flatten(ref()(b, training=False)),
-                                      reduce_retracing=True)
+        ref = weakref.ref(
+            model
+        )  # a value holding its key would keep every trial's prefix model alive
+        _FORWARD[model] = tf.function(
+            lambda b: keras.tree.flatten(ref()(b, training=False)), reduce_retracing=True
+        )
     return _FORWARD[model]
 
 
@@ -216,8 +240,10 @@ def _run(model, batches, sinks=()) -> list:
             if sink is not None:
                 sink.abort()
         raise
-    return [sinks[j].close() if j < len(sinks) and sinks[j] is not None else np.concatenate(o)
-            for j, o in enumerate(outs)]
+    return [
+        sinks[j].close() if j < len(sinks) and sinks[j] is not None else np.concatenate(o)
+        for j, o in enumerate(outs)
+    ]
 
 
 def predict(model, x, batch_size: int, sinks=()) -> list:
@@ -239,10 +265,16 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
         params = tf.gather_nd(table, tf.stack([k // n, k % n], axis=1))
         return augment.apply(take(k % n), params)
 
-    ds = tf.data.Dataset.range(views * n).batch(batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = (
+        tf.data.Dataset.range(views * n)
+        .batch(batch_size)
+        .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+    )
     outs = _run(model, ds, sinks)  # a writer's output has its final (V, n, ...) shape already
-    return [o if j < len(sinks) and sinks[j] is not None else o.reshape((views, n) + o.shape[1:])
-            for j, o in enumerate(outs)]
+    return [
+        o if j < len(sinks) and sinks[j] is not None else o.reshape((views, n) + o.shape[1:])
+        for j, o in enumerate(outs)
+    ]
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
@@ -251,19 +283,20 @@ def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
 
 # ---------------------------------------------------------------- what each phase fits
 
+
 class PhaseData(NamedTuple):
     model: Any  # the model to fit: the full classifier, or its trainable top on activations
     train: Any  # tf.data pipelines
     val: Any
     source: str  # "images" or "features"
-    cache_tag: Optional[str] = None  # "pooled" or "at <layer>" when source == "features"
+    cache_tag: str | None = None  # "pooled" or "at <layer>" when source == "features"
     cache_seconds: float = 0.0
-    steps_per_epoch: Optional[int] = None  # set when `train` spans all the phase's epochs
+    steps_per_epoch: int | None = None  # set when `train` spans all the phase's epochs
     views: int = 0  # augmented views per training image (0: none, or fresh draws every epoch)
     cache_misses: int = 0  # activations this phase computed (0: all read from the cache)
 
 
-def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
+def open_cache(cfg, aug=None, data_bytes: int = 0) -> FeatureCache | None:
     """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image
     (and of the augmentation draw, with augmentation)."""
     from thaw.errors import ConfigError
@@ -274,9 +307,14 @@ def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
         return None
     reasons = []
     if aug is not None and int(cfg.trainer.augment_views) == 0:
-        reasons.append("trainer.augment_views=0 draws new augmentations every epoch (set it > 0 to cache views)")
+        reasons.append(
+            "trainer.augment_views=0 draws new augmentations every epoch (set it > 0 to cache "
+            "views)"
+        )
     if base_training_flag(cfg.backbone) is not False:
-        reasons.append("the random-init base trains BatchNorm (backbone.batchnorm=inference allows caching)")
+        reasons.append(
+            "the random-init base trains BatchNorm (backbone.batchnorm=inference allows caching)"
+        )
     if reasons:
         if mode in (True, "true"):
             raise ConfigError("trainer.cache_features=true: " + "; ".join(reasons))
@@ -285,7 +323,9 @@ def open_cache(cfg, aug=None, data_bytes: int = 0) -> Optional[FeatureCache]:
     # one memory bound for the data: what the decoded images held in memory leave of it
     room = max(0, budget.memory_budget(cfg.data) - budget.IN_MEMORY_COPIES * data_bytes)
     max_bytes = min(int(cfg.trainer.cache_max_mb) * budget.MB, room)
-    return FeatureCache(max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // SPILL_FRACTION, data_cfg=cfg.data)
+    return FeatureCache(
+        max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // SPILL_FRACTION, data_cfg=cfg.data
+    )
 
 
 class PhaseInputs:
@@ -297,7 +337,8 @@ class PhaseInputs:
         self.bs = int(cfg.data.batch_size)
         self.seed = int(cfg.trainer.seed)
         # the augmentation draws' seed: trainer.seed unless trainer.view_seed holds them (a sweep's
-        # confirmation runs keep the search's cached views; their own seed reassigns views to epochs)
+        # confirmation runs keep the search's cached views; their own seed reassigns views to
+        # epochs)
         vs = cfg.trainer.get("view_seed")
         self.view_seed = self.seed if vs is None else int(vs)
         # an image is trained on one view per epoch: no run needs more views than its longest phase
@@ -310,7 +351,7 @@ class PhaseInputs:
             # is what makes the cached and uncached paths comparable exactly.
             self.views = 0
         self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
-        self._fingerprints: Dict[str, str] = {}
+        self._fingerprints: dict[str, str] = {}
         self._warned = False
 
     @property
@@ -329,11 +370,14 @@ class PhaseInputs:
         else:
             cut = boundary_tensor(base, trainable)
             if cut is None:
-                log.info("feature cache: no single boundary tensor for these blocks; training on images")
+                log.info(
+                    "feature cache: no single boundary tensor for these blocks; training on images"
+                )
                 return self._images(phase)
             tag = f"at {cut._keras_history[0].name}"
         # A sweep trial: the pass that computes this phase's activations also stores the boundaries
-        # of other depths within half the cache budget, so later trials at those depths start at once.
+        # of other depths within half the cache budget, so later trials at those depths start at
+        # once.
         extras = self._more_boundaries(cut, tag, len(phase.blocks)) if self.sweep else []
         if tag == "pooled":
             feat_model, fit_model = self._pooled_models([t for t, _ in extras])
@@ -349,9 +393,11 @@ class PhaseInputs:
 
     # -- the models on either side of the cut
     def _whole_model(self):
-        """The classifier as a fit model of its own for this trainable set (a wrapper sharing its layers):
-        the head phase and each depth keep their compiled step for later trials (thaw.train.compiled)."""
-        from thaw.train.compiled import wrapper
+        """The classifier as a fit model of its own for this trainable set (a wrapper sharing its
+        layers):
+        the head phase and each depth keep their compiled step for later trials
+        (thaw.model.compiled)."""
+        from thaw.model.compiled import wrapper
 
         trainable = tuple(l.name for l in self.clf.base.layers if l.trainable)
         return self.clf.fits.get(("images", trainable), lambda: wrapper(self.clf.model))
@@ -359,12 +405,20 @@ class PhaseInputs:
     def _images(self, phase) -> PhaseData:
         if self.aug is not None:
             return self._augmented_images(phase)
-        # epoch e's order is drawn from (seed, e): the same as the cached path, and as a resumed run's
-        train = data_mod.train_epochs(self.ds.train, self.bs, self.seed, phase.start, phase.remaining)
-        return PhaseData(self._whole_model(), train, self.val_images, "images",
-                         steps_per_epoch=math.ceil(len(self.ds.train) / self.bs))
+        # epoch e's order is drawn from (seed, e): the same as the cached path, and as a resumed
+        # run's
+        train = data_mod.train_epochs(
+            self.ds.train, self.bs, self.seed, phase.start, phase.remaining
+        )
+        return PhaseData(
+            self._whole_model(),
+            train,
+            self.val_images,
+            "images",
+            steps_per_epoch=math.ceil(len(self.ds.train) / self.bs),
+        )
 
-    def _augmented_images(self, phase, views: Optional[int] = None) -> PhaseData:
+    def _augmented_images(self, phase, views: int | None = None) -> PhaseData:
         """Images augmented as they are fed: view (epoch + offset) % V of each image, or a fresh
         draw every epoch with trainer.augment_views=0. The same draws as the cached views."""
         import tensorflow as tf
@@ -386,11 +440,18 @@ class PhaseInputs:
             return augment.apply(take(idx), params), tf.gather(labels, idx)
 
         train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
-        return PhaseData(self._whole_model(), train, self.val_images, "images",
-                         steps_per_epoch=math.ceil(n / self.bs), views=views)
+        return PhaseData(
+            self._whole_model(),
+            train,
+            self.val_images,
+            "images",
+            steps_per_epoch=math.ceil(n / self.bs),
+            views=views,
+        )
 
     def _pooled_models(self, extra_tensors=()):
-        """(image -> pooled features [+ activations at extra_tensors], pooled features -> output)."""
+        """(image -> pooled features [+ activations at extra_tensors], pooled features ->
+        output)."""
         import keras
 
         model = self.clf.model
@@ -420,7 +481,9 @@ class PhaseInputs:
         prefix_model = keras.Model(base.input, [bt] + list(extra_tensors))
         size = int(self.cfg.backbone.image_size)
         img = keras.Input((size, size, 3))
-        feat_model = keras.Model(img, prefix_model(model.get_layer("preprocess")(img), training=False))
+        feat_model = keras.Model(
+            img, prefix_model(model.get_layer("preprocess")(img), training=False)
+        )
         return feat_model, fit_model
 
     # -- the cache
@@ -428,7 +491,8 @@ class PhaseInputs:
         cfg = self.cfg
         wfp = weights_fingerprint(cfg.backbone, self.seed)
         precision = "" if cfg.trainer.precision == "float32" else f"|{cfg.trainer.precision}"
-        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{int(cfg.backbone.image_size)}|{wfp}{precision}|{tag}"
+        size = int(cfg.backbone.image_size)
+        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{size}|{wfp}{precision}|{tag}"
         for name, split in (("train", self.ds.train), ("val", self.ds.val)):
             if name not in self._fingerprints:  # hashing the images once per run, not per key
                 self._fingerprints[name] = fingerprint_array(split.images)
@@ -440,31 +504,70 @@ class PhaseInputs:
         k_train, k_val = self._keys(tag)
         if extras:  # one pass: this cut (kept in memory or spilled) and the extras (within budget)
             cache.misses += 1
-            outs_train = predict(feat_model, ds.train.images, batch,
-                                 [cache.sink(k_train, _shape(fit_model.inputs[0], len(ds.train)))])
-            outs_val = predict(feat_model, ds.val.images, batch,
-                               [cache.sink(k_val, _shape(fit_model.inputs[0], len(ds.val)))])
+            outs_train = predict(
+                feat_model,
+                ds.train.images,
+                batch,
+                [cache.sink(k_train, _shape(fit_model.inputs[0], len(ds.train)))],
+            )
+            outs_val = predict(
+                feat_model,
+                ds.val.images,
+                batch,
+                [cache.sink(k_val, _shape(fit_model.inputs[0], len(ds.val)))],
+            )
             for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
                 k_tr, k_va = self._keys(t)
                 cache.put(k_tr, a_tr)
                 cache.put(k_va, a_va)
             x_train, x_val = outs_train[0], outs_val[0]
         else:
-            x_train, x_val = (cache.get_or_compute(k, lambda sink, x=split.images: predict(feat_model, x, batch, [sink])[0],
-                                                   _shape(fit_model.inputs[0], len(split)))
-                              for k, split in ((k_train, ds.train), (k_val, ds.val)))
+            x_train, x_val = (
+                cache.get_or_compute(
+                    k,
+                    lambda sink, x=split.images: predict(feat_model, x, batch, [sink])[0],
+                    _shape(fit_model.inputs[0], len(split)),
+                )
+                for k, split in ((k_train, ds.train), (k_val, ds.val))
+            )
         secs = time.perf_counter() - t0
-        log.info("feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses %d%s%s)",
-                 tag, len(x_train), len(x_val), x_train.shape[1:], secs, cache.hits, cache.misses,
-                 f"; {len(extras)} shallower boundaries stored too" if extras else "", _where(x_train))
-        tr = data_mod.train_epochs(data_mod.Split(x_train, ds.train.labels), self.bs, self.seed, phase.start,
-                                   phase.remaining)
-        va = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
-        return PhaseData(fit_model, tr, va, "features", tag, secs, steps_per_epoch=math.ceil(len(x_train) / self.bs))
+        log.info(
+            "feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses "
+            "%d%s%s)",
+            tag,
+            len(x_train),
+            len(x_val),
+            x_train.shape[1:],
+            secs,
+            cache.hits,
+            cache.misses,
+            f"; {len(extras)} shallower boundaries stored too" if extras else "",
+            _where(x_train),
+        )
+        tr = data_mod.train_epochs(
+            data_mod.Split(x_train, ds.train.labels),
+            self.bs,
+            self.seed,
+            phase.start,
+            phase.remaining,
+        )
+        va = data_mod.to_tf(
+            data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed
+        )
+        return PhaseData(
+            fit_model,
+            tr,
+            va,
+            "features",
+            tag,
+            secs,
+            steps_per_epoch=math.ceil(len(x_train) / self.bs),
+        )
 
     def _from_cached_views(self, feat_model, fit_model, tag: str, phase, extras) -> PhaseData:
         """Training activations of V augmented views per image, computed once through the frozen
-        prefix (in memory, or on disk when over the budget); validation activations of the plain images."""
+        prefix (in memory, or on disk when over the budget); validation activations of the plain
+        images."""
         import tensorflow as tf
 
         from thaw.data import augment
@@ -473,10 +576,20 @@ class PhaseInputs:
         ds, cache, n, views = self.ds, self.cache, len(self.ds.train), self.views
         x_views, x_val = self._views_and_val(feat_model, fit_model, tag, views, extras)
         secs = time.perf_counter() - t0
-        log.info("feature cache (%s): %d views x %d training + %d validation activations of shape %s "
-                 "ready in %.1fs (hits %d, misses %d%s%s)", tag, views, n, len(x_val), x_val.shape[1:], secs,
-                 cache.hits, cache.misses, f"; {len(extras)} other depths stored too" if extras else "",
-                 _where(x_views))
+        log.info(
+            "feature cache (%s): %d views x %d training + %d validation activations of shape %s "
+            "ready in %.1fs (hits %d, misses %d%s%s)",
+            tag,
+            views,
+            n,
+            len(x_val),
+            x_val.shape[1:],
+            secs,
+            cache.hits,
+            cache.misses,
+            f"; {len(extras)} other depths stored too" if extras else "",
+            _where(x_views),
+        )
         labels = tf.constant(ds.train.labels)
         flat = x_views.reshape((views * n,) + tuple(x_views.shape[2:]))
         take = data_mod.rows(flat)
@@ -486,13 +599,27 @@ class PhaseInputs:
             view = tf.cast(tf.gather(augment.epoch_views(offsets, epoch, views), idx), tf.int64)
             return take(view * n + tf.cast(idx, tf.int64)), tf.gather(labels, idx)
 
-        train = data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch_fn)
-        val = data_mod.to_tf(data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed)
-        return PhaseData(fit_model, train, val, "features", tag, secs, math.ceil(n / self.bs), views,
-                         cache.misses - misses)
+        train = data_mod.epoch_batches(
+            n, self.bs, self.seed, phase.start, phase.remaining, batch_fn
+        )
+        val = data_mod.to_tf(
+            data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed
+        )
+        return PhaseData(
+            fit_model,
+            train,
+            val,
+            "features",
+            tag,
+            secs,
+            math.ceil(n / self.bs),
+            views,
+            cache.misses - misses,
+        )
 
     def _views_and_val(self, feat_model, fit_model, tag: str, views: int, extras):
-        """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the cache
+        """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the
+        cache
         or computed in one pass per view (that also stores the extras' views)."""
         import tensorflow as tf
 
@@ -510,8 +637,12 @@ class PhaseInputs:
             return predict(feat_model, ds.val.images, batch, sinks)
 
         if not extras:
-            x_views = cache.get_or_compute(k_views, lambda sink: train_views([sink])[0], (views, n) + row, lead=2)
-            x_val = cache.get_or_compute(k_val, lambda sink: val_pass([sink])[0], (len(ds.val),) + row)
+            x_views = cache.get_or_compute(
+                k_views, lambda sink: train_views([sink])[0], (views, n) + row, lead=2
+            )
+            x_val = cache.get_or_compute(
+                k_val, lambda sink: val_pass([sink])[0], (len(ds.val),) + row
+            )
             return x_views, x_val
         cache.misses += 1
         outs_train = train_views([cache.sink(k_views, (views, n) + row, lead=2)])
@@ -562,7 +693,9 @@ class PhaseInputs:
     def _view_key(self, tag: str, views: int) -> str:
         from thaw.data import augment
 
-        return self._keys(f"{tag}|{augment.signature(self.aug)}|seed={self.view_seed}|views={views}")[0]
+        return self._keys(
+            f"{tag}|{augment.signature(self.aug)}|seed={self.view_seed}|views={views}"
+        )[0]
 
 
 def _nbytes(tensor, n_images: int) -> int:
@@ -574,4 +707,8 @@ def _shape(tensor, n_images: int) -> tuple:
 
 
 def _where(arr) -> str:
-    return f"; on disk, {arr.nbytes / budget.MB:.0f} MB read per batch" if isinstance(arr, DiskArray) else ""
+    return (
+        f"; on disk, {arr.nbytes / budget.MB:.0f} MB read per batch"
+        if isinstance(arr, DiskArray)
+        else ""
+    )

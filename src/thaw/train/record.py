@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from thaw.errors import TrainingError
 from thaw.runtime.outputs import write_json_atomic
@@ -20,27 +20,43 @@ class RunRecord:
     def __init__(self, path, **fields: Any):
         self.path = Path(path)
         self.started = time.perf_counter()
-        self.history: List[Dict[str, Any]] = []
-        self.phases: Dict[str, Dict[str, Any]] = {}
-        self.data: Dict[str, Any] = {"status": "running", **fields,
-                                     "history": self.history, "phases": self.phases}
+        self.history: list[dict[str, Any]] = []
+        self.phases: dict[str, dict[str, Any]] = {}
+        self.data: dict[str, Any] = {
+            "status": "running",
+            **fields,
+            "history": self.history,
+            "phases": self.phases,
+        }
 
     @classmethod
-    def for_run(cls, path, cfg, ds, replicas: int, **timings: float) -> "RunRecord":
+    def for_run(cls, path, cfg, ds, replicas: int, **timings: float) -> RunRecord:
         objectives = objective_names(cfg)
         return cls(
-            path, name=cfg.name,
+            path,
+            name=cfg.name,
             objective_name=objectives[0] if len(objectives) == 1 else objectives,
-            backbone=cfg.backbone.name, image_size=int(cfg.backbone.image_size),
+            backbone=cfg.backbone.name,
+            image_size=int(cfg.backbone.image_size),
             unfreeze={"mode": cfg.unfreeze.name, "depth": int(cfg.unfreeze.depth)},
-            lr={"base": float(cfg.lr.base), "finetune": float(cfg.lr.base * cfg.lr.finetune_factor),
-                "schedule": cfg.lr.name},
-            regularization={"weight_decay": float(cfg.get("optimizer", {}).get("weight_decay", 0.0)),
-                            "label_smoothing": float(cfg.trainer.get("label_smoothing", 0.0))},
-            classes=ds.class_names, num_train=len(ds.train), num_val=len(ds.val),
+            lr={
+                "base": float(cfg.lr.base),
+                "finetune": float(cfg.lr.base * cfg.lr.finetune_factor),
+                "schedule": cfg.lr.name,
+            },
+            regularization={
+                "weight_decay": float(cfg.get("optimizer", {}).get("weight_decay", 0.0)),
+                "label_smoothing": float(cfg.trainer.get("label_smoothing", 0.0)),
+            },
+            classes=ds.class_names,
+            num_train=len(ds.train),
+            num_val=len(ds.val),
             num_test=len(ds.test) if ds.test else 0,
-            skipped_files=ds.skipped, num_skipped_files=len(ds.skipped),
-            **timings, strategy={"name": cfg.trainer.strategy, "replicas": replicas})
+            skipped_files=ds.skipped,
+            num_skipped_files=len(ds.skipped),
+            **timings,
+            strategy={"name": cfg.trainer.strategy, "replicas": replicas},
+        )
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -51,12 +67,13 @@ class RunRecord:
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
 
-    def phase(self, name: str) -> Dict[str, Any]:
+    def phase(self, name: str) -> dict[str, Any]:
         """The mutable record of one phase (epochs, learning rate, seconds, cache, ...)."""
         return self.phases.setdefault(name, {})
 
-    def add_epoch(self, row: Dict[str, Any]) -> int:
-        """Append one epoch's row and rewrite the file; returns the epoch's global step (0-based)."""
+    def add_epoch(self, row: dict[str, Any]) -> int:
+        """Append one epoch's row and rewrite the file; returns the epoch's global step
+        (0-based)."""
         self.history.append(row)
         self.write("running")
         return len(self.history) - 1
@@ -67,10 +84,12 @@ class RunRecord:
         self.data["time_breakdown"] = self.time_breakdown()
         write_json_atomic(self.path, self.data)
 
-    def time_breakdown(self) -> Dict[str, float]:
-        """Where the run's time went, in seconds; the parts sum to `total` (TensorFlow's import, when
+    def time_breakdown(self) -> dict[str, float]:
+        """Where the run's time went, in seconds; the parts sum to `total` (TensorFlow's import,
+        when
         this run paid it, plus wall_seconds). `trace`: each phase's first epoch beyond its steady
-        epochs (a one-epoch phase cannot tell them apart: all compute); `other`: compiling, callbacks,
+        epochs (a one-epoch phase cannot tell them apart: all compute); `other`: compiling,
+        callbacks,
         restoring weights, the rest."""
         trace = compute = 0.0
         for name in dict.fromkeys(r["phase"] for r in self.history):
@@ -79,15 +98,25 @@ class RunRecord:
             first_extra = max(0.0, secs[0] - steady)
             trace, compute = trace + first_extra, compute + sum(secs) - first_extra
         d = self.data
-        parts = {"import": d.get("import_seconds", 0.0), "data": d.get("data_seconds", 0.0),
-                 "build": d.get("build_seconds", 0.0),
-                 "feature_extraction": sum(float(p.get("cache_seconds") or 0.0) for p in self.phases.values()),
-                 "trace": trace, "compute": compute, "checkpoint": d.get("checkpoint_seconds", 0.0),
-                 "save": d.get("save_seconds", 0.0),
-                 "test_evaluation": d.get("test_seconds", 0.0)}
+        parts = {
+            "import": d.get("import_seconds", 0.0),
+            "data": d.get("data_seconds", 0.0),
+            "build": d.get("build_seconds", 0.0),
+            "feature_extraction": sum(
+                float(p.get("cache_seconds") or 0.0) for p in self.phases.values()
+            ),
+            "trace": trace,
+            "compute": compute,
+            "checkpoint": d.get("checkpoint_seconds", 0.0),
+            "save": d.get("save_seconds", 0.0),
+            "test_evaluation": d.get("test_seconds", 0.0),
+        }
         total = parts["import"] + d.get("wall_seconds", 0.0)
         parts["other"] = max(0.0, total - sum(parts.values()))
-        return {**{k: round(v, 3) for k, v in parts.items()}, "total": round(max(total, sum(parts.values())), 3)}
+        return {
+            **{k: round(v, 3) for k, v in parts.items()},
+            "total": round(max(total, sum(parts.values())), 3),
+        }
 
     def fail(self, exc: BaseException) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -115,17 +144,21 @@ class RunRecord:
         (the best by `monitor` with restore_best, else the last) and which epoch that is."""
         chosen = self.best_epoch(monitor) if restore_best else len(self.history) - 1
         row = self.history[chosen]
-        self.data.update(val_accuracy=row.get("val_accuracy"), val_loss=row.get("val_loss"),
-                         train_accuracy=row.get("accuracy"), train_loss=row.get("loss"),
-                         objective_epoch=self.epoch_number(chosen),
-                         objective_from=f"best epoch by {monitor}" if restore_best else "last epoch",
-                         last_val_accuracy=self.history[-1].get("val_accuracy"))
+        self.data.update(
+            val_accuracy=row.get("val_accuracy"),
+            val_loss=row.get("val_loss"),
+            train_accuracy=row.get("accuracy"),
+            train_loss=row.get("loss"),
+            objective_epoch=self.epoch_number(chosen),
+            objective_from=f"best epoch by {monitor}" if restore_best else "last epoch",
+            last_val_accuracy=self.history[-1].get("val_accuracy"),
+        )
         best = self.best_epoch("val_accuracy")
         self.data["best_epoch"] = self.epoch_number(best)
         self.data["best_val_accuracy"] = self.history[best].get("val_accuracy")
         self.data["trainable_params"] = self.phases.get("finetune", {}).get("trainable_params")
 
-    def complete(self, objectives: List[str]) -> Any:
+    def complete(self, objectives: list[str]) -> Any:
         """Write the final record; returns the objective value (a list for several objectives)."""
         values = [self._objective_value(name) for name in objectives]
         self.data["objective"] = values[0] if len(values) == 1 else values
@@ -133,12 +166,12 @@ class RunRecord:
         return self.data["objective"]
 
     def _objective_value(self, name: str) -> float:
-        value: Optional[float] = self.data.get(name)
+        value: float | None = self.data.get(name)
         if value is None:
             raise TrainingError(f"trainer.objective: {name} was not measured in this run")
         return float(value)
 
 
-def objective_names(cfg) -> List[str]:
+def objective_names(cfg) -> list[str]:
     obj = cfg.trainer.objective
     return [obj] if isinstance(obj, str) else list(obj)

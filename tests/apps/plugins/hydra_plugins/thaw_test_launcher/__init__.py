@@ -13,5 +13,7 @@ class LosesFirstJobLauncher(BasicLauncher):
         if LosesFirstJobLauncher.lost:
             return super().launch(job_overrides, initial_job_idx)
         LosesFirstJobLauncher.lost = True
-        rest = super().launch(job_overrides[1:], initial_job_idx + 1) if len(job_overrides) > 1 else []
+        rest = (
+            super().launch(job_overrides[1:], initial_job_idx + 1) if len(job_overrides) > 1 else []
+        )
         return [None, *rest]

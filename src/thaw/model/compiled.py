@@ -1,13 +1,16 @@
-"""Compiled fit models kept across the trials of a process: a trial at a depth seen before pays no trace.
+"""Compiled fit models kept across the trials of a process: a trial at a depth seen before pays no
+trace.
 
-Keras traces a model's train step the first time `fit` runs after `compile()`; a new model object or a
+Keras traces a model's train step the first time `fit` runs after `compile()`; a new model object or
+a
 new compile traces again. For the unfrozen top of a MobileNetV2 that costs 4-12 s on 2 CPU cores,
 against under a second of compute per epoch at sweep sizes (and less on a GPU, where the trace costs
 the same). Three things cut it (trainer.reuse_compiled, on by default):
 - the optimizer, metric and loss state is built before the first trace. Keras defers it into the
   trace when no distribution strategy is set; the variables created there make TensorFlow trace the
   step a second time (measured: the first epoch of a depth-10 fine-tune 9.8 s -> 5.0 s);
-- each classifier keeps one fit model per (cut, trainable set), compiled once. A later trial puts its
+- each classifier keeps one fit model per (cut, trainable set), compiled once. A later trial puts
+its
   optimizer's variables back to their state right after building (zero slots, the loss scale of a
   mixed-precision optimizer), sets its learning rate (a variable, also inside a cosine schedule) and
   fits it again on its own data: the traced step is reused and the trial computes exactly what a
@@ -22,20 +25,21 @@ import gc
 import logging
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from collections.abc import Callable, Hashable
+from typing import Any
 
 log = logging.getLogger("thaw.train")
 
 MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
 # model -> (how it was compiled, its optimizer's variables right after building)
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class FitModels:
     """The models a classifier's phases fit, by what they take and train (LRU, MAX_FIT_MODELS)."""
 
     def __init__(self):
-        self._models: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self._models: OrderedDict[Hashable, Any] = OrderedDict()
 
     def get(self, key: Hashable, make: Callable[[], Any]):
         if key in self._models:
@@ -54,16 +58,31 @@ def release_frozen() -> None:
     gc.unfreeze()
 
 
-def compile_for_fit(model, optimizer_name: Optional[str], make_optimizer: Optional[Callable[[], Any]],
-                    learning_rate, loss, make_metrics: Callable[[], list], jit_compile, element_spec=None,
-                    reuse: bool = True) -> bool:
+def compile_for_fit(
+    model,
+    optimizer_name: str | None,
+    make_optimizer: Callable[[], Any] | None,
+    learning_rate,
+    loss,
+    make_metrics: Callable[[], list],
+    jit_compile,
+    element_spec=None,
+    reuse: bool = True,
+) -> bool:
     """Compile `model` for one phase, or, when it was compiled the same way before (same optimizer,
-    learning-rate form, loss, trainable variables), put its optimizer back to its built state with the
+    learning-rate form, loss, trainable variables), put its optimizer back to its built state with
+    the
     new learning rate, so its traced train step is reused. Returns True when reused. No optimizer
     (`make_optimizer` None): compiled to evaluate, its traced test step reused the same way."""
-    key = (optimizer_name, rate_form(learning_rate), type(loss).__name__, getattr(loss, "from_logits", None),
-           getattr(loss, "label_smoothing", None),
-           str(jit_compile), tuple(id(v) for v in model.trainable_variables) if make_optimizer else ())
+    key = (
+        optimizer_name,
+        rate_form(learning_rate),
+        type(loss).__name__,
+        getattr(loss, "from_logits", None),
+        getattr(loss, "label_smoothing", None),
+        str(jit_compile),
+        tuple(id(v) for v in model.trainable_variables) if make_optimizer else (),
+    )
     kept = _COMPILED.get(model)
     if reuse and kept is not None and kept[0] == key:
         if model.optimizer is not None:
@@ -73,10 +92,17 @@ def compile_for_fit(model, optimizer_name: Optional[str], make_optimizer: Option
     if kept is not None:
         del _COMPILED[model]
         release_frozen()  # the step traced for the old compile becomes garbage
-    model.compile(optimizer=make_optimizer and make_optimizer(), loss=loss, metrics=make_metrics(),
-                  jit_compile=jit_compile)
+    model.compile(
+        optimizer=make_optimizer and make_optimizer(),
+        loss=loss,
+        metrics=make_metrics(),
+        jit_compile=jit_compile,
+    )
     if reuse and element_spec is not None and build_state(model, element_spec):
-        _COMPILED[model] = (key, [v.numpy() for v in model.optimizer.variables] if model.optimizer else [])
+        _COMPILED[model] = (
+            key,
+            [v.numpy() for v in model.optimizer.variables] if model.optimizer else [],
+        )
     return False
 
 
@@ -89,18 +115,22 @@ def wrapper(model):
 
 
 def build_state(model, element_spec) -> bool:
-    """Create the optimizer, metric and loss variables now, outside the traced step, from the shapes of
-    a batch (a tf.data element_spec), so the step is traced once, not twice. False if it could not."""
+    """Create the optimizer, metric and loss variables now, outside the traced step, from the shapes
+    of
+    a batch (a tf.data element_spec), so the step is traced once, not twice. False if it could
+    not."""
     try:
-        model._symbolic_build(data_batch=element_spec)  # what Keras runs under a distribution strategy
-    except Exception as exc:  # noqa: BLE001 - a Keras without it, or a model it cannot build: Keras' own way
+        # what Keras runs under a distribution strategy
+        model._symbolic_build(data_batch=element_spec)
+    except Exception as exc:  # a Keras without it, or a model it cannot build: Keras' own way
         log.debug("state not built before tracing: %s", exc)
         return False
     return model.optimizer is None or bool(model.optimizer.built)
 
 
 def learning_rate(name: str, initial: float, decay_steps: int, final_fraction: float):
-    """The phase's learning rate: a float, or a cosine decay whose start and length are variables, so
+    """The phase's learning rate: a float, or a cosine decay whose start and length are variables,
+    so
     a kept compiled step (which bakes in constants) serves every rate and schedule length."""
     if name != "cosine":
         return initial
@@ -115,17 +145,24 @@ def _cosine_class():
         import keras
 
         class VariableCosineDecay(keras.optimizers.schedules.CosineDecay):
-            """keras' CosineDecay with its start and length in variables (same arithmetic, float32)."""
+            """keras' CosineDecay with its start and length in variables (same arithmetic,
+            float32)."""
 
             def __init__(self, initial, steps, alpha):
                 super().__init__(initial_learning_rate=initial, decay_steps=steps, alpha=alpha)
-                self.initial_learning_rate = keras.Variable(initial, dtype="float32", trainable=False,
-                                                            name="lr_start")
-                self.decay_steps = keras.Variable(float(steps), dtype="float32", trainable=False, name="lr_steps")
+                self.initial_learning_rate = keras.Variable(
+                    initial, dtype="float32", trainable=False, name="lr_start"
+                )
+                self.decay_steps = keras.Variable(
+                    float(steps), dtype="float32", trainable=False, name="lr_steps"
+                )
 
             def get_config(self):
-                return {**super().get_config(), "initial_learning_rate": float(self.initial_learning_rate.numpy()),
-                        "decay_steps": int(self.decay_steps.numpy())}
+                return {
+                    **super().get_config(),
+                    "initial_learning_rate": float(self.initial_learning_rate.numpy()),
+                    "decay_steps": int(self.decay_steps.numpy()),
+                }
 
         _COSINE.append(VariableCosineDecay)
     return _COSINE[0]
@@ -133,17 +170,24 @@ def _cosine_class():
 
 def rate_form(learning_rate) -> Hashable:
     """What a traced step bakes in of the learning rate: nothing for a float (a variable) or a
-    VariableCosineDecay (its start and length are variables); a schedule's whole config otherwise."""
+    VariableCosineDecay (its start and length are variables); a schedule's whole config
+    otherwise."""
     if learning_rate is None or isinstance(learning_rate, (int, float)):
         return "constant"
     config = learning_rate.get_config()
     if type(learning_rate).__name__ == "VariableCosineDecay":
-        return ("cosine", config.get("alpha"), config.get("warmup_target"), config.get("warmup_steps"))
+        return (
+            "cosine",
+            config.get("alpha"),
+            config.get("warmup_target"),
+            config.get("warmup_steps"),
+        )
     return (type(learning_rate).__name__, repr(sorted(config.items())))
 
 
 def _restore_optimizer(opt, built_state, learning_rate) -> None:
-    """The state the optimizer had right after building (zero slots and step count, a mixed-precision
+    """The state the optimizer had right after building (zero slots and step count, a
+    mixed-precision
     loss scale at its initial value), then this phase's learning rate."""
     for v, value in zip(opt.variables, built_state):
         v.assign(value)

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # src/thaw/config/paths.py
 
 
 def conf_dir() -> Path:

@@ -18,7 +18,7 @@ from thaw.sweeper import plan as plan_mod
 from thaw.sweeper.core import SweepRunner
 from thaw.sweeper.pruners import StepMedianPruner
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_swap_commands():

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-EXAMPLE = Path(__file__).parent / "hos_example"
+EXAMPLE = Path(__file__).parents[1] / "hos_example"
 
 
 def run_app(script, *args, check=True):

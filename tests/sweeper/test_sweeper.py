@@ -632,7 +632,7 @@ def test_a_job_the_launcher_returns_nothing_for_fails_its_trial_and_the_sweep_go
     """A real Hydra launcher (tests/apps/plugins) that loses the first job: launch() returns None
     for
     it without raising. That trial FAILs with a reason, the others run, the sweep ends normally."""
-    plugins = Path(__file__).parent / "apps" / "plugins"
+    plugins = Path(__file__).parents[1] / "apps" / "plugins"
     res = thaw_train(
         sweep_args(
             tmp_path / "sw",

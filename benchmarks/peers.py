@@ -71,8 +71,8 @@ def load_data(s):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from thaw.config.settings import DataConfig
-    from thaw.data import folder as data
+    from thaw import data
+    from thaw.config.schema import DataConfig
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(DataConfig(name="folder")),

@@ -38,11 +38,11 @@ def fit_model(depth: int, size: int):
     from hydra import compose, initialize_config_dir
 
     from thaw.config.paths import conf_dir
-    from thaw.config.settings import register_configs
+    from thaw.config.schema import register_configs
     from thaw.model import unfreeze
     from thaw.model.backbones import get_spec
     from thaw.model.classifier import build_classifier
-    from thaw.train.features import boundary_tensor
+    from thaw.train.frozen_pass import boundary_tensor
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):

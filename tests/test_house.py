@@ -118,9 +118,10 @@ for pkg in (thaw.sweeper, thaw.config):
 import hydra_plugins.thaw_sweeper.thaw_sweeper, thaw.commands.sweep_hooks
 from hydra import compose, initialize_config_dir
 from thaw.config.paths import conf_dir
-from thaw.config.settings import register_configs, validate
+from thaw.config.schema import register_configs
+from thaw.config.checks import validate
 register_configs()
-from thaw.data.folder import scan_folder
+from thaw.data.scan import scan_folder
 with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
     cfg = compose("train", overrides=["data=folder", "data.path={folder}", "logger=none"])
 validate(cfg)

@@ -27,13 +27,13 @@ def write_shapes(root: Path, per_class=12, size=64, seed=7):
     files."""
     from PIL import Image
 
-    from thaw.data.folder import _draw
+    from thaw.data.sources import draw_shape
 
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("circle", "square")):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(_draw(rng, label, size)).save(root / name / f"{name}_{i}.png")
+            Image.fromarray(draw_shape(rng, label, size)).save(root / name / f"{name}_{i}.png")
     (root / "circle" / "notes.jpg").write_text("not an image")
     (root / "square" / "empty.png").write_bytes(b"")
     return root

@@ -6,7 +6,7 @@ from conftest import compose_cfg, need_cats_dogs, need_mnv2_weights
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from thaw.config.settings import validate
+from thaw.config.checks import validate
 from thaw.errors import ConfigError, DataError
 
 GROUPS = {

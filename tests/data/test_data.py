@@ -5,8 +5,8 @@ import pytest
 from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
-from thaw.config.settings import DataConfig
-from thaw.data.folder import load, load_synthetic, scan_folder
+from thaw.config.schema import DataConfig
+from thaw.data import load, load_synthetic, scan_folder
 from thaw.errors import DataError
 
 
@@ -118,13 +118,13 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     import logging
     import os
 
-    from thaw.data import folder as data
+    from thaw import data
 
     root, cache = tmp_path / "photos", tmp_path / "cache"
     make_folder(root, per_class=4, fmt="png")
     c = cfg(path=str(root), val_fraction=0.25)
     first = load(c, 32, 0, str(cache))
-    data._LAST.clear()
+    data.clear_memo()
     with caplog.at_level(logging.INFO, logger="thaw.data"):
         second = load(c, 32, 0, str(cache))
     assert any("read the decoded splits" in r.getMessage() for r in caplog.records)
@@ -138,7 +138,7 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     victim = sorted(root.rglob("*.png"))[0]
     write_image(victim, (0, 255, 0), size=30, fmt="png")
     os.utime(victim, ns=(1, 1))
-    data._LAST.clear()
+    data.clear_memo()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="thaw.data"):
         load(c, 32, 0, str(cache))
@@ -148,11 +148,11 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
 
 def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
     """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
-    from thaw.config.settings import DataConfig
-    from thaw.data import folder as data
+    from thaw import data
+    from thaw.config.schema import DataConfig
 
     make_folder(tmp_path, per_class=4, fmt="png")
-    data._LAST.clear()
+    data.clear_memo()
     c = cfg(path=str(tmp_path), val_fraction=0.25)
     assert load(c, 32, 1) is load(c, 32, 2)
     synth = OmegaConf.merge(

@@ -11,8 +11,8 @@ import pytest
 from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
-from thaw.config.settings import DataConfig
-from thaw.data.folder import load
+from thaw.config.schema import DataConfig
+from thaw.data import load
 from thaw.errors import DataError
 
 GIF_1X1 = (

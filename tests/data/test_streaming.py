@@ -9,11 +9,11 @@ from conftest import compose_cfg, thaw_train
 from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
-from thaw.config.settings import DataConfig
-from thaw.data import folder as data
+from thaw import data
+from thaw.config.schema import DataConfig
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.errors import DataError
-from thaw.train import features
+from thaw.train import feature_cache
 
 
 def folder_cfg(**kw):
@@ -21,7 +21,7 @@ def folder_cfg(**kw):
 
 
 def _load(c, size=32, cache_dir=None):
-    data._LAST.clear()
+    data.clear_memo()
     return data.load(c, size, 0, cache_dir)
 
 
@@ -37,7 +37,7 @@ def test_disk_array_reads_rows_like_the_array_in_memory(tmp_path):
         assert np.array_equal(d[idx], arr[idx])
     with pytest.raises(IndexError):
         d[[10]]
-    assert d.fingerprint() == features.fingerprint_array(arr)
+    assert d.fingerprint() == feature_cache.fingerprint_array(arr)
     views = d.reshape(2, 5, 3, 2)
     assert np.array_equal(views[[1]], arr.reshape(2, 5, 3, 2)[[1]])
     # an aborted writer leaves nothing; an unfinished one leaves no file at the final path
@@ -106,8 +106,8 @@ def test_the_disk_copy_is_keyed_by_the_data_not_by_where_it_lives(tmp_path):
 def _train(tmp_path, name, *overrides):
     from thaw.train.recipe import train
 
-    features.clear_memory_cache()
-    data._LAST.clear()
+    feature_cache.clear_memory_cache()
+    data.clear_memo()
     out = tmp_path / name
     train(compose_cfg(list(overrides)), out)
     return json.loads((out / "metrics.json").read_text())
@@ -196,7 +196,7 @@ def test_the_default_memory_budget_follows_ulimit_d():
 def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
     from thaw.data import budget
 
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     cache_dir, arr = tmp_path / "cache", np.arange(4 * 10 * 3, dtype=np.float32).reshape(4, 10, 3)
     data_cfg = OmegaConf.create({"max_disk_mb": None})
 
@@ -205,7 +205,7 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
             sink.append(chunk)
         return sink.close()
 
-    cache = features.FeatureCache(
+    cache = feature_cache.FeatureCache(
         max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
     )
     got = cache.get_or_compute("views-key", compute, shape=(4, 10, 3), lead=2)
@@ -218,8 +218,8 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
     small = cache.get_or_compute("small", lambda sink: compute_small(sink), shape=(2, 3))
     assert isinstance(small, np.ndarray) and np.array_equal(np.load(cache_dir / "small.npy"), small)
     # another process (memory cleared) reads the spilled entry back from cache_dir, as a DiskArray
-    features.clear_memory_cache()
-    later = features.FeatureCache(
+    feature_cache.clear_memory_cache()
+    later = feature_cache.FeatureCache(
         max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
     )
     again = later.get_or_compute(
@@ -230,7 +230,7 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
     assert isinstance(kept, np.ndarray) and later.hits == 2  # small enough: read into memory
     # the disk bound: no room, one DataError naming the key, the claim given back
     before = budget.LEDGER.written
-    tight = features.FeatureCache(
+    tight = feature_cache.FeatureCache(
         max_bytes=1000,
         cache_dir=str(tmp_path / "other"),
         spill_bytes=100,

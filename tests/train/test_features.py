@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import compose_cfg
 
-from thaw.train import features
+from thaw.train import feature_cache
 
 
 def _run(tmp_path, name, *overrides, reporter=None):
@@ -44,7 +44,7 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
         common = [f"backbone.weights={w}"]
     else:  # a random base in inference mode is also a fixed function of the image
         common = ["backbone.batchnorm=inference"]
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
     on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
     # the full model (not the sub-model that trained) is evaluated on the test split, with fresh
@@ -97,7 +97,7 @@ def test_cache_true_with_fresh_augmentation_is_refused(tmp_path):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_cache_is_reused_across_runs_and_processes(tmp_path):
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     cache_dir = tmp_path / "cache"
     common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
     _run(tmp_path, "a", *common)
@@ -108,7 +108,7 @@ def test_cache_is_reused_across_runs_and_processes(tmp_path):
     _run(tmp_path, "b", *common)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     # another process: memory is empty, the disk cache serves it
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     m = _run(tmp_path, "c", *common, "unfreeze.depth=3")
     assert len(list(cache_dir.glob("*.npy"))) == 6  # a new boundary for depth 3, pooled reused
     assert m["feature_cache"]
@@ -133,7 +133,7 @@ class NeverPrune:
 # ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both
 @pytest.mark.slow
 def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     cache_dir = tmp_path / "cache"
     common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
     deep = NeverPrune()
@@ -145,7 +145,7 @@ def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
     _run(tmp_path, "d2", *common, "unfreeze.depth=2", reporter=NeverPrune())
     assert set(cache_dir.glob("*.npy")) == files
     # and train exactly as without any cache
-    features.clear_memory_cache()
+    feature_cache.clear_memory_cache()
     fresh = _run(
         tmp_path,
         "fresh",
@@ -160,19 +160,19 @@ def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
 
 
 def test_memory_cache_is_bounded():
-    features.clear_memory_cache()
-    cache = features.FeatureCache(max_bytes=3000, cache_dir=None)
+    feature_cache.clear_memory_cache()
+    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None)
     for i in range(5):
         cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
-    assert features._memory_bytes() <= 3000
-    assert list(features._MEMORY) == ["k2", "k3", "k4"]
+    assert feature_cache.memory_bytes() <= 3000
+    assert feature_cache.memory_keys() == ["k2", "k3", "k4"]
 
 
 def test_an_entry_over_half_the_budget_is_used_but_does_not_evict_the_rest():
-    features.clear_memory_cache()
-    cache = features.FeatureCache(max_bytes=4000, cache_dir=None)
+    feature_cache.clear_memory_cache()
+    cache = feature_cache.FeatureCache(max_bytes=4000, cache_dir=None)
     for i in range(3):
         cache.get_or_compute(f"small{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
     big = cache.get_or_compute("big", lambda: np.ones(750, np.float32))  # 3000 bytes: over half
     assert big.shape == (750,) and (big == 1).all()
-    assert list(features._MEMORY) == ["small0", "small1", "small2"]
+    assert feature_cache.memory_keys() == ["small0", "small1", "small2"]

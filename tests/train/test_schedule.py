@@ -102,7 +102,7 @@ def test_restore_best_saves_the_best_epoch_and_reports_it(tmp_path, mnv2_weights
     it."""
     import keras
 
-    from thaw.data import folder as data_mod
+    from thaw import data as data_mod
 
     result, m, out = _run(
         tmp_path,

@@ -31,7 +31,7 @@ def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
     import_tensorflow()
     import keras
 
-    from thaw.data import folder as data_mod
+    from thaw import data as data_mod
     from thaw.model.inference import as_probabilities, run_config
 
     run_dir = Path(run_dir)
@@ -84,21 +84,21 @@ MAX_THUMBNAILS = 200  # the page stays small on a bad model; the JSON lists ever
 
 def _folder_files(folder: str, class_names: list[str]) -> tuple[list[str], list[int], list[str]]:
     """Files and labels of a folder of class sub-folders named like the model's classes."""
-    from thaw.data.folder import _class_dirs, _list_class_dir
+    from thaw.data.scan import class_dirs, list_class_dir
 
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(
             f"{folder}: not a directory (expected class sub-folders: {', '.join(class_names)})"
         )
-    unknown = sorted(set(_class_dirs(root)) - set(class_names))
+    unknown = sorted(set(class_dirs(root)) - set(class_names))
     if unknown:
         raise DataError(
             f"{root}: sub-folder(s) {', '.join(unknown)} are not classes of this model "
             f"({', '.join(class_names)})"
         )
     skipped: list[str] = []
-    by_class = {name: _list_class_dir(root / name, "skip", skipped) for name in _class_dirs(root)}
+    by_class = {name: list_class_dir(root / name, "skip", skipped) for name in class_dirs(root)}
     if not any(by_class.values()):
         raise DataError(
             f"{root}: no images in class sub-folders (expected: {', '.join(class_names)})"

@@ -50,7 +50,7 @@ def sample_images(
         raise ConfigError(
             f"{trained.path}: no run config next to the model; give images with --data FOLDER"
         )
-    from thaw.data import folder as data_mod
+    from thaw import data as data_mod
     from thaw.model.inference import run_config
 
     cfg = run_config(trained.run_dir)

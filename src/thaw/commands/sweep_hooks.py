@@ -181,13 +181,13 @@ class ThawTrainSweep(AppHooks):
     def validate(self, job_cfg) -> None:
         """The fixed config's full check (the data folder scanned), after the study identity
         check."""
-        from thaw.config.settings import validate
+        from thaw.config.checks import validate
 
         validate(identity_free(job_cfg))
 
     def refuse_ignored(self, job_cfg, searched: Iterable[str]) -> None:
         """A searched key this config ignores would make every trial the same model: refused."""
-        from thaw.config.settings import ignored
+        from thaw.config.checks import ignored
 
         for key, why in ignored(job_cfg, list(searched)).items():
             raise ConfigError(f"hydra.sweeper.params.{key}: searching it changes nothing: {why}")
@@ -261,7 +261,7 @@ class ThawTrainSweep(AppHooks):
         if d.name == "folder" and d.path:
             out["data"] = os.path.abspath(os.path.expanduser(str(d.path)))
             try:
-                from thaw.data.folder import scan_folder
+                from thaw.data.scan import scan_folder
 
                 scan = scan_folder(d)
                 out["images"] = {

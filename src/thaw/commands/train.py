@@ -12,8 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from thaw.commands.sweep_hooks import ThawTrainSweep
+from thaw.config.checks import validate
 from thaw.config.paths import conf_dir
-from thaw.config.settings import register_configs, validate
+from thaw.config.schema import register_configs
 from thaw.errors import ThawError
 
 log = logging.getLogger("thaw")
@@ -99,7 +100,7 @@ def _warn_ignored(cfg, overrides: list[str]) -> None:
     (a sweep that searches such a key is refused by the sweeper instead)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from thaw.config.settings import ignored
+    from thaw.config.checks import ignored
 
     keys = [
         o.get_key_element().lstrip("+~")

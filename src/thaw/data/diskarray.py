@@ -135,7 +135,7 @@ class DiskArray:
             yield self[start : start + rows]
 
     def fingerprint(self) -> str:
-        """The same digest features.fingerprint_array gives the array in memory (read in chunks)."""
+        """The digest feature_cache.fingerprint_array gives the array in memory (read in chunks)."""
         if self._fingerprint is None:
             h = hashlib.sha1()
             h.update(str(self.shape).encode())

@@ -15,7 +15,7 @@ its
   mixed-precision optimizer), sets its learning rate (a variable, also inside a cosine schedule) and
   fits it again on its own data: the traced step is reused and the trial computes exactly what a
   fresh process computes (tests/test_reuse.py);
-- TensorFlow's global seed is not set again when unchanged (train._seed_and_precision): setting it
+- TensorFlow's global seed is not set again when unchanged (devices.seed_and_precision): setting it
   clears the kernel cache, and every kept function would be instantiated again (2-4 s a trial).
 """
 

@@ -160,7 +160,7 @@ def load_trained(target: str) -> Trained:
 
 def list_images(inputs: list[str]) -> list[str]:
     """Files as given, folders searched recursively (sorted); only image extensions from folders."""
-    from thaw.data.folder import IMAGE_EXTENSIONS
+    from thaw.data import IMAGE_EXTENSIONS
 
     files: list[str] = []
     for item in inputs:
@@ -185,7 +185,8 @@ def decode_images(
     files: list[str], image_size: int
 ) -> tuple[np.ndarray, list[str], dict[str, str]]:
     """(images of the good files, the good files, {bad file: why}); decoded as in training."""
-    from thaw.data.folder import _decode_files, sniff_image
+    from thaw.data.decode import decode_files
+    from thaw.data.scan import sniff_image
 
     problems: dict[str, str] = {}
     for f in files:
@@ -194,7 +195,7 @@ def decode_images(
             problems[f] = why
     candidates = [f for f in files if f not in problems]
     skipped: list[str] = []
-    images, ok = _decode_files(candidates, image_size, "skip", skipped)
+    images, ok = decode_files(candidates, image_size, "skip", skipped)
     for f in skipped:
         problems[f] = "cannot decode image"
     good = [f for f, keep in zip(candidates, ok) if keep]

@@ -1,0 +1,224 @@
+"""Typed config schema (Hydra structured configs): a wrong key fails at composition, before any
+training; the values' own checks are in thaw.config.checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int = 160
+    weights: str | None = "imagenet"  # "imagenet", null (random init) or a path to a weights file
+    num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
+    # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
+    batchnorm: str = "auto"
+    # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned
+    # for
+    # long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation,
+    # which
+    # uses the moving statistics, stays at chance while training accuracy climbs.
+    batchnorm_momentum: float | None = None
+
+
+@dataclass
+class HeadConfig:
+    name: str = "linear"
+    dropout: float = 0.2
+    hidden_units: int = 0  # mlp: size of the hidden layer
+    activation: str = "relu"
+
+
+@dataclass
+class LRConfig:
+    name: str = "constant"
+    base: float = 1e-4
+    finetune_factor: float = 0.1
+    final_fraction: float = (
+        0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
+    )
+    # per-block (discriminative) rates in the fine-tuning phase: the top unfrozen block trains at
+    # the
+    # phase's rate, each block below at layer_decay times the block above, the head at the full
+    # rate; 1.0: one rate for all
+    layer_decay: float = 1.0
+
+
+@dataclass
+class UnfreezeConfig:
+    name: str = "top_blocks"
+    depth: int = 3
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    path: str | None = None
+    batch_size: int = 32
+    augment: bool = False
+    num_classes: int | None = None  # inferred from class folders where possible
+    val_fraction: float = 0.2  # folder without train/ + validation/: share held out for validation
+    test_fraction: float = 0.0  # share of the validation split held out as a test split
+    max_per_class: int | None = None  # cap images per class and split (quick runs)
+    on_bad_image: str = (
+        "error"  # "error": refuse the data set; "skip": drop the file with a warning
+    )
+    train_on_val: bool = (
+        False  # retraining a winner: validation images join training (needs restore_best=false)
+    )
+    # decoded images and cached activations held in memory; larger data streams from disk
+    # (null: half the memory available when the run starts, cgroup limits included)
+    max_memory_mb: int | None = None
+    max_disk_mb: int | None = (
+        None  # bound on what streaming writes to disk (null: free space less 1 GB)
+    )
+    # synthetic
+    num_train: int = 256
+    num_val: int = 128
+    num_test: int = 0
+    # TensorFlow Datasets
+    tfds_name: str = "cats_vs_dogs"
+    tfds_data_dir: str | None = None
+    tfds_train_split: str = "train[:80%]"
+    tfds_val_split: str = "train[80%:90%]"
+    tfds_test_split: str | None = "train[90%:]"
+
+
+@dataclass
+class AugmentConfig:
+    """Training-image augmentation (thaw.data.augment); validation and test images are never
+    augmented."""
+
+    name: str = "none"
+    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
+    rotation: float = 0.0  # +- this fraction of a full turn (Keras RandomRotation's factor)
+    zoom: float = 0.0  # scale in [1 - zoom, 1 + zoom]
+    translate: float = 0.0  # shift up to +- this fraction of the image side
+    contrast: float = 0.0  # contrast factor in [1 - contrast, 1 + contrast]
+
+
+@dataclass
+class TrainerConfig:
+    head_epochs: int = 10
+    finetune_epochs: int = 10
+    seed: int = 42
+    objective: Any = "val_accuracy"  # a metric name, or a list of them for multi-objective sweeps
+    optimizer: str = "adam"
+    deterministic: bool = False
+    save_model: bool = True
+    export_h5: bool = False
+    # Frozen-prefix activation cache: auto (on when the base is in inference mode and augmentation,
+    # if any, uses cached views), true, false. Bounded in memory (cache_max_mb); shared across
+    # processes via cache_dir.
+    cache_features: Any = "auto"
+    cache_dir: str | None = None
+    cache_max_mb: int = 2048
+    # Augmented views per training image computed once through the frozen layers and cached
+    # (epoch e uses view (e + offset) % V); 0 = a fresh draw every epoch, on images, no cache.
+    augment_views: int = 8
+    # the augmentation draws' seed (null: trainer.seed); a sweep's confirmation runs set it to the
+    # search's seed so they reuse its cached views, while their own trainer.seed reassigns the views
+    # to epochs, draws the head and orders the data
+    view_seed: int | None = None
+    restore_best: bool = True  # model.keras and the objective come from the best validation epoch
+    patience: int = 0  # stop a phase after this many epochs without improvement (0: never)
+    precision: str = "float32"  # or mixed_float16 (GPU)
+    jit_compile: Any = "auto"  # Keras: XLA on GPU, off on CPU (where it is ~10x slower)
+    # default: one device; mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPUs)
+    strategy: str = "default"
+    cpu_devices: int | None = None  # split the CPU into N logical devices (tests multi-device code)
+    # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is
+    # pruned)
+    checkpoint: bool = True
+    # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
+    # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras
+    # compile
+    reuse_compiled: bool = True
+    # optimizer=adam updates each variable with TensorFlow's fused Adam kernel
+    # (thaw.model.optimizers: a
+    # new depth's first step traces half the ops); false: Keras' own Adam
+    fused_optimizer: bool = True
+    # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a
+    # retried
+    # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
+    resume: str = "auto"
+    # targets (1 - s) one-hot + s / classes: the head stops pushing logits to infinity on small data
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    # decoupled weight decay, AdamW-style (each step w -= lr * weight_decay * w, apart from the
+    # gradient's update; Keras' weight_decay on every optimizer); 0: off (trainer.optimizer=adamw
+    # then keeps Keras' own default, 0.004)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    # wandb
+    project: str = "thaw"
+    entity: str | None = None
+    mode: str = "auto"  # online | offline | disabled | auto (online with credentials, else offline)
+    group: str | None = None  # default: the study name in sweeps, else the run name
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False  # upload model.keras as an artifact
+    dir: str | None = None  # default: the Hydra run dir
+    init_timeout: float = 30.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    lr: LRConfig = field(default_factory=LRConfig)
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+OBJECTIVES = (
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "test_accuracy",
+    "wall_seconds",
+    "trainable_params",
+)
+HEADS = ("linear", "mlp")
+LRS = ("constant", "cosine")
+UNFREEZE = ("top_blocks", "none", "all")
+DATA = ("synthetic", "folder", "cats_vs_dogs")
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
+
+
+def register_configs() -> None:
+    """Put the schema and the experiment presets in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from thaw.config.paths import experiments_dir
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    exp_dir = experiments_dir()
+    if exp_dir.is_dir():
+        for path in sorted(exp_dir.glob("*.yaml")):
+            cs.store(
+                group="experiment",
+                name=path.stem,
+                node=OmegaConf.load(path),
+                package="_global_",
+                provider="thaw",
+            )

@@ -1,0 +1,192 @@
+"""Decoding a scanned folder once into uint8 arrays (Pillow + TensorFlow resize): in memory, or
+chunk by chunk into .npy files on disk that are streamed a batch at a time."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from thaw.data import budget
+from thaw.data.diskarray import DiskArray, DiskArrayWriter
+from thaw.data.scan import scan_folder
+from thaw.data.splits import Dataset, FileSplit, FolderScan, Split, size_text
+from thaw.errors import DataError
+
+log = logging.getLogger("thaw.data")
+
+
+def _decode_fn(image_size: int):
+    import tensorflow as tf
+
+    def decode(path):
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+        img.set_shape([None, None, 3])
+        img = tf.image.resize(img, (image_size, image_size), method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+    return decode
+
+
+def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[str]):
+    """Decode all files in parallel; if any fails, find which ones file by file."""
+    import tensorflow as tf
+
+    if not files:
+        return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
+    decode = _decode_fn(image_size)
+    ds = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(256)
+        .prefetch(2)
+    )
+    try:
+        out = np.empty(
+            (len(files), image_size, image_size, 3), np.uint8
+        )  # filled in place: held once
+    except MemoryError:
+        raise DataError(
+            f"data: {len(files)} decoded images ({size_text(len(files) * image_size**2 * 3)}) do "
+            "not fit "
+            "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
+            "stream them from disk"
+        ) from None
+    try:
+        at = 0
+        for b in ds:
+            out[at : at + len(b)] = b.numpy()
+            at += len(b)
+        return out, np.ones(len(files), bool)
+    except (
+        tf.errors.InvalidArgumentError,
+        tf.errors.UnknownError,
+        tf.errors.ResourceExhaustedError,
+    ):
+        pass
+    out[:] = 0
+    ok = np.ones(len(files), bool)
+    for i, f in enumerate(files):
+        try:
+            out[i] = decode(tf.constant(f)).numpy()
+        except (tf.errors.OpError, ValueError) as exc:
+            msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            if on_bad != "skip":
+                raise DataError(
+                    f"{f}: cannot decode image ({msg}); remove it, or set data.on_bad_image=skip"
+                ) from None
+            log.warning("skipping %s: cannot decode image (%s)", f, msg)
+            skipped.append(f)
+            ok[i] = False
+    return out[ok], ok
+
+
+def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: list[str]) -> Split:
+    images, ok = decode_files(split.files, image_size, on_bad, skipped)
+    labels = np.asarray(split.labels, np.int32)[ok]
+    return Split(images, labels)
+
+
+DECODE_CHUNK = 1024  # images decoded at a time when streaming: ~20 MB at 80 px, ~150 MB at 224 px
+
+
+def _stream_split(
+    split: FileSplit, image_size: int, on_bad: str, skipped: list[str], path: Path
+) -> Split:
+    """Decode chunk by chunk into a .npy file on disk; bad images are found here, before
+    training."""
+    writer = DiskArrayWriter(path, (image_size, image_size, 3), np.uint8)
+    labels = np.asarray(split.labels, np.int32)
+    keep = np.ones(len(labels), bool)
+    from thaw.runtime import interrupt
+
+    try:
+        for start in range(0, len(split.files), DECODE_CHUNK):
+            interrupt.check()  # SIGTERM/Ctrl-C: stop between chunks, the partial copy removed
+            images, ok = decode_files(
+                split.files[start : start + DECODE_CHUNK], image_size, on_bad, skipped
+            )
+            writer.append(images)
+            keep[start : start + len(ok)] = ok
+    except BaseException:
+        writer.abort()
+        raise
+    return Split(writer.close(), labels[keep])
+
+
+def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Dataset:
+    """The decoded splits as .npy files in `target` (written to a temp dir and renamed: a reader
+    sees
+    a complete set or none), read a batch at a time."""
+    import json
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    budget.remove_stale(target.parent)  # left by a killed process of this host
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{budget.tmp_tag()}"))
+    skipped = list(scan.skipped)
+    splits = {"train": scan.train, "val": scan.val, **({"test": scan.test} if scan.test else {})}
+    try:
+        labels = {}
+        for name, split in splits.items():
+            out = _stream_split(
+                split, image_size, cfg.on_bad_image, skipped, tmp / f"{name}_images.npy"
+            )
+            np.save(tmp / f"{name}_labels.npy", out.labels)
+            labels[name] = out.labels
+        (tmp / "meta.json").write_text(
+            json.dumps(
+                {"class_names": scan.class_names, "skipped": skipped, "splits": list(splits)}
+            )
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process wrote the same data first: read theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_decoded(target, stream=True)
+
+
+def read_decoded(where: Path, stream: bool) -> Dataset:
+    import json
+
+    meta = json.loads((where / "meta.json").read_text())
+    splits = {}
+    for name in meta["splits"]:
+        images = (
+            DiskArray(where / f"{name}_images.npy")
+            if stream
+            else np.load(where / f"{name}_images.npy")
+        )
+        splits[name] = Split(images, np.load(where / f"{name}_labels.npy"))
+    return Dataset(
+        meta["class_names"],
+        splits["train"],
+        splits["val"],
+        splits.get("test"),
+        meta["skipped"],
+        streamed_from=str(where) if stream else None,
+    )
+
+
+def decoded_bytes(scan: FolderScan, image_size: int) -> int:
+    n = sum(len(s.files) for s in (scan.train, scan.val, scan.test) if s is not None)
+    return n * image_size * image_size * 3
+
+
+def load_folder(cfg, image_size: int, scan: FolderScan | None = None) -> Dataset:
+    scan = scan or scan_folder(cfg)
+    skipped = list(scan.skipped)
+    train = _materialize(scan.train, image_size, cfg.on_bad_image, skipped)
+    val = _materialize(scan.val, image_size, cfg.on_bad_image, skipped)
+    test = _materialize(scan.test, image_size, cfg.on_bad_image, skipped) if scan.test else None
+    return Dataset(scan.class_names, train, val, test, skipped)
+
+
+# ---------------------------------------------------------------- synthetic shapes

@@ -1,0 +1,207 @@
+"""One entry point for every data source: `load` decodes once per process (and once per machine
+under trainer.cache_dir), and the decoded-split cache that makes that so."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from thaw.data import budget
+from thaw.data.decode import decoded_bytes, load_folder, read_decoded, stream_folder
+from thaw.data.diskarray import DiskArray
+from thaw.data.scan import folder_stamp, folder_unchanged, scan_folder
+from thaw.data.sources import load_synthetic, load_tfds
+from thaw.data.splits import Dataset, size_text
+from thaw.errors import ConfigError
+
+log = logging.getLogger("thaw.data")
+
+
+_LAST: dict = {}  # the last decoded data set: trials of an in-process sweep decode once
+
+
+def clear_memo() -> None:
+    """Forget the decoded data set and the folder scan this process kept (the next load decodes)."""
+    from thaw.data import scan
+
+    _LAST.clear()
+    scan.forget()
+
+
+def load(cfg, image_size: int, seed: int, cache_dir: str | None = None) -> Dataset:
+    """Decoded, resized splits; reused across the trials of one process while the data config is
+    unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all).
+    Data over data.max_memory_mb is streamed from a decoded copy on disk."""
+    # only synthetic data depends on the seed: a sweep over trainer.seed decodes a folder once
+    key = (_image_key(cfg), image_size, seed if cfg.name == "synthetic" else None)
+    if (
+        cfg.name != "cats_vs_dogs"
+        and _LAST.get("key") == key
+        and folder_unchanged(cfg, _LAST.get("stamp"))
+    ):
+        return _LAST["data"]
+    limit = budget.memory_budget(cfg)
+    disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
+    data = disk.read(limit) if disk is not None else None
+    if data is None and cfg.name == "folder":
+        scan = scan_folder(cfg)
+        need = decoded_bytes(scan, image_size)
+        if need * budget.IN_MEMORY_COPIES > limit:
+            target = (
+                disk.dir
+                if disk is not None
+                else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
+            )
+            log.info(
+                "data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in "
+                "memory "
+                "(x%d while training): streaming them from %s",
+                need // (image_size**2 * 3),
+                size_text(need),
+                image_size,
+                limit // budget.MB,
+                budget.IN_MEMORY_COPIES,
+                target,
+            )
+            budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
+            try:
+                data = stream_folder(scan, cfg, image_size, target)
+            except BaseException:
+                budget.LEDGER.release(need)
+                raise
+        else:
+            data = load_folder(cfg, image_size, scan)
+            if disk is not None:
+                disk.write(data)
+    elif data is None:
+        data = _load(cfg, image_size, seed)
+        if data.nbytes * budget.IN_MEMORY_COPIES > limit:
+            log.warning(
+                "data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
+                "for data larger than memory use data=folder",
+                size_text(data.nbytes),
+                limit // budget.MB,
+                cfg.name,
+            )
+        if disk is not None:
+            disk.write(data)
+    _LAST.clear()
+    _LAST.update(key=key, data=data, stamp=folder_stamp(cfg))
+    return data
+
+
+# keys that do not change the decoded images: a sweep over batch_size or a retrain with
+# train_on_val reuses the same decoded copy
+_NOT_IMAGES = {
+    "batch_size",
+    "augment",
+    "train_on_val",
+    "num_classes",
+    "max_memory_mb",
+    "max_disk_mb",
+}
+
+
+def _image_key(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(cfg):
+        return repr(cfg)
+    d = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_yaml({k: v for k, v in d.items() if k not in _NOT_IMAGES})
+
+
+class DecodedCache:
+    """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
+    (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data
+    config,
+    image size and every file's path, size and mtime, so a changed folder is decoded again.
+    Written to a temp dir and renamed: atomic."""
+
+    def __init__(self, cache_dir: str, cfg, key):
+        self.dir = Path(os.path.expanduser(cache_dir)) / "decoded" / self.digest(cfg, key)
+
+    @staticmethod
+    def digest(cfg, key) -> str:
+        import json
+
+        files = []
+        if cfg.name == "folder" and cfg.path:
+            root = os.path.expanduser(str(cfg.path))
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    st = os.stat(os.path.join(dirpath, name))
+                    files.append(
+                        (
+                            os.path.relpath(os.path.join(dirpath, name), root),
+                            st.st_size,
+                            st.st_mtime_ns,
+                        )
+                    )
+        return hashlib.sha256(
+            json.dumps(list(map(str, key)) + [sorted(files)]).encode()
+        ).hexdigest()[:20]
+
+    def read(self, memory_limit: int) -> Dataset | None:
+        import json
+
+        try:
+            meta = json.loads((self.dir / "meta.json").read_text())
+            size = sum(DiskArray(self.dir / f"{name}_images.npy").nbytes for name in meta["splits"])
+            data = read_decoded(self.dir, stream=size * budget.IN_MEMORY_COPIES > memory_limit)
+        except (OSError, ValueError, KeyError, SyntaxError):
+            return None
+        log.info(
+            "data: read the decoded splits from %s%s",
+            self.dir,
+            " (streamed: over data.max_memory_mb)" if data.streamed_from else "",
+        )
+        return data
+
+    def write(self, data: Dataset) -> None:
+        import json
+        import shutil
+        import tempfile
+
+        if self.dir.exists():
+            return
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
+        splits = {
+            "train": data.train,
+            "val": data.val,
+            **({"test": data.test} if data.test is not None else {}),
+        }
+        try:
+            for name, split in splits.items():
+                np.save(tmp / f"{name}_images.npy", split.images)
+                np.save(tmp / f"{name}_labels.npy", split.labels)
+            (tmp / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "class_names": list(data.class_names),
+                        "skipped": list(data.skipped),
+                        "splits": list(splits),
+                    }
+                )
+            )
+            os.rename(tmp, self.dir)
+        except (
+            OSError
+        ) as exc:  # another process won the rename, or the disk is full: decode next time
+            log.debug("decoded cache not written: %s", exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(cfg, image_size: int, seed: int) -> Dataset:
+    if cfg.name == "synthetic":
+        return load_synthetic(cfg, image_size, seed)
+    if cfg.name == "folder":
+        return load_folder(cfg, image_size)
+    if cfg.name == "cats_vs_dogs":
+        return load_tfds(cfg, image_size)
+    raise ConfigError(f"data.name: unknown data source {cfg.name!r}")

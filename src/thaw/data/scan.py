@@ -1,0 +1,219 @@
+"""Scanning a photo folder in pure Python (no TensorFlow): classes, splits, files that are not
+images, with Pillow sniffing each file's header."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from thaw.data.splits import IMAGE_EXTENSIONS, TRAIN_DIRS, VAL_DIRS, FileSplit, FolderScan
+from thaw.errors import ConfigError, DataError
+
+log = logging.getLogger("thaw.data")
+
+
+def _name_key(path: str) -> str:
+    """Deterministic, name-based order for splitting (independent of directory listing order)."""
+    return hashlib.sha1(os.path.basename(path).encode()).hexdigest()
+
+
+MAX_PIXELS = 50_000_000  # a decompression bomb (or a 10000x10000 scan) is refused before decoding
+# What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from
+# cameras).
+DECODABLE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}
+
+
+def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why a file cannot be an image we decode, or None if its header looks right.
+
+    Pillow reads only the header here (format and size); pixels are decoded later, in parallel.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, (width, height) = im.format, im.size
+    except UnidentifiedImageError:
+        return "not a JPEG, PNG, GIF or BMP image"
+    except Image.DecompressionBombError as exc:
+        return f"image too large ({exc}; the limit is {max_pixels:,} pixels)"
+    except OSError as exc:  # errno set: the file system refused; else Pillow found a broken header
+        return f"unreadable ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})"
+    if fmt not in DECODABLE_FORMATS:
+        return f"not a JPEG, PNG, GIF or BMP image (a {fmt} file)"
+    if width * height > max_pixels:
+        return f"image too large ({width}x{height} pixels; the limit is {max_pixels:,})"
+    return None
+
+
+def list_class_dir(class_dir: Path, on_bad: str, skipped: list[str]) -> list[str]:
+    files = []
+    for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        try:
+            if not entry.is_file():  # also false for a dangling or looping symlink
+                raise OSError
+        except OSError:
+            problem = "not a regular file (broken or looping link?)"
+        else:
+            problem = sniff_image(entry.path)
+        if problem:
+            if on_bad == "skip":
+                log.warning("skipping %s: %s", entry.path, problem)
+                skipped.append(entry.path)
+                continue
+            raise DataError(f"{entry.path}: {problem} (remove it, or set data.on_bad_image=skip)")
+        files.append(entry.path)
+    return files
+
+
+def class_dirs(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str) -> dict:
+    classes = class_dirs(root)
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders found in the {what} folder")
+    out = {}
+    for name in classes:
+        files = list_class_dir(root / name, on_bad, skipped)
+        if not files:
+            raise DataError(
+                f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        out[name] = files
+    if len(out) < 2:
+        raise DataError(
+            f"{root}: only one class ({classes[0]}); a classifier needs at least two "
+            "class sub-folders"
+        )
+    return out
+
+
+def _take(files: list[str], limit: int | None) -> list[str]:
+    return files[:limit] if limit else files
+
+
+_SCANNED: dict = {}  # the last scan: a sweep's trials (config check and load) list the folder once
+
+
+def forget() -> None:
+    _SCANNED.clear()
+
+
+def scan_folder(cfg) -> FolderScan:
+    """Find classes and files, split them deterministically by file name; no image is decoded here.
+    Reused while the data config and the folder's directory times are unchanged."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    key = repr(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    stamp = folder_stamp(cfg)
+    if stamp is not None and _SCANNED.get("key") == (key, stamp):
+        return copy.deepcopy(_SCANNED["scan"])
+    scan = _scan_folder(cfg)
+    _SCANNED.update(key=(key, stamp), scan=copy.deepcopy(scan))
+    return scan
+
+
+def _scan_folder(cfg) -> FolderScan:
+    if not cfg.path:
+        raise ConfigError("data.path: required for data=folder (a directory of class sub-folders)")
+    root = Path(os.path.expanduser(str(cfg.path)))
+    if not root.exists():
+        raise DataError(f"data.path: no such directory: {root}")
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is a file; expected a directory of class sub-folders")
+    skipped: list[str] = []
+    on_bad = cfg.on_bad_image
+    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
+    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    if train_dir is not None and val_dir is not None:
+        train_map = _scan_split(train_dir, on_bad, skipped, "train")
+        val_map = _scan_split(val_dir, on_bad, skipped, "validation")
+        if set(train_map) != set(val_map):
+            raise DataError(
+                f"data.path: train/ and {val_dir.name}/ have different classes "
+                f"({sorted(train_map)} vs {sorted(val_map)})"
+            )
+    else:
+        all_map = _scan_split(root, on_bad, skipped, "data")
+        train_map, val_map = {}, {}
+        for name, files in all_map.items():
+            ordered = sorted(files, key=_name_key)
+            n_val = max(1, int(round(len(ordered) * cfg.val_fraction)))
+            if n_val >= len(ordered):
+                raise DataError(
+                    f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
+                    f"validation with data.val_fraction={cfg.val_fraction}"
+                )
+            val_map[name] = sorted(ordered[:n_val])
+            train_map[name] = sorted(ordered[n_val:])
+    class_names = sorted(train_map)
+    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
+        raise ConfigError(
+            f"data.num_classes: set to {cfg.num_classes} but {root} has "
+            f"{len(class_names)} classes ({', '.join(class_names)})"
+        )
+
+    train = FileSplit([], [])
+    val = FileSplit([], [])
+    test = FileSplit([], []) if cfg.test_fraction > 0 else None
+    for label, name in enumerate(class_names):
+        for f in _take(train_map[name], cfg.max_per_class):
+            train.files.append(f)
+            train.labels.append(label)
+        vfiles = val_map[name]
+        if test is not None:
+            ordered = sorted(vfiles, key=_name_key)
+            n_test = int(round(len(ordered) * cfg.test_fraction))
+            if n_test < 1 or n_test >= len(ordered):
+                raise DataError(
+                    f"data.test_fraction={cfg.test_fraction}: class {name} has "
+                    f"{len(ordered)} validation image(s), too few to hold out a test split"
+                )
+            for f in _take(sorted(ordered[:n_test]), cfg.max_per_class):
+                test.files.append(f)
+                test.labels.append(label)
+            vfiles = sorted(ordered[n_test:])
+        for f in _take(vfiles, cfg.max_per_class):
+            val.files.append(f)
+            val.labels.append(label)
+    return FolderScan(class_names, train, val, test, skipped)
+
+
+# ---------------------------------------------------------------- decoding (TensorFlow from here
+# on)
+
+
+def folder_stamp(cfg):
+    """The mtimes of the folder and its class folders: a file added or removed changes one."""
+    if cfg.name != "folder" or not cfg.path:
+        return None
+    root = os.path.expanduser(str(cfg.path))
+    stamps = []
+    try:  # a file added or removed changes the mtime of its class folder (depth 1 or 2)
+        for dirpath, dirnames, _ in os.walk(root, followlinks=True):  # class folders may be links
+            stamps.append((dirpath, os.stat(dirpath).st_mtime_ns))
+            if dirpath.count(os.sep) - root.rstrip(os.sep).count(os.sep) >= 2:
+                dirnames[:] = []
+    except OSError:
+        return None
+    return tuple(stamps)
+
+
+def folder_unchanged(cfg, stamp) -> bool:
+    return folder_stamp(cfg) == stamp

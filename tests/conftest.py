@@ -79,3 +79,11 @@ def compose_cfg(overrides=()):
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
         return compose(config_name="train", overrides=list(overrides))
+
+
+def command(name, *args, cwd=None, timeout=300):
+    """Run one of the installed console scripts (thaw-report, thaw-predict, ...) in a subprocess."""
+    exe = str(Path(sys.executable).with_name(name))
+    return subprocess.run(
+        [exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )

@@ -5,21 +5,12 @@ real trained model (synthetic shapes here; the shared photos in test_commands_re
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import thaw_train
-
-
-def command(name, *args, cwd=None, timeout=300):
-    exe = str(Path(sys.executable).with_name(name))
-    return subprocess.run(
-        [exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
-    )
+from conftest import command, thaw_train
 
 
 def write_shapes(root: Path, per_class=12, size=64, seed=7):

@@ -6,8 +6,7 @@ import io
 import json
 
 import pytest
-from conftest import need_cats_dogs, need_mnv2_weights, thaw_train
-from test_commands import command
+from conftest import command, need_cats_dogs, need_mnv2_weights, thaw_train
 
 
 @pytest.fixture(scope="module")

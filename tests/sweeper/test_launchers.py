@@ -154,7 +154,7 @@ def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
     from thaw.config.paths import conf_dir
-    from thaw.config.settings import register_configs
+    from thaw.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):

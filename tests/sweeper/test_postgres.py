@@ -10,9 +10,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import thaw_train
+from conftest import command, thaw_train
 from optuna.trial import TrialState
-from test_commands import command
 from test_sweeper import TINY, kill_9_then_resume, output, popen
 
 

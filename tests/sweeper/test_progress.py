@@ -7,7 +7,7 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from thaw.sweeper.core import _counted
+from thaw.sweeper.failures import counted
 from thaw.sweeper.progress import Progress
 
 
@@ -39,7 +39,7 @@ def _trial(number, state, value=None, **attrs):
 
 def test_line_counts_like_the_sweep_and_estimates_time_left():
     clock = _Clock()
-    prog = Progress(10, _counted, ["maximize"], stream=io.StringIO(), clock=clock)
+    prog = Progress(10, counted, ["maximize"], stream=io.StringIO(), clock=clock)
     resumed = [
         _trial(0, TrialState.COMPLETE, 0.80)
     ]  # from an earlier process: not part of the pace
@@ -62,7 +62,7 @@ def test_line_counts_like_the_sweep_and_estimates_time_left():
 
 def test_minimize_picks_the_lowest_and_no_best_before_a_complete_trial():
     clock = _Clock()
-    prog = Progress(3, _counted, ["minimize"], stream=io.StringIO(), clock=clock)
+    prog = Progress(3, counted, ["minimize"], stream=io.StringIO(), clock=clock)
     prog.start([])
     assert "no best yet" in prog.line([_trial(0, TrialState.PRUNED)])
     clock.now += 10
@@ -81,7 +81,7 @@ def test_bar_only_on_a_terminal(caplog):
     plain, tty = io.StringIO(), _Terminal()
     trials = [_trial(0, TrialState.COMPLETE, 0.9), _trial(1, TrialState.COMPLETE, 0.8)]
     for stream in (plain, tty):
-        prog = Progress(4, _counted, ["maximize"], stream=stream, clock=clock)
+        prog = Progress(4, counted, ["maximize"], stream=stream, clock=clock)
         prog.start([])
         clock.now += 60
         with caplog.at_level(logging.INFO, logger="thaw.test"):
@@ -95,7 +95,7 @@ def test_bar_only_on_a_terminal(caplog):
 def test_study_trials_work_too(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
-    prog = Progress(5, _counted, ["maximize"], stream=io.StringIO())
+    prog = Progress(5, counted, ["maximize"], stream=io.StringIO())
     prog.start([])
     line = prog.line(study.get_trials(deepcopy=False))
     assert "3/5 trials done (COMPLETE 3)" in line and f"(trial {study.best_trial.number})" in line

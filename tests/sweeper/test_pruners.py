@@ -162,7 +162,7 @@ def test_the_sweep_says_how_many_trials_completed_after_the_pruners_start_up(tmp
     completed, and whether the best came after them."""
     from optuna.trial import TrialState, create_trial
 
-    from thaw.sweeper.core import SweepRunner
+    from thaw.sweeper.answer import after_startup
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
@@ -183,9 +183,8 @@ def test_the_sweep_says_how_many_trials_completed_after_the_pruners_start_up(tmp
                 intermediate_values={0: value} if state == TrialState.PRUNED else {},
             )
         )
-    runner = SweepRunner({"pruner": {"n_startup_trials": 3}})
-    runner.study, runner.directions = study, ["maximize"]
-    info = runner._after_startup(study.get_trials())
+    pruner = {"n_startup_trials": 3}
+    info = after_startup(study, ["maximize"], pruner, study.get_trials())
     # the FAILed trial (an error, not counted) is not a later trial; the best (0.9) was a start-up
     # one
     assert info == {
@@ -198,8 +197,8 @@ def test_the_sweep_says_how_many_trials_completed_after_the_pruners_start_up(tmp
     study.add_trial(
         create_trial(state=TrialState.COMPLETE, params={"x": 0.9}, distributions=dist, value=0.95)
     )
-    info = runner._after_startup(study.get_trials())
+    info = after_startup(study, ["maximize"], pruner, study.get_trials())
     assert info["later_complete"] == 2 and info["best_found_after_startup"] is True
     assert (
-        SweepRunner({"pruner": {}})._after_startup(study.get_trials()) is None
+        after_startup(study, ["maximize"], {}, study.get_trials()) is None
     )  # no start-up to speak of

@@ -8,7 +8,7 @@ import pytest
 from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState, create_trial
 
-from thaw.sweeper.core import SweepRunner, _TooManyFailures
+from thaw.sweeper.failures import TooManyFailures, check_failures
 from thaw.sweeper.storage import HeartbeatJournalStorage, make_storage
 
 
@@ -19,25 +19,27 @@ def _trials(*states):
 
 
 def test_thaw_rule_ignores_one_early_failure_and_stops_a_failing_sweep():
-    check = SweepRunner._check_failures
+    check = check_failures
     check(
         _trials("FAIL"), 0.25, 5, "thaw"
     )  # one failure in the first trial of a long sweep: goes on
     check(_trials("FAIL", "COMPLETE", "COMPLETE", "PRUNED"), 0.25, 5, "thaw")  # 4 finished < 5
     check(_trials("FAIL", "COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"), 0.25, 5, "thaw")  # 1 of 5
-    with pytest.raises(_TooManyFailures, match="2 of 5 trials failed"):
+    with pytest.raises(TooManyFailures, match="2 of 5 trials failed"):
         check(_trials("FAIL", "COMPLETE", "FAIL", "PRUNED", "COMPLETE"), 0.25, 5, "thaw")
 
 
 def test_hydra_optuna_sweeper_meaning_is_per_batch():
-    check = SweepRunner._check_failures
-    with pytest.raises(_TooManyFailures):
+    check = check_failures
+    with pytest.raises(TooManyFailures):
         check(_trials("FAIL"), 0.0, 1, "per batch")  # HOS's default 0.0: any failed batch stops
     check(_trials("COMPLETE", "FAIL"), 0.5, 1, "per batch")  # 0.5 is not more than 0.5
-    with pytest.raises(_TooManyFailures):
+    with pytest.raises(TooManyFailures):
         check(_trials("FAIL", "FAIL", "COMPLETE"), 0.5, 1, "per batch")
 
 
+# the sweeper asks outside Study.optimize on purpose and silences this (thaw.sweeper.core)
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path):
     path = str(tmp_path / "study.log")
     storage = make_storage(path, heartbeat_interval=1, grace_period=5, max_retry=1)

@@ -10,7 +10,7 @@ def _composed(*overrides):
     from hydra import compose, initialize_config_dir
 
     from thaw.config.paths import conf_dir
-    from thaw.config.settings import register_configs
+    from thaw.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
@@ -62,7 +62,7 @@ def test_its_baseline_is_the_preset_with_the_base_frozen_a_group_by_its_option()
 
 
 def test_layer_decay_is_refused_where_no_block_trains():
-    from thaw.config.settings import ignored
+    from thaw.config.checks import ignored
 
     assert "lr.layer_decay" in ignored(
         compose_cfg(["experiment=tiny", "unfreeze=none"]), ["lr.layer_decay"]

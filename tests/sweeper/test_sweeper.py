@@ -150,7 +150,7 @@ def _test_accuracy_by_hand(run_dir):
     import numpy as np
     from omegaconf import OmegaConf
 
-    from thaw.data import folder as data_mod
+    from thaw import data as data_mod
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     ds = data_mod.load(cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed))

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from thaw.commands.train import _fixed_overrides
 from thaw.config.paths import conf_dir
 from thaw.sweeper import plan as plan_mod
-from thaw.sweeper.core import SweepRunner
 from thaw.sweeper.pruners import StepMedianPruner
+from thaw.sweeper.study_setup import instantiate, sampler_node
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -27,7 +27,7 @@ def readme_swap_commands():
 
 
 def build(argv):
-    """(sampler, pruner, runner) exactly as `thaw-train --multirun <argv>` would build them."""
+    """(sampler, pruner, n_trials) exactly as `thaw-train --multirun <argv>` would build them."""
     assert argv[:2] == ["thaw-train", "--multirun"]
     overrides = argv[2:]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -35,13 +35,15 @@ def build(argv):
             config_name="train", overrides=_fixed_overrides(overrides), return_hydra_config=True
         )
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
-    runner = SweepRunner(sweeper)
-    runner.config = cfg
     plan = plan_mod.build(
         sweeper, cfg, [o for o in overrides if o not in _fixed_overrides(overrides)]
     )
-    node, n_trials = runner._sampler_node(plan, int(sweeper["n_trials"]))
-    return runner._instantiate("sampler", None, node), runner._instantiate("pruner", None), n_trials
+    node, n_trials = sampler_node(sweeper, plan, int(sweeper["n_trials"]))
+    return (
+        instantiate(sweeper, "sampler", None, node),
+        instantiate(sweeper, "pruner", None),
+        n_trials,
+    )
 
 
 @pytest.mark.parametrize("argv", readme_swap_commands(), ids=lambda a: " ".join(a[4:])[:60])

@@ -168,6 +168,32 @@ def test_memory_cache_is_bounded():
     assert feature_cache.memory_keys() == ["k2", "k3", "k4"]
 
 
+def test_an_entry_leaving_memory_is_kept_on_disk_while_the_disk_bound_has_room():
+    """A sweep's confirmation re-runs its best trials after other depths filled the memory bound:
+    their activations come back from disk, not from another pass through the frozen layers."""
+    from omegaconf import OmegaConf
+
+    from thaw.config.schema import DataConfig
+    from thaw.data.diskarray import DiskArray
+
+    feature_cache.clear_memory_cache()
+    roomy = OmegaConf.structured(DataConfig(max_disk_mb=1))
+    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None, data_cfg=roomy)
+    for i in range(5):
+        cache.get_or_compute(f"k{i}", lambda i=i: np.full(250, i, np.float32))  # 1000 bytes each
+    assert feature_cache.memory_keys() == ["k2", "k3", "k4"] and "k0" in cache
+    computed = []
+    back = cache.get_or_compute("k0", lambda: computed.append(1))
+    assert not computed and isinstance(back, DiskArray) and (np.asarray(back[:]) == 0).all()
+    # a disk bound with no room: dropped, as without a data config
+    feature_cache.clear_memory_cache()
+    full = OmegaConf.structured(DataConfig(max_disk_mb=0))
+    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None, data_cfg=full)
+    for i in range(5):
+        cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))
+    assert "k0" not in cache and feature_cache.memory_keys() == ["k2", "k3", "k4"]
+
+
 def test_an_entry_over_half_the_budget_is_used_but_does_not_evict_the_rest():
     feature_cache.clear_memory_cache()
     cache = feature_cache.FeatureCache(max_bytes=4000, cache_dir=None)

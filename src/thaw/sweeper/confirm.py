@@ -192,18 +192,24 @@ class Confirmation:
                 "values": base_row["values"],
                 "mean": base_row["mean"],
             }
-            tuned = [r for r in rows if not r["baseline"]]
-            if tuned:
-                best_tuned = (
-                    winner
-                    if not winner["baseline"]
-                    else max(tuned, key=lambda r: (sign * r["mean"], -r["number"]))
-                )
-                common = sorted(set(best_tuned["values"]) & set(base_row["values"]))
-                diffs = [best_tuned["values"][s] - base_row["values"][s] for s in common]
-                if diffs:
-                    out["gain_vs_baseline"] = {
-                        "trial": best_tuned["number"],
-                        **confidence.mean_interval(diffs),
-                    }
+            gain = _gain(rows, winner, base_row, sign)
+            if gain is not None:
+                out["gain_vs_baseline"] = gain
         return out
+
+
+def _gain(rows: list[dict[str, Any]], winner, base_row, sign: int) -> dict[str, Any] | None:
+    """The best tuned trial's paired gain over the baseline, on the seeds both ran."""
+    tuned = [r for r in rows if not r["baseline"]]
+    if not tuned:
+        return None
+    best_tuned = (
+        winner
+        if not winner["baseline"]
+        else max(tuned, key=lambda r: (sign * r["mean"], -r["number"]))
+    )
+    common = sorted(set(best_tuned["values"]) & set(base_row["values"]))
+    diffs = [best_tuned["values"][s] - base_row["values"][s] for s in common]
+    if not diffs:
+        return None
+    return {"trial": best_tuned["number"], **confidence.mean_interval(diffs)}

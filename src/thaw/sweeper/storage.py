@@ -75,10 +75,9 @@ def make_storage(
     grace_period: int | None = None,
     max_retry: int = 0,
 ):
-    import optuna
+    """The storage a URL names: a journal file (heartbeats of its own when asked), else an RDB."""
     import optuna.storages as storages
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import RetryFailedTrialCallback
 
     # Optuna >= 4.9 names it for what it does; RetryFailedTrialCallback is the same, deprecated
     # there
@@ -86,14 +85,27 @@ def make_storage(
     callback = retry(max_retry=max_retry) if max_retry > 0 else None
     path = journal_path(url)
     if path is not None:
-        try:
-            if heartbeat_interval:
-                return HeartbeatJournalStorage(path, heartbeat_interval, grace_period, callback)
-            return JournalStorage(JournalFileBackend(path))
-        except OSError as exc:
-            raise ConfigError(
-                f"hydra.sweeper.storage: cannot open journal file {path} ({exc})"
-            ) from None
+        return _journal(path, heartbeat_interval, grace_period, callback)
+    return _rdb(url, heartbeat_interval, grace_period, callback)
+
+
+def _journal(path: str, heartbeat_interval: int | None, grace_period: int | None, callback):
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        if heartbeat_interval:
+            return HeartbeatJournalStorage(path, heartbeat_interval, grace_period, callback)
+        return JournalStorage(JournalFileBackend(path))
+    except OSError as exc:
+        raise ConfigError(
+            f"hydra.sweeper.storage: cannot open journal file {path} ({exc})"
+        ) from None
+
+
+def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, callback):
+    import optuna
+    from optuna.storages import RDBStorage
+
     engine_kwargs = {}
     if url.startswith("sqlite"):
         # several workers on one file: wait for the lock instead of failing with "database is
@@ -101,8 +113,6 @@ def make_storage(
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    import time
-
     for attempt in range(6):
         try:
             return RDBStorage(

@@ -23,6 +23,7 @@ import numpy as np
 
 from thaw.data import budget
 from thaw.data.diskarray import ArrayWriter, DiskArray, DiskArrayWriter
+from thaw.errors import DataError
 
 log = logging.getLogger("thaw.train.features")
 
@@ -181,7 +182,26 @@ class FeatureCache:
             return
         _MEMORY[key] = arr
         while memory_bytes() > self.max_bytes and len(_MEMORY) > 1:
-            _MEMORY.popitem(last=False)
+            self._evict(*_MEMORY.popitem(last=False))
+
+    def _evict(self, key: str, arr: np.ndarray) -> None:
+        """An array leaving memory goes to this process's disk while the disk bound has room: a
+        later trial at that depth (a sweep's confirmation runs re-run its best trials) reads it
+        a batch at a time instead of computing it again. With cache_dir it is already there."""
+        if self.dir is not None or self.data_cfg is None:
+            return
+        where = budget.LEDGER.temp_dir() / "features"
+        try:
+            budget.LEDGER.claim(self.data_cfg, where, arr.nbytes, "the feature cache")
+        except DataError:
+            return  # no room: dropped, as before
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            np.save(where / f"{key}.npy", arr)
+            _DISK[key] = DiskArray(where / f"{key}.npy")
+        except OSError as exc:
+            budget.LEDGER.release(arr.nbytes)
+            log.warning("feature cache: %s not kept on disk (%s)", key, exc)
 
 
 def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:

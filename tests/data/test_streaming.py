@@ -183,7 +183,7 @@ def test_the_default_memory_budget_follows_ulimit_d():
 
     script = (
         "import resource; resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30)); "
-        "from omegaconf import OmegaConf; from thaw import budget; "
+        "from omegaconf import OmegaConf; from thaw.data import budget; "
         "print(budget.available_memory(), budget.memory_budget(OmegaConf.create({'max_memory_mb': "
         "None})), "
         "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100})))"

@@ -110,7 +110,7 @@ def _save_in_a_subprocess(tmp_path, env):
 
     code = (
         "import sys, numpy as np; from pathlib import Path; from omegaconf import OmegaConf; "
-        "from thaw import checkpoint as c; "
+        "from thaw.train import checkpoint as c; "
         "cfg = OmegaConf.create({'name': 'x'}); "
         "k = c.Checkpoint('head', 1, False, [], {}, {}, {}, [np.zeros(2)], []); "
         "c.save(Path(sys.argv[1]), cfg, k, [np.zeros(2)]); print('survived')"

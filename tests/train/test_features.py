@@ -174,10 +174,12 @@ def test_an_entry_leaving_memory_is_kept_on_disk_while_the_disk_bound_has_room()
     from omegaconf import OmegaConf
 
     from thaw.config.schema import DataConfig
+    from thaw.data import budget
     from thaw.data.diskarray import DiskArray
 
     feature_cache.clear_memory_cache()
-    roomy = OmegaConf.structured(DataConfig(max_disk_mb=1))
+    # the disk bound counts what this process wrote before (other tests in this worker): 2 MB more
+    roomy = OmegaConf.structured(DataConfig(max_disk_mb=budget.LEDGER.written // budget.MB + 2))
     cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None, data_cfg=roomy)
     for i in range(5):
         cache.get_or_compute(f"k{i}", lambda i=i: np.full(250, i, np.float32))  # 1000 bytes each

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
     """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test
-    split.
-    `per_image`: also 'correct', one 0/1 per test image in split order (paired comparisons)."""
+    split. `per_image`: also 'correct', one 0/1 per test image in split order (paired
+    comparisons)."""
     from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
@@ -36,13 +36,8 @@ def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    has_test = (
-        (cfg.data.name == "folder" and cfg.data.test_fraction > 0)
-        or (cfg.data.name == "synthetic" and cfg.data.num_test > 0)
-        or (cfg.data.name == "cats_vs_dogs" and cfg.data.test_fraction > 0)
-    )
     model_path = run_dir / "model.keras"
-    if not has_test or not model_path.is_file():
+    if not _has_test(cfg.data) or not model_path.is_file():
         return None
     ds = data_mod.load(
         cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed), cfg.trainer.get("cache_dir")
@@ -54,26 +49,45 @@ def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
         data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x), verbose=0
     )
     labels = np.asarray(ds.test.labels).reshape(-1)
-    if ds.num_classes == 2:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)(
-            labels.reshape(-1, 1).astype("float32"), logits
-        )
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()(labels, logits)
+    loss = _test_loss(ds.num_classes, labels, logits)
     correct = (np.argmax(as_probabilities(logits), axis=1) == labels).astype(int)
     out = {
         "test_accuracy": float(correct.mean()),
         "test_loss": float(loss),
         "num_test": len(ds.test),
     }
-    metrics_path = run_dir / "metrics.json"
+    _add_to_metrics(run_dir / "metrics.json", out)
+    if per_image:
+        out["correct"] = correct.tolist()
+    return out
+
+
+def _has_test(d) -> bool:
+    """Whether the run's data config holds out a test split."""
+    return (
+        (d.name == "folder" and d.test_fraction > 0)
+        or (d.name == "synthetic" and d.num_test > 0)
+        or (d.name == "cats_vs_dogs" and d.test_fraction > 0)
+    )
+
+
+def _test_loss(num_classes: int, labels, logits):
+    """The training loss on the test split: binary on one logit, else sparse categorical."""
+    import keras
+
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(from_logits=True)(
+            labels.reshape(-1, 1).astype("float32"), logits
+        )
+    return keras.losses.SparseCategoricalCrossentropy()(labels, logits)
+
+
+def _add_to_metrics(metrics_path: Path, out: dict[str, Any]) -> None:
+    """The test results added to the run's metrics.json, when it has one."""
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         metrics.update(out)
         write_json_atomic(metrics_path, metrics)
-    if per_image:
-        out["correct"] = correct.tolist()
-    return out
 
 
 # ---------------------------------------------------------------- thaw-evaluate: any folder of

@@ -217,7 +217,6 @@ def _release_graphs(keep_compiled: bool, failed: bool = False) -> None:
 def run(cfg: DictConfig):
     """The Hydra task: train one configuration, return its objective for the sweeper."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     from thaw.sweeper.trial import attach_trial
 
@@ -229,65 +228,98 @@ def run(cfg: DictConfig):
         redact_files(out / hc.output_subdir)
     trial = attach_trial(hc)
     started: list = []  # the tracker, once train() has loaded the data and built the model
-    state, summary = "FAIL", {}
+    outcome: list = ["FAIL", {}]  # the run's state and summary, as the tracker is told them
     try:
-        _prepare_trial(cfg, trial, out)
-        from thaw.runtime import tracking
-        from thaw.train.recipe import Pruned, train
+        result = _attempt(cfg, hc, trial, out, started, outcome)
+    finally:
+        _wind_up(cfg, trial, out, started, *outcome)
+    if result is None:  # pruned
+        return None
+    _complete(trial, out, result)
+    return result.objective
 
-        def start_tracker():  # W&B starts only for a run that got past bad input (no orphan run)
-            started.append(tracking.start(cfg, out, trial))
-            return started[0]
 
-        try:
-            result = train(cfg, out, reporter=trial, tracker=start_tracker)
-        except Pruned as exc:
-            log.info("trial pruned: %s", exc)
-            state, summary = "PRUNED", {"pruned": str(exc)}
-            if trial is not None:
-                _describe_time(trial, out)
-                trial.prune(str(exc))
-            return None
+def _attempt(cfg, hc, trial, out: Path, started: list, outcome: list):
+    """Train (None when pruned). A failure is told to the trial and re-raised, bad input outside a
+    sweep exits 2 instead; `outcome` gets the state and summary the tracker will be told."""
+    from hydra.types import RunMode
+
+    try:
+        result = _train(cfg, trial, out, started, outcome)
     except ThawError as exc:
-        summary = _failed(trial, exc)
+        outcome[1] = _failed(trial, exc)
         if hc.mode != RunMode.MULTIRUN:
             logging.shutdown()
             _remove_if_only_hydra_files(out)
-            _die(summary["error"])
+            _die(outcome[1]["error"])
         raise
     except KeyboardInterrupt:
-        summary = {"error": "interrupted"}
+        outcome[1] = {"error": "interrupted"}
         if trial is not None:
             trial.interrupt("interrupted (SIGINT/SIGTERM)")
         raise
     except SystemExit:  # submitit's preemption/timeout exit: the requeued job continues this trial
-        summary = {"error": "exited (requeued by the launcher?)"}
+        outcome[1] = {"error": "exited (requeued by the launcher?)"}
         raise
     except BaseException as exc:
-        summary = _failed(trial, exc, f"{type(exc).__name__}: ")
-        log.error("run failed: %s", summary["error"])
+        outcome[1] = _failed(trial, exc, f"{type(exc).__name__}: ")
+        log.error("run failed: %s", outcome[1]["error"])
         raise
-    else:
-        state = "COMPLETE"
-        summary = {
-            k: result.metrics.get(k)
-            for k in (
-                "objective",
-                "val_accuracy",
-                "val_loss",
-                "best_epoch",
-                "test_accuracy",
-                "wall_seconds",
-            )
-            if result.metrics.get(k) is not None
-        }
-    finally:
+    if result is not None:
+        outcome[0] = "COMPLETE"
+        outcome[1] = _summary(result)
+    return result
+
+
+def _train(cfg, trial, out: Path, started: list, outcome: list):
+    """The trial prepared and trained; a pruned trial is told so and gives None."""
+    _prepare_trial(cfg, trial, out)
+    from thaw.runtime import tracking
+    from thaw.train.recipe import Pruned, train
+
+    def start_tracker():  # W&B starts only for a run that got past bad input (no orphan run)
+        started.append(tracking.start(cfg, out, trial))
+        return started[0]
+
+    try:
+        return train(cfg, out, reporter=trial, tracker=start_tracker)
+    except Pruned as exc:
+        log.info("trial pruned: %s", exc)
+        outcome[:] = ["PRUNED", {"pruned": str(exc)}]
         if trial is not None:
-            trial.close()
-        if started:
-            log_model = cfg.logger.get("log_model") and state == "COMPLETE"
-            started[0].finish(summary, state, out / "model.keras" if log_model else None)
-        _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)), failed=state == "FAIL")
+            _describe_time(trial, out)
+            trial.prune(str(exc))
+        return None
+
+
+_SUMMARY_KEYS = (
+    "objective",
+    "val_accuracy",
+    "val_loss",
+    "best_epoch",
+    "test_accuracy",
+    "wall_seconds",
+)
+
+
+def _summary(result) -> dict:
+    """The finished run's headline metrics, for the tracker's summary."""
+    return {k: result.metrics.get(k) for k in _SUMMARY_KEYS if result.metrics.get(k) is not None}
+
+
+def _wind_up(cfg, trial, out: Path, started: list, state: str, summary: dict) -> None:
+    """Whatever the outcome: the trial closed, the tracker finished, this trial's graphs
+    released."""
+    if trial is not None:
+        trial.close()
+    if started:
+        log_model = cfg.logger.get("log_model") and state == "COMPLETE"
+        started[0].finish(summary, state, out / "model.keras" if log_model else None)
+    _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)), failed=state == "FAIL")
+
+
+def _complete(trial, out: Path, result) -> None:
+    """The trial told its objective (and time breakdown); the objective logged and printed."""
     if trial is not None:
         trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
         trial.complete(result.objective, out)
@@ -295,7 +327,6 @@ def run(cfg: DictConfig):
         "objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out
     )
     print(f"objective {result.metrics['objective_name']} = {result.objective}", flush=True)
-    return result.objective
 
 
 def _task(cfg: DictConfig):

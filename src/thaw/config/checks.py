@@ -124,6 +124,17 @@ def _validate_unfreeze(u, backbone_name: str, spec) -> None:
 
 
 def _validate_trainer(cfg) -> None:
+    """The trainer's settings and those it reads (augmentation, rates, objective), in this order:
+    the first wrong value is the one reported."""
+    _validate_schedule(cfg)
+    _validate_augment(cfg.augment)
+    _validate_runtime(cfg.trainer)
+    _validate_optimizer(cfg)
+    _validate_objectives(cfg.trainer)
+
+
+def _validate_schedule(cfg) -> None:
+    """Epochs, the feature cache, augmented views and early stopping."""
     t = cfg.trainer
     if t.head_epochs < 0 or t.finetune_epochs < 0:
         raise ConfigError("trainer.head_epochs/finetune_epochs: must be >= 0")
@@ -147,7 +158,10 @@ def _validate_trainer(cfg) -> None:
             "epoch; set trainer.restore_best=false trainer.patience=0 (thaw-retrain --train-on-val "
             "does)"
         )
-    _validate_augment(cfg.augment)
+
+
+def _validate_runtime(t) -> None:
+    """Precision, compilation, devices, resuming and label smoothing."""
     if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
         raise ConfigError(
             "trainer.precision: expected float32, mixed_float16 or mixed_bfloat16, got "
@@ -165,6 +179,11 @@ def _validate_trainer(cfg) -> None:
         raise ConfigError(f"trainer.resume: expected auto or never, got {t.resume!r}")
     if not (math.isfinite(float(t.label_smoothing)) and 0.0 <= float(t.label_smoothing) < 1.0):
         raise ConfigError(f"trainer.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
+
+
+def _validate_optimizer(cfg) -> None:
+    """Layer-wise rate decay, weight decay and the optimizer's name."""
+    t = cfg.trainer
     decay = cfg.lr.get("layer_decay", 1.0)
     if not (math.isfinite(float(decay)) and 0.0 < float(decay) <= 1.0):
         raise ConfigError(
@@ -181,6 +200,10 @@ def _validate_trainer(cfg) -> None:
         raise ConfigError(
             f"trainer.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"
         )
+
+
+def _validate_objectives(t) -> None:
+    """One objective or a list of them, each a known metric."""
     objectives = (
         t.objective
         if OmegaConf.is_list(t.objective) or isinstance(t.objective, list)
@@ -231,70 +254,97 @@ def _validate_data(d, scan: bool = True) -> None:
 
 
 _LOGGER_KEYS = ("project", "entity", "mode", "group", "tags", "log_model", "dir", "init_timeout")
+_TFDS_KEYS = ("tfds_name", "tfds_data_dir", "tfds_train_split", "tfds_val_split", "tfds_test_split")
+
+
+def _augment_active(cfg) -> bool:
+    """Imported when asked: thaw.data.augment is not needed for any other check."""
+    from thaw.data.augment import active
+
+    return active(cfg.get("augment"))
+
+
+def _pretrained_batchnorm(cfg) -> bool:
+    """BatchNorm runs in inference mode: asked for, or auto with pretrained weights."""
+    b = cfg.backbone
+    return b.batchnorm == "inference" or (b.batchnorm == "auto" and bool(b.weights))
+
+
+# (condition, keys, why: a text or a function of the config), checked in this order; a key a
+# later row names again keeps its place and takes that row's reason
+_INERT = (
+    (
+        lambda c: c.unfreeze.name != "top_blocks",
+        ("unfreeze.depth",),
+        lambda c: (
+            f"unfreeze={c.unfreeze.name} trains "
+            f"{'every' if c.unfreeze.name == 'all' else 'no'} block of the "
+            "base; the depth counts blocks only with unfreeze=top_blocks"
+        ),
+    ),
+    (
+        lambda c: c.unfreeze.name == "none",
+        ("lr.layer_decay",),
+        "unfreeze=none trains no block of the base: there are no blocks to give rates",
+    ),
+    (
+        lambda c: int(c.trainer.finetune_epochs) == 0,
+        ("unfreeze.depth", "lr.finetune_factor", "lr.layer_decay"),
+        "trainer.finetune_epochs=0: there is no fine-tuning phase",
+    ),
+    (
+        lambda c: c.head.name != "mlp",
+        ("head.hidden_units", "head.activation"),
+        lambda c: f"head={c.head.name} has no hidden layer (head=mlp has)",
+    ),
+    (
+        lambda c: c.lr.name == "constant",
+        ("lr.final_fraction",),
+        "lr=constant keeps the rate; the final fraction applies to lr=cosine",
+    ),
+    (
+        lambda c: c.data.name != "folder",
+        ("data.path", "data.val_fraction", "data.on_bad_image"),
+        lambda c: f"data={c.data.name} does not read a folder (data=folder does)",
+    ),
+    (
+        lambda c: c.data.name != "synthetic",
+        ("data.num_train", "data.num_val", "data.num_test"),
+        lambda c: f"data={c.data.name} is not generated (the counts apply to data=synthetic)",
+    ),
+    (
+        lambda c: c.data.name != "cats_vs_dogs",
+        tuple(f"data.{key}" for key in _TFDS_KEYS),
+        lambda c: f"data={c.data.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)",
+    ),
+    (
+        lambda c: not _augment_active(c) and not c.data.get("augment"),
+        ("trainer.augment_views", "trainer.view_seed"),
+        "no augmentation is on (augment=none): there are no views to draw",
+    ),
+    (
+        _pretrained_batchnorm,
+        ("backbone.batchnorm_momentum",),
+        "the pretrained base runs BatchNorm in inference mode, so its "
+        "moving averages never update (backbone.batchnorm=train would)",
+    ),
+    (
+        lambda c: c.logger.name == "none",
+        tuple(f"logger.{key}" for key in _LOGGER_KEYS),
+        "logger=none: nothing is tracked",
+    ),
+)
 
 
 def inert_keys(cfg) -> dict:
     """{key: why} for settings this composed config ignores: given on the command line they would
     change nothing, so a single run warns and a sweep refuses to search them."""
-    from thaw.data.augment import active
-
     out = {}
-    u, t, d = cfg.unfreeze, cfg.trainer, cfg.data
-    if u.name != "top_blocks":
-        out["unfreeze.depth"] = (
-            f"unfreeze={u.name} trains {'every' if u.name == 'all' else 'no'} block of the "
-            "base; the depth counts blocks only with unfreeze=top_blocks"
-        )
-    if u.name == "none":
-        out["lr.layer_decay"] = (
-            "unfreeze=none trains no block of the base: there are no blocks to give rates"
-        )
-    if int(t.finetune_epochs) == 0:
-        for key in ("unfreeze.depth", "lr.finetune_factor", "lr.layer_decay"):
-            out[key] = "trainer.finetune_epochs=0: there is no fine-tuning phase"
-    if cfg.head.name != "mlp":
-        for key in ("head.hidden_units", "head.activation"):
-            out[key] = f"head={cfg.head.name} has no hidden layer (head=mlp has)"
-    if cfg.lr.name == "constant":
-        out["lr.final_fraction"] = (
-            "lr=constant keeps the rate; the final fraction applies to lr=cosine"
-        )
-    if d.name != "folder":
-        for key in ("path", "val_fraction", "on_bad_image"):
-            out[f"data.{key}"] = f"data={d.name} does not read a folder (data=folder does)"
-    if d.name != "synthetic":
-        for key in ("num_train", "num_val", "num_test"):
-            out[f"data.{key}"] = (
-                f"data={d.name} is not generated (the counts apply to data=synthetic)"
-            )
-    if d.name != "cats_vs_dogs":
-        for key in (
-            "tfds_name",
-            "tfds_data_dir",
-            "tfds_train_split",
-            "tfds_val_split",
-            "tfds_test_split",
-        ):
-            out[f"data.{key}"] = (
-                f"data={d.name} does not read TensorFlow Datasets (data=cats_vs_dogs does)"
-            )
-    if not active(cfg.get("augment")) and not d.get("augment"):
-        out["trainer.augment_views"] = (
-            "no augmentation is on (augment=none): there are no views to draw"
-        )
-        out["trainer.view_seed"] = (
-            "no augmentation is on (augment=none): there are no views to draw"
-        )
-    if cfg.backbone.batchnorm == "inference" or (
-        cfg.backbone.batchnorm == "auto" and cfg.backbone.weights
-    ):
-        out["backbone.batchnorm_momentum"] = (
-            "the pretrained base runs BatchNorm in inference mode, so its "
-            "moving averages never update (backbone.batchnorm=train would)"
-        )
-    if cfg.logger.name == "none":
-        for key in _LOGGER_KEYS:
-            out[f"logger.{key}"] = "logger=none: nothing is tracked"
+    for condition, keys, why in _INERT:
+        if condition(cfg):
+            text = why if isinstance(why, str) else why(cfg)
+            for key in keys:
+                out[key] = text
     return out
 
 

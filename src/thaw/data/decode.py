@@ -44,30 +44,51 @@ def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[s
         .batch(256)
         .prefetch(2)
     )
+    out = _allocate(len(files), image_size)
+    if _decode_batched(ds, out):
+        return out, np.ones(len(files), bool)
+    out[:] = 0
+    ok = _decode_one_by_one(files, decode, out, on_bad, skipped)
+    return out[ok], ok
+
+
+def _allocate(n: int, image_size: int) -> np.ndarray:
+    """The array the decoded images fill in place (held once); DataError when it does not fit."""
     try:
-        out = np.empty(
-            (len(files), image_size, image_size, 3), np.uint8
-        )  # filled in place: held once
+        return np.empty((n, image_size, image_size, 3), np.uint8)
     except MemoryError:
         raise DataError(
-            f"data: {len(files)} decoded images ({size_text(len(files) * image_size**2 * 3)}) do "
-            "not fit "
-            "in the memory this process may use; lower data.max_memory_mb (or leave it unset) to "
-            "stream them from disk"
+            f"data: {n} decoded images ({size_text(n * image_size**2 * 3)}) do not fit in the "
+            "memory this process may use; lower data.max_memory_mb (or leave it unset) to stream "
+            "them from disk"
         ) from None
+
+
+def _decode_batched(ds, out: np.ndarray) -> bool:
+    """Fill `out` from the parallel pipeline; False when some file did not decode."""
+    import tensorflow as tf
+
     try:
         at = 0
         for b in ds:
             out[at : at + len(b)] = b.numpy()
             at += len(b)
-        return out, np.ones(len(files), bool)
+        return True
     except (
         tf.errors.InvalidArgumentError,
         tf.errors.UnknownError,
         tf.errors.ResourceExhaustedError,
     ):
-        pass
-    out[:] = 0
+        return False
+
+
+def _decode_one_by_one(
+    files: list[str], decode, out: np.ndarray, on_bad: str, skipped: list[str]
+) -> np.ndarray:
+    """Decode file by file into `out`: a bad file raises DataError, or (on_bad=skip) is logged,
+    listed in `skipped` and left out; which files decoded."""
+    import tensorflow as tf
+
     ok = np.ones(len(files), bool)
     for i, f in enumerate(files):
         try:
@@ -81,7 +102,7 @@ def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[s
             log.warning("skipping %s: cannot decode image (%s)", f, msg)
             skipped.append(f)
             ok[i] = False
-    return out[ok], ok
+    return ok
 
 
 def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: list[str]) -> Split:

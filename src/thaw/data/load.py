@@ -48,49 +48,60 @@ def load(cfg, image_size: int, seed: int, cache_dir: str | None = None) -> Datas
     disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
     data = disk.read(limit) if disk is not None else None
     if data is None and cfg.name == "folder":
-        scan = scan_folder(cfg)
-        need = decoded_bytes(scan, image_size)
-        if need * budget.IN_MEMORY_COPIES > limit:
-            target = (
-                disk.dir
-                if disk is not None
-                else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
-            )
-            log.info(
-                "data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in "
-                "memory "
-                "(x%d while training): streaming them from %s",
-                need // (image_size**2 * 3),
-                size_text(need),
-                image_size,
-                limit // budget.MB,
-                budget.IN_MEMORY_COPIES,
-                target,
-            )
-            budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
-            try:
-                data = stream_folder(scan, cfg, image_size, target)
-            except BaseException:
-                budget.LEDGER.release(need)
-                raise
-        else:
-            data = load_folder(cfg, image_size, scan)
-            if disk is not None:
-                disk.write(data)
+        data = _decode_folder(cfg, image_size, key, limit, disk)
     elif data is None:
-        data = _load(cfg, image_size, seed)
-        if data.nbytes * budget.IN_MEMORY_COPIES > limit:
-            log.warning(
-                "data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
-                "for data larger than memory use data=folder",
-                size_text(data.nbytes),
-                limit // budget.MB,
-                cfg.name,
-            )
-        if disk is not None:
-            disk.write(data)
+        data = _decode_in_memory(cfg, image_size, seed, limit, disk)
     _LAST.clear()
     _LAST.update(key=key, data=data, stamp=folder_stamp(cfg))
+    return data
+
+
+def _decode_folder(cfg, image_size: int, key, limit: int, disk: DecodedCache | None) -> Dataset:
+    """A folder decoded into memory (and the decoded cache), or, when over the memory budget,
+    into a copy on disk that training streams from."""
+    scan = scan_folder(cfg)
+    need = decoded_bytes(scan, image_size)
+    if need * budget.IN_MEMORY_COPIES <= limit:
+        data = load_folder(cfg, image_size, scan)
+        if disk is not None:
+            disk.write(data)
+        return data
+    target = (
+        disk.dir if disk is not None else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
+    )
+    log.info(
+        "data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in "
+        "memory (x%d while training): streaming them from %s",
+        need // (image_size**2 * 3),
+        size_text(need),
+        image_size,
+        limit // budget.MB,
+        budget.IN_MEMORY_COPIES,
+        target,
+    )
+    budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
+    try:
+        return stream_folder(scan, cfg, image_size, target)
+    except BaseException:
+        budget.LEDGER.release(need)
+        raise
+
+
+def _decode_in_memory(
+    cfg, image_size: int, seed: int, limit: int, disk: DecodedCache | None
+) -> Dataset:
+    """Synthetic or TensorFlow Datasets data: always held in memory (warned when over budget)."""
+    data = _load(cfg, image_size, seed)
+    if data.nbytes * budget.IN_MEMORY_COPIES > limit:
+        log.warning(
+            "data: %s decoded is over data.max_memory_mb=%d but data=%s is held in memory; "
+            "for data larger than memory use data=folder",
+            size_text(data.nbytes),
+            limit // budget.MB,
+            cfg.name,
+        )
+    if disk is not None:
+        disk.write(data)
     return data
 
 

@@ -130,6 +130,21 @@ def scan_folder(cfg) -> FolderScan:
 
 
 def _scan_folder(cfg) -> FolderScan:
+    root = _root(cfg)
+    skipped: list[str] = []
+    train_map, val_map = _class_files(cfg, root, skipped)
+    class_names = sorted(train_map)
+    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
+        raise ConfigError(
+            f"data.num_classes: set to {cfg.num_classes} but {root} has "
+            f"{len(class_names)} classes ({', '.join(class_names)})"
+        )
+    train, val, test = _labelled_splits(cfg, class_names, train_map, val_map)
+    return FolderScan(class_names, train, val, test, skipped)
+
+
+def _root(cfg) -> Path:
+    """data.path, checked to be a directory."""
     if not cfg.path:
         raise ConfigError("data.path: required for data=folder (a directory of class sub-folders)")
     root = Path(os.path.expanduser(str(cfg.path)))
@@ -137,62 +152,77 @@ def _scan_folder(cfg) -> FolderScan:
         raise DataError(f"data.path: no such directory: {root}")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is a file; expected a directory of class sub-folders")
-    skipped: list[str] = []
+    return root
+
+
+def _class_files(cfg, root: Path, skipped: list[str]) -> tuple[dict, dict]:
+    """{class: files} for training and validation: a folder's own train/ and val/ sub-folders,
+    else every class folder split by file name."""
     on_bad = cfg.on_bad_image
     train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
     val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
-    if train_dir is not None and val_dir is not None:
-        train_map = _scan_split(train_dir, on_bad, skipped, "train")
-        val_map = _scan_split(val_dir, on_bad, skipped, "validation")
-        if set(train_map) != set(val_map):
-            raise DataError(
-                f"data.path: train/ and {val_dir.name}/ have different classes "
-                f"({sorted(train_map)} vs {sorted(val_map)})"
-            )
-    else:
-        all_map = _scan_split(root, on_bad, skipped, "data")
-        train_map, val_map = {}, {}
-        for name, files in all_map.items():
-            ordered = sorted(files, key=_name_key)
-            n_val = max(1, int(round(len(ordered) * cfg.val_fraction)))
-            if n_val >= len(ordered):
-                raise DataError(
-                    f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
-                    f"validation with data.val_fraction={cfg.val_fraction}"
-                )
-            val_map[name] = sorted(ordered[:n_val])
-            train_map[name] = sorted(ordered[n_val:])
-    class_names = sorted(train_map)
-    if cfg.num_classes is not None and cfg.num_classes != len(class_names):
-        raise ConfigError(
-            f"data.num_classes: set to {cfg.num_classes} but {root} has "
-            f"{len(class_names)} classes ({', '.join(class_names)})"
+    if train_dir is None or val_dir is None:
+        return _split_by_name(cfg, root, _scan_split(root, on_bad, skipped, "data"))
+    train_map = _scan_split(train_dir, on_bad, skipped, "train")
+    val_map = _scan_split(val_dir, on_bad, skipped, "validation")
+    if set(train_map) != set(val_map):
+        raise DataError(
+            f"data.path: train/ and {val_dir.name}/ have different classes "
+            f"({sorted(train_map)} vs {sorted(val_map)})"
         )
+    return train_map, val_map
 
+
+def _split_by_name(cfg, root: Path, all_map: dict) -> tuple[dict, dict]:
+    """Each class's files split into train and validation by a hash of their names (the same split
+    whatever order the folder lists them in)."""
+    train_map, val_map = {}, {}
+    for name, files in all_map.items():
+        ordered = sorted(files, key=_name_key)
+        n_val = max(1, int(round(len(ordered) * cfg.val_fraction)))
+        if n_val >= len(ordered):
+            raise DataError(
+                f"{root / name}: {len(ordered)} image(s) cannot be split into train and "
+                f"validation with data.val_fraction={cfg.val_fraction}"
+            )
+        val_map[name] = sorted(ordered[:n_val])
+        train_map[name] = sorted(ordered[n_val:])
+    return train_map, val_map
+
+
+def _labelled_splits(cfg, class_names: list[str], train_map: dict, val_map: dict) -> tuple:
+    """(train, val, test) FileSplits, labels by class order; the test split is held out of each
+    class's validation files, and every split is capped at data.max_per_class a class."""
     train = FileSplit([], [])
     val = FileSplit([], [])
     test = FileSplit([], []) if cfg.test_fraction > 0 else None
     for label, name in enumerate(class_names):
-        for f in _take(train_map[name], cfg.max_per_class):
-            train.files.append(f)
-            train.labels.append(label)
+        _extend(train, _take(train_map[name], cfg.max_per_class), label)
         vfiles = val_map[name]
         if test is not None:
-            ordered = sorted(vfiles, key=_name_key)
-            n_test = int(round(len(ordered) * cfg.test_fraction))
-            if n_test < 1 or n_test >= len(ordered):
-                raise DataError(
-                    f"data.test_fraction={cfg.test_fraction}: class {name} has "
-                    f"{len(ordered)} validation image(s), too few to hold out a test split"
-                )
-            for f in _take(sorted(ordered[:n_test]), cfg.max_per_class):
-                test.files.append(f)
-                test.labels.append(label)
-            vfiles = sorted(ordered[n_test:])
-        for f in _take(vfiles, cfg.max_per_class):
-            val.files.append(f)
-            val.labels.append(label)
-    return FolderScan(class_names, train, val, test, skipped)
+            test_files, vfiles = _hold_out_test(cfg, name, vfiles)
+            _extend(test, _take(test_files, cfg.max_per_class), label)
+        _extend(val, _take(vfiles, cfg.max_per_class), label)
+    return train, val, test
+
+
+def _hold_out_test(cfg, name: str, vfiles: list[str]) -> tuple[list[str], list[str]]:
+    """(test files, remaining validation files) of one class, split by a hash of their names."""
+    ordered = sorted(vfiles, key=_name_key)
+    n_test = int(round(len(ordered) * cfg.test_fraction))
+    if n_test < 1 or n_test >= len(ordered):
+        raise DataError(
+            f"data.test_fraction={cfg.test_fraction}: class {name} has "
+            f"{len(ordered)} validation image(s), too few to hold out a test split"
+        )
+    return sorted(ordered[:n_test]), sorted(ordered[n_test:])
+
+
+def _extend(split: FileSplit, files: list[str], label: int) -> None:
+    """Append one class's files to a split, each with the class's label."""
+    for f in files:
+        split.files.append(f)
+        split.labels.append(label)
 
 
 # ---------------------------------------------------------------- decoding (TensorFlow from here

@@ -4,6 +4,7 @@ Datasets' cats_vs_dogs."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -71,46 +72,48 @@ def load_tfds(cfg, image_size: int) -> Dataset:
             "data=cats_vs_dogs needs tensorflow-datasets (pip install -e '.[tfds]'); "
             "offline, use data=folder data.path=/path/to/images"
         ) from None
-    import tensorflow as tf
 
     def take(split_name):
-        try:
-            ds, info = tfds.load(
-                cfg.tfds_name,
-                split=split_name,
-                as_supervised=True,
-                with_info=True,
-                data_dir=cfg.tfds_data_dir,
-            )
-        except Exception as exc:  # download or preparation failure
-            first = (
-                str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            )
-            raise DataError(
-                f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
-                "offline, use data=folder data.path=/path/to/images"
-            ) from None
-        ds = ds.map(
-            lambda x, y: (
-                tf.cast(
-                    tf.clip_by_value(
-                        tf.round(tf.image.resize(x, (image_size, image_size))), 0, 255
-                    ),
-                    tf.uint8,
-                ),
-                y,
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        if cfg.max_per_class:
-            ds = ds.take(cfg.max_per_class * info.features["label"].num_classes)
-        imgs, labels = [], []
-        for x, y in ds.batch(256):
-            imgs.append(x.numpy())
-            labels.append(y.numpy())
-        return Split(np.concatenate(imgs), np.concatenate(labels).astype(np.int32)), info
+        return _tfds_split(tfds, cfg, image_size, split_name)
 
     train, info = take(cfg.tfds_train_split)
     val, _ = take(cfg.tfds_val_split)
     test = take(cfg.tfds_test_split)[0] if cfg.tfds_test_split and cfg.test_fraction > 0 else None
     return Dataset(list(info.features["label"].names), train, val, test)
+
+
+def _tfds_split(tfds, cfg, image_size: int, split_name: str) -> tuple[Split, Any]:
+    """(one split resized to image_size and decoded into memory, the data set's info)."""
+    import tensorflow as tf
+
+    try:
+        ds, info = tfds.load(
+            cfg.tfds_name,
+            split=split_name,
+            as_supervised=True,
+            with_info=True,
+            data_dir=cfg.tfds_data_dir,
+        )
+    except Exception as exc:  # download or preparation failure
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
+            "offline, use data=folder data.path=/path/to/images"
+        ) from None
+    ds = ds.map(
+        lambda x, y: (
+            tf.cast(
+                tf.clip_by_value(tf.round(tf.image.resize(x, (image_size, image_size))), 0, 255),
+                tf.uint8,
+            ),
+            y,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if cfg.max_per_class:
+        ds = ds.take(cfg.max_per_class * info.features["label"].num_classes)
+    imgs, labels = [], []
+    for x, y in ds.batch(256):
+        imgs.append(x.numpy())
+        labels.append(y.numpy())
+    return Split(np.concatenate(imgs), np.concatenate(labels).astype(np.int32)), info

@@ -131,9 +131,8 @@ def _define() -> Any:
 
     class FusedAdam(keras.optimizers.Adam):
         """keras.optimizers.Adam whose TensorFlow update is one fused kernel per variable. Falls
-        back to
-        Keras' own update under a distribution strategy, with amsgrad, sparse gradients or another
-        backend."""
+        back to Keras' own update under a distribution strategy, with amsgrad, sparse gradients or
+        another backend."""
 
         def _backend_update_step(self, grads, trainable_variables, learning_rate):
             variables = [
@@ -142,16 +141,7 @@ def _define() -> Any:
             if not self._fusable(grads, variables):
                 return super()._backend_update_step(grads, trainable_variables, learning_rate)
             dtype = variables[0].dtype
-            step = tf.cast(self.iterations + 1, dtype)
-            b1, b2 = tf.constant(self.beta_1, dtype), tf.constant(self.beta_2, dtype)
-            scalars = dict(
-                beta1_power=tf.pow(b1, step),
-                beta2_power=tf.pow(b2, step),
-                lr=tf.cast(learning_rate, dtype),
-                beta1=b1,
-                beta2=b2,
-                epsilon=tf.constant(self.epsilon, dtype),
-            )
+            scalars = _adam_scalars(self, learning_rate, dtype)
             multiplier = getattr(self, "lr_multiplier", None)
             for grad, var in zip(grads, variables):
                 i = self._get_variable_index(var)
@@ -181,3 +171,19 @@ def _define() -> Any:
             )
 
     return FusedAdam
+
+
+def _adam_scalars(opt, learning_rate, dtype) -> dict:
+    """The fused kernel's scalars for this step, computed once for all variables."""
+    import tensorflow as tf
+
+    step = tf.cast(opt.iterations + 1, dtype)
+    b1, b2 = tf.constant(opt.beta_1, dtype), tf.constant(opt.beta_2, dtype)
+    return dict(
+        beta1_power=tf.pow(b1, step),
+        beta2_power=tf.pow(b2, step),
+        lr=tf.cast(learning_rate, dtype),
+        beta1=b1,
+        beta2=b2,
+        epsilon=tf.constant(opt.epsilon, dtype),
+    )

@@ -71,13 +71,29 @@ def _figures(study) -> list[tuple[str, str, object, object]]:
     """(slug, title, plotly figure or None, matplotlib function or None); None where too few
     trials."""
     from optuna import visualization as vis
-    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as vmat
+
+    out = []
+    for slug, title, make, ok in _figure_specs(study):
+        fig = None
+        if ok and len(study.directions) == 1:
+            try:
+                fig = make(vis)
+            except Exception as exc:  # e.g. importance with degenerate data
+                log.warning("report: %s not drawn: %s", title, exc)
+        out.append((slug, title, fig, (lambda m=make: m(vmat)) if fig is not None else None))
+    return out
+
+
+def _figure_specs(study) -> list[tuple[str, str, object, bool]]:
+    """(slug, title, draw given optuna's plotly or matplotlib module, whether the study has the
+    trials to draw it) of each figure."""
+    from optuna.trial import TrialState
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     params = sorted({p for t in complete for p in t.params})
     varying = [p for p in params if len({repr(t.params.get(p)) for t in complete}) > 1]
-    specs = [
+    return [
         (
             "history",
             "Optimisation history",
@@ -109,16 +125,6 @@ def _figures(study) -> list[tuple[str, str, object, object]]:
             any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
         ),
     ]
-    out = []
-    for slug, title, make, ok in specs:
-        fig = None
-        if ok and len(study.directions) == 1:
-            try:
-                fig = make(vis)
-            except Exception as exc:  # e.g. importance with degenerate data
-                log.warning("report: %s not drawn: %s", title, exc)
-        out.append((slug, title, fig, (lambda m=make: m(vmat)) if fig is not None else None))
-    return out
 
 
 def _trial_rows(study):

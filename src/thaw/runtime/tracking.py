@@ -125,20 +125,7 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
     except ImportError:
         log.warning("logger=wandb but wandb is not installed (pip install wandb); not tracking")
         return Tracker()
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    group, name, job_type = lcfg.group or cfg.name, None, "train"
-    if trial is not None and hasattr(
-        trial, "seed"
-    ):  # a confirmation run (thaw.sweeper.trial.ConfirmationRun)
-        group = lcfg.group or trial.study_name
-        name, job_type = f"trial-{trial.number}-seed-{trial.seed}", "confirmation"
-        config["confirmation"] = {"trial": trial.number, "seed": trial.seed}
-    elif trial is not None:
-        group = lcfg.group or trial.study.study_name
-        name, job_type = f"trial-{trial.number}", "trial"
-        config["trial"] = {"number": trial.number, "params": dict(trial.trial.params)}
+    config, group, name, job_type = _run_identity(cfg, trial)
     wandb_dir = Path(lcfg.dir) if lcfg.dir else Path(output_dir)
     try:
         wandb_dir.mkdir(parents=True, exist_ok=True)
@@ -159,38 +146,72 @@ def start(cfg, output_dir: Path, trial=None) -> Tracker:
                 dir=str(wandb_dir),
                 mode=m,
                 reinit="finish_previous",
-                settings=wandb.Settings(
-                    init_timeout=float(lcfg.init_timeout),
-                    silent=True,
-                    console="off",
-                    x_disable_stats=True,
-                ),
+                settings=_settings(wandb, lcfg.init_timeout),
             )
 
-    try:
-        run = init(mode)
-    except Exception as exc:
-        if mode != "online":
-            log.warning(
-                "W&B could not start (%s); training goes on without tracking", str(exc)[:200]
-            )
-            return Tracker()
-        log.warning(
-            "W&B online failed (%s); falling back to offline", str(exc).splitlines()[0][:200]
-        )
-        mode = "offline"
-        try:
-            run = init(mode)
-        except Exception as exc2:
-            log.warning(
-                "W&B could not start (%s); training goes on without tracking", str(exc2)[:200]
-            )
-            return Tracker()
+    started = _init_or_offline(init, mode)
+    if started is None:
+        return Tracker()
+    run, mode = started
     if mode == "offline":
         log.info(
             "W&B offline run in %s; upload later with: wandb sync %s", run.dir, Path(run.dir).parent
         )
     return WandbTracker(run)
+
+
+def _settings(wandb, init_timeout):
+    """Quiet settings: no prompts, no console capture, no system stats."""
+    return wandb.Settings(
+        init_timeout=float(init_timeout),
+        silent=True,
+        console="off",
+        x_disable_stats=True,
+    )
+
+
+def _run_identity(cfg, trial) -> tuple[dict, str, str | None, str]:
+    """(config, group, name, job_type) of the W&B run: a sweep's trials and confirmation runs are
+    named after their trial and grouped by study."""
+    from omegaconf import OmegaConf
+
+    lcfg = cfg.logger
+    config = OmegaConf.to_container(cfg, resolve=True)
+    group, name, job_type = lcfg.group or cfg.name, None, "train"
+    if trial is not None and hasattr(
+        trial, "seed"
+    ):  # a confirmation run (thaw.sweeper.trial.ConfirmationRun)
+        group = lcfg.group or trial.study_name
+        name, job_type = f"trial-{trial.number}-seed-{trial.seed}", "confirmation"
+        config["confirmation"] = {"trial": trial.number, "seed": trial.seed}
+    elif trial is not None:
+        group = lcfg.group or trial.study.study_name
+        name, job_type = f"trial-{trial.number}", "trial"
+        config["trial"] = {"number": trial.number, "params": dict(trial.trial.params)}
+    return config, group, name, job_type
+
+
+def _init_or_offline(init, mode: str):
+    """(run, mode) from init(mode); an online run that cannot start is tried once offline. None
+    when W&B cannot start at all."""
+    try:
+        return init(mode), mode
+    except Exception as exc:
+        if mode != "online":
+            log.warning(
+                "W&B could not start (%s); training goes on without tracking", str(exc)[:200]
+            )
+            return None
+        log.warning(
+            "W&B online failed (%s); falling back to offline", str(exc).splitlines()[0][:200]
+        )
+        try:
+            return init("offline"), "offline"
+        except Exception as exc2:
+            log.warning(
+                "W&B could not start (%s); training goes on without tracking", str(exc2)[:200]
+            )
+            return None
 
 
 def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
@@ -213,49 +234,19 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
                 dir=str(sweep_dir),
                 mode=mode,
                 reinit="finish_previous",
-                settings=wandb.Settings(
-                    init_timeout=float(logger_cfg.get("init_timeout", 30)),
-                    silent=True,
-                    console="off",
-                    x_disable_stats=True,
-                ),
+                settings=_settings(wandb, logger_cfg.get("init_timeout", 30)),
             )
     except Exception as exc:
         log.warning("W&B sweep summary not logged: %s", str(exc).splitlines()[0][:200])
         return
     try:
-        params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
-        table = wandb.Table(columns=["number", "state", "value", *params, "run_dir"])
-        for t in study.get_trials(deepcopy=False):
-            value = t.values[0] if t.values and len(t.values) == 1 else None
-            table.add_data(
-                t.number,
-                t.state.name,
-                value,
-                *[t.params.get(p) for p in params],
-                t.user_attrs.get("run_dir", ""),
-            )
+        table = _trials_table(wandb, study)
         images = {
             f"plots/{p.stem}": wandb.Image(str(p))
             for p in sorted((sweep_dir / "report_png").glob("*.png"))
         }
         run.log({"trials": table, **images})
-        try:
-            run.summary.update(
-                {
-                    "best_value": study.best_value,
-                    "best_params": study.best_params,
-                    "best_trial": study.best_trial.number,
-                }
-            )
-            if study.user_attrs.get(
-                "verdict"
-            ):  # the confirmed winner against the baseline, in words
-                run.summary.update(
-                    {"verdict": study.user_attrs["verdict"], "about": study.user_attrs.get("about")}
-                )
-        except (ValueError, RuntimeError):
-            pass
+        _summarise_best(run, study)
     except Exception as exc:
         log.warning("W&B sweep summary incomplete: %s", exc)
     finally:
@@ -264,3 +255,38 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path) -> None:
                 run.finish()
         except Exception:
             pass
+
+
+def _trials_table(wandb, study):
+    """Every trial: number, state, value, its parameters and run directory."""
+    params = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    table = wandb.Table(columns=["number", "state", "value", *params, "run_dir"])
+    for t in study.get_trials(deepcopy=False):
+        value = t.values[0] if t.values and len(t.values) == 1 else None
+        table.add_data(
+            t.number,
+            t.state.name,
+            value,
+            *[t.params.get(p) for p in params],
+            t.user_attrs.get("run_dir", ""),
+        )
+    return table
+
+
+def _summarise_best(run, study) -> None:
+    """The best trial (and the verdict, when confirmed) on the run's summary; a study without a
+    finished trial has none."""
+    try:
+        run.summary.update(
+            {
+                "best_value": study.best_value,
+                "best_params": study.best_params,
+                "best_trial": study.best_trial.number,
+            }
+        )
+        if study.user_attrs.get("verdict"):  # the confirmed winner against the baseline, in words
+            run.summary.update(
+                {"verdict": study.user_attrs["verdict"], "about": study.user_attrs.get("about")}
+            )
+    except (ValueError, RuntimeError):
+        pass

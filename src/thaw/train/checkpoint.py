@@ -173,6 +173,18 @@ def _fault_injection(out: Path, ckpt: Checkpoint) -> None:
         os.kill(os.getpid(), point[0])
 
 
+# what a truncated, foreign or damaged file raises while it is read
+_UNREADABLE = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    EOFError,
+    zipfile.BadZipFile,
+)
+
+
 def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
     """The run dir's checkpoint, or None (none there, or refused: one line, file kept aside).
     `shapes`: the model's variable shapes, which the checkpoint must match."""
@@ -180,29 +192,8 @@ def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["header"]).decode())
-            if header.get("version") != VERSION:
-                raise ValueError(f"format version {header.get('version')}, expected {VERSION}")
-            if header["fingerprint"] != fingerprint(cfg):
-                raise ValueError("it was written for another configuration")
-            model = [z[f"m{i}"] for i in range(header["n_model"])]
-            if shapes is not None and [tuple(s) for s in shapes] != [a.shape for a in model]:
-                raise ValueError(
-                    f"it does not fit this model ({len(model)} variables saved, "
-                    f"{len(shapes)} in the model, or other shapes)"
-                )
-            optimizer = [z[f"o{i}"] for i in range(header["n_optimizer"])]
-            best = {i: z[f"b{i}"] for i in header["best_differs"]} if header["has_best"] else None
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as exc:
+        header, model, optimizer, best = _read(path, cfg, shapes)
+    except _UNREADABLE as exc:
         refused = out / "checkpoint.refused.npz"
         os.replace(path, refused)
         log.warning(
@@ -226,6 +217,26 @@ def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
         header.get("resumed", []),
         float(header.get("seconds", 0.0)),
     )
+
+
+def _read(path: Path, cfg, shapes) -> tuple[dict, list, list, dict | None]:
+    """(header, model arrays, optimizer arrays, best weights) of a checkpoint written by this
+    version for this config and model; ValueError (one line: why) otherwise."""
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(bytes(z["header"]).decode())
+        if header.get("version") != VERSION:
+            raise ValueError(f"format version {header.get('version')}, expected {VERSION}")
+        if header["fingerprint"] != fingerprint(cfg):
+            raise ValueError("it was written for another configuration")
+        model = [z[f"m{i}"] for i in range(header["n_model"])]
+        if shapes is not None and [tuple(s) for s in shapes] != [a.shape for a in model]:
+            raise ValueError(
+                f"it does not fit this model ({len(model)} variables saved, "
+                f"{len(shapes)} in the model, or other shapes)"
+            )
+        optimizer = [z[f"o{i}"] for i in range(header["n_optimizer"])]
+        best = {i: z[f"b{i}"] for i in header["best_differs"]} if header["has_best"] else None
+    return header, model, optimizer, best
 
 
 def remove(out: Path) -> None:

@@ -110,6 +110,16 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
     ]
 
 
+def view_table(aug, n: int, seed: int, views: int):
+    """(V, n, augment.NUM_PARAMS): the draw of each view of each image, one table for the views
+    cached through the prefix and the views augmented as they are fed, so both train alike."""
+    import tensorflow as tf
+
+    from thaw.data import augment
+
+    return tf.stack([augment.draw(aug, n, seed, v) for v in range(views)])
+
+
 def activation_bytes(tensor, n_images: int) -> int:
     return int(math.prod(int(d) for d in tensor.shape[1:])) * 4 * n_images
 

@@ -10,15 +10,9 @@ from typing import Any, NamedTuple
 
 from thaw import data as data_mod
 from thaw.errors import DataError
-from thaw.train.feature_cache import fingerprint_array, open_cache, split_key, weights_fingerprint
-from thaw.train.frozen_pass import (
-    activation_bytes,
-    activation_shape,
-    boundary_tensor,
-    predict,
-    predict_views,
-    stored_where,
-)
+from thaw.train.cuts import Cut, CutStore
+from thaw.train.feature_cache import open_cache
+from thaw.train.frozen_pass import stored_where, view_table
 
 log = logging.getLogger("thaw.train.features")
 
@@ -33,6 +27,17 @@ class PhaseData(NamedTuple):
     steps_per_epoch: int | None = None  # set when `train` spans all the phase's epochs
     views: int = 0  # augmented views per training image (0: none, or fresh draws every epoch)
     cache_misses: int = 0  # activations this phase computed (0: all read from the cache)
+
+
+def epoch_view(n: int, views: int, seed: int):
+    """(image indices, epoch) -> the view each image trains on in that epoch: (epoch + offset) % V
+    with a per-image offset drawn from `seed`, so no image repeats a view before using all V."""
+    import tensorflow as tf
+
+    from thaw.data import augment
+
+    offsets = augment.view_offsets(n, views, seed)
+    return lambda idx, epoch: tf.gather(augment.epoch_views(offsets, epoch, views), idx)
 
 
 class PhaseInputs:
@@ -57,8 +62,12 @@ class PhaseInputs:
             # every epoch. With cache_features=false the same V draws are used on images, which
             # is what makes the cached and uncached paths comparable exactly.
             self.views = 0
+        self.store = (
+            None
+            if self.cache is None
+            else CutStore(cfg, clf, ds, self.cache, aug, self.view_seed, self.views)
+        )
         self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
-        self._fingerprints: dict[str, str] = {}
         self._warned = False
 
     @property
@@ -68,41 +77,24 @@ class PhaseInputs:
     def for_phase(self, phase) -> PhaseData:
         if phase.epochs == 0:  # recorded, never compiled nor fit
             return PhaseData(self.clf.model, None, None, "images")
-        if self.cache is None:
+        if self.store is None:
             return self._images(phase)
-        base = self.clf.base
-        trainable = {l.name for l in base.layers if l.trainable}
-        if not trainable:  # only the head trains: pooled features
-            cut, tag = base.output, "pooled"
-        else:
-            cut = boundary_tensor(base, trainable)
-            if cut is None:
-                log.info(
-                    "feature cache: no single boundary tensor for these blocks; training on images"
-                )
-                return self._images(phase)
-            tag = f"at {cut._keras_history[0].name}"
-        # A sweep trial: the pass that computes this phase's activations also stores the boundaries
-        # of other depths within half the cache budget, so later trials at those depths start at
-        # once.
-        extras = self._more_boundaries(cut, tag, len(phase.blocks)) if self.sweep else []
-        if tag == "pooled":
-            feat_model, fit_model = self._pooled_models([t for t, _ in extras])
-        else:
-            feat_model, fit_model = self._boundary_models(cut, [t for t, _ in extras])
+        cut = self.store.cut(len(phase.blocks), self.sweep)
+        if cut is None:
+            log.info(
+                "feature cache: no single boundary tensor for these blocks; training on images"
+            )
+            return self._images(phase)
         try:
-            if self.aug is not None:
-                return self._from_cached_views(feat_model, fit_model, tag, phase, extras)
-            return self._from_cache(feat_model, fit_model, tag, extras, phase)
+            return self._features(cut, phase)
         except DataError as exc:  # no room on disk for the activations: this phase trains on images
             self._say_once(f"{exc}; training this phase on images instead")
             return self._images(phase)
 
-    # -- the models on either side of the cut
+    # -- the full model on images
     def _whole_model(self):
         """The classifier as a fit model of its own for this trainable set (a wrapper sharing its
-        layers):
-        the head phase and each depth keep their compiled step for later trials
+        layers): the head phase and each depth keep their compiled step for later trials
         (thaw.model.compiled)."""
         from thaw.model.compiled import wrapper
 
@@ -125,28 +117,27 @@ class PhaseInputs:
             steps_per_epoch=math.ceil(len(self.ds.train) / self.bs),
         )
 
-    def _augmented_images(self, phase, views: int | None = None) -> PhaseData:
+    def _augmented_images(self, phase) -> PhaseData:
         """Images augmented as they are fed: view (epoch + offset) % V of each image, or a fresh
         draw every epoch with trainer.augment_views=0. The same draws as the cached views."""
         import tensorflow as tf
 
         from thaw.data import augment
 
-        views = self.views if views is None else views
-        n, aug, seed, draws = len(self.ds.train), self.aug, self.seed, self.view_seed
+        views, n, aug, draws = self.views, len(self.ds.train), self.aug, self.view_seed
         take, labels = data_mod.rows(self.ds.train.images), tf.constant(self.ds.train.labels)
-        offsets = augment.view_offsets(n, views, seed)
-        table = tf.stack([augment.draw(aug, n, draws, v) for v in range(views)]) if views else None
+        view_of = epoch_view(n, views, self.seed)
+        table = view_table(aug, n, draws, views) if views else None
 
         def batch(idx, epoch):
-            view = tf.gather(augment.epoch_views(offsets, epoch, views), idx)
+            view = view_of(idx, epoch)
             if table is not None:
                 params = tf.gather_nd(table, tf.stack([view, idx], axis=1))
             else:
                 params = tf.gather(augment.draw(aug, n, draws, view[0]), idx)
             return augment.apply(take(idx), params), tf.gather(labels, idx)
 
-        train = data_mod.epoch_batches(n, self.bs, seed, phase.start, phase.remaining, batch)
+        train = data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch)
         return PhaseData(
             self._whole_model(),
             train,
@@ -156,250 +147,88 @@ class PhaseInputs:
             views=views,
         )
 
-    def _pooled_models(self, extra_tensors=()):
-        """(image -> pooled features [+ activations at extra_tensors], pooled features ->
-        output)."""
-        import keras
-
-        model = self.clf.model
-        pool_out = model.get_layer("head_pool").output
-        fit_model = self.clf.fits.get(("pooled",), lambda: keras.Model(pool_out, model.output))
-        if not extra_tensors:
-            return keras.Model(model.input, pool_out), fit_model
-        base = self.clf.base
-        prefix = keras.Model(base.input, [base.output] + list(extra_tensors))
-        img = keras.Input(tuple(model.input.shape[1:]))
-        outs = prefix(model.get_layer("preprocess")(img), training=False)
-        return keras.Model(img, [model.get_layer("head_pool")(outs[0])] + list(outs[1:])), fit_model
-
-    def _boundary_models(self, bt, extra_tensors):
-        """(image -> activations at bt [+ extras], activations at bt -> classifier output)."""
-        import keras
-
-        model, base = self.clf.model, self.clf.base
-
-        def top_and_head():
-            top = keras.Model(bt, base.output)
-            head = keras.Model(self.clf.base_output, model.output)
-            inp = keras.Input(tuple(bt.shape[1:]))
-            return keras.Model(inp, head(top(inp, training=False)))
-
-        fit_model = self.clf.fits.get(("at", bt._keras_history[0].name), top_and_head)
-        prefix_model = keras.Model(base.input, [bt] + list(extra_tensors))
-        size = int(self.cfg.backbone.image_size)
-        img = keras.Input((size, size, 3))
-        feat_model = keras.Model(
-            img, prefix_model(model.get_layer("preprocess")(img), training=False)
-        )
-        return feat_model, fit_model
-
-    # -- the cache
-    def _keys(self, tag: str):
-        cfg = self.cfg
-        wfp = weights_fingerprint(cfg.backbone, self.seed)
-        precision = "" if cfg.trainer.precision == "float32" else f"|{cfg.trainer.precision}"
-        size = int(cfg.backbone.image_size)
-        prefix = f"{self.clf.spec.name}|{cfg.backbone.alpha}|{size}|{wfp}{precision}|{tag}"
-        for name, split in (("train", self.ds.train), ("val", self.ds.val)):
-            if name not in self._fingerprints:  # hashing the images once per run, not per key
-                self._fingerprints[name] = fingerprint_array(split.images)
-        return tuple(split_key(prefix, n, self._fingerprints[n]) for n in ("train", "val"))
-
-    def _from_cache(self, feat_model, fit_model, tag: str, extras, phase) -> PhaseData:
-        t0 = time.perf_counter()
-        cache, ds, batch = self.cache, self.ds, max(self.bs, 64)
-        k_train, k_val = self._keys(tag)
-        if extras:  # one pass: this cut (kept in memory or spilled) and the extras (within budget)
-            cache.misses += 1
-            outs_train = predict(
-                feat_model,
-                ds.train.images,
-                batch,
-                [cache.sink(k_train, activation_shape(fit_model.inputs[0], len(ds.train)))],
-            )
-            outs_val = predict(
-                feat_model,
-                ds.val.images,
-                batch,
-                [cache.sink(k_val, activation_shape(fit_model.inputs[0], len(ds.val)))],
-            )
-            for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
-                k_tr, k_va = self._keys(t)
-                cache.put(k_tr, a_tr)
-                cache.put(k_va, a_va)
-            x_train, x_val = outs_train[0], outs_val[0]
-        else:
-            x_train, x_val = (
-                cache.get_or_compute(
-                    k,
-                    lambda sink, x=split.images: predict(feat_model, x, batch, [sink])[0],
-                    activation_shape(fit_model.inputs[0], len(split)),
-                )
-                for k, split in ((k_train, ds.train), (k_val, ds.val))
-            )
+    # -- the trainable top on the cut's activations
+    def _features(self, cut: Cut, phase) -> PhaseData:
+        """The cut's fit model on its activations: of the plain training images, or of V augmented
+        views per image (each epoch feeds one of them); validation on the plain images."""
+        t0, misses = time.perf_counter(), self.cache.misses
+        x_train, x_val = self.store.activations(cut)
         secs = time.perf_counter() - t0
-        log.info(
-            "feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses "
-            "%d%s%s)",
-            tag,
-            len(x_train),
-            len(x_val),
-            x_train.shape[1:],
-            secs,
-            cache.hits,
-            cache.misses,
-            f"; {len(extras)} shallower boundaries stored too" if extras else "",
-            stored_where(x_train),
-        )
-        tr = data_mod.train_epochs(
-            data_mod.Split(x_train, ds.train.labels),
-            self.bs,
-            self.seed,
-            phase.start,
-            phase.remaining,
-        )
-        va = data_mod.to_tf(
+        self._log_ready(cut, x_train, x_val, secs)
+        ds = self.ds
+        if self.aug is None:
+            train = data_mod.train_epochs(
+                data_mod.Split(x_train, ds.train.labels),
+                self.bs,
+                self.seed,
+                phase.start,
+                phase.remaining,
+            )
+        else:
+            train = self._view_batches(x_train, phase)
+        val = data_mod.to_tf(
             data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed
         )
         return PhaseData(
-            fit_model,
-            tr,
-            va,
+            cut.fit_model,
+            train,
+            val,
             "features",
-            tag,
+            cut.tag,
             secs,
-            steps_per_epoch=math.ceil(len(x_train) / self.bs),
+            math.ceil(len(ds.train) / self.bs),
+            self.views,
+            self.cache.misses - misses,
         )
 
-    def _from_cached_views(self, feat_model, fit_model, tag: str, phase, extras) -> PhaseData:
-        """Training activations of V augmented views per image, computed once through the frozen
-        prefix (in memory, or on disk when over the budget); validation activations of the plain
-        images."""
+    def _view_batches(self, x_views, phase):
+        """Training batches of (V, n, ...) cached view activations: image i in epoch e is fed view
+        (e + offset_i) % V, as on images."""
         import tensorflow as tf
 
-        from thaw.data import augment
+        n, views = len(self.ds.train), self.views
+        labels = tf.constant(self.ds.train.labels)
+        take = data_mod.rows(x_views.reshape((views * n,) + tuple(x_views.shape[2:])))
+        view_of = epoch_view(n, views, self.seed)
 
-        t0, misses = time.perf_counter(), self.cache.misses
-        ds, cache, n, views = self.ds, self.cache, len(self.ds.train), self.views
-        x_views, x_val = self._views_and_val(feat_model, fit_model, tag, views, extras)
-        secs = time.perf_counter() - t0
+        def batch(idx, epoch):
+            return take(view_of(idx, epoch) * n + tf.cast(idx, tf.int64)), tf.gather(labels, idx)
+
+        return data_mod.epoch_batches(n, self.bs, self.seed, phase.start, phase.remaining, batch)
+
+    def _log_ready(self, cut: Cut, x_train, x_val, secs: float) -> None:
+        cache, extras = self.cache, len(cut.extras)
+        if self.aug is None:
+            log.info(
+                "feature cache (%s): %d+%d activations of shape %s ready in %.1fs (hits %d, misses "
+                "%d%s%s)",
+                cut.tag,
+                len(x_train),
+                len(x_val),
+                x_train.shape[1:],
+                secs,
+                cache.hits,
+                cache.misses,
+                f"; {extras} shallower boundaries stored too" if extras else "",
+                stored_where(x_train),
+            )
+            return
         log.info(
             "feature cache (%s): %d views x %d training + %d validation activations of shape %s "
             "ready in %.1fs (hits %d, misses %d%s%s)",
-            tag,
-            views,
-            n,
+            cut.tag,
+            self.views,
+            len(self.ds.train),
             len(x_val),
             x_val.shape[1:],
             secs,
             cache.hits,
             cache.misses,
-            f"; {len(extras)} other depths stored too" if extras else "",
-            stored_where(x_views),
+            f"; {extras} other depths stored too" if extras else "",
+            stored_where(x_train),
         )
-        labels = tf.constant(ds.train.labels)
-        flat = x_views.reshape((views * n,) + tuple(x_views.shape[2:]))
-        take = data_mod.rows(flat)
-        offsets = augment.view_offsets(n, views, self.seed)
-
-        def batch_fn(idx, epoch):
-            view = tf.cast(tf.gather(augment.epoch_views(offsets, epoch, views), idx), tf.int64)
-            return take(view * n + tf.cast(idx, tf.int64)), tf.gather(labels, idx)
-
-        train = data_mod.epoch_batches(
-            n, self.bs, self.seed, phase.start, phase.remaining, batch_fn
-        )
-        val = data_mod.to_tf(
-            data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed
-        )
-        return PhaseData(
-            fit_model,
-            train,
-            val,
-            "features",
-            tag,
-            secs,
-            math.ceil(n / self.bs),
-            views,
-            cache.misses - misses,
-        )
-
-    def _views_and_val(self, feat_model, fit_model, tag: str, views: int, extras):
-        """(V, n, ...) training views and (n_val, ...) validation activations of `tag`, from the
-        cache
-        or computed in one pass per view (that also stores the extras' views)."""
-        import tensorflow as tf
-
-        from thaw.data import augment
-
-        ds, cache, batch, n = self.ds, self.cache, max(self.bs, 64), len(self.ds.train)
-        row = tuple(int(d) for d in fit_model.inputs[0].shape[1:])
-        k_views, k_val = self._view_key(tag, views), self._keys(tag)[1]
-
-        def train_views(sinks):
-            table = tf.stack([augment.draw(self.aug, n, self.view_seed, v) for v in range(views)])
-            return predict_views(feat_model, ds.train.images, table, batch, sinks)
-
-        def val_pass(sinks):
-            return predict(feat_model, ds.val.images, batch, sinks)
-
-        if not extras:
-            x_views = cache.get_or_compute(
-                k_views, lambda sink: train_views([sink])[0], (views, n) + row, lead=2
-            )
-            x_val = cache.get_or_compute(
-                k_val, lambda sink: val_pass([sink])[0], (len(ds.val),) + row
-            )
-            return x_views, x_val
-        cache.misses += 1
-        outs_train = train_views([cache.sink(k_views, (views, n) + row, lead=2)])
-        outs_val = val_pass([cache.sink(k_val, (len(ds.val),) + row)])
-        for t, a_tr, a_va in zip([tag] + [t for _, t in extras], outs_train, outs_val):
-            cache.put(self._view_key(t, views), a_tr)
-            cache.put(self._keys(t)[1], a_va)
-        return outs_train[0], outs_val[0]
 
     def _say_once(self, message: str) -> None:
         if not self._warned:
             log.warning(message)
             self._warned = True
-
-    def _more_boundaries(self, cut, tag: str, depth: int):
-        """(tensor, tag) of the boundaries of other depths to store in the same pass: every depth
-        below the base's block count after the head phase, fewer than `depth` blocks after a
-        fine-tuning cut; smallest first, not yet cached, within half of the cache budget."""
-        from thaw.model import unfreeze
-
-        base, spec = self.clf.base, self.clf.spec
-        if self._cached(tag):
-            return []  # no pass will run
-        rows = len(self.ds.train) * max(1, self.views) + len(self.ds.val)
-        cached = self.clf.model.get_layer("head_pool").output if tag == "pooled" else cut
-        budget = self.cache.max_bytes // 2 - activation_bytes(cached, rows)
-        seen = {id(cut), id(base.input)}
-        out = []
-        for d in range(1, spec.num_blocks if tag == "pooled" else depth):
-            bt = boundary_tensor(base, unfreeze.top_block_layers(base, spec, d))
-            if bt is None or id(bt) in seen:
-                continue
-            seen.add(id(bt))
-            t = f"at {bt._keras_history[0].name}"
-            need = activation_bytes(bt, rows)
-            if need > budget or self._cached(t):
-                continue
-            budget -= need
-            out.append((bt, t))
-        return out
-
-    def _cached(self, tag: str) -> bool:
-        k_train, k_val = self._keys(tag)
-        if self.aug is not None:
-            k_train = self._view_key(tag, self.views)
-        return k_train in self.cache and k_val in self.cache
-
-    def _view_key(self, tag: str, views: int) -> str:
-        from thaw.data import augment
-
-        return self._keys(
-            f"{tag}|{augment.signature(self.aug)}|seed={self.view_seed}|views={views}"
-        )[0]

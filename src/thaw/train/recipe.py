@@ -124,10 +124,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
 
 def fit_phase(run: Run, phase: Phase, resume=None) -> None:
     """Compile and fit one phase; raises TrainingError on a NaN loss, Pruned when the pruner stops
-    it.
-    With `resume` (a checkpoint), a phase behind it is skipped and the one it stopped in
+    it. With `resume` (a checkpoint), a phase behind it is skipped and the one it stopped in
     continues."""
-    from thaw.model.classifier import count_trainable
     from thaw.train.callbacks import EpochCallback
 
     position = resume.position(phase.name) if resume is not None else "fresh"
@@ -138,21 +136,56 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         phase = dataclasses.replace(phase, done=resume.done)
     data = run.inputs.for_phase(phase)
     info = run.record.phase(phase.name)
+    _note_inputs(info, data)
+    if phase.epochs > 0:
+        compile_phase(run, data, phase)
+    if position == "continue":
+        _resume_optimizer(data.model, resume)
+    n_trainable = _describe_phase(run, phase, data, info)
+    if phase.epochs == 0:
+        info["seconds"] = 0.0
+        return
+    callback = EpochCallback(
+        phase,
+        run,
+        n_trainable,
+        state=resume.callback if position == "continue" else None,
+        checkpoint=checkpointer(run, phase.name, data.model.optimizer),
+    )
+    _fit(data, phase, callback, info)
+    interrupt.check()
+    _restore_best(run, info, callback)
+    if callback.stop_reason not in ("nan", "pruned"):
+        callback.save_checkpoint(ended=True)
+    run.tracker.log_phase(phase.name, info)
+    _record_throughput(run.record, phase.name)
+    _raise_if_stopped(run.record, callback)
+
+
+def _note_inputs(info: dict[str, Any], data) -> None:
+    """What the phase fits on, in its record: the feature cache and augmented views it used."""
     if data.cache_tag is not None:
         info.update(cache=data.cache_tag, cache_seconds=data.cache_seconds)
     if data.views:
         info["augment_views"] = data.views
         if data.source == "features":
             info["views_computed"] = data.cache_misses > 0  # false: the views came from the cache
-    if phase.epochs > 0:
-        compile_phase(run, data, phase)
-    if position == "continue":
-        if not data.model.optimizer.built:  # a LossScaleOptimizer built twice adds variables
-            data.model.optimizer.build(data.model.trainable_variables)
-        try:
-            checkpoint.assign(data.model.optimizer.variables, resume.optimizer, "optimizer")
-        except ValueError as exc:  # weights resumed; the optimizer's moments start again
-            log.warning("checkpoint: %s; this phase continues with a fresh optimizer state", exc)
+
+
+def _resume_optimizer(model, resume) -> None:
+    """A continued phase gets its optimizer's moments back from the checkpoint."""
+    if not model.optimizer.built:  # a LossScaleOptimizer built twice adds variables
+        model.optimizer.build(model.trainable_variables)
+    try:
+        checkpoint.assign(model.optimizer.variables, resume.optimizer, "optimizer")
+    except ValueError as exc:  # weights resumed; the optimizer's moments start again
+        log.warning("checkpoint: %s; this phase continues with a fresh optimizer state", exc)
+
+
+def _describe_phase(run: Run, phase: Phase, data, info: dict[str, Any]) -> int:
+    """Log and record what the phase trains, and on what; the number of trainable parameters."""
+    from thaw.model.classifier import count_trainable
+
     n_trainable = count_trainable(run.clf.model)
     log.info(
         "phase %s: %d epoch(s) at lr %.2e, %s trainable parameters, on %s",
@@ -168,16 +201,11 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
         trainable_params=n_trainable,
         trained_on="cached activations" if data.source == "features" else "images",
     )
-    if phase.epochs == 0:
-        info["seconds"] = 0.0
-        return
-    callback = EpochCallback(
-        phase,
-        run,
-        n_trainable,
-        state=resume.callback if position == "continue" else None,
-        checkpoint=checkpointer(run, phase.name, data.model.optimizer),
-    )
+    return n_trainable
+
+
+def _fit(data, phase: Phase, callback, info: dict[str, Any]) -> None:
+    """The phase's epochs still to run (none when a resumed phase had already stopped), timed."""
     t0 = time.perf_counter()
     if phase.remaining > 0 and callback.stop_reason is None:
         data.model.fit(
@@ -191,13 +219,6 @@ def fit_phase(run: Run, phase: Phase, resume=None) -> None:
             shuffle=False,
         )
     info["seconds"] = time.perf_counter() - t0
-    interrupt.check()
-    _restore_best(run, info, callback)
-    if callback.stop_reason not in ("nan", "pruned"):
-        callback.save_checkpoint(ended=True)
-    run.tracker.log_phase(phase.name, info)
-    _record_throughput(run.record, phase.name)
-    _raise_if_stopped(run.record, callback)
 
 
 def evaluate_test_split(run: Run) -> None:

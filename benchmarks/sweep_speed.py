@@ -84,6 +84,9 @@ def main():
             "hydra.sweeper.pruner._target_=optuna.pruners.NopPruner",
             "~hydra.sweeper.pruner.n_startup_trials",
             "~hydra.sweeper.pruner.n_warmup_steps",
+            "~hydra.sweeper.pruner.best_since_warmup",
+            "~hydra.sweeper.pruner.include_pruned",
+            "~hydra.sweeper.pruner.tolerance_se",
         ]
         + (["trainer.augment_views=0"] if args.augment else []),
         "thaw": ["trainer.cache_features=auto"],

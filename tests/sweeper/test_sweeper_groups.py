@@ -1,6 +1,6 @@
-"""Sampler and pruner config groups: every README swap command composes and builds its Optuna
-objects
-through the sweeper's own code, and selecting a group replaces the whole node."""
+"""Sampler and pruner config groups: every swap command of docs/how-to/samplers-and-pruners.md
+composes and builds its Optuna objects through the sweeper's own code, and selecting a group
+replaces the whole node."""
 
 import re
 import shlex
@@ -18,11 +18,12 @@ from thaw.sweeper import plan as plan_mod
 from thaw.sweeper.pruners import StepMedianPruner
 from thaw.sweeper.study_setup import instantiate, sampler_node
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SWAP_PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "samplers-and-pruners.md"
 
 
 def readme_swap_commands():
-    block = re.search(r"<!-- swap-commands.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    text = SWAP_PAGE.read_text()
+    block = re.search(r"<!-- swap-commands.*?```bash\n(.*?)```", text, re.S).group(1)
     return [shlex.split(line) for line in block.strip().splitlines()]
 
 
@@ -94,10 +95,10 @@ def check_swap_command(argv):
 
 
 def test_readme_swap_commands_check_every_argument_they_give():
-    """The check above reads both forms; a README line that gives an argument is checked on it."""
+    """The check above reads both forms; a swap line that gives an argument is checked on it."""
     lines = {" ".join(argv): argv for argv in readme_swap_commands()}
     node_form = [argv for text, argv in lines.items() if "hydra.sweeper.pruner={" in text]
-    assert node_form, "the README's ThresholdPruner node line is gone"
+    assert node_form, "the swap page's ThresholdPruner node line is gone"
     for argv in node_form:
         assert "lower" in [key for node, key, _ in check_swap_command(argv) if node == "pruner"], (
             argv

@@ -134,3 +134,76 @@ print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
     assert res.returncode == 0, res.stderr[-3000:]
     count, loaded = res.stdout.strip().splitlines()[-2:]
     assert int(count) > 0 and loaded == "[]", res.stdout
+
+
+# What a module may hold at module level besides constants: a lock, the flag a signal handler
+# sets (signals belong to the process), a context variable (the sweeper's current trial), a logger.
+ALLOWED_MODULE_CALLS = {
+    "logging.getLogger",
+    "threading.Lock",
+    "threading.Event",
+    "contextvars.ContextVar",
+    "ContextVar",
+    "Path",
+    "frozenset",
+    "tuple",
+    "TypeVar",
+    "re.compile",
+}
+MUTATORS = {
+    "append",
+    "extend",
+    "update",
+    "clear",
+    "pop",
+    "popitem",
+    "setdefault",
+    "add",
+    "discard",
+    "remove",
+    "insert",
+    "move_to_end",
+}
+
+
+def _dotted(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _module_state(path: Path) -> list[str]:
+    """Module-level names this module mutates (item assignment, a mutating method, `global`),
+    and module-level objects built by calls other than the allowed ones."""
+    tree = ast.parse(path.read_text())
+    names, found = set(), []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Name):
+                names.add(t.id)
+                value = node.value
+                if isinstance(value, ast.Call) and _dotted(value.func) not in ALLOWED_MODULE_CALLS:
+                    found.append(f"{t.id} = {_dotted(value.func)}(...)")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found += [f"global {n}" for n in node.names]
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            for t in node.targets if not isinstance(node, ast.AugAssign) else [node.target]:
+                if isinstance(t, ast.Subscript) and _dotted(t.value) in names:
+                    found.append(f"{_dotted(t.value)}[...] changed")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in MUTATORS and _dotted(node.func.value) in names:
+                found.append(f"{_dotted(node.func.value)}.{node.func.attr}(...)")
+    return found
+
+
+def test_no_module_keeps_state_between_runs_outside_the_workspace():
+    """What a process keeps between runs lives in one object, thaw.train.workspace.Workspace,
+    passed down explicitly; modules hold constants only."""
+    bad = {name: found for name, path in modules().items() if (found := _module_state(path))}
+    assert not bad, bad

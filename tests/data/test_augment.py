@@ -11,7 +11,6 @@ from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from thaw.data import augment
-from thaw.train import feature_cache
 
 
 def _aug(**kw):
@@ -92,7 +91,6 @@ def _run(tmp_path, name, *overrides):
 
 
 def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
-    feature_cache.clear_memory_cache()
     off = _run(tmp_path, "off", "trainer.cache_features=false")
     on = _run(tmp_path, "on", "trainer.cache_features=true")
     assert not off["feature_cache"] and on["feature_cache"]
@@ -118,7 +116,6 @@ def test_view_cache_keys_cover_augmentation_seed_and_count(tmp_path, mnv2_weight
     """Folder data and pretrained weights: neither depends on the seed, so only the draws do."""
     from imagefiles import make_folder
 
-    feature_cache.clear_memory_cache()
     cache = tmp_path / "cache"
     folder = make_folder(tmp_path / "photos", per_class=8)
     common = [
@@ -181,7 +178,6 @@ def test_epoch_batches_know_their_epoch_through_keras_fit():
 def test_views_over_the_memory_budget_spill_to_disk_and_train_the_same(
     tmp_path, caplog, mnv2_weights
 ):
-    feature_cache.clear_memory_cache()
     caplog.set_level(logging.INFO)
     common = (
         f"backbone.weights={mnv2_weights}",
@@ -206,7 +202,6 @@ def test_views_over_the_memory_budget_spill_to_disk_and_train_the_same(
     assert any("go to disk" in r.getMessage() for r in caplog.records)
     spilled = [np.load(p, mmap_mode="r") for p in (tmp_path / "cache").glob("*.npy")]
     assert any(a.shape == (3, 64, 1280) for a in spilled)
-    feature_cache.clear_memory_cache()
     memory = _run(tmp_path, "memory", *common)
     for a, b in zip(disk["history"], memory["history"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -216,7 +211,6 @@ def test_views_over_the_memory_budget_spill_to_disk_and_train_the_same(
 
 
 def test_no_room_on_disk_trains_on_images_and_says_so(tmp_path, caplog):
-    feature_cache.clear_memory_cache()
     caplog.set_level(logging.WARNING)
     m = _run(
         tmp_path,
@@ -278,7 +272,6 @@ def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
     fit half the budget: a later trial at another depth computes nothing new."""
     from thaw.train.recipe import train
 
-    feature_cache.clear_memory_cache()
     cache = tmp_path / "cache"
     common = [
         "experiment=tiny",
@@ -303,7 +296,6 @@ def test_a_sweep_trial_stores_other_depths_views_in_the_same_pass(tmp_path):
     train(compose_cfg([*common, "unfreeze.depth=2"]), tmp_path / "t1", reporter=NeverPrune())
     assert set(cache.glob("*.npy")) == files
     # served from the other trial's pass, the run trains as a single run computing its own views
-    feature_cache.clear_memory_cache()
     alone = tmp_path / "alone"
     train(compose_cfg([*common[:-1], "unfreeze.depth=2"]), alone)
     a = json.loads((alone / "metrics.json").read_text())["history"]

@@ -6,7 +6,7 @@ from imagefiles import make_folder, write_image
 from omegaconf import OmegaConf
 
 from thaw.config.schema import DataConfig
-from thaw.data import load, load_synthetic, scan_folder
+from thaw.data import DataState, load, load_synthetic, scan_folder
 from thaw.errors import DataError
 
 
@@ -118,13 +118,10 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     import logging
     import os
 
-    from thaw import data
-
     root, cache = tmp_path / "photos", tmp_path / "cache"
     make_folder(root, per_class=4, fmt="png")
     c = cfg(path=str(root), val_fraction=0.25)
     first = load(c, 32, 0, str(cache))
-    data.clear_memo()
     with caplog.at_level(logging.INFO, logger="thaw.data"):
         second = load(c, 32, 0, str(cache))
     assert any("read the decoded splits" in r.getMessage() for r in caplog.records)
@@ -138,7 +135,6 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     victim = sorted(root.rglob("*.png"))[0]
     write_image(victim, (0, 255, 0), size=30, fmt="png")
     os.utime(victim, ns=(1, 1))
-    data.clear_memo()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="thaw.data"):
         load(c, 32, 0, str(cache))
@@ -148,15 +144,15 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
 
 def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
     """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
-    from thaw import data
     from thaw.config.schema import DataConfig
 
     make_folder(tmp_path, per_class=4, fmt="png")
-    data.clear_memo()
+    state = DataState()  # what a Workspace keeps: the decoded set, reused by the next run
     c = cfg(path=str(tmp_path), val_fraction=0.25)
-    assert load(c, 32, 1) is load(c, 32, 2)
+    assert load(c, 32, 1, state=state) is load(c, 32, 2, state=state)
+    assert load(c, 32, 1) is not load(c, 32, 1)  # fresh states share nothing
     synth = OmegaConf.merge(
         OmegaConf.structured(DataConfig(name="synthetic")), dict(num_train=8, num_val=4)
     )
-    a, b = load(synth, 32, 1), load(synth, 32, 2)
+    a, b = load(synth, 32, 1, state=state), load(synth, 32, 2, state=state)
     assert a is not b and not np.array_equal(a.train.images, b.train.images)

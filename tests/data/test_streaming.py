@@ -11,9 +11,12 @@ from omegaconf import OmegaConf
 
 from thaw import data
 from thaw.config.schema import DataConfig
+from thaw.data.budget import DiskLedger
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
+from thaw.data.state import Limits
 from thaw.errors import DataError
 from thaw.train import feature_cache
+from thaw.train.feature_cache import ActivationStore
 
 
 def folder_cfg(**kw):
@@ -21,8 +24,7 @@ def folder_cfg(**kw):
 
 
 def _load(c, size=32, cache_dir=None):
-    data.clear_memo()
-    return data.load(c, size, 0, cache_dir)
+    return data.load(c, size, 0, cache_dir)  # a fresh DataState: decoded anew
 
 
 def test_disk_array_reads_rows_like_the_array_in_memory(tmp_path):
@@ -65,7 +67,7 @@ def test_streamed_splits_equal_the_in_memory_ones_and_feed_the_same_batches(tmp_
         )
     for a, b in zip(data.to_tf(mem.val, 3, False, 0), data.to_tf(disk.val, 3, False, 0)):
         assert np.array_equal(a[0].numpy(), b[0].numpy())
-    both = data.with_val_in_train(disk)
+    both = data.with_val_in_train(disk, DiskLedger())
     assert np.array_equal(
         np.asarray(both.train.images), np.concatenate([mem.train.images, mem.val.images])
     )
@@ -106,8 +108,6 @@ def test_the_disk_copy_is_keyed_by_the_data_not_by_where_it_lives(tmp_path):
 def _train(tmp_path, name, *overrides):
     from thaw.train.recipe import train
 
-    feature_cache.clear_memory_cache()
-    data.clear_memo()
     out = tmp_path / name
     train(compose_cfg(list(overrides)), out)
     return json.loads((out / "metrics.json").read_text())
@@ -184,9 +184,10 @@ def test_the_default_memory_budget_follows_ulimit_d():
     script = (
         "import resource; resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30)); "
         "from omegaconf import OmegaConf; from thaw.data import budget; "
-        "print(budget.available_memory(), budget.memory_budget(OmegaConf.create({'max_memory_mb': "
-        "None})), "
-        "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100})))"
+        "from thaw.data.state import Limits; lim = Limits(); "
+        "print(lim.available_memory(), "
+        "budget.memory_budget(OmegaConf.create({'max_memory_mb': None}), lim), "
+        "budget.memory_budget(OmegaConf.create({'max_memory_mb': 100}), lim))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     avail, default, fixed = map(int, out.stdout.split())
@@ -194,9 +195,6 @@ def test_the_default_memory_budget_follows_ulimit_d():
 
 
 def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
-    from thaw.data import budget
-
-    feature_cache.clear_memory_cache()
     cache_dir, arr = tmp_path / "cache", np.arange(4 * 10 * 3, dtype=np.float32).reshape(4, 10, 3)
     data_cfg = OmegaConf.create({"max_disk_mb": None})
 
@@ -206,7 +204,7 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
         return sink.close()
 
     cache = feature_cache.FeatureCache(
-        max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
+        1000, str(cache_dir), ActivationStore(), Limits(), spill_bytes=100, data_cfg=data_cfg
     )
     got = cache.get_or_compute("views-key", compute, shape=(4, 10, 3), lead=2)
     assert (
@@ -217,10 +215,9 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
     assert (cache_dir / "views-key.npy").is_file() and cache.spilled == ["views-key"]
     small = cache.get_or_compute("small", lambda sink: compute_small(sink), shape=(2, 3))
     assert isinstance(small, np.ndarray) and np.array_equal(np.load(cache_dir / "small.npy"), small)
-    # another process (memory cleared) reads the spilled entry back from cache_dir, as a DiskArray
-    feature_cache.clear_memory_cache()
+    # another process (an empty store) reads the spilled entry back from cache_dir, as a DiskArray
     later = feature_cache.FeatureCache(
-        max_bytes=1000, cache_dir=str(cache_dir), spill_bytes=100, data_cfg=data_cfg
+        1000, str(cache_dir), ActivationStore(), Limits(), spill_bytes=100, data_cfg=data_cfg
     )
     again = later.get_or_compute(
         "views-key", lambda sink: pytest.fail("recomputed"), shape=(4, 10, 3), lead=2
@@ -229,16 +226,17 @@ def test_spilled_activations_are_keyed_on_disk_read_back_and_bounded(tmp_path):
     kept = later.get_or_compute("small", lambda sink: pytest.fail("recomputed"), shape=(2, 3))
     assert isinstance(kept, np.ndarray) and later.hits == 2  # small enough: read into memory
     # the disk bound: no room, one DataError naming the key, the claim given back
-    before = budget.LEDGER.written
     tight = feature_cache.FeatureCache(
-        max_bytes=1000,
-        cache_dir=str(tmp_path / "other"),
+        1000,
+        str(tmp_path / "other"),
+        ActivationStore(),
+        Limits(),
         spill_bytes=100,
         data_cfg=OmegaConf.create({"max_disk_mb": 0}),
     )
     with pytest.raises(DataError, match="data.max_disk_mb"):
         tight.sink("big", (4, 10, 3), lead=2)
-    assert budget.LEDGER.written == before
+    assert tight.limits.disk.written == 0
 
 
 def compute_small(sink):

@@ -8,9 +8,19 @@ import pytest
 from conftest import compose_cfg
 
 from thaw.train import feature_cache
+from thaw.train.workspace import Workspace
 
 
-def _run(tmp_path, name, *overrides, reporter=None):
+def _cache(max_bytes, data_cfg=None):
+    """A FeatureCache over a fresh Workspace's activation store and limits."""
+    ws = Workspace()
+    store = ws.activations
+    return store, feature_cache.FeatureCache(
+        max_bytes, None, store, ws.data.limits, data_cfg=data_cfg
+    )
+
+
+def _run(tmp_path, name, *overrides, reporter=None, workspace=None):
     from omegaconf import OmegaConf
 
     from thaw.train.recipe import train
@@ -29,7 +39,7 @@ def _run(tmp_path, name, *overrides, reporter=None):
             *overrides,
         ]
     )
-    train(cfg, out, reporter=reporter)
+    train(cfg, out, reporter=reporter, workspace=workspace)
     (out / ".hydra").mkdir()
     OmegaConf.save(
         cfg, out / ".hydra" / "config.yaml"
@@ -44,7 +54,6 @@ def test_cached_training_matches_uncached(tmp_path, weights, request):
         common = [f"backbone.weights={w}"]
     else:  # a random base in inference mode is also a fixed function of the image
         common = ["backbone.batchnorm=inference"]
-    feature_cache.clear_memory_cache()
     off = _run(tmp_path, "off", *common, "trainer.cache_features=false", "data.num_test=16")
     on = _run(tmp_path, "on", *common, "trainer.cache_features=true", "data.num_test=16")
     # the full model (not the sub-model that trained) is evaluated on the test split, with fresh
@@ -97,18 +106,17 @@ def test_cache_true_with_fresh_augmentation_is_refused(tmp_path):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_cache_is_reused_across_runs_and_processes(tmp_path):
-    feature_cache.clear_memory_cache()
     cache_dir = tmp_path / "cache"
     common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
-    _run(tmp_path, "a", *common)
+    ws = Workspace()
+    _run(tmp_path, "a", *common, workspace=ws)
     files = sorted(cache_dir.glob("*.npy"))
     assert len(files) == 4  # pooled + boundary, train/val each: a single run stores no other depth
-    # in-process reuse: no file is rewritten
+    # in-process reuse: served from the Workspace's memory, no file is rewritten
     mtimes = [f.stat().st_mtime_ns for f in files]
-    _run(tmp_path, "b", *common)
+    _run(tmp_path, "b", *common, workspace=ws)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
-    # another process: memory is empty, the disk cache serves it
-    feature_cache.clear_memory_cache()
+    # another process (a fresh Workspace): memory is empty, the disk cache serves it
     m = _run(tmp_path, "c", *common, "unfreeze.depth=3")
     assert len(list(cache_dir.glob("*.npy"))) == 6  # a new boundary for depth 3, pooled reused
     assert m["feature_cache"]
@@ -133,19 +141,17 @@ class NeverPrune:
 # ~75 s; so is its views variant in test_augment.py: `-m slow` (and .ci/run) runs both
 @pytest.mark.slow
 def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
-    feature_cache.clear_memory_cache()
     cache_dir = tmp_path / "cache"
     common = ["backbone.batchnorm=inference", f"trainer.cache_dir={cache_dir}"]
-    deep = NeverPrune()
-    _run(tmp_path, "deep", *common, "unfreeze.depth=4", reporter=deep)
+    deep, ws = NeverPrune(), Workspace()
+    _run(tmp_path, "deep", *common, "unfreeze.depth=4", reporter=deep, workspace=ws)
     assert deep.steps == [0, 1, 2, 3]
     files = set(cache_dir.glob("*.npy"))
     assert len(files) > 4  # pooled + depth 4's boundary + shallower ones, train and val each
     # later trials at shallower depths are served from that one pass: nothing new is computed
-    _run(tmp_path, "d2", *common, "unfreeze.depth=2", reporter=NeverPrune())
+    _run(tmp_path, "d2", *common, "unfreeze.depth=2", reporter=NeverPrune(), workspace=ws)
     assert set(cache_dir.glob("*.npy")) == files
     # and train exactly as without any cache
-    feature_cache.clear_memory_cache()
     fresh = _run(
         tmp_path,
         "fresh",
@@ -160,12 +166,11 @@ def test_sweep_trial_stores_shallower_boundaries_for_later_trials(tmp_path):
 
 
 def test_memory_cache_is_bounded():
-    feature_cache.clear_memory_cache()
-    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None)
+    store, cache = _cache(3000)
     for i in range(5):
         cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
-    assert feature_cache.memory_bytes() <= 3000
-    assert feature_cache.memory_keys() == ["k2", "k3", "k4"]
+    assert store.memory_bytes() <= 3000
+    assert store.memory_keys() == ["k2", "k3", "k4"]
 
 
 def test_an_entry_leaving_memory_is_kept_on_disk_while_the_disk_bound_has_room():
@@ -174,33 +179,28 @@ def test_an_entry_leaving_memory_is_kept_on_disk_while_the_disk_bound_has_room()
     from omegaconf import OmegaConf
 
     from thaw.config.schema import DataConfig
-    from thaw.data import budget
     from thaw.data.diskarray import DiskArray
 
-    feature_cache.clear_memory_cache()
-    # the disk bound counts what this process wrote before (other tests in this worker): 2 MB more
-    roomy = OmegaConf.structured(DataConfig(max_disk_mb=budget.LEDGER.written // budget.MB + 2))
-    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None, data_cfg=roomy)
+    # a fresh Workspace has written nothing: 2 MB of room
+    store, cache = _cache(3000, OmegaConf.structured(DataConfig(max_disk_mb=2)))
     for i in range(5):
         cache.get_or_compute(f"k{i}", lambda i=i: np.full(250, i, np.float32))  # 1000 bytes each
-    assert feature_cache.memory_keys() == ["k2", "k3", "k4"] and "k0" in cache
+    assert store.memory_keys() == ["k2", "k3", "k4"] and "k0" in cache
+    assert cache.limits.disk.written == 2000  # k0 and k1, counted against the bound
     computed = []
     back = cache.get_or_compute("k0", lambda: computed.append(1))
     assert not computed and isinstance(back, DiskArray) and (np.asarray(back[:]) == 0).all()
     # a disk bound with no room: dropped, as without a data config
-    feature_cache.clear_memory_cache()
-    full = OmegaConf.structured(DataConfig(max_disk_mb=0))
-    cache = feature_cache.FeatureCache(max_bytes=3000, cache_dir=None, data_cfg=full)
+    store, cache = _cache(3000, OmegaConf.structured(DataConfig(max_disk_mb=0)))
     for i in range(5):
         cache.get_or_compute(f"k{i}", lambda: np.zeros(250, np.float32))
-    assert "k0" not in cache and feature_cache.memory_keys() == ["k2", "k3", "k4"]
+    assert "k0" not in cache and store.memory_keys() == ["k2", "k3", "k4"]
 
 
 def test_an_entry_over_half_the_budget_is_used_but_does_not_evict_the_rest():
-    feature_cache.clear_memory_cache()
-    cache = feature_cache.FeatureCache(max_bytes=4000, cache_dir=None)
+    store, cache = _cache(4000)
     for i in range(3):
         cache.get_or_compute(f"small{i}", lambda: np.zeros(250, np.float32))  # 1000 bytes each
     big = cache.get_or_compute("big", lambda: np.ones(750, np.float32))  # 3000 bytes: over half
     assert big.shape == (750,) and (big == 1).all()
-    assert feature_cache.memory_keys() == ["small0", "small1", "small2"]
+    assert store.memory_keys() == ["small0", "small1", "small2"]

@@ -16,6 +16,7 @@ from thaw.config.checks import validate
 from thaw.config.paths import conf_dir
 from thaw.config.schema import register_configs
 from thaw.errors import ThawError
+from thaw.train.workspace import Workspace
 
 log = logging.getLogger("thaw")
 
@@ -49,9 +50,9 @@ def _fixed_overrides(overrides: list[str]) -> list[str]:
     return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
-def precheck(argv: list[str]) -> None:
+def precheck(argv: list[str], data_state=None) -> None:
     """Compose the config exactly as Hydra will and validate it; exit 2 with one line on bad
-    input."""
+    input. With `data_state` (the Workspace's) the runs that follow reuse the folder scan."""
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -85,9 +86,8 @@ def precheck(argv: list[str]) -> None:
             from thaw.sweeper.identity import without_hydra
 
             cfg = without_hydra(cfg)
-        validate(
-            cfg, scan_data=not thaw_sweep
-        )  # thaw's sweeper scans the data after checking its study
+        # thaw's sweeper scans the data after checking its study
+        validate(cfg, scan_data=not thaw_sweep, data_state=data_state)
     except ThawError as exc:
         _die(_one_line(exc))
     except (HydraException, OmegaConfBaseException) as exc:
@@ -136,11 +136,11 @@ def _describe_time(trial, out: Path) -> None:
         pass
 
 
-def _prepare_trial(cfg, trial, out: Path) -> None:
+def _prepare_trial(cfg, trial, out: Path, workspace: Workspace) -> None:
     """Before training: the config checked and saved resolved (thaw-evaluate, -export and -retrain
     read the same data and weights from any directory), what the sweep report reads put on the
     trial, and a retried trial given the dead trial's checkpoint to continue."""
-    validate(cfg)
+    validate(cfg, data_state=workspace.data)
     _save_resolved_config(cfg, out)
     if trial is not None:
         from thaw.train import checkpoint
@@ -181,41 +181,9 @@ def _failed(trial, exc: BaseException, prefix: str = "") -> dict:
     return {"error": message}
 
 
-_RELEASES = [0, False]  # trials released in this process; unfreeze before the next collection
-
-
-def _release_graphs(keep_compiled: bool, failed: bool = False) -> None:
-    """Trials that share a process would otherwise keep every earlier trial's graphs. With the
-    classifier and its compiled fit models kept for later trials (trainer.reuse_compiled), one
-    garbage
-    collection frees the rest; clear_session (another collection, and TensorFlow's kernel cache,
-    which
-    the kept models would rebuild) costs ~0.7 s a trial for nothing kept. What survives the
-    collection
-    (TensorFlow, the kept models) is frozen out of later collections, which then scan only what the
-    next trial allocated (0.4 s -> ~0.05 s a trial). Frozen objects that later become garbage are
-    collected when thaw.model.compiled drops a kept model, after a failed trial (its traceback held
-    the
-    trial's objects) and every 10th trial."""
-    if "keras" not in sys.modules:
-        return
-    import gc
-
-    if not keep_compiled:
-        import keras
-
-        keras.backend.clear_session()  # collects garbage too
-        return
-    _RELEASES[0] += 1
-    if _RELEASES[1] or _RELEASES[0] % 10 == 0:
-        gc.unfreeze()
-    _RELEASES[1] = failed
-    gc.collect()
-    gc.freeze()
-
-
-def run(cfg: DictConfig):
-    """The Hydra task: train one configuration, return its objective for the sweeper."""
+def run(cfg: DictConfig, workspace: Workspace):
+    """The Hydra task: train one configuration in this process's Workspace, return its objective
+    for the sweeper."""
     from hydra.core.hydra_config import HydraConfig
 
     from thaw.sweeper.trial import attach_trial
@@ -230,22 +198,22 @@ def run(cfg: DictConfig):
     started: list = []  # the tracker, once train() has loaded the data and built the model
     outcome: list = ["FAIL", {}]  # the run's state and summary, as the tracker is told them
     try:
-        result = _attempt(cfg, hc, trial, out, started, outcome)
+        result = _attempt(cfg, hc, trial, out, workspace, started, outcome)
     finally:
-        _wind_up(cfg, trial, out, started, *outcome)
+        _wind_up(cfg, trial, out, workspace, started, *outcome)
     if result is None:  # pruned
         return None
     _complete(trial, out, result)
     return result.objective
 
 
-def _attempt(cfg, hc, trial, out: Path, started: list, outcome: list):
+def _attempt(cfg, hc, trial, out: Path, workspace: Workspace, started: list, outcome: list):
     """Train (None when pruned). A failure is told to the trial and re-raised, bad input outside a
     sweep exits 2 instead; `outcome` gets the state and summary the tracker will be told."""
     from hydra.types import RunMode
 
     try:
-        result = _train(cfg, trial, out, started, outcome)
+        result = _train(cfg, trial, out, workspace, started, outcome)
     except ThawError as exc:
         outcome[1] = _failed(trial, exc)
         if hc.mode != RunMode.MULTIRUN:
@@ -271,9 +239,9 @@ def _attempt(cfg, hc, trial, out: Path, started: list, outcome: list):
     return result
 
 
-def _train(cfg, trial, out: Path, started: list, outcome: list):
+def _train(cfg, trial, out: Path, workspace: Workspace, started: list, outcome: list):
     """The trial prepared and trained; a pruned trial is told so and gives None."""
-    _prepare_trial(cfg, trial, out)
+    _prepare_trial(cfg, trial, out, workspace)
     from thaw.runtime import tracking
     from thaw.train.recipe import Pruned, train
 
@@ -282,7 +250,7 @@ def _train(cfg, trial, out: Path, started: list, outcome: list):
         return started[0]
 
     try:
-        return train(cfg, out, reporter=trial, tracker=start_tracker)
+        return train(cfg, out, reporter=trial, tracker=start_tracker, workspace=workspace)
     except Pruned as exc:
         log.info("trial pruned: %s", exc)
         outcome[:] = ["PRUNED", {"pruned": str(exc)}]
@@ -307,7 +275,9 @@ def _summary(result) -> dict:
     return {k: result.metrics.get(k) for k in _SUMMARY_KEYS if result.metrics.get(k) is not None}
 
 
-def _wind_up(cfg, trial, out: Path, started: list, state: str, summary: dict) -> None:
+def _wind_up(
+    cfg, trial, out: Path, workspace: Workspace, started: list, state: str, summary: dict
+) -> None:
     """Whatever the outcome: the trial closed, the tracker finished, this trial's graphs
     released."""
     if trial is not None:
@@ -315,7 +285,7 @@ def _wind_up(cfg, trial, out: Path, started: list, state: str, summary: dict) ->
     if started:
         log_model = cfg.logger.get("log_model") and state == "COMPLETE"
         started[0].finish(summary, state, out / "model.keras" if log_model else None)
-    _release_graphs(bool(cfg.trainer.get("reuse_compiled", True)), failed=state == "FAIL")
+    workspace.end_run(bool(cfg.trainer.get("reuse_compiled", True)), failed=state == "FAIL")
 
 
 def _complete(trial, out: Path, result) -> None:
@@ -329,23 +299,23 @@ def _complete(trial, out: Path, result) -> None:
     print(f"objective {result.metrics['objective_name']} = {result.objective}", flush=True)
 
 
-def _task(cfg: DictConfig):
-    return run(cfg)
+def hydra_app(workspace: Workspace):
+    """The Hydra application over one Workspace: every run this process trains (an in-process
+    sweep's trials) shares it; a launcher's worker process gets its own (Workspace.__reduce__)."""
 
+    def task(cfg: DictConfig):
+        return run(cfg, workspace)
 
-_task.sweep_app = (
-    ThawTrainSweep()
-)  # what the sweeper asks the app: study identity, baseline, test split
-_hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(
-    _task
-)
+    task.sweep_app = ThawTrainSweep()  # what the sweeper asks the app: identity, baseline, test
+    return hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)
 
 
 def main() -> None:
     from thaw.runtime import interrupt
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    precheck(sys.argv[1:])
+    workspace = Workspace()  # what this process keeps between the runs it trains
+    precheck(sys.argv[1:], workspace.data)
     # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-
     # run
     try:
@@ -356,7 +326,7 @@ def main() -> None:
         _die(_one_line(exc))
     interrupt.install()
     try:
-        _hydra_main()
+        hydra_app(workspace)()
     except KeyboardInterrupt:
         print("thaw-train: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -36,10 +36,11 @@ def _validate_augment(a) -> None:
             raise ConfigError(f"augment.{key}: must be in [0, {top}], got {a[key]}")
 
 
-def validate(cfg: DictConfig, scan_data: bool = True) -> None:
+def validate(cfg: DictConfig, scan_data: bool = True, data_state=None) -> None:
     """Check values the schema cannot: ranges, cross-field rules, files. Raises
-    ConfigError/DataError.
-    `scan_data=False` leaves the data folder's scan to later (a sweep checks its study first)."""
+    ConfigError/DataError. `scan_data=False` leaves the data folder's scan to later (a sweep checks
+    its study first); with `data_state` (a Workspace's thaw.data.state.DataState) the run that
+    follows reuses the scan."""
     from thaw.model.backbones import get_spec
 
     spec = get_spec(cfg.backbone.name)
@@ -49,7 +50,7 @@ def validate(cfg: DictConfig, scan_data: bool = True) -> None:
     _validate_unfreeze(cfg.unfreeze, cfg.backbone.name, spec)
     _validate_trainer(cfg)
     _validate_logger(cfg.logger)
-    _validate_data(cfg.data, scan_data)
+    _validate_data(cfg.data, scan_data, data_state)
 
 
 def _validate_backbone(b, spec) -> None:
@@ -225,7 +226,7 @@ def _validate_logger(logger) -> None:
         )
 
 
-def _validate_data(d, scan: bool = True) -> None:
+def _validate_data(d, scan: bool = True, data_state=None) -> None:
     if d.name not in DATA:
         raise ConfigError(f"data.name: expected one of {', '.join(DATA)}, got {d.name!r}")
     if d.batch_size < 1:
@@ -250,7 +251,7 @@ def _validate_data(d, scan: bool = True) -> None:
     if d.name == "folder" and scan:
         from thaw.data.scan import scan_folder
 
-        scan_folder(d)  # raises DataError on a missing/empty/one-class folder
+        scan_folder(d, data_state)  # raises DataError on a missing/empty/one-class folder
 
 
 _LOGGER_KEYS = ("project", "entity", "mode", "group", "tags", "log_model", "dir", "init_timeout")

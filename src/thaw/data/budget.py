@@ -97,15 +97,9 @@ def _rlimit_room() -> int | None:
     return max(0, soft - used)
 
 
-_AVAILABLE: list = []
-
-
-def available_memory() -> int:
-    """Bytes of memory available when first asked in this process: MemAvailable, or the cgroup's or
-    ulimit's room if smaller. Measured once, so every trial of a sweep gets the same default
-    (later readings would count thaw's own caches as used)."""
-    if _AVAILABLE:
-        return _AVAILABLE[0]
+def measure_available_memory() -> int:
+    """Bytes of memory available now: MemAvailable, or the cgroup's or ulimit's room if smaller
+    (thaw.data.state.Limits measures it once per Workspace)."""
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -116,14 +110,14 @@ def available_memory() -> int:
     if avail is None:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     rooms = [r for r in (_cgroup_room(), _rlimit_room()) if r is not None]
-    _AVAILABLE.append(min([avail] + rooms))
-    return _AVAILABLE[0]
+    return min([avail] + rooms)
 
 
-def memory_budget(cfg_data) -> int:
-    """data.max_memory_mb in bytes (default: half the available memory)."""
+def memory_budget(cfg_data, limits) -> int:
+    """data.max_memory_mb in bytes (default: half the memory `limits`, a thaw.data.state.Limits,
+    found available)."""
     mb = cfg_data.get("max_memory_mb")
-    return int(mb) * MB if mb is not None else available_memory() // 2
+    return int(mb) * MB if mb is not None else limits.available_memory() // 2
 
 
 class DiskLedger:
@@ -213,6 +207,3 @@ def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-LEDGER = DiskLedger()

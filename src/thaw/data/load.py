@@ -16,50 +16,47 @@ from thaw.data.diskarray import DiskArray
 from thaw.data.scan import folder_stamp, folder_unchanged, scan_folder
 from thaw.data.sources import load_synthetic, load_tfds
 from thaw.data.splits import Dataset, size_text
+from thaw.data.state import DataState
 from thaw.errors import ConfigError
 
 log = logging.getLogger("thaw.data")
 
 
-_LAST: dict = {}  # the last decoded data set: trials of an in-process sweep decode once
-
-
-def clear_memo() -> None:
-    """Forget the decoded data set and the folder scan this process kept (the next load decodes)."""
-    from thaw.data import scan
-
-    _LAST.clear()
-    scan.forget()
-
-
-def load(cfg, image_size: int, seed: int, cache_dir: str | None = None) -> Dataset:
-    """Decoded, resized splits; reused across the trials of one process while the data config is
-    unchanged, and, with a cache_dir, across processes (joblib/SLURM workers decode once in all).
-    Data over data.max_memory_mb is streamed from a decoded copy on disk."""
+def load(
+    cfg, image_size: int, seed: int, cache_dir: str | None = None, state: DataState | None = None
+) -> Dataset:
+    """Decoded, resized splits; reused across the runs that share `state` (a Workspace's; None: a
+    fresh one) while the data config is unchanged, and, with a cache_dir, across processes
+    (joblib/SLURM workers decode once in all). Data over data.max_memory_mb is streamed from a
+    decoded copy on disk."""
+    state = state if state is not None else DataState()
     # only synthetic data depends on the seed: a sweep over trainer.seed decodes a folder once
     key = (_image_key(cfg), image_size, seed if cfg.name == "synthetic" else None)
+    kept = state.decoded
     if (
         cfg.name != "cats_vs_dogs"
-        and _LAST.get("key") == key
-        and folder_unchanged(cfg, _LAST.get("stamp"))
+        and kept is not None
+        and kept[0] == key
+        and folder_unchanged(cfg, kept[2])
     ):
-        return _LAST["data"]
-    limit = budget.memory_budget(cfg)
+        return kept[1]
+    limit = budget.memory_budget(cfg, state.limits)
     disk = DecodedCache(cache_dir, cfg, key) if cache_dir and cfg.name != "synthetic" else None
     data = disk.read(limit) if disk is not None else None
     if data is None and cfg.name == "folder":
-        data = _decode_folder(cfg, image_size, key, limit, disk)
+        data = _decode_folder(cfg, image_size, key, limit, disk, state)
     elif data is None:
         data = _decode_in_memory(cfg, image_size, seed, limit, disk)
-    _LAST.clear()
-    _LAST.update(key=key, data=data, stamp=folder_stamp(cfg))
+    state.decoded = (key, data, folder_stamp(cfg))
     return data
 
 
-def _decode_folder(cfg, image_size: int, key, limit: int, disk: DecodedCache | None) -> Dataset:
+def _decode_folder(
+    cfg, image_size: int, key, limit: int, disk: DecodedCache | None, state: DataState
+) -> Dataset:
     """A folder decoded into memory (and the decoded cache), or, when over the memory budget,
     into a copy on disk that training streams from."""
-    scan = scan_folder(cfg)
+    scan = scan_folder(cfg, state)
     need = decoded_bytes(scan, image_size)
     if need * budget.IN_MEMORY_COPIES <= limit:
         data = load_folder(cfg, image_size, scan)
@@ -67,7 +64,9 @@ def _decode_folder(cfg, image_size: int, key, limit: int, disk: DecodedCache | N
             disk.write(data)
         return data
     target = (
-        disk.dir if disk is not None else budget.LEDGER.temp_dir() / DecodedCache.digest(cfg, key)
+        disk.dir
+        if disk is not None
+        else state.limits.disk.temp_dir() / DecodedCache.digest(cfg, key)
     )
     log.info(
         "data: %d images decode to %s at %d px, more than data.max_memory_mb=%d allows in "
@@ -79,11 +78,11 @@ def _decode_folder(cfg, image_size: int, key, limit: int, disk: DecodedCache | N
         budget.IN_MEMORY_COPIES,
         target,
     )
-    budget.LEDGER.claim(cfg, target.parent, need, "streaming the decoded images")
+    state.limits.disk.claim(cfg, target.parent, need, "streaming the decoded images")
     try:
         return stream_folder(scan, cfg, image_size, target)
     except BaseException:
-        budget.LEDGER.release(need)
+        state.limits.disk.release(need)
         raise
 
 

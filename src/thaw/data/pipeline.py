@@ -9,35 +9,20 @@ import numpy as np
 
 from thaw.data.diskarray import DiskArray
 from thaw.data.splits import Split
+from thaw.data.state import DataState
 
 log = logging.getLogger("thaw.data")
 
 
-_CONSTANTS: dict = {}  # id(array) -> its tf.constant, dropped when the array is collected
-
-
-def _constant(array):
-    """One tf.constant per array object for the whole process (a new one per pipeline made a copy
-    per feature pass: 8000 images at 160 px, peak RSS 3.8 GB for 0.6 GB of images)."""
-    import weakref
-
-    import tensorflow as tf
-
-    key = id(array)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = tf.constant(array)
-        weakref.finalize(array, _CONSTANTS.pop, key, None)
-    return _CONSTANTS[key]
-
-
-def rows(array):
+def rows(array, state: DataState | None = None):
     """idx -> array[idx] as a tensor, for tf.data: a gather from the array's one tf.constant when it
-    is in memory (what data.max_memory_mb counts twice), a pread per row (tf.numpy_function) for a
-    DiskArray; only its batch is copied into TensorFlow."""
+    is in memory (what data.max_memory_mb counts twice; kept by `state`, a Workspace's, for every
+    pipeline over the array), a pread per row (tf.numpy_function) for a DiskArray; only its batch
+    is copied into TensorFlow."""
     import tensorflow as tf
 
     if not isinstance(array, DiskArray):
-        const = _constant(array)
+        const = state.constant(array) if state is not None else tf.constant(array)
         return lambda idx: tf.gather(const, idx)
     dtype, row_shape = tf.as_dtype(array.dtype), tuple(array.shape[1:])
 
@@ -49,11 +34,11 @@ def rows(array):
     return take
 
 
-def in_order(array, batch_size: int):
+def in_order(array, batch_size: int, state: DataState | None = None):
     """Batches of an array (memory or disk) in order, float32."""
     import tensorflow as tf
 
-    take = rows(array)
+    take = rows(array, state)
     return (
         tf.data.Dataset.range(len(array))
         .batch(batch_size)
@@ -61,14 +46,14 @@ def in_order(array, batch_size: int):
     )
 
 
-def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
+def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int, state: DataState | None = None):
     """A batched, prefetched tf.data pipeline over the split (float32 pixels 0..255)."""
     import tensorflow as tf
 
     order = tf.data.Dataset.range(len(split))
     if shuffle:
         order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    take, labels = rows(split.images), tf.constant(split.labels)
+    take, labels = rows(split.images, state), tf.constant(split.labels)
     ds = order.batch(batch_size).map(
         lambda idx: (tf.cast(take(idx), tf.float32), tf.gather(labels, idx)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -76,12 +61,19 @@ def to_tf(split: Split, batch_size: int, shuffle: bool, seed: int):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_epochs(split: Split, batch_size: int, seed: int, first_epoch: int, epochs: int):
+def train_epochs(
+    split: Split,
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    state: DataState | None = None,
+):
     """Training batches for epochs first_epoch.. (float32 inputs): epoch e's order is drawn from
     (seed, e) alone, so a run resumed at epoch e sees the batches an uninterrupted run saw."""
     import tensorflow as tf
 
-    take, y = rows(split.images), tf.constant(split.labels)
+    take, y = rows(split.images, state), tf.constant(split.labels)
     return epoch_batches(
         len(split),
         batch_size,

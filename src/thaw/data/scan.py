@@ -106,26 +106,21 @@ def _take(files: list[str], limit: int | None) -> list[str]:
     return files[:limit] if limit else files
 
 
-_SCANNED: dict = {}  # the last scan: a sweep's trials (config check and load) list the folder once
-
-
-def forget() -> None:
-    _SCANNED.clear()
-
-
-def scan_folder(cfg) -> FolderScan:
+def scan_folder(cfg, state=None) -> FolderScan:
     """Find classes and files, split them deterministically by file name; no image is decoded here.
-    Reused while the data config and the folder's directory times are unchanged."""
+    With `state` (a thaw.data.state.DataState: a sweep's trials check the config and load), reused
+    while the data config and the folder's directory times are unchanged."""
     import copy
 
     from omegaconf import OmegaConf
 
     key = repr(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
     stamp = folder_stamp(cfg)
-    if stamp is not None and _SCANNED.get("key") == (key, stamp):
-        return copy.deepcopy(_SCANNED["scan"])
+    if state is not None and stamp is not None and state.scan and state.scan[0] == (key, stamp):
+        return copy.deepcopy(state.scan[1])
     scan = _scan_folder(cfg)
-    _SCANNED.update(key=(key, stamp), scan=copy.deepcopy(scan))
+    if state is not None:
+        state.scan = ((key, stamp), copy.deepcopy(scan))
     return scan
 
 

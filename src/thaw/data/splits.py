@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from thaw.data import budget
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
 
 log = logging.getLogger("thaw.data")
@@ -62,8 +61,9 @@ class Dataset:
         return sum(s.images.nbytes for s in (self.train, self.val, self.test) if s is not None)
 
 
-def with_val_in_train(ds: Dataset) -> Dataset:
-    """Validation images join training (retraining a chosen config on all labelled data)."""
+def with_val_in_train(ds: Dataset, disk) -> Dataset:
+    """Validation images join training (retraining a chosen config on all labelled data); a copy
+    on disk is claimed on `disk` (the Workspace's budget.DiskLedger)."""
     from dataclasses import replace
 
     labels = np.concatenate([ds.train.labels, ds.val.labels])
@@ -80,9 +80,9 @@ def with_val_in_train(ds: Dataset) -> Dataset:
         except (OSError, ValueError, SyntaxError):
             pass
     size = ds.train.images.nbytes + ds.val.images.nbytes
-    budget.LEDGER.claim(None, path.parent, size, "data.train_on_val (train + validation copy)")
+    disk.claim(None, path.parent, size, "data.train_on_val (train + validation copy)")
     writer = DiskArrayWriter(
-        path, ds.train.images.shape[1:], np.uint8, on_abort=lambda: budget.LEDGER.release(size)
+        path, ds.train.images.shape[1:], np.uint8, on_abort=lambda: disk.release(size)
     )
     try:
         for part in (ds.train.images, ds.val.images):

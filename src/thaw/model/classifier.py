@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from thaw.model.backbones import build_base, get_spec, preprocessing_layer
 from thaw.model.heads import build_head
+from thaw.model.pool import ModelPool
 
 log = logging.getLogger("thaw.train")
-
-# Bases and whole classifiers built in this process, with their initial state: trials of an
-# in-process
-# sweep reuse them (weights put back in memory) instead of rebuilding the graph and re-reading the
-# weights file; a reused classifier keeps its compiled fit models (thaw.model.compiled), so a trial
-# at a
-# depth seen before pays no trace.
-_BASES: OrderedDict[tuple, tuple] = OrderedDict()
-_MAX_BASES = 2
-_CLASSIFIERS: OrderedDict[tuple, tuple] = OrderedDict()
-_MAX_CLASSIFIERS = 2
 
 
 def base_training_flag(cfg_backbone):
@@ -53,32 +42,29 @@ class Classifier(NamedTuple):
     )
 
 
-def build_classifier(cfg, num_classes: int) -> Classifier:
-    """The classifier for this run: built, or this process's earlier one with every variable (base,
-    head, dropout seed state), BatchNorm momenta and the RNG state after building put back, so the
-    run computes exactly what it would in a fresh process."""
-    from thaw.model.compiled import release_frozen
-
+def build_classifier(cfg, num_classes: int, pool: ModelPool | None = None) -> Classifier:
+    """The classifier for this run: built, or the one `pool` (a Workspace's) kept from an earlier
+    run, with every variable (base, head, dropout seed state), BatchNorm momenta and the RNG state
+    after building put back, so the run computes exactly what it would in a fresh process. Base and
+    classifier are kept (instead of rebuilding the graph and re-reading the weights file); a reused
+    classifier keeps its compiled fit models (thaw.model.compiled)."""
+    pool = pool if pool is not None else ModelPool()
     weights = cfg.backbone.weights
     if weights is not None and weights != "imagenet":
         weights = str(weights)
     spec = get_spec(cfg.backbone.name)
     key = _classifier_key(spec, cfg, weights, num_classes)
-    hit = _CLASSIFIERS.get(key)
+    hit = pool.get("classifiers", key)
     if hit is not None:
         clf, initial = hit
-        _CLASSIFIERS.move_to_end(key)
         _restore(clf.model.variables, clf.base, initial)
         log.info(
             "model: reusing this process's %s classifier (initial weights restored in memory)",
             spec.name,
         )
         return clf
-    clf = _build(spec, cfg, weights, num_classes)
-    _CLASSIFIERS[key] = (clf, _snapshot(clf.model.variables, clf.base))
-    while len(_CLASSIFIERS) > _MAX_CLASSIFIERS:
-        _CLASSIFIERS.popitem(last=False)
-        release_frozen()
+    clf = _build(spec, cfg, weights, num_classes, pool)
+    pool.keep("classifiers", key, clf, _snapshot(clf.model.variables, clf.base))
     return clf
 
 
@@ -99,13 +85,13 @@ def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
     )
 
 
-def _build(spec, cfg, weights, num_classes: int) -> Classifier:
+def _build(spec, cfg, weights, num_classes: int, pool: ModelPool) -> Classifier:
     import keras
 
     from thaw.model.compiled import FitModels
 
     size = cfg.backbone.image_size
-    base = _base(spec, cfg, size, weights)
+    base = _base(spec, cfg, size, weights, pool)
     set_batchnorm_momentum(base, cfg.backbone.get("batchnorm_momentum"))
     inputs = keras.Input((size, size, 3), name="image")  # raw RGB pixels, 0..255
     x = inputs
@@ -140,17 +126,14 @@ def _base_key(spec, cfg, size: int, weights) -> tuple:
     )
 
 
-def _base(spec, cfg, size: int, weights):
-    """The base for this run: built, or this process's earlier one with its initial state restored
+def _base(spec, cfg, size: int, weights, pool: ModelPool):
+    """The base for this run: built, or the pool's earlier one with its initial state restored
     (weights and BatchNorm statistics, trainable flags, momenta, and the RNG state after building),
     so the run computes exactly what it would in a fresh process."""
-    from thaw.model.compiled import release_frozen
-
     key = _base_key(spec, cfg, size, weights)
-    hit = _BASES.get(key)
+    hit = pool.get("bases", key)
     if hit is not None:
         base, initial = hit
-        _BASES.move_to_end(key)
         _restore(base.variables, base, initial)
         log.info(
             "backbone: reusing this process's %s base (initial weights restored in memory)",
@@ -158,10 +141,7 @@ def _base(spec, cfg, size: int, weights):
         )
         return base
     base = build_base(spec, float(cfg.backbone.alpha), size, weights)
-    _BASES[key] = (base, _snapshot(base.variables, base))
-    while len(_BASES) > _MAX_BASES:
-        _BASES.popitem(last=False)
-        release_frozen()
+    pool.keep("bases", key, base, _snapshot(base.variables, base))
     return base
 
 

@@ -21,18 +21,17 @@ its
 
 from __future__ import annotations
 
-import gc
+import functools
 import logging
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from thaw.model.pool import ModelPool, release_frozen
+
 log = logging.getLogger("thaw.train")
 
 MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
-# model -> (how it was compiled, its optimizer's variables right after building)
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class FitModels:
@@ -52,12 +51,6 @@ class FitModels:
         return model
 
 
-def release_frozen() -> None:
-    """A kept model (or its compiled step) was dropped: objects frozen out of garbage collection
-    (cli._release_graphs) go back to it, so the dropped graphs' reference cycles are collected."""
-    gc.unfreeze()
-
-
 def compile_for_fit(
     model,
     optimizer_name: str | None,
@@ -67,12 +60,12 @@ def compile_for_fit(
     make_metrics: Callable[[], list],
     jit_compile,
     element_spec=None,
-    reuse: bool = True,
+    pool: ModelPool | None = None,
 ) -> bool:
-    """Compile `model` for one phase, or, when it was compiled the same way before (same optimizer,
-    learning-rate form, loss, trainable variables), put its optimizer back to its built state with
-    the
-    new learning rate, so its traced train step is reused. Returns True when reused. No optimizer
+    """Compile `model` for one phase, or, when `pool` (a Workspace's) holds it compiled the same
+    way before (same optimizer, learning-rate form, loss, trainable variables), put its optimizer
+    back to its built state with the new learning rate, so its traced train step is reused.
+    Returns True when reused; None for `pool` compiles afresh and keeps nothing. No optimizer
     (`make_optimizer` None): compiled to evaluate, its traced test step reused the same way."""
     key = (
         optimizer_name,
@@ -83,14 +76,14 @@ def compile_for_fit(
         str(jit_compile),
         tuple(id(v) for v in model.trainable_variables) if make_optimizer else (),
     )
-    kept = _COMPILED.get(model)
-    if reuse and kept is not None and kept[0] == key:
+    kept = pool.compiled.get(model) if pool is not None else None
+    if kept is not None and kept[0] == key:
         if model.optimizer is not None:
             _restore_optimizer(model.optimizer, kept[1], learning_rate)
         model.reset_metrics()
         return True
     if kept is not None:
-        del _COMPILED[model]
+        del pool.compiled[model]
         release_frozen()  # the step traced for the old compile becomes garbage
     model.compile(
         optimizer=make_optimizer and make_optimizer(),
@@ -98,8 +91,8 @@ def compile_for_fit(
         metrics=make_metrics(),
         jit_compile=jit_compile,
     )
-    if reuse and element_spec is not None and build_state(model, element_spec):
-        _COMPILED[model] = (
+    if pool is not None and element_spec is not None and build_state(model, element_spec):
+        pool.compiled[model] = (
             key,
             [v.numpy() for v in model.optimizer.variables] if model.optimizer else [],
         )
@@ -137,35 +130,30 @@ def learning_rate(name: str, initial: float, decay_steps: int, final_fraction: f
     return _cosine_class()(float(initial), max(1, int(decay_steps)), float(final_fraction))
 
 
-_COSINE: list = []
-
-
+@functools.cache  # defined on first use (Keras is imported lazily), then a constant
 def _cosine_class():
-    if not _COSINE:
-        import keras
+    import keras
 
-        class VariableCosineDecay(keras.optimizers.schedules.CosineDecay):
-            """keras' CosineDecay with its start and length in variables (same arithmetic,
-            float32)."""
+    class VariableCosineDecay(keras.optimizers.schedules.CosineDecay):
+        """keras' CosineDecay with its start and length in variables (same arithmetic, float32)."""
 
-            def __init__(self, initial, steps, alpha):
-                super().__init__(initial_learning_rate=initial, decay_steps=steps, alpha=alpha)
-                self.initial_learning_rate = keras.Variable(
-                    initial, dtype="float32", trainable=False, name="lr_start"
-                )
-                self.decay_steps = keras.Variable(
-                    float(steps), dtype="float32", trainable=False, name="lr_steps"
-                )
+        def __init__(self, initial, steps, alpha):
+            super().__init__(initial_learning_rate=initial, decay_steps=steps, alpha=alpha)
+            self.initial_learning_rate = keras.Variable(
+                initial, dtype="float32", trainable=False, name="lr_start"
+            )
+            self.decay_steps = keras.Variable(
+                float(steps), dtype="float32", trainable=False, name="lr_steps"
+            )
 
-            def get_config(self):
-                return {
-                    **super().get_config(),
-                    "initial_learning_rate": float(self.initial_learning_rate.numpy()),
-                    "decay_steps": int(self.decay_steps.numpy()),
-                }
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "initial_learning_rate": float(self.initial_learning_rate.numpy()),
+                "decay_steps": int(self.decay_steps.numpy()),
+            }
 
-        _COSINE.append(VariableCosineDecay)
-    return _COSINE[0]
+    return VariableCosineDecay
 
 
 def rate_form(learning_rate) -> Hashable:

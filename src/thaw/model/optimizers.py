@@ -13,6 +13,7 @@ with 1 - b1 and 1 - b2 taken in float32 inside the kernel where Keras rounds the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +24,6 @@ _CLASSES = {
     "sgd": "SGD",
 }  # in keras.optimizers
 NAMES = tuple(_CLASSES)
-_FUSED: list = []
-_WITH_RATES: dict[type, type] = {}
 
 
 def make(
@@ -87,30 +86,29 @@ def block_rates(
     return out
 
 
+@functools.cache  # one class per optimizer class: defined once, like a module constant
 def with_layer_rates(cls: type) -> type:
     """`cls` with a learning-rate multiplier per variable, by the layer that owns it: Keras' update
     rules take it through `update_step`, the fused Adam through its kernel's `lr`."""
-    if cls not in _WITH_RATES:
 
-        class LayerRates(cls):  # type: ignore[misc, valid-type]
-            layer_rates: dict[str, float] = {}
+    class LayerRates(cls):  # type: ignore[misc, valid-type]
+        layer_rates: dict[str, float] = {}
 
-            def build(self, variables):
-                super().build(variables)
-                self._rate_of = [self.layer_rates.get(_owner(v), 1.0) for v in variables]
+        def build(self, variables):
+            super().build(variables)
+            self._rate_of = [self.layer_rates.get(_owner(v), 1.0) for v in variables]
 
-            def lr_multiplier(self, variable) -> float:
-                return self._rate_of[self._get_variable_index(variable)]
+        def lr_multiplier(self, variable) -> float:
+            return self._rate_of[self._get_variable_index(variable)]
 
-            def update_step(self, gradient, variable, learning_rate):
-                m = self.lr_multiplier(variable)
-                return super().update_step(
-                    gradient, variable, learning_rate if m == 1.0 else learning_rate * m
-                )
+        def update_step(self, gradient, variable, learning_rate):
+            m = self.lr_multiplier(variable)
+            return super().update_step(
+                gradient, variable, learning_rate if m == 1.0 else learning_rate * m
+            )
 
-        LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
-        _WITH_RATES[cls] = LayerRates
-    return _WITH_RATES[cls]
+    LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
+    return LayerRates
 
 
 def _owner(variable) -> str:
@@ -119,10 +117,9 @@ def _owner(variable) -> str:
     return path.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in path else path
 
 
+@functools.cache  # defined on first use (Keras is imported lazily), then a constant
 def fused_adam_class():
-    if not _FUSED:
-        _FUSED.append(_define())
-    return _FUSED[0]
+    return _define()
 
 
 def _define() -> Any:

@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import threading
-import time
 from contextlib import contextmanager
 
 NOISE = re.compile(
@@ -56,15 +55,6 @@ def native_stderr_filtered():
         os.close(saved)
 
 
-_UNCLAIMED_IMPORT_SECONDS = [0.0]
-
-
-def claim_import_seconds() -> float:
-    """Seconds this process spent importing TensorFlow that no run has counted yet (then 0)."""
-    seconds, _UNCLAIMED_IMPORT_SECONDS[0] = _UNCLAIMED_IMPORT_SECONDS[0], 0.0
-    return seconds
-
-
 def import_tensorflow():
     """The tensorflow module, imported quietly the first time."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,8 +62,6 @@ def import_tensorflow():
         import tensorflow
 
         return tensorflow
-    t0 = time.perf_counter()
     with native_stderr_filtered():
         import tensorflow
-    _UNCLAIMED_IMPORT_SECONDS[0] += time.perf_counter() - t0
     return tensorflow

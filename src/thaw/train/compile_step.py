@@ -77,7 +77,7 @@ def compile_phase(run: Run, data, phase: Phase) -> None:
         lambda: loss_and_metrics(run.ds.num_classes)[1],
         cfg.trainer.jit_compile,
         None if data.train is None else data.train.element_spec,
-        reuse=bool(cfg.trainer.reuse_compiled),
+        pool=run.kept_compiled,
     )
     run.record.phase(phase.name)["compiled"] = "reused" if reused else "new"
     if reused:

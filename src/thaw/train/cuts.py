@@ -103,8 +103,11 @@ class CutStore:
     """A run's cuts in the feature cache: their keys, and one method that reads or computes a cut's
     training and validation activations, the same for plain images and augmented views."""
 
-    def __init__(self, cfg, clf, ds, cache: FeatureCache, aug, view_seed: int, views: int):
+    def __init__(
+        self, cfg, clf, ds, cache: FeatureCache, aug, view_seed: int, views: int, workspace
+    ):
         self.cfg, self.clf, self.ds, self.cache, self.aug = cfg, clf, ds, cache, aug
+        self.workspace = workspace
         self.seed, self.view_seed, self.views = int(cfg.trainer.seed), view_seed, views
         self.batch = max(int(cfg.data.batch_size), 64)
         self._fingerprints: dict[str, str] = {}
@@ -149,17 +152,17 @@ class CutStore:
         """The training pass, over the images or V augmented views of each ((V, n, ...) arrays),
         and the validation pass, over the plain images."""
         keys, feat, batch, n = self.keys(cut.tag), cut.feat_model, self.batch, len(self.ds.train)
-        train_x, val_x = self.ds.train.images, self.ds.val.images
+        train_x, val_x, ws = self.ds.train.images, self.ds.val.images, self.workspace
 
         def val_pass(sinks):
-            return predict(feat, val_x, batch, sinks)
+            return predict(feat, val_x, batch, ws, sinks)
 
         def images_pass(sinks):
-            return predict(feat, train_x, batch, sinks)
+            return predict(feat, train_x, batch, ws, sinks)
 
         def views_pass(sinks):
             table = view_table(self.aug, n, self.view_seed, self.views)
-            return predict_views(feat, train_x, table, batch, sinks)
+            return predict_views(feat, train_x, table, batch, ws, sinks)
 
         val = Pass(keys.val, val_pass, (len(self.ds.val),) + cut.row)
         if self.aug is None:

@@ -4,6 +4,7 @@ setting), TensorFlow's seed and the precision policy."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("thaw.train")
@@ -27,36 +28,37 @@ def configure_devices(cfg_trainer):
         log.debug("device configuration unchanged: %s", exc)
 
 
-_STRATEGIES: dict[tuple, Any] = {}
+@dataclass
+class DeviceState:
+    """What a Workspace keeps of where its runs compute: one MirroredStrategy per device set
+    (models kept for later runs belong to the strategy they were built under, and TensorFlow
+    refuses to mix two), and TensorFlow's global seed as the Workspace last set it."""
+
+    strategies: dict[tuple, Any] = field(default_factory=dict)
+    tf_seed: int | None = None
 
 
-def make_strategy(cfg_trainer):
-    """One MirroredStrategy per device set and process: models kept for later trials
-    (thaw.model.compiled)
-    belong to the strategy they were built under, and TensorFlow refuses to mix two."""
+def make_strategy(cfg_trainer, state: DeviceState):
     import tensorflow as tf
 
     if cfg_trainer.strategy != "mirrored":
         return tf.distribute.get_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
-    if devices not in _STRATEGIES:
-        _STRATEGIES[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
-    return _STRATEGIES[devices]
+    if devices not in state.strategies:
+        state.strategies[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
+    return state.strategies[devices]
 
 
-_TF_SEED: list = []  # TensorFlow's global seed as this process last set it
-
-
-def seed_and_precision(cfg_trainer) -> None:
+def seed_and_precision(cfg_trainer, state: DeviceState) -> None:
     import keras
 
     seed = int(cfg_trainer.seed)
-    if cfg_trainer.reuse_compiled and _TF_SEED == [seed]:
+    if cfg_trainer.reuse_compiled and state.tf_seed == seed:
         _reseed_keeping_kernels(seed)
     else:
         keras.utils.set_random_seed(seed)
-        _TF_SEED[:] = [seed]
+        state.tf_seed = seed
     # float32, or mixed precision on a GPU (the output layer stays float32, see heads.py)
     keras.mixed_precision.set_global_policy(cfg_trainer.precision)
     if cfg_trainer.deterministic:

@@ -23,6 +23,7 @@ import numpy as np
 
 from thaw.data import budget
 from thaw.data.diskarray import ArrayWriter, DiskArray, DiskArrayWriter
+from thaw.data.state import Limits
 from thaw.errors import DataError
 
 log = logging.getLogger("thaw.train.features")
@@ -31,22 +32,22 @@ log = logging.getLogger("thaw.train.features")
 # An array over 1/SPILL_FRACTION of the memory bound goes to disk: a phase holds its training and
 # validation arrays while the previous phase's stay cached for later trials.
 SPILL_FRACTION = 4
-_MEMORY: OrderedDict[str, np.ndarray] = OrderedDict()
-_DISK: dict[str, DiskArray] = {}  # spilled to disk by this process (temp dir or cache_dir)
 
 
-def memory_bytes() -> int:
-    return sum(a.nbytes for a in _MEMORY.values())
+class ActivationStore:
+    """The activations a Workspace keeps between runs: arrays in memory (least recently used
+    first) and arrays this process spilled to disk (temp dir or cache_dir)."""
 
+    def __init__(self):
+        self.memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.disk: dict[str, DiskArray] = {}
 
-def memory_keys() -> list[str]:
-    """The keys held in memory, least recently used first."""
-    return list(_MEMORY)
+    def memory_bytes(self) -> int:
+        return sum(a.nbytes for a in self.memory.values())
 
-
-def clear_memory_cache() -> None:
-    _MEMORY.clear()
-    _DISK.clear()
+    def memory_keys(self) -> list[str]:
+        """The keys held in memory, least recently used first."""
+        return list(self.memory)
 
 
 def fingerprint_array(arr) -> str:
@@ -70,15 +71,19 @@ def weights_fingerprint(cfg_backbone, seed: int) -> str:
 
 class FeatureCache:
     """Activations by key: in memory (LRU within max_bytes), on disk under cache_dir, and, for an
-    array over spill_bytes, only on disk (cache_dir, or this process's temp dir), read per batch."""
+    array over spill_bytes, only on disk (cache_dir, or this process's temp dir), read per batch.
+    What is kept lives in `store` and is counted on `limits` (a Workspace's)."""
 
     def __init__(
         self,
         max_bytes: int,
         cache_dir: str | None,
+        store: ActivationStore,
+        limits: Limits,
         spill_bytes: int | None = None,
         data_cfg=None,
     ):
+        self.store, self.limits = store, limits
         self.max_bytes = max_bytes
         self.spill_bytes = spill_bytes
         self.data_cfg = data_cfg
@@ -89,14 +94,14 @@ class FeatureCache:
 
     def __contains__(self, key: str) -> bool:
         return (
-            key in _MEMORY
-            or key in _DISK
+            key in self.store.memory
+            or key in self.store.disk
             or (self.dir is not None and (self.dir / f"{key}.npy").is_file())
         )
 
     def put(self, key: str, arr) -> None:
         if isinstance(arr, DiskArray):
-            _DISK[key] = arr
+            self.store.disk[key] = arr
             return
         self._remember(key, arr)
         self._write(key, arr)
@@ -117,17 +122,18 @@ class FeatureCache:
         return arr
 
     def _lookup(self, key: str):
-        if key in _MEMORY:
-            _MEMORY.move_to_end(key)
-            return _MEMORY[key]
-        if key in _DISK:
-            return _DISK[key]
+        memory, disk = self.store.memory, self.store.disk
+        if key in memory:
+            memory.move_to_end(key)
+            return memory[key]
+        if key in disk:
+            return disk[key]
         path = self.dir / f"{key}.npy" if self.dir else None
         if path is not None and path.is_file():
             try:
                 on_disk = DiskArray(path)  # reads the header only
                 if self.spill_bytes is not None and on_disk.nbytes > self.spill_bytes:
-                    _DISK[key] = on_disk
+                    disk[key] = on_disk
                     return on_disk
                 arr = np.load(path, mmap_mode=None)
                 self._remember(key, arr)
@@ -143,8 +149,9 @@ class FeatureCache:
         nbytes = int(math.prod(shape)) * 4
         if self.spill_bytes is None or nbytes <= self.spill_bytes:
             return ArrayWriter(shape, shape[lead:])
-        where = self.dir if self.dir is not None else budget.LEDGER.temp_dir() / "features"
-        budget.LEDGER.claim(self.data_cfg, where, nbytes, "the feature cache")
+        ledger = self.limits.disk
+        where = self.dir if self.dir is not None else ledger.temp_dir() / "features"
+        ledger.claim(self.data_cfg, where, nbytes, "the feature cache")
         budget.remove_stale(where)  # temp files of killed processes of this host
         self.spilled.append(key)
         log.info(
@@ -160,7 +167,7 @@ class FeatureCache:
             shape[lead:],
             np.float32,
             final_shape=shape,
-            on_abort=lambda: budget.LEDGER.release(nbytes),
+            on_abort=lambda: ledger.release(nbytes),
         )
 
     def _write(self, key: str, arr: np.ndarray) -> None:
@@ -180,9 +187,10 @@ class FeatureCache:
         # used by its run but not kept: it would evict many small entries that later trials reuse.
         if arr.nbytes > self.max_bytes // 2:
             return
-        _MEMORY[key] = arr
-        while memory_bytes() > self.max_bytes and len(_MEMORY) > 1:
-            self._evict(*_MEMORY.popitem(last=False))
+        memory = self.store.memory
+        memory[key] = arr
+        while self.store.memory_bytes() > self.max_bytes and len(memory) > 1:
+            self._evict(*memory.popitem(last=False))
 
     def _evict(self, key: str, arr: np.ndarray) -> None:
         """An array leaving memory goes to this process's disk while the disk bound has room: a
@@ -190,17 +198,18 @@ class FeatureCache:
         a batch at a time instead of computing it again. With cache_dir it is already there."""
         if self.dir is not None or self.data_cfg is None:
             return
-        where = budget.LEDGER.temp_dir() / "features"
+        ledger = self.limits.disk
+        where = ledger.temp_dir() / "features"
         try:
-            budget.LEDGER.claim(self.data_cfg, where, arr.nbytes, "the feature cache")
+            ledger.claim(self.data_cfg, where, arr.nbytes, "the feature cache")
         except DataError:
             return  # no room: dropped, as before
         try:
             where.mkdir(parents=True, exist_ok=True)
             np.save(where / f"{key}.npy", arr)
-            _DISK[key] = DiskArray(where / f"{key}.npy")
+            self.store.disk[key] = DiskArray(where / f"{key}.npy")
         except OSError as exc:
-            budget.LEDGER.release(arr.nbytes)
+            ledger.release(arr.nbytes)
             log.warning("feature cache: %s not kept on disk (%s)", key, exc)
 
 
@@ -211,9 +220,9 @@ def split_key(prefix: str, split_name: str, images_fingerprint: str) -> str:
 # ---------------------------------------------------------------- what each phase fits
 
 
-def open_cache(cfg, aug=None, data_bytes: int = 0) -> FeatureCache | None:
-    """The cache to use, or None: only valid when the frozen prefix is a fixed function of the image
-    (and of the augmentation draw, with augmentation)."""
+def open_cache(cfg, workspace, aug=None, data_bytes: int = 0) -> FeatureCache | None:
+    """The cache to use (over the Workspace's activations), or None: only valid when the frozen
+    prefix is a fixed function of the image (and of the augmentation draw, with augmentation)."""
     from thaw.errors import ConfigError
     from thaw.model.classifier import base_training_flag
 
@@ -236,8 +245,14 @@ def open_cache(cfg, aug=None, data_bytes: int = 0) -> FeatureCache | None:
         log.info("feature cache off: %s", "; ".join(reasons))
         return None
     # one memory bound for the data: what the decoded images held in memory leave of it
-    room = max(0, budget.memory_budget(cfg.data) - budget.IN_MEMORY_COPIES * data_bytes)
+    limits = workspace.data.limits
+    room = max(0, budget.memory_budget(cfg.data, limits) - budget.IN_MEMORY_COPIES * data_bytes)
     max_bytes = min(int(cfg.trainer.cache_max_mb) * budget.MB, room)
     return FeatureCache(
-        max_bytes, cfg.trainer.cache_dir, spill_bytes=max_bytes // SPILL_FRACTION, data_cfg=cfg.data
+        max_bytes,
+        cfg.trainer.cache_dir,
+        workspace.activations,
+        limits,
+        spill_bytes=max_bytes // SPILL_FRACTION,
+        data_cfg=cfg.data,
     )

@@ -33,32 +33,27 @@ def boundary_tensor(base, trainable_layers: set):
     return next(iter(produced_outside.values()))
 
 
-_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _forward(model):
-    """One traced function per prefix model, shared by every call (training views, validation):
-    eager per-batch calls of a functional model spend most of their time dispatching ops on a CPU,
-    and a new trace per call costs seconds."""
+def _forward(model, kept: weakref.WeakKeyDictionary):
+    """One traced function per prefix model, shared by every call (training views, validation) and
+    kept in `kept` (the Workspace's ModelPool.forward): eager per-batch calls of a functional model
+    spend most of their time dispatching ops on a CPU, and a new trace per call costs seconds."""
     import keras
     import tensorflow as tf
 
-    if model not in _FORWARD:
-        ref = weakref.ref(
-            model
-        )  # a value holding its key would keep every trial's prefix model alive
-        _FORWARD[model] = tf.function(
+    if model not in kept:
+        ref = weakref.ref(model)  # a value holding its key would keep every prefix model alive
+        kept[model] = tf.function(
             lambda b: keras.tree.flatten(ref()(b, training=False)), reduce_retracing=True
         )
-    return _FORWARD[model]
+    return kept[model]
 
 
-def _run(model, batches, sinks=()) -> list:
+def _run(model, batches, workspace, sinks=()) -> list:
     """Each output over all batches: an array in memory, or, where sinks[j] is a writer, a DiskArray
     written batch by batch (never held whole)."""
     import tensorflow as tf
 
-    forward = _forward(model)
+    forward = _forward(model, workspace.models.forward)
     outs: list = []
     try:
         for b in batches.prefetch(tf.data.AUTOTUNE):
@@ -79,12 +74,12 @@ def _run(model, batches, sinks=()) -> list:
     ]
 
 
-def predict(model, x, batch_size: int, sinks=()) -> list:
+def predict(model, x, batch_size: int, workspace, sinks=()) -> list:
     """Each output of the frozen prefix over all images (in memory, or streamed from disk)."""
-    return _run(model, data_mod.in_order(x, batch_size), sinks)
+    return _run(model, data_mod.in_order(x, batch_size, workspace.data), workspace, sinks)
 
 
-def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
+def predict_views(model, x, table, batch_size: int, workspace, sinks=()) -> list:
     """Each output of the frozen prefix over V augmented views of all images, as (V, n, ...) arrays;
     `table` holds one augmentation draw per view and image, (V, n, augment.NUM_PARAMS)."""
     import tensorflow as tf
@@ -92,7 +87,7 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
     from thaw.data import augment
 
     views, n = int(table.shape[0]), len(x)
-    take = data_mod.rows(x)
+    take = data_mod.rows(x, workspace.data)
 
     def batch(k):  # rows k = view * n + image
         params = tf.gather_nd(table, tf.stack([k // n, k % n], axis=1))
@@ -103,7 +98,9 @@ def predict_views(model, x, table, batch_size: int, sinks=()) -> list:
         .batch(batch_size)
         .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
     )
-    outs = _run(model, ds, sinks)  # a writer's output has its final (V, n, ...) shape already
+    outs = _run(
+        model, ds, workspace, sinks
+    )  # a writer's output has its final (V, n, ...) shape already
     return [
         o if j < len(sinks) and sinks[j] is not None else o.reshape((views, n) + o.shape[1:])
         for j, o in enumerate(outs)

@@ -44,8 +44,9 @@ class PhaseInputs:
     """Inputs for each phase: the full model on images, or its trainable top on cached activations
     of the frozen prefix (the same layer objects, so the full model learns)."""
 
-    def __init__(self, cfg, clf, ds, sweep: bool, aug=None):
+    def __init__(self, cfg, clf, ds, sweep: bool, workspace, aug=None):
         self.cfg, self.clf, self.ds, self.sweep, self.aug = cfg, clf, ds, sweep, aug
+        self.data_state = workspace.data  # one tf.constant per array for every pipeline
         self.bs = int(cfg.data.batch_size)
         self.seed = int(cfg.trainer.seed)
         # the augmentation draws' seed: trainer.seed unless trainer.view_seed holds them (a sweep's
@@ -56,7 +57,7 @@ class PhaseInputs:
         # an image is trained on one view per epoch: no run needs more views than its longest phase
         longest = max(int(cfg.trainer.head_epochs), int(cfg.trainer.finetune_epochs))
         self.views = min(int(cfg.trainer.augment_views), longest) if aug is not None else 0
-        self.cache = open_cache(cfg, aug, 0 if ds.streamed_from else ds.nbytes)
+        self.cache = open_cache(cfg, workspace, aug, 0 if ds.streamed_from else ds.nbytes)
         if self.cache is None and cfg.trainer.cache_features not in (False, "false"):
             # nothing can be cached (e.g. a random-init base whose BatchNorm trains): draw afresh
             # every epoch. With cache_features=false the same V draws are used on images, which
@@ -65,9 +66,9 @@ class PhaseInputs:
         self.store = (
             None
             if self.cache is None
-            else CutStore(cfg, clf, ds, self.cache, aug, self.view_seed, self.views)
+            else CutStore(cfg, clf, ds, self.cache, aug, self.view_seed, self.views, workspace)
         )
-        self.val_images = data_mod.to_tf(ds.val, self.bs, shuffle=False, seed=self.seed)
+        self.val_images = data_mod.to_tf(ds.val, self.bs, False, self.seed, self.data_state)
         self._warned = False
 
     @property
@@ -107,7 +108,7 @@ class PhaseInputs:
         # epoch e's order is drawn from (seed, e): the same as the cached path, and as a resumed
         # run's
         train = data_mod.train_epochs(
-            self.ds.train, self.bs, self.seed, phase.start, phase.remaining
+            self.ds.train, self.bs, self.seed, phase.start, phase.remaining, self.data_state
         )
         return PhaseData(
             self._whole_model(),
@@ -125,7 +126,8 @@ class PhaseInputs:
         from thaw.data import augment
 
         views, n, aug, draws = self.views, len(self.ds.train), self.aug, self.view_seed
-        take, labels = data_mod.rows(self.ds.train.images), tf.constant(self.ds.train.labels)
+        take = data_mod.rows(self.ds.train.images, self.data_state)
+        labels = tf.constant(self.ds.train.labels)
         view_of = epoch_view(n, views, self.seed)
         table = view_table(aug, n, draws, views) if views else None
 
@@ -163,11 +165,12 @@ class PhaseInputs:
                 self.seed,
                 phase.start,
                 phase.remaining,
+                self.data_state,
             )
         else:
             train = self._view_batches(x_train, phase)
         val = data_mod.to_tf(
-            data_mod.Split(x_val, ds.val.labels), self.bs, shuffle=False, seed=self.seed
+            data_mod.Split(x_val, ds.val.labels), self.bs, False, self.seed, self.data_state
         )
         return PhaseData(
             cut.fit_model,
@@ -188,7 +191,9 @@ class PhaseInputs:
 
         n, views = len(self.ds.train), self.views
         labels = tf.constant(self.ds.train.labels)
-        take = data_mod.rows(x_views.reshape((views * n,) + tuple(x_views.shape[2:])))
+        take = data_mod.rows(
+            x_views.reshape((views * n,) + tuple(x_views.shape[2:])), self.data_state
+        )
         view_of = epoch_view(n, views, self.seed)
 
         def batch(idx, epoch):

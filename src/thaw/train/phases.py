@@ -81,6 +81,13 @@ class Run:
     loss: Any
     steps_per_epoch: int
     best: Any  # callbacks.BestWeights: the best validation epoch so far and its weights
+    workspace: Any  # workspace.Workspace: what the process keeps between runs
+
+    @property
+    def kept_compiled(self):
+        """Where compiled fit models are kept for later runs (None: trainer.reuse_compiled=false,
+        every phase compiles afresh)."""
+        return self.workspace.models if self.cfg.trainer.reuse_compiled else None
 
     @property
     def num_train(self) -> int:

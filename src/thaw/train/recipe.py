@@ -27,35 +27,31 @@ from thaw.train.devices import configure_devices, make_strategy, seed_and_precis
 from thaw.train.phases import Phase, Pruned, Run, TrainResult, finetune_phase, head_phase
 from thaw.train.record import RunRecord, objective_names
 from thaw.train.resume import checkpointer, resume_run
+from thaw.train.workspace import Workspace
 
 log = logging.getLogger("thaw.train")
 
 
-def train(cfg, output_dir, reporter=None, tracker=None) -> TrainResult:
+def train(
+    cfg, output_dir, reporter=None, tracker=None, workspace: Workspace | None = None
+) -> TrainResult:
     """Train one configuration; writes metrics.json (every epoch) and model.keras into output_dir.
     `tracker` may be a Tracker or a function that starts one, called once data and model are
-    ready."""
-    from thaw.runtime.tf_startup import claim_import_seconds, import_tensorflow
-
-    import_tensorflow()
+    ready. `workspace` is what the process keeps between runs (None: a fresh one, nothing
+    reused)."""
+    workspace = workspace if workspace is not None else Workspace()
+    workspace.import_tensorflow()
     configure_devices(cfg.trainer)
-    strategy = make_strategy(cfg.trainer)
+    strategy = make_strategy(cfg.trainer, workspace.devices)
     with strategy.scope():
-        return _train(
-            cfg,
-            Path(output_dir),
-            reporter,
-            tracker,
-            int(strategy.num_replicas_in_sync),
-            claim_import_seconds(),
-        )
+        replicas = int(strategy.num_replicas_in_sync)
+        run = _prepare(cfg, Path(output_dir), reporter, tracker, replicas, workspace)
+        run.record.update(import_seconds=workspace.claim_import_seconds())
+        return _train(run, Path(output_dir))
 
 
-def _train(
-    cfg, out: Path, reporter, tracker, replicas: int, import_seconds: float = 0.0
-) -> TrainResult:
-    run = _prepare(cfg, out, reporter, tracker, replicas)
-    run.record.update(import_seconds=import_seconds)
+def _train(run: Run, out: Path) -> TrainResult:
+    cfg, reporter = run.cfg, run.reporter
     base, spec = run.clf.base, run.clf.spec
     with _recorded(run.record):
         resume = resume_run(run, out)  # a killed earlier attempt's last epoch, or None
@@ -81,7 +77,7 @@ def _train(
     return TrainResult(objective, run.record.data)
 
 
-def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
+def _prepare(cfg, out: Path, reporter, tracker, replicas: int, workspace: Workspace) -> Run:
     """Seeds, data, model, run record and phase inputs: everything the phases share."""
     from thaw.data import augment
     from thaw.model.classifier import build_classifier
@@ -91,17 +87,17 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    seed_and_precision(cfg.trainer)
-    ds, load_s = _timed(load_data, cfg)
+    seed_and_precision(cfg.trainer, workspace.devices)
+    ds, load_s = _timed(load_data, cfg, workspace)
     if reporter is not None:  # the pruner's tolerance is the validation split's standard error
         reporter.describe(num_val=len(ds.val))
-    clf, build_s = _timed(build_classifier, cfg, ds.num_classes)
+    clf, build_s = _timed(build_classifier, cfg, ds.num_classes, workspace.models)
     record = RunRecord.for_run(
         out / "metrics.json", cfg, ds, replicas, data_seconds=load_s, build_seconds=build_s
     )
     record.started = started
     aug = augment.resolve(cfg)
-    inputs = PhaseInputs(cfg, clf, ds, sweep=reporter is not None, aug=aug)
+    inputs = PhaseInputs(cfg, clf, ds, reporter is not None, workspace, aug)
     record.update(
         feature_cache=inputs.cached,
         augment=None
@@ -119,7 +115,8 @@ def _prepare(cfg, out: Path, reporter, tracker, replicas: int) -> Run:
     steps = math.ceil(len(ds.train) / int(cfg.data.batch_size))
     if callable(tracker):  # a factory: start tracking now that the data and model are ready
         tracker = tracker()
-    return Run(cfg, ds, clf, inputs, record, tracker or Tracker(), reporter, loss, steps, best)
+    tracker = tracker or Tracker()
+    return Run(cfg, ds, clf, inputs, record, tracker, reporter, loss, steps, best, workspace)
 
 
 def fit_phase(run: Run, phase: Phase, resume=None) -> None:
@@ -232,7 +229,11 @@ def evaluate_test_split(run: Run) -> None:
         ("evaluate",), lambda: wrapper(run.clf.model)
     )  # model.keras stays uncompiled
     test = data_mod.to_tf(
-        ds.test, int(run.cfg.data.batch_size), shuffle=False, seed=int(run.cfg.trainer.seed)
+        ds.test,
+        int(run.cfg.data.batch_size),
+        shuffle=False,
+        seed=int(run.cfg.trainer.seed),
+        state=run.workspace.data,
     )
     reused = compile_for_fit(
         model,
@@ -243,7 +244,7 @@ def evaluate_test_split(run: Run) -> None:
         lambda: loss_and_metrics(ds.num_classes)[1],
         run.cfg.trainer.jit_compile,
         test.element_spec,
-        reuse=bool(run.cfg.trainer.reuse_compiled),
+        pool=run.kept_compiled,
     )
     res = model.evaluate(test, verbose=0, return_dict=True)
     run.record.update(
@@ -259,11 +260,11 @@ def evaluate_test_split(run: Run) -> None:
 # ---------------------------------------------------------------- small parts of the recipe
 
 
-def load_data(cfg):
+def load_data(cfg, workspace: Workspace):
     """Decoded splits, checked against the config; logs what was loaded."""
     size = int(cfg.backbone.image_size)
     t0 = time.perf_counter()
-    ds = data_mod.load(cfg.data, size, int(cfg.trainer.seed), cfg.trainer.cache_dir)
+    ds = data_mod.load(cfg.data, size, int(cfg.trainer.seed), cfg.trainer.cache_dir, workspace.data)
     log.info(
         "data: %d train / %d validation%s images, classes %s, decoded at %d px in %.1fs%s; %s",
         len(ds.train),
@@ -286,7 +287,7 @@ def load_data(cfg):
         if len(split) == 0:
             raise DataError(f"data: the {split_name} split is empty after skipping bad images")
     if cfg.data.train_on_val:
-        ds = data_mod.with_val_in_train(ds)
+        ds = data_mod.with_val_in_train(ds, workspace.data.limits.disk)
         log.warning(
             "data.train_on_val: training on train + validation (%d images); validation metrics are "
             "optimistic from here, the test split%s stays held out",

@@ -9,9 +9,9 @@ Which commands: every line of a fenced `bash`/`sh`/`shell` block (backslash cont
   checked by thaw's own checks (`thaw.config.checks.validate`, data folders not scanned, a weights
   file path replaced by an existing file: the files are the reader's). A multirun with the thaw
   sweeper also builds its search space, sampler and pruner as the sweeper does.
-- `thaw-report/-predict/-evaluate/-export/-retrain ...`: every `--option` it gives is one its
-  `--help` lists; thaw-retrain's Hydra overrides compose onto the train config; `thaw-X --help`
-  itself is run and must exit 0.
+- `thaw-report/-predict/-evaluate/-export/-retrain/-dashboard ...`: every `--option` it gives is
+  one its `--help` lists; thaw-retrain's Hydra overrides compose onto the train config;
+  `thaw-X --help` itself is run and must exit 0.
 - `python benchmarks/NAME.py ...`: the script exists and defines every `--option` it gives.
 - Anything else is not thaw's and is not checked: installers and environments (`python3 -m venv`,
   `.`, `pip`), the test, lint and site tools CI runs itself (`python -m pytest`, `ruff`,
@@ -35,7 +35,14 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-THAW_COMMANDS = {"thaw-report", "thaw-predict", "thaw-evaluate", "thaw-export", "thaw-retrain"}
+THAW_COMMANDS = {
+    "thaw-report",
+    "thaw-predict",
+    "thaw-evaluate",
+    "thaw-export",
+    "thaw-retrain",
+    "thaw-dashboard",
+}
 NOT_THAW = {"python3", ".", "source", "pip", "git", "ray", "optuna-dashboard", "mkdocs", "ruff"}
 NOT_THAW |= {"ls", "tail", "cd", "export", "wandb"}
 SEPARATORS = {"&&", "||", ";", "|"}

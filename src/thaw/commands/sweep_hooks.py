@@ -1,8 +1,8 @@
 """thaw-train's side of a sweep: what the generic sweeper (thaw.sweeper) asks the app it runs.
 
-The sweeper knows nothing of data, weights or test splits; `commands.train._task.sweep_app` hands
-it this object (thaw.sweeper.hooks.AppHooks). No TensorFlow here except in `evaluate`, after the
-search.
+The sweeper knows nothing of data, weights or test splits; the task of `commands.train.hydra_app`
+hands it this object as its `sweep_app` (thaw.sweeper.hooks.AppHooks). No TensorFlow here except
+in `evaluate`, after the search.
 """
 
 from __future__ import annotations
@@ -150,9 +150,9 @@ class ThawTrainSweep(AppHooks):
         except Exception as exc:
             log.warning("sweep report not written: %s", exc)
         try:
-            from thaw.runtime.tracking import log_sweep_summary
+            from thaw.runtime.sweep_summary import log_sweep_summary
 
-            log_sweep_summary(config.get("logger"), study, sweep_dir)
+            log_sweep_summary(config.get("logger"), study, sweep_dir, storage_url)
         except Exception as exc:
             log.warning("W&B sweep summary not logged: %s", exc)
 
@@ -258,6 +258,13 @@ class ThawTrainSweep(AppHooks):
             "search_space": space_text,
             "data": d.name,
         }
+        for key in ("sampler", "pruner"):  # as configured: the report's header names them
+            try:
+                node = OmegaConf.select(job_cfg, f"hydra.sweeper.{key}", default=None)
+                if node is not None:
+                    out[key] = OmegaConf.to_container(node, resolve=True)
+            except Exception:  # an unresolvable value: the header leaves it out
+                pass
         if d.name == "folder" and d.path:
             out["data"] = os.path.abspath(os.path.expanduser(str(d.path)))
             try:

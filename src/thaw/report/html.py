@@ -244,31 +244,16 @@ def _table(rows, header) -> str:
 
 
 def _about_html(study) -> str:
-    """What the sweep is about and its answer in words (thaw-train sweeps record both on the
-    study)."""
-    esc = html.escape
-    about, verdict = study.user_attrs.get("about") or {}, study.user_attrs.get("verdict")
+    """The sweep's answer in words (thaw-train sweeps record it on the study), then what it was
+    about: data, images, backbone, weights, image size, search space, sampler, pruner, trials."""
+    from thaw.report.review import header_html
+
+    verdict = study.user_attrs.get("verdict")
     parts = []
     if verdict:
-        parts.append(f"<p class='verdict'><b>{esc(verdict[0].upper() + verdict[1:])}.</b></p>")
-    if about:
-        images = about.get("images") or {}
-        counts = (
-            (
-                f" ({images.get('train')} train / {images.get('validation')} validation / "
-                f"{images.get('test')} test "
-                f"images, {images.get('classes')} classes)"
-            )
-            if images
-            else ""
-        )
-        parts.append(
-            f"<p class='about'>Data {esc(str(about.get('data')))}{esc(counts)}; backbone "
-            f"{esc(str(about.get('backbone')))}, weights {esc(str(about.get('weights')))}, "
-            f"{esc(str(about.get('image_size')))} px; searching "
-            f"{esc(str(about.get('search_space')))}.</p>"
-        )
-    return "".join(parts)
+        text = html.escape(verdict[0].upper() + verdict[1:])
+        parts.append(f"<p class='verdict'><b>{text}.</b></p>")
+    return "".join(parts) + header_html(study)
 
 
 def _best_html(study) -> str:
@@ -300,6 +285,9 @@ table.trials { border-collapse: collapse; font-size: 13px; }
 table.trials th { cursor: pointer; background: #eee; }
 table.trials td, table.trials th { border: 1px solid #ccc; padding: 3px 8px; }
 tr.pruned { color: #996600; } tr.fail { color: #b00; }
+table.about th { text-align: left; padding-right: 1em; font-weight: 600; }
+table.review { border-collapse: collapse; font-size: 13px; margin-bottom: 1em; }
+table.review td, table.review th { border: 1px solid #ccc; padding: 3px 8px; }
 """
 
 
@@ -311,6 +299,8 @@ def build_report(target: str, study_name: str | None = None, out_dir: Path | Non
     matplotlib.use("Agg")
     from plotly.offline import get_plotlyjs
 
+    from thaw.report import review
+
     study, default_out = open_study(target, study_name)
     out = Path(out_dir) if out_dir else default_out
     png_dir = out / "report_png"
@@ -318,19 +308,18 @@ def build_report(target: str, study_name: str | None = None, out_dir: Path | Non
     esc = html.escape
     sections = _sections(study, png_dir)
     header, rows = _trial_rows(study)
-    from collections import Counter
-
-    counts = Counter(r[1] for r in rows)
+    recs = review.records(study)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>thaw sweep: {esc(study.study_name)}</title>
 <script type="text/javascript">{get_plotlyjs()}</script>
 <style>{_STYLE}</style></head><body>
 <h1>Sweep report: {esc(study.study_name)}</h1>
-<p>{len(rows)} trials: {esc(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))}.
-Direction: {esc(", ".join(d.name.lower() for d in study.directions))}.</p>
+<p>Direction: {esc(", ".join(d.name.lower() for d in study.directions))}.</p>
 {_about_html(study)}
 {_best_html(study)}
+{review.compute_html(study, recs)}
+{review.failures_html(study)}
 {"".join(sections)}
 <h2>Trials</h2><p>Click a column header to sort.</p>
 {_table(rows, header)}

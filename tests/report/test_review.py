@@ -1,0 +1,77 @@
+"""The report answers the review questions: what the sweep was about, what pruning and the cache
+saved, why trials failed (real Optuna studies on SQLite, run dirs with metrics.json)."""
+
+import optuna
+from optuna.trial import TrialState
+from sweeps import ABOUT, SPACE, make_sweep
+
+from thaw.report import review
+from thaw.report.html import build_report
+
+
+def test_header_names_data_model_search_and_trials(tmp_path):
+    facts = dict(review.header_facts(make_sweep(tmp_path / "sw")))
+    assert facts["data"] == "/data/hymenoptera"
+    assert facts["images"] == "245 train / 76 validation / 77 test, 2 classes"
+    assert facts["backbone"] == "mobilenet_v2 alpha 0.35" and facts["image size"] == "160 px"
+    assert facts["weights"].endswith("mobilenet_v2_0.35_no_top_imagenet.h5")
+    assert facts["search space"].startswith("unfreeze.depth 0..8")
+    assert facts["sampler"] == "TPESampler(seed=1234)"
+    assert facts["pruner"] == "StepMedianPruner(n_startup_trials=3)"
+    assert facts["trials"] == "COMPLETE 2, FAIL 1, PRUNED 1"
+
+
+def test_sampler_and_pruner_of_older_sweeps_come_from_a_trials_hydra_config(tmp_path):
+    about = {k: v for k, v in ABOUT.items() if k not in ("sampler", "pruner")}
+    study = make_sweep(tmp_path / "sw", about=about)
+    hydra_dir = tmp_path / "sw" / "trial_0" / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "hydra.yaml").write_text(
+        "hydra:\n  sweeper:\n    sampler:\n      _target_: optuna.samplers.RandomSampler\n"
+        "      seed: 7\n    pruner:\n      _target_: optuna.pruners.NopPruner\n"
+    )
+    facts = dict(review.header_facts(study))
+    assert facts["sampler"] == "RandomSampler(seed=7)" and facts["pruner"] == "NopPruner()"
+
+
+def test_compute_saved_by_pruning_and_by_the_cache(tmp_path):
+    study = make_sweep(tmp_path / "sw")
+    recs = review.records(study)
+    pruned = review.pruning_saved(study, recs)
+    assert (pruned["run"], pruned["planned"]) == (6 + 3 + 6 + 2, 4 * 6)
+    # trial 1 was pruned after 3 of 6 epochs; its fine-tuning epochs took 3 s each
+    assert pruned["rows"] == [[1, 3, 6, 3, 9.0]] and pruned["seconds"] == 9.0
+    cache = review.cache_saved(recs)
+    by_trial = {row[0]: row for row in cache["rows"]}
+    assert by_trial[0] == [0, "pooled", 20.0, 0.0]  # it built the cache: paid, saved nothing
+    assert by_trial[2] == [2, "pooled", 0.0, 20.0]  # reused it: skipped the 20 s extraction
+    assert round(cache["seconds"], 2) == 3 * 19.99
+
+
+def test_failures_say_why_and_what_retried_them(tmp_path):
+    study = make_sweep(tmp_path / "sw")
+    dead = study.ask(SPACE)  # a worker killed: no reason recorded, retried as the next trial
+    study.tell(dead, state=TrialState.FAIL)
+    retry = study.ask(SPACE)
+    study._storage.set_trial_system_attr(retry._trial_id, "retry_history", [dead.number])
+    study.tell(retry, 0.5)
+    rows = {r[0]: r for r in review.failures(study)}
+    assert rows[3][2] == "TrainingError: loss became nan in finetune epoch 1" and rows[3][3] == ""
+    assert "no heartbeat" in rows[dead.number][2] and rows[dead.number][3] == retry.number
+    assert "unfreeze.depth=" in rows[3][1]
+
+
+def test_report_page_holds_the_answers(tmp_path):
+    make_sweep(tmp_path / "sw")
+    page = build_report(str(tmp_path / "sw")).read_text()
+    for anchor in ("id='about'", "id='compute'", "id='failures'", 'id="plot-trials"'):
+        assert anchor in page, anchor
+    assert "17 epochs run of 24 planned" in page and "about 60 s of feature extraction" in page
+    assert "loss became nan" in page
+
+
+def test_report_of_a_study_without_run_dirs_still_renders(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study.tell(study.ask(SPACE), 0.3)
+    page = build_report(str(tmp_path)).read_text()
+    assert "no trial recorded its epochs yet" in page and "No trial failed" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -139,31 +140,55 @@ def _stream_split(
 
 
 def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Dataset:
-    """The decoded splits as .npy files in `target` (written to a temp dir and renamed: a reader
-    sees
-    a complete set or none), read a batch at a time."""
-    import json
+    """The decoded splits as .npy files in `target`, decoded chunk by chunk and read a batch at a
+    time."""
+    skipped = list(scan.skipped)
+    splits = {"train": scan.train, "val": scan.val, **({"test": scan.test} if scan.test else {})}
+    with decoded_writer(target) as out:
+        for name, split in splits.items():
+            done = _stream_split(split, image_size, cfg.on_bad_image, skipped, out.images(name))
+            out.split(name, done.labels)
+        out.finish(scan.class_names, skipped)
+    return read_decoded(target, stream=True)
+
+
+class DecodedWriter:
+    """Writes the decoded-splits layout that read_decoded reads: `<split>_images.npy`,
+    `<split>_labels.npy` per split, then meta.json (class names, skipped files, splits)."""
+
+    def __init__(self, where: Path):
+        self.dir, self.names = where, []
+
+    def images(self, name: str) -> Path:
+        return self.dir / f"{name}_images.npy"
+
+    def split(self, name: str, labels, images=None) -> None:
+        """A split's labels, and its images unless they were streamed into images(name)."""
+        if images is not None:
+            np.save(self.images(name), images)
+        np.save(self.dir / f"{name}_labels.npy", np.asarray(labels))
+        self.names.append(name)
+
+    def finish(self, class_names, skipped) -> None:
+        import json
+
+        meta = {"class_names": list(class_names), "skipped": list(skipped), "splits": self.names}
+        (self.dir / "meta.json").write_text(json.dumps(meta))
+
+
+@contextmanager
+def decoded_writer(target: Path):
+    """The one way decoded splits are written (the decoded cache, streamed data): into a temp dir
+    beside `target`, renamed to it when complete, so a reader sees a whole set or none. Another
+    process that renamed its set first wins (theirs is read); a failure removes the temp dir."""
     import shutil
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
     budget.remove_stale(target.parent)  # left by a killed process of this host
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{budget.tmp_tag()}"))
-    skipped = list(scan.skipped)
-    splits = {"train": scan.train, "val": scan.val, **({"test": scan.test} if scan.test else {})}
     try:
-        labels = {}
-        for name, split in splits.items():
-            out = _stream_split(
-                split, image_size, cfg.on_bad_image, skipped, tmp / f"{name}_images.npy"
-            )
-            np.save(tmp / f"{name}_labels.npy", out.labels)
-            labels[name] = out.labels
-        (tmp / "meta.json").write_text(
-            json.dumps(
-                {"class_names": scan.class_names, "skipped": skipped, "splits": list(splits)}
-            )
-        )
+        yield DecodedWriter(tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process wrote the same data first: read theirs
@@ -171,7 +196,6 @@ def stream_folder(scan: FolderScan, cfg, image_size: int, target: Path) -> Datas
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return read_decoded(target, stream=True)
 
 
 def read_decoded(where: Path, stream: bool) -> Dataset:

@@ -8,10 +8,14 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from thaw.data import budget
-from thaw.data.decode import decoded_bytes, load_folder, read_decoded, stream_folder
+from thaw.data.decode import (
+    decoded_bytes,
+    decoded_writer,
+    load_folder,
+    read_decoded,
+    stream_folder,
+)
 from thaw.data.diskarray import DiskArray
 from thaw.data.scan import folder_stamp, folder_unchanged, scan_folder
 from thaw.data.sources import load_synthetic, load_tfds
@@ -130,7 +134,7 @@ class DecodedCache:
     (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data
     config,
     image size and every file's path, size and mtime, so a changed folder is decoded again.
-    Written to a temp dir and renamed: atomic."""
+    Written by decode.decoded_writer: atomic."""
 
     def __init__(self, cache_dir: str, cfg, key):
         self.dir = Path(os.path.expanduser(cache_dir)) / "decoded" / self.digest(cfg, key)
@@ -173,38 +177,18 @@ class DecodedCache:
         return data
 
     def write(self, data: Dataset) -> None:
-        import json
-        import shutil
-        import tempfile
-
         if self.dir.exists():
             return
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=".tmp-"))
-        splits = {
-            "train": data.train,
-            "val": data.val,
-            **({"test": data.test} if data.test is not None else {}),
-        }
+        splits = {"train": data.train, "val": data.val}
+        if data.test is not None:
+            splits["test"] = data.test
         try:
-            for name, split in splits.items():
-                np.save(tmp / f"{name}_images.npy", split.images)
-                np.save(tmp / f"{name}_labels.npy", split.labels)
-            (tmp / "meta.json").write_text(
-                json.dumps(
-                    {
-                        "class_names": list(data.class_names),
-                        "skipped": list(data.skipped),
-                        "splits": list(splits),
-                    }
-                )
-            )
-            os.rename(tmp, self.dir)
-        except (
-            OSError
-        ) as exc:  # another process won the rename, or the disk is full: decode next time
+            with decoded_writer(self.dir) as out:
+                for name, split in splits.items():
+                    out.split(name, split.labels, split.images)
+                out.finish(data.class_names, data.skipped)
+        except OSError as exc:  # the disk is full: decode next time
             log.debug("decoded cache not written: %s", exc)
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(cfg, image_size: int, seed: int) -> Dataset:

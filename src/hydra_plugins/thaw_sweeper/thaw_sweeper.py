@@ -54,11 +54,17 @@ class ThawSweeperConf:
     storage: str | None = None
     study_name: str | None = None
     n_trials: int = 20  # total the study should reach, across resumes and workers
-    n_jobs: int = 1  # trials launched at once through the launcher
+    n_jobs: int = 1  # trials in flight at once through the launcher (docs/scheduling.md)
+    # continuous: a trial that ends frees its slot for the next at once; batch: n_jobs trials are
+    # launched together and the next batch waits for the slowest (hydra-optuna-sweeper's way)
+    scheduling: str = "continuous"
+    # device ids, one per in-flight trial, given to its job as CUDA_VISIBLE_DEVICES; unset: every
+    # visible GPU (none without one); []: leave devices to the jobs. n_jobs > devices is refused.
+    devices: Any = None
     # Unset (thaw's rule): stop when more than 25 % of the finished trials failed, judged only once
     # failure_min_trials have finished (one early failure does not end a long sweep). Set (as in
-    # hydra-optuna-sweeper configs): HOS's meaning, stop when more than this fraction of one batch
-    # (the n_jobs trials launched together) failed.
+    # hydra-optuna-sweeper configs): HOS's meaning, stop when more than this fraction of n_jobs
+    # consecutive finished trials (HOS: of one batch) failed.
     max_failure_rate: float | None = None
     failure_min_trials: int = 5
     heartbeat_interval: int | None = (

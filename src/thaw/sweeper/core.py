@@ -17,7 +17,15 @@ from omegaconf import DictConfig
 
 from thaw.errors import ThawError
 from thaw.runtime.secrets import redact
-from thaw.sweeper import answer, confirm_stage, failures, launch, question, saved_models
+from thaw.sweeper import (
+    answer,
+    confirm_stage,
+    failures,
+    launch,
+    question,
+    saved_models,
+    schedule,
+)
 from thaw.sweeper import plan as search_space_plan
 from thaw.sweeper.failures import DEFAULT_FAILURE_RATE, TooManyFailures, counted
 from thaw.sweeper.heartbeats import Heartbeats
@@ -145,52 +153,76 @@ class SweepRunner:
             sys.exit(130)
 
     def _loop(self, plan, beats, progress) -> None:
+        """Keep n_jobs trials in flight: a trial that ends (complete, pruned, failed) is settled
+        and the next one asked and launched at once (sweeper.schedule); the results file, the
+        models and the progress line follow, while it runs."""
+        sw = self.state
+        sched = schedule.Scheduler(sw, beats)
+        window = schedule.FailureWindow(sw.settings.n_jobs, sw.settings.max_failure_rate)
+        try:
+            self._run_loop(plan, beats, progress, sched, window)
+        except KeyboardInterrupt:
+            sched.interrupt()
+            raise
+
+    def _run_loop(self, plan, beats, progress, sched, window) -> None:
         from thaw.runtime import interrupt
 
         sw = self.state
+        stop: TooManyFailures | None = None
+        settled = False  # a trial ended since the last results/progress update
         while True:
             interrupt.check()
-            slots = _free_slots(sw, self.baseline_trial)
-            if slots is None:
-                return
-            # no slot: the rest is running in other workers
-            batch = self._ask_batch(plan, min(sw.settings.n_jobs, slots), beats) if slots else []
-            if not batch:
-                time.sleep(POLL_SECONDS)
+            if settled and sched.in_process:  # the next job runs here and now: report first
+                self._after_trial(progress)
+                settled = False
+            if stop is None:
+                try:
+                    free = _free_slots(sw, self.baseline_trial)
+                    if free is None and not sched.in_flight:
+                        if settled:  # the last trial
+                            self._after_trial(progress)
+                        return window.close()
+                    self._launch_new(plan, beats, sched, min(free or 0, sched.room()))
+                except TooManyFailures as exc:
+                    stop = exc  # the trials in flight finish first, as in a batch
+            if settled:
+                self._after_trial(progress)
+                settled = False
+            if stop is not None and not sched.in_flight:
+                raise stop
+            if not sched.in_flight:
+                time.sleep(POLL_SECONDS)  # no slot: the rest is running in other workers
                 continue
-            launch.run_batch(sw, batch, beats)
-            self._after_batch(batch, progress)
+            done = sched.finished(POLL_SECONDS)
+            if done is not None:
+                try:
+                    settled = _settled(self.state, sched, window, *done)
+                except TooManyFailures as exc:
+                    stop, settled = exc, True
 
-    def _ask_batch(self, plan, size: int, beats) -> list:
-        """Up to `size` new trials, heartbeating; fewer when other workers filled the study
-        meanwhile."""
+    def _launch_new(self, plan, beats, sched, n: int) -> None:
+        """Ask up to `n` trials (heartbeating) and launch them; fewer when other workers filled
+        the study meanwhile. The baseline, created RUNNING by this worker, goes first."""
         batch = []
-        baseline = self.baseline_trial
-        if baseline is not None:  # created RUNNING by this worker: no other worker can take it
+        if n > 0 and self.baseline_trial is not None:
+            batch.append(self.baseline_trial)
             self.baseline_trial = None
-            beats.add(baseline._trial_id)
-            batch.append(baseline)
-        for _ in range(size - len(batch)):
+        while len(batch) < n:
             trial = plan.ask(self.state.study)
             if _surplus(self.state, trial):
                 break
-            beats.add(trial._trial_id)
             batch.append(trial)
-        return batch
+        for trial in batch:
+            beats.add(trial._trial_id)
+        if batch:
+            sched.launch(batch)
 
-    def _after_batch(self, batch, progress) -> None:
-        """Models, results and the per-batch failure rule (hydra-optuna-sweeper's meaning)."""
+    def _after_trial(self, progress) -> None:
+        """Models, results and the progress line, once the freed slots are running again."""
         sw = self.state
         saved_models.remove_unneeded(sw)
         self.write_results()
-        rate = sw.settings.max_failure_rate
-        if rate is not None:
-            failures.check_failures(
-                [sw.storage.get_trial(t._trial_id) for t in batch],
-                rate,
-                1,
-                f"hydra.sweeper.max_failure_rate={rate}, per batch",
-            )
         progress.report(sw.study.get_trials(deepcopy=False), log)
 
     def _confirm(self) -> None:
@@ -225,6 +257,21 @@ def _log_start(sw: SweepState, plan, at_start: int) -> None:
             + (["custom_search_space"] if plan.extender else [])
         ),
     )
+
+
+def _settled(sw: SweepState, sched, window, trial, ret, err) -> bool:
+    """A job ended: its trial settled and judged by the failure rule; False when it runs once
+    more at half batch after running out of memory."""
+    from thaw.sweeper.current import release
+
+    release()  # an in-process job's trial handle (basic launcher) stops heartbeating
+    retry = launch.settle(sw, trial, ret, err)
+    if retry is not None:
+        sched.launch([trial], retry)
+        return False
+    sched.beats.remove(trial._trial_id)
+    window.add(sw.storage.get_trial(trial._trial_id))
+    return True
 
 
 def _free_slots(sw: SweepState, mine) -> int | None:

@@ -22,10 +22,13 @@ sweeper) the trial is a no-op: report records nothing and should_prune is always
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 from typing import Any
 
 _lock = threading.Lock()
-_handle = None  # the TrialHandle of the job this process runs now (one at a time per process)
+# the TrialHandle of the job this context runs now (one at a time; a job and the sweeper's release()
+# after an in-process job run in the same thread)
+_HANDLE: ContextVar[Any] = ContextVar("thaw_current_trial_handle", default=None)
 
 
 class CurrentTrial:
@@ -79,7 +82,6 @@ class CurrentTrial:
 
 def current_trial() -> CurrentTrial:
     """This job's trial when the thaw sweeper launched it; a no-op trial otherwise."""
-    global _handle
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -89,13 +91,15 @@ def current_trial() -> CurrentTrial:
         return CurrentTrial(None)
     key = (str(sweeper.storage), str(sweeper.study_name), int(number))
     with _lock:
-        if _handle is None or getattr(_handle, "key", None) != key:
+        handle = _HANDLE.get()
+        if handle is None or getattr(handle, "key", None) != key:
             _close()
             from thaw.sweeper.trial import attach_trial
 
-            _handle = attach_trial(hydra_cfg)
-            _handle.key = key
-        return CurrentTrial(_handle)
+            handle = attach_trial(hydra_cfg)
+            handle.key = key
+            _HANDLE.set(handle)
+        return CurrentTrial(handle)
 
 
 def release() -> None:
@@ -105,7 +109,7 @@ def release() -> None:
 
 
 def _close() -> None:
-    global _handle
-    if _handle is not None:
-        _handle.close()
-        _handle = None
+    handle = _HANDLE.get()
+    if handle is not None:
+        handle.close()
+        _HANDLE.set(None)

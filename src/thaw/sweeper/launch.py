@@ -1,4 +1,4 @@
-"""Launch a batch of trials through Hydra's launcher, and settle each trial from its job.
+"""A trial's job: its overrides for Hydra's launcher, and its trial settled from what the job did.
 
 A job that told its trial itself (thaw-train, `current_trial()`) is only logged; one that did not
 (any Hydra app, a job that died) is told here from its return value or its exception.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 
-from thaw.sweeper import search_space
+from thaw.sweeper import oom, search_space
 from thaw.sweeper.state import SweepState
 
 log = logging.getLogger("thaw.sweeper")
@@ -27,27 +27,7 @@ def time_summary(breakdown: dict[str, float] | None) -> str:
     )
 
 
-def run_batch(sw: SweepState, batch, beats) -> None:
-    """Launch the batch's jobs (n_jobs at once) and settle every trial of it."""
-    from thaw.sweeper.current import release
-
-    job_overrides = [_job_lines(sw, trial) for trial in batch]
-    err = "the launcher returned no result for this job"  # a None return, unless launch() raised
-    try:
-        returns = sw.launcher.launch(job_overrides, initial_job_idx=batch[0].number)
-    except Exception as exc:  # e.g. a job's config failed to compose: fail the batch, keep sweeping
-        err = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
-        log.error("launching trial(s) %s failed: %s", [t.number for t in batch], err)
-        returns = [None] * len(batch)
-    finally:
-        for trial in batch:
-            beats.remove(trial._trial_id)
-    for trial, ret in zip(batch, returns):
-        _settle(sw, trial, ret, err)
-    release()  # an in-process job's trial handle (basic launcher) stops heartbeating
-
-
-def _job_lines(sw: SweepState, trial) -> list[str]:
+def job_lines(sw: SweepState, trial) -> list[str]:
     sampled = [f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()]
     no_model = sw.app.no_model_overrides() if sw.settings.save_models == "none" else []
     log.info("trial %d: %s", trial.number, " ".join(sampled))
@@ -64,16 +44,25 @@ def _job_lines(sw: SweepState, trial) -> list[str]:
     )
 
 
-def _settle(sw: SweepState, trial, ret, err: str) -> None:
-    """The trial's state from its job (unless the job told it), then its one log line."""
+def settle(sw: SweepState, trial, ret, err: str) -> list[str] | None:
+    """The trial's state from its job (unless the job told it), then its one log line; the
+    overrides to run it once more when it ran out of memory the first time, else None."""
     from optuna.trial import TrialState
 
     storage = sw.storage
+    frozen = storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.RUNNING:
+        oom_error = oom.job_oom(ret, frozen)
+        if oom_error is not None:
+            retry = oom.retry_lines(sw, trial, frozen)
+            if retry is not None:
+                return retry
+            oom.infeasible(sw, trial, oom_error)
     if ret is None:
         if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             storage.set_trial_user_attr(trial._trial_id, "error", err)
             fail(storage, trial._trial_id)
-        return
+        return None
     frozen = storage.get_trial(trial._trial_id)
     run_dir = frozen.user_attrs.get("run_dir") or _output_dir(ret)
     if frozen.state == TrialState.RUNNING:  # the job never told its trial (died, or a foreign task)
@@ -81,6 +70,14 @@ def _settle(sw: SweepState, trial, ret, err: str) -> None:
             storage.set_trial_user_attr(trial._trial_id, "run_dir", run_dir)
         _tell_from_return(sw, trial, ret)
         frozen = storage.get_trial(trial._trial_id)
+    oom.record_in_metrics(run_dir, frozen)
+    _log_settled(trial, frozen, run_dir)
+    return None
+
+
+def _log_settled(trial, frozen, run_dir) -> None:
+    from optuna.trial import TrialState
+
     value = frozen.values if frozen.values is None or len(frozen.values) > 1 else frozen.values[0]
     extra = frozen.user_attrs.get("error") or frozen.user_attrs.get("pruned") or ""
     level = logging.WARNING if frozen.state == TrialState.FAIL else logging.INFO
@@ -106,18 +103,18 @@ def _tell_from_return(sw: SweepState, trial, ret) -> None:
     value = ret._return_value
     if ret.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
         sw.storage.set_trial_user_attr(trial._trial_id, "pruned", str(value) or "pruned by the app")
-        return _tell(sw.study, trial, state=TrialState.PRUNED)
+        return tell(sw.study, trial, state=TrialState.PRUNED)
     if ret.status == JobStatus.FAILED:
         error = f"{type(value).__name__}: {value}"
     else:
         values, error = objective_values(value, len(sw.directions))
         if error is None:
-            return _tell(sw.study, trial, values=values)
+            return tell(sw.study, trial, values=values)
     sw.storage.set_trial_user_attr(trial._trial_id, "error", error[:2000])
     fail(sw.storage, trial._trial_id)
 
 
-def _tell(study, trial, **kwargs) -> None:
+def tell(study, trial, **kwargs) -> None:
     """Study.tell; a grid or brute-force sampler that finished its space calls Study.stop, which
     raises outside Study.optimize after the state is written."""
     try:

@@ -26,6 +26,8 @@ class Settings:
     directions: list[str]
     save_models: str
     heartbeat_interval: Any
+    devices: list[str] = field(default_factory=list)  # one per in-flight trial (sweeper.devices)
+    scheduling: str = "continuous"  # or "batch": hydra-optuna-sweeper's barrier (sweeper.schedule)
 
     @classmethod
     def parse(cls, c: dict[str, Any], app, config) -> Settings:
@@ -46,6 +48,14 @@ class Settings:
             raise ConfigError(
                 f"hydra.sweeper.failure_min_trials: must be >= 1, got {c.get('failure_min_trials')}"
             )
+        scheduling = str(c.get("scheduling") or "continuous")
+        if scheduling not in ("continuous", "batch"):
+            raise ConfigError(
+                f"hydra.sweeper.scheduling: expected continuous or batch, got {scheduling!r}"
+            )
+        from thaw.sweeper import devices
+
+        device_list = devices.parse(c.get("devices"))
         directions = _directions(c, app, config)
         app.check_objectives(config)
         return cls(
@@ -56,6 +66,8 @@ class Settings:
             directions=directions,
             save_models=save_models(c),
             heartbeat_interval=c.get("heartbeat_interval"),
+            devices=device_list,
+            scheduling=scheduling,
         )
 
 

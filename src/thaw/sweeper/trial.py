@@ -121,9 +121,17 @@ class TrialHandle:
         self._tell(state=TrialState.PRUNED)
 
     def fail(self, reason: str) -> None:
+        """FAIL with `reason`; out of memory is left RUNNING with the reason for the sweeper,
+        which runs the trial once more at half batch or ends it as infeasible (sweeper.oom)."""
         from optuna.trial import TrialState
 
+        from thaw.sweeper import oom
+
         try:
+            if oom.is_oom_text(reason):
+                self._told = True
+                self.trial.set_user_attr(oom.JOB_ERROR_ATTR, reason[:2000])
+                return
             self.trial.set_user_attr("error", reason[:2000])
             self._tell(state=TrialState.FAIL)
         except Exception as exc:  # storage gone: the sweeper will mark the trial

@@ -1,0 +1,255 @@
+"""The scheduler: a finished trial frees its slot at once (no batch barrier), each in-flight trial
+has its own device, and a trial that runs out of memory is run once more at half batch, then ends
+as infeasible. The app (tests/apps/slots_app.py) is a plain Hydra app run as a real subprocess; its
+jobs write what they were given to a marks directory."""
+
+import contextvars
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+APPS = Path(__file__).parents[1] / "apps"
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+
+
+def sweep(tmp_path, *args, ok=True):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "slots_app.py",
+            "--multirun",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+            f"marks={tmp_path / 'marks'}",
+            "hydra.sweeper.confirm.top_k=0",
+            *args,
+        ],
+        cwd=APPS,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HYDRA_FULL_ERROR="0"),
+    )
+    if ok:
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc
+
+
+def trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'sw' / 'study.db'}"
+    return optuna.load_study(storage=storage, study_name="slots").get_trials()
+
+
+def records(tmp_path):
+    return {
+        int(p.stem): json.loads(p.read_text()) for p in (tmp_path / "marks").glob("[0-9]*.json")
+    }
+
+
+def attempts(tmp_path):
+    lines = (tmp_path / "marks" / "attempts.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines]
+
+
+SUBMITIT = [
+    "hydra/launcher=submitit_local",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.sweeper.n_jobs=2",
+]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [JOBLIB, pytest.param(SUBMITIT, marks=pytest.mark.slow)],
+    ids=["joblib", "submitit"],
+)
+def test_a_finished_trial_frees_its_slot_at_once(tmp_path, launcher):
+    """Trial 0 returns only once 3 other trials have finished; with 2 slots they can only have run
+    in the other slot while trial 0 was in flight (a batch barrier would hold trial 2 until trial 0
+    ended, and trial 0 would give up after its timeout having seen 1)."""
+    if launcher is SUBMITIT:
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep(tmp_path, *launcher, "hydra.sweeper.n_trials=5", "gate=3", "gate_timeout=120")
+    ts = {t.number: t for t in trials(tmp_path)}
+    assert sorted(ts) == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in ts.values())
+    assert records(tmp_path)[0]["gate_seen"] >= 3
+    # trials 1, 2 and 3 were asked, run and told while trial 0 was in flight
+    assert all(ts[n].datetime_complete < ts[0].datetime_complete for n in (1, 2, 3))
+
+
+def test_in_flight_trials_never_share_a_device(tmp_path):
+    sweep(
+        tmp_path,
+        *JOBLIB,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.devices=[0,1]",
+        "hold=0.5",
+    )
+    ts = {t.number: t for t in trials(tmp_path)}
+    recs = records(tmp_path)
+    assert sorted(recs) == sorted(ts) == list(range(6))
+    for n, rec in recs.items():  # the job saw the device the trial records
+        assert rec["device"] == ts[n].user_attrs["device"] in ("0", "1")
+    overlapping = [
+        (a, b)
+        for a in recs
+        for b in recs
+        if a < b and recs[a]["start"] < recs[b]["end"] and recs[b]["start"] < recs[a]["end"]
+    ]
+    assert overlapping, "the two slots never ran at once"
+    for a, b in overlapping:
+        assert recs[a]["device"] != recs[b]["device"], (a, b, recs[a], recs[b])
+
+
+def test_more_slots_than_devices_is_refused_in_one_line(tmp_path):
+    proc = sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.devices=[0,1]",
+        ok=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "n_jobs=3 with 2 device(s)" in err[0], proc.stderr[-2000:]
+    assert not (tmp_path / "marks").exists()
+
+
+def test_the_in_process_launcher_gives_its_job_the_device(tmp_path):
+    sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.devices=[3]")
+    assert {r["device"] for r in records(tmp_path).values()} == {"3"}
+    assert {t.user_attrs["device"] for t in trials(tmp_path)} == {"3"}
+
+
+@pytest.mark.parametrize("tell_itself", [False, True], ids=["app-raises", "job-tells-trial"])
+def test_out_of_memory_is_retried_once_at_half_batch(tmp_path, tell_itself):
+    sweep(tmp_path, "hydra.sweeper.n_trials=1", "oom_above=40", f"tell_itself={tell_itself}")
+    (t,) = trials(tmp_path)
+    assert t.state == TrialState.COMPLETE
+    assert t.user_attrs["oom_retry"] == {"batch_size": 32, "from": 64}
+    assert "fail_reason" not in t.user_attrs
+    assert [a["batch_size"] for a in attempts(tmp_path)] == [64, 32]
+    metrics = json.loads((tmp_path / "sw" / "trial_0" / "metrics.json").read_text())
+    assert metrics["batch_size"] == 32 and metrics["oom_retry"] == {"batch_size": 32, "from": 64}
+
+
+@pytest.mark.parametrize("tell_itself", [False, True], ids=["app-raises", "job-tells-trial"])
+def test_a_second_out_of_memory_makes_the_trial_infeasible(tmp_path, tell_itself):
+    sweep(tmp_path, "hydra.sweeper.n_trials=2", "oom_above=10", f"tell_itself={tell_itself}")
+    ts = trials(tmp_path)
+    assert len(ts) == 2  # each ran out of memory twice, and both count
+    assert [a["batch_size"] for a in attempts(tmp_path)] == [64, 32, 64, 32]
+    for t in ts:
+        # PRUNED: Optuna's samplers ignore FAIL trials; this one they rank below every feasible
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["fail_reason"] == "oom"
+        assert "ResourceExhaustedError" in t.user_attrs["error"]
+        assert t.constraints == {"oom": 1.0}
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+
+    assert all(_get_infeasible_trial_score(t) > 0 for t in ts)
+
+
+def test_the_current_trial_handle_is_per_context():
+    """Issue 30: the handle lives in a ContextVar, not a module global: a handle set in another
+    context is not this one's, and release() here leaves it alone."""
+    from thaw.sweeper import current
+
+    class Handle:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    other = Handle()
+    ctx = contextvars.copy_context()
+    ctx.run(current._HANDLE.set, other)
+    assert ctx.run(current._HANDLE.get) is other
+    assert current._HANDLE.get() is None
+    current.release()
+    assert not other.closed
+    ctx.run(current.release)
+    assert other.closed and ctx.run(current._HANDLE.get) is None
+
+
+def test_the_failure_rate_is_judged_per_n_consecutive_finished_trials():
+    """hydra-optuna-sweeper's per-batch rule without batches: every n_jobs trials in the order they
+    finished, then the shorter run left at the end."""
+    from thaw.sweeper.failures import TooManyFailures
+    from thaw.sweeper.schedule import FailureWindow
+
+    def frozen(state):
+        return optuna.trial.create_trial(
+            state=state, value=1.0 if state == TrialState.COMPLETE else None
+        )
+
+    ok, bad = frozen(TrialState.COMPLETE), frozen(TrialState.FAIL)
+    window = FailureWindow(3, 0.5)
+    for t in (bad, ok, ok, ok, bad):  # 1 of 3, then 1 of 3 so far: under the rate
+        window.add(t)
+    with pytest.raises(TooManyFailures, match="per 3 consecutive trials"):
+        window.add(bad)  # 2 of the second 3
+    window.add(bad)
+    with pytest.raises(TooManyFailures):
+        window.close()  # the last, shorter run: 1 of 1
+    unset = FailureWindow(2, None)
+    for t in (bad, bad, bad):
+        unset.add(t)
+    unset.close()  # unset: thaw's own rule applies elsewhere
+
+
+def test_ctrl_c_with_trials_in_launch_threads_fails_them_as_interrupted(tmp_path):
+    """The launch threads block in joblib; Ctrl-C reaches the sweeping process's main thread,
+    which fails the trials in flight as interrupted (resumable) and stops the workers."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "slots_app.py",
+            "--multirun",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+            f"marks={tmp_path / 'marks'}",
+            "hydra.sweeper.confirm.top_k=0",
+            *JOBLIB,
+            "hydra.sweeper.n_trials=4",
+            "hold=600",
+        ],
+        cwd=APPS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started = tmp_path / "marks" / "attempts.jsonl"
+    while not (started.exists() and len(started.read_text().splitlines()) == 2):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)  # the jobs would hold for 600 s
+    assert proc.returncode == 130, out[-3000:]
+    ts = trials(tmp_path)
+    assert len(ts) == 2
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("interrupted") for t in ts)
+    assert "launching trial(s)" not in out
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("hydra.sweeper.scheduling=eager", "expected continuous or batch"),
+        ("hydra.sweeper.devices=[0,0]", "expected distinct device ids"),
+    ],
+)
+def test_bad_scheduling_settings_are_one_line_exit_2(tmp_path, arg, needle):
+    proc = sweep(tmp_path, arg, ok=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]

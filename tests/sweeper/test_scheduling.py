@@ -227,13 +227,20 @@ def test_ctrl_c_with_trials_in_launch_threads_fails_them_as_interrupted(tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as from a terminal: a pytest-xdist worker ignores SIGINT, and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=True,
     )
-    started = tmp_path / "marks" / "attempts.jsonl"
-    while not (started.exists() and len(started.read_text().splitlines()) == 2):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)  # the jobs would hold for 600 s
+    try:
+        started = tmp_path / "marks" / "attempts.jsonl"
+        while not (started.exists() and len(started.read_text().splitlines()) == 2):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)  # the jobs would hold for 600 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out[-3000:]
     ts = trials(tmp_path)
     assert len(ts) == 2

@@ -139,6 +139,7 @@ class Scheduler:
                     reusable_executor._executor.shutdown(wait=False, kill_workers=True)
             except Exception as exc:  # best effort: at worst the exit waits for the jobs
                 log.debug("could not stop the joblib workers: %s", exc)
+            _kill_worker_processes()
 
     def _held_elsewhere(self) -> set[str]:
         """Devices other workers' running trials hold (their `device` user attribute)."""
@@ -151,6 +152,18 @@ class Scheduler:
             for t in self.sw.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if devices.DEVICE_ATTR in t.user_attrs and t._trial_id not in self.in_flight
         }
+
+
+def _kill_worker_processes() -> None:
+    """Every worker process this one started and still runs (loky's, from any executor: two launch
+    threads may each have made one), so the exit after Ctrl-C does not wait for their jobs."""
+    import multiprocessing
+
+    for proc in multiprocessing.active_children():
+        try:
+            proc.kill()
+        except Exception as exc:  # already gone
+            log.debug("worker %s not killed: %s", proc.pid, exc)
 
 
 def _replace(lines: list[str], extra: list[str]) -> list[str]:

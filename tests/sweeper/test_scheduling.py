@@ -80,8 +80,10 @@ def test_a_finished_trial_frees_its_slot_at_once(tmp_path, launcher):
     assert sorted(ts) == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in ts.values())
     assert records(tmp_path)[0]["gate_seen"] >= 3
-    # trials 1, 2 and 3 were asked, run and told while trial 0 was in flight
-    assert all(ts[n].datetime_complete < ts[0].datetime_complete for n in (1, 2, 3))
+    # trials 1, 2 and 3 were asked and launched while trial 0 was in flight (a barrier holds
+    # trial 2 until trial 0 ends); when each is told depends on how often the launcher polls its
+    # jobs (submitit's polling told trial 3 after trial 0 once under load in CI)
+    assert all(ts[n].datetime_start < ts[0].datetime_complete for n in (1, 2, 3))
 
 
 def test_in_flight_trials_never_share_a_device(tmp_path):

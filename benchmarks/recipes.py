@@ -14,6 +14,8 @@ test split, evaluated once per run; a sweep evaluates only its best trial):
             top 7 blocks 10 epochs at 1e-5
   preset    experiment=cats_vs_dogs_local as it is (one run, no search)
   sweep     the default sweep: experiment=cats_vs_dogs_local sweep=depth_lr, --trials trials
+  finetune  the wider search: sweep=finetune, --trials trials (with --timeout: at most that many
+            seconds of search, to compare both presets at the same cost)
   random    random-init control (backbone.weights=null, BatchNorm trains, no cache)
 A sweep row carries the sweep's answer: the baseline, the confirmed winner, its gain over the frozen
 base with a 95 % interval (validation, over seeds; test, paired on the same images), what the
@@ -92,14 +94,14 @@ def run_one(data_dir, run_dir, extra):
     return secs, m
 
 
-def run_sweep(data_dir, sweep_dir, trials, extra=()):
+def run_sweep(data_dir, sweep_dir, trials, extra=(), preset="depth_lr"):
     cmd = [
         sys.executable,
         "-m",
         "thaw.commands.train",
         "--multirun",
         "experiment=cats_vs_dogs_local",
-        "sweep=depth_lr",
+        f"sweep={preset}",
         "logger=none",
         f"data.path={data_dir}",
         f"backbone.weights={WEIGHTS}",
@@ -179,6 +181,11 @@ def main():
     )
     ap.add_argument("--rows", default="probe,tutorial,sweep,random")
     ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        help="sweep rows: hydra.sweeper.timeout (search seconds; --trials stays the upper bound)",
+    )
     ap.add_argument("--views-vs-fly", action="store_true")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument(
@@ -240,14 +247,21 @@ def main():
                 )
         return
     for row in args.rows.split(","):
-        if row == "sweep":
-            secs, res = run_sweep(data_dir, Path(tmp) / f"{name}-sweep", args.trials, args.set)
+        if row in ("sweep", "finetune"):
+            preset = "depth_lr" if row == "sweep" else "finetune"
+            budget = [f"hydra.sweeper.timeout={args.timeout}"] if args.timeout else []
+            sweep_dir = Path(tmp) / f"{name}-{row}"
+            secs, res = run_sweep(
+                data_dir, sweep_dir, args.trials, [*budget, *args.set], preset=preset
+            )
             emit(
                 data=name,
                 row=row,
+                preset=f"sweep={preset}",
+                timeout=args.timeout,
                 wall_seconds=round(secs, 1),
                 n_trials=args.trials,
-                **sweep_row(Path(tmp) / f"{name}-sweep", res),
+                **sweep_row(sweep_dir, res),
             )
             continue
         secs, m = run_one(data_dir, Path(tmp) / f"{name}-{row}", [*ROWS[row], *args.set])

@@ -262,3 +262,19 @@ def test_bad_scheduling_settings_are_one_line_exit_2(tmp_path, arg, needle):
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]
+
+
+def test_timeout_stops_new_trials_and_lets_the_one_in_flight_finish(tmp_path):
+    proc = sweep(tmp_path, "hold=1.0", "hydra.sweeper.n_trials=20", "hydra.sweeper.timeout=2.5")
+    done = trials(tmp_path)
+    # 1 s per trial in process: trials 0-2 start before 2.5 s, the one running then finishes
+    assert 2 <= len(done) <= 5, [t.state for t in done]
+    assert all(t.state == TrialState.COMPLETE for t in done)
+    assert "timeout: 2.5 s of search spent" in proc.stdout + proc.stderr
+    assert sorted(records(tmp_path)) == [t.number for t in done]
+
+
+def test_a_timeout_that_is_not_positive_is_refused(tmp_path):
+    proc = sweep(tmp_path, "hydra.sweeper.timeout=0", ok=False)
+    assert proc.returncode == 2 and "hydra.sweeper.timeout: must be > 0" in proc.stderr
+    assert not (tmp_path / "marks").exists()

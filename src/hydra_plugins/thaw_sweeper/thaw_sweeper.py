@@ -54,6 +54,10 @@ class ThawSweeperConf:
     storage: str | None = None
     study_name: str | None = None
     n_trials: int = 20  # total the study should reach, across resumes and workers
+    # seconds of search in this worker (Optuna's study.optimize timeout): after it no new trial
+    # starts, the trials in flight finish, then the confirmation and the answer as usual. n_trials
+    # stays the upper bound; a resumed sweep counts from its own start.
+    timeout: float | None = None
     n_jobs: int = 1  # trials in flight at once through the launcher (docs/scheduling.md)
     # continuous: a trial that ends frees its slot for the next at once; batch: n_jobs trials are
     # launched together and the next batch waits for the slowest (hydra-optuna-sweeper's way)

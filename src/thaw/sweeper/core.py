@@ -171,6 +171,7 @@ class SweepRunner:
         sw = self.state
         stop: TooManyFailures | None = None
         settled = False  # a trial ended since the last results/progress update
+        deadline = _Deadline(sw.settings.timeout)
         while True:
             interrupt.check()
             if settled and sched.in_process:  # the next job runs here and now: report first
@@ -178,7 +179,7 @@ class SweepRunner:
                 settled = False
             if stop is None:
                 try:
-                    free = _free_slots(sw, self.baseline_trial)
+                    free = deadline.check(_free_slots(sw, self.baseline_trial))
                     if free is None and not sched.in_flight:
                         if settled:  # the last trial
                             self._after_trial(progress)
@@ -257,6 +258,26 @@ def _log_start(sw: SweepState, plan, at_start: int) -> None:
             + (["custom_search_space"] if plan.extender else [])
         ),
     )
+
+
+class _Deadline:
+    """hydra.sweeper.timeout: once this worker has searched that long, no slot is free."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.passed = False
+
+    def check(self, free: int | None) -> int | None:
+        if self.at is None or free is None or time.monotonic() < self.at:
+            return free
+        if not self.passed:
+            self.passed = True
+            log.info(
+                "timeout: %g s of search spent; no new trial starts (those in flight finish)",
+                self.seconds,
+            )
+        return None
 
 
 def _settled(sw: SweepState, sched, window, trial, ret, err) -> bool:

@@ -28,6 +28,7 @@ class Settings:
     heartbeat_interval: Any
     devices: list[str] = field(default_factory=list)  # one per in-flight trial (sweeper.devices)
     scheduling: str = "continuous"  # or "batch": hydra-optuna-sweeper's barrier (sweeper.schedule)
+    timeout: float | None = None  # seconds of search in this worker, then no new trial starts
 
     @classmethod
     def parse(cls, c: dict[str, Any], app, config) -> Settings:
@@ -53,6 +54,11 @@ class Settings:
             raise ConfigError(
                 f"hydra.sweeper.scheduling: expected continuous or batch, got {scheduling!r}"
             )
+        timeout = c.get("timeout")
+        if timeout is not None and not float(timeout) > 0:
+            raise ConfigError(
+                f"hydra.sweeper.timeout: must be > 0 seconds (or unset), got {timeout}"
+            )
         from thaw.sweeper import devices
 
         device_list = devices.parse(c.get("devices"))
@@ -68,6 +74,7 @@ class Settings:
             heartbeat_interval=c.get("heartbeat_interval"),
             devices=device_list,
             scheduling=scheduling,
+            timeout=None if timeout is None else float(timeout),
         )
 
 

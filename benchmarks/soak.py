@@ -8,9 +8,10 @@ process, which keeps built models and compiled steps between trials on purpose (
 reuse_compiled). The real sweep is depth_lr on the shared cats_vs_dogs at 96 px, 150 photos per
 class and split, 3 + 3 epochs, no early stop, logger=none, no confirmation runs (the search's
 trials only). After each progress line ("sweep: k/N trials done") the process's VmHWM (peak RSS so
-far) and VmRSS are read from /proc. Prints and writes (--out, default
-benchmarks/results/soak-<date>.jsonl) one JSON line per trial and a summary line with the growth of
-peak RSS from trial 5 to the last.
+far) and VmRSS are read from /proc, with what the Workspace keeps then (activations in memory,
+classifiers, fit models, traced forward functions: `hydra.verbose=thaw.workspace`). Prints and
+writes (--out, default benchmarks/results/soak-<date>.jsonl) one JSON line per trial and a summary
+line with the growth of peak RSS from trial 5 to the last.
 """
 
 import argparse
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import DATA, REPO, WEIGHTS, need_shared  # noqa: E402
 
 PROGRESS = re.compile(r"sweep: (\d+)/(\d+) trials done")
+KEPT = re.compile(r"workspace keeps: (\{.*\})")
 REAL = [
     "experiment=cats_vs_dogs_local",
     "sweep=depth_lr",
@@ -71,20 +73,29 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
         "logger=none",
         "trainer.save_model=false",
         "hydra.sweeper.confirm.top_k=0",
+        "hydra.verbose=thaw.workspace",  # what the Workspace keeps after each trial
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    rows, t0 = [], time.perf_counter()
+    rows, kept, t0 = [], {}, time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in proc.stdout:
             log.write(line)
+            k = KEPT.search(line)
+            if k:
+                kept = json.loads(k.group(1))  # logged as the trial ends, before its progress line
             m = PROGRESS.search(line)
             if m:
                 mem = proc_kb(proc.pid)
                 rows.append(
-                    dict(trial=int(m.group(1)), seconds=round(time.perf_counter() - t0, 1), **mem)
+                    dict(
+                        trial=int(m.group(1)),
+                        seconds=round(time.perf_counter() - t0, 1),
+                        **mem,
+                        kept=kept,
+                    )
                 )
         code = proc.wait()
     if code != 0:

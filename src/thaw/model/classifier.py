@@ -88,7 +88,7 @@ def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
 def _build(spec, cfg, weights, num_classes: int, pool: ModelPool) -> Classifier:
     import keras
 
-    from thaw.model.compiled import FitModels
+    from thaw.model.compiled import FIT_MODELS_SIZE, FitModels
 
     size = cfg.backbone.image_size
     base = _base(spec, cfg, size, weights, pool)
@@ -99,7 +99,8 @@ def _build(spec, cfg, weights, num_classes: int, pool: ModelPool) -> Classifier:
     features = base(x, training=base_training_flag(cfg.backbone))
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
-    return Classifier(model, base, features, spec, FitModels())
+    fits = FitModels(max_weights=int(FIT_MODELS_SIZE * len(model.weights)))
+    return Classifier(model, base, features, spec, fits)
 
 
 def _base_key(spec, cfg, size: int, weights) -> tuple:

@@ -32,20 +32,40 @@ from thaw.model.pool import ModelPool, release_frozen
 log = logging.getLogger("thaw.train")
 
 MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
+# ... and together at most this many whole classifiers' worth of layers (counted in weights): a
+# compiled fit model's traced steps grow with the layers it trains, so 8 deep ones held 3x the
+# memory of 8 shallow ones, and a long sweep that drifted deep grew by half (benchmarks/soak.py)
+FIT_MODELS_SIZE = 2.0
 
 
 class FitModels:
-    """The models a classifier's phases fit, by what they take and train (LRU, MAX_FIT_MODELS)."""
+    """The models a classifier's phases fit, by what they take and train: least recently used
+    dropped first, beyond MAX_FIT_MODELS or beyond `max_weights` weights in all (the newest is
+    always kept)."""
 
-    def __init__(self):
+    def __init__(self, max_weights: int | None = None):
         self._models: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_weights = max_weights
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def keys(self) -> list[Hashable]:
+        """Least recently used first."""
+        return list(self._models)
+
+    def weights(self) -> int:
+        return sum(len(m.weights) for m in self._models.values())
 
     def get(self, key: Hashable, make: Callable[[], Any]):
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
         model = self._models[key] = make()
-        while len(self._models) > MAX_FIT_MODELS:
+        while len(self._models) > 1 and (
+            len(self._models) > MAX_FIT_MODELS
+            or (self.max_weights is not None and self.weights() > self.max_weights)
+        ):
             self._models.popitem(last=False)
             release_frozen()
         return model

@@ -11,6 +11,8 @@ same run computes in a fresh process (tests/train/test_workspace.py).
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from thaw.data.state import DataState
 from thaw.model.pool import ModelPool
 from thaw.train.devices import DeviceState
 from thaw.train.feature_cache import ActivationStore
+
+log = logging.getLogger("thaw.workspace")  # hydra.verbose=thaw.workspace: what it keeps, per run
 
 
 @dataclass(eq=False)
@@ -46,6 +50,22 @@ class Workspace:
     def end_run(self, keep_compiled: bool, failed: bool = False) -> None:
         """A run is over: release its graphs (ModelPool.end_run)."""
         self.models.end_run(keep_compiled, failed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("workspace keeps: %s", json.dumps(self.kept()))
+
+    def kept(self) -> dict:
+        """How much this process keeps for later runs (benchmarks/soak.py reads it per trial)."""
+        classifiers = [clf for clf, _ in self.models.classifiers.values()]
+        return {
+            "activation_mib": round(self.activations.memory_bytes() / 2**20, 1),
+            "activation_arrays": len(self.activations.memory),
+            "bases": len(self.models.bases),
+            "classifiers": len(classifiers),
+            "fit_models": sum(len(clf.fits or ()) for clf in classifiers),
+            "fit_model_weights": sum(clf.fits.weights() for clf in classifiers if clf.fits),
+            "compiled": len(self.models.compiled),
+            "forward_functions": len(self.models.forward),
+        }
 
     def __reduce__(self):
         # A launcher (joblib, Ray, submitit) pickles the task with its Workspace: each worker

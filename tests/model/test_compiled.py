@@ -1,0 +1,40 @@
+"""The fit models a classifier keeps between runs are bounded by count and by size: a long sweep
+that drifts to deep unfreezes must not hold eight deep traced steps (benchmarks/soak.py)."""
+
+import keras
+
+from thaw.model.compiled import FitModels
+
+
+def dense_stack(layers: int):
+    """A model with 2 weights (kernel, bias) per layer."""
+    x = inputs = keras.Input((4,))
+    for _ in range(layers):
+        x = keras.layers.Dense(4)(x)
+    return keras.Model(inputs, x)
+
+
+def test_the_least_recently_used_fit_models_go_first_beyond_the_weight_budget():
+    fits = FitModels(max_weights=20)
+    first = fits.get("a", lambda: dense_stack(2))  # 4 weights
+    fits.get("b", lambda: dense_stack(3))  # 6: 10 in all
+    assert fits.get("a", lambda: dense_stack(2)) is first  # kept, and now the most recent
+    fits.get("c", lambda: dense_stack(6))  # 12: 22 > 20, so "b" (least recent) goes
+    assert fits.keys() == ["a", "c"] and fits.weights() == 16
+    assert fits.get("a", lambda: dense_stack(2)) is first
+
+
+def test_a_fit_model_over_the_whole_budget_is_still_kept_alone():
+    fits = FitModels(max_weights=20)
+    fits.get("a", lambda: dense_stack(2))
+    big = fits.get("d", lambda: dense_stack(15))  # 30 weights by itself
+    assert fits.keys() == ["d"] and fits.get("d", lambda: None) is big
+
+
+def test_without_a_budget_only_the_count_bounds_them():
+    from thaw.model.compiled import MAX_FIT_MODELS
+
+    fits = FitModels()
+    for i in range(MAX_FIT_MODELS + 2):
+        fits.get(i, lambda: dense_stack(1))
+    assert fits.keys() == list(range(2, MAX_FIT_MODELS + 2))

@@ -31,6 +31,19 @@ def test_a_fit_model_over_the_whole_budget_is_still_kept_alone():
     assert fits.keys() == ["d"] and fits.get("d", lambda: None) is big
 
 
+def test_only_the_weights_a_fit_model_trains_count():
+    fits = FitModels(max_weights=10)
+    frozen = dense_stack(4)  # 8 weights, 2 of them trained
+    for layer in frozen.layers[1:4]:
+        layer.trainable = False
+    fits.get("a", lambda: frozen)
+    fits.get("b", lambda: dense_stack(4))  # 8 trained: 10 in all, within the budget
+    assert fits.keys() == ["a", "b"] and fits.weights() == 10
+    for layer in frozen.layers:  # unfreezing it later does not change what was counted
+        layer.trainable = True
+    assert fits.weights() == 10
+
+
 def test_without_a_budget_only_the_count_bounds_them():
     from thaw.model.compiled import MAX_FIT_MODELS
 

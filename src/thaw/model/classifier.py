@@ -99,7 +99,8 @@ def _build(spec, cfg, weights, num_classes: int, pool: ModelPool) -> Classifier:
     features = base(x, training=base_training_flag(cfg.backbone))
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
-    fits = FitModels(max_weights=int(FIT_MODELS_SIZE * len(model.weights)))
+    trainable = sum(1 for w in model.weights if w.trainable)  # when every layer is unfrozen
+    fits = FitModels(max_weights=int(FIT_MODELS_SIZE * trainable))
     return Classifier(model, base, features, spec, fits)
 
 

@@ -32,19 +32,21 @@ from thaw.model.pool import ModelPool, release_frozen
 log = logging.getLogger("thaw.train")
 
 MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
-# ... and together at most this many whole classifiers' worth of layers (counted in weights): a
-# compiled fit model's traced steps grow with the layers it trains, so 8 deep ones held 3x the
-# memory of 8 shallow ones, and a long sweep that drifted deep grew by half (benchmarks/soak.py)
+# ... and together they train at most this many times the weights the whole classifier can train
+# (each counted when kept): a compiled step's traced graph grows with the layers it trains, so 8
+# deep steps held 3x the memory of 8 shallow ones, and a long sweep that drifted deep grew by half
+# (benchmarks/soak.py). A step that trains nothing (evaluation) costs nothing.
 FIT_MODELS_SIZE = 2.0
 
 
 class FitModels:
     """The models a classifier's phases fit, by what they take and train: least recently used
-    dropped first, beyond MAX_FIT_MODELS or beyond `max_weights` weights in all (the newest is
-    always kept)."""
+    dropped first, beyond MAX_FIT_MODELS or beyond `max_weights` trained weights in all (the
+    newest is always kept)."""
 
     def __init__(self, max_weights: int | None = None):
         self._models: OrderedDict[Hashable, Any] = OrderedDict()
+        self._cost: dict[Hashable, int] = {}
         self.max_weights = max_weights
 
     def __len__(self) -> int:
@@ -55,18 +57,21 @@ class FitModels:
         return list(self._models)
 
     def weights(self) -> int:
-        return sum(len(m.weights) for m in self._models.values())
+        """The weights the kept models train, each counted as it was kept."""
+        return sum(self._cost.values())
 
     def get(self, key: Hashable, make: Callable[[], Any]):
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
         model = self._models[key] = make()
+        self._cost[key] = len(model.trainable_weights)  # layers share flags: count them now
         while len(self._models) > 1 and (
             len(self._models) > MAX_FIT_MODELS
             or (self.max_weights is not None and self.weights() > self.max_weights)
         ):
-            self._models.popitem(last=False)
+            dropped, _ = self._models.popitem(last=False)
+            del self._cost[dropped]
             release_frozen()
         return model
 

@@ -90,6 +90,7 @@ def _run(tmp_path, name, *overrides):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
     off = _run(tmp_path, "off", "trainer.cache_features=false")
     on = _run(tmp_path, "on", "trainer.cache_features=true")

@@ -113,8 +113,8 @@ def _train(tmp_path, name, *overrides):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("weights", ["pretrained", "random"])
-@pytest.mark.parametrize("cache", ["true", "false"])
+@pytest.mark.parametrize("weights", [pytest.param("pretrained", marks=pytest.mark.slow), "random"])
+@pytest.mark.parametrize("cache", [pytest.param("true", marks=pytest.mark.slow), "false"])
 def test_a_streamed_run_trains_like_the_run_in_memory(tmp_path, cache, weights, caplog, request):
     # random init with BatchNorm in inference mode: also a fixed base, and runs without ../shared
     base = (

@@ -250,6 +250,7 @@ def test_confirmation_reuses_the_searchs_cached_views_unless_told_not_to(tmp_pat
     assert metrics["phases"]["head"]["views_computed"] is True
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_runs_read_the_same_from_any_directory_and_a_moved_sweep_serves_its_own_model(tmp_path):
     home = tmp_path / "home"
     make_folder(home / "photos", per_class=8)

@@ -359,6 +359,7 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
         assert "pruned" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_the_last_epoch_is_recorded_never_pruned(tmp_path):
     """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny: 1
     + 1),
@@ -507,7 +508,7 @@ def _journal_study(path):
     )
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.parametrize("storage", ["sqlite", pytest.param("journal", marks=pytest.mark.slow)])
 def test_resume_after_kill_9_reaches_exactly_n_trials(tmp_path, storage):
     """Every storage the README offers survives a killed worker (Optuna's journal has no heartbeat:
     thaw's own, a file touched per trial beside the journal, finds the dead trial). PostgreSQL:

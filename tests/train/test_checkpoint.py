@@ -81,6 +81,7 @@ def kill_chain(tmp_path, points, extra=()):
     return run
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_killed_at_the_phase_switch_and_stopped_in_fine_tuning_ends_as_if_never_stopped(tmp_path):
     """On cached activations of augmented views: kill -9 at the phase switch, then SIGTERM right
     after fine-tuning epoch 1 (the next epoch is cut short mid-way, neither recorded nor

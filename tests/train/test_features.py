@@ -47,7 +47,7 @@ def _run(tmp_path, name, *overrides, reporter=None, workspace=None):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("weights", [pytest.param("random", marks=pytest.mark.slow), "pretrained"])
+@pytest.mark.parametrize("weights", ["random", pytest.param("pretrained", marks=pytest.mark.slow)])
 def test_cached_training_matches_uncached(tmp_path, weights, request):
     if weights == "pretrained":
         w = request.getfixturevalue("mnv2_weights")

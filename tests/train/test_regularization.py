@@ -31,6 +31,7 @@ def losses(metrics):
     return [(r["loss"], r["val_loss"], r["val_accuracy"]) for r in metrics["history"]]
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_zero_settings_are_exactly_the_old_run(tmp_path):
     from thaw.model.optimizers import compiled_name
 

@@ -33,12 +33,12 @@ PATHS = {
 }
 
 
-# the cosine and mixed-precision variants run with -m slow (default-run budget)
+# only the features variant runs by default; the others with -m slow (default-run budget)
 @pytest.mark.parametrize(
     "path",
     [
         pytest.param(p, marks=pytest.mark.slow)
-        if p in ("features-cosine", "images-mixed-precision")
+        if p in ("features-cosine", "images-mixed-precision", "images")
         else p
         for p in sorted(PATHS)
     ],
@@ -111,6 +111,7 @@ def test_reuse_compiled_false_compiles_every_phase(tmp_path):
         assert [p["compiled"] for p in phases.values()] == ["new", "new"]
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_a_later_run_of_a_process_evaluates_the_test_split_on_the_kept_step(tmp_path):
     """Runs of a plain multirun evaluate the test split each; later runs of the same classifier
     reuse

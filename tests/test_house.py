@@ -149,6 +149,7 @@ ALLOWED_MODULE_CALLS = {
     "tuple",
     "TypeVar",
     "re.compile",
+    "_choices",  # thaw.config.schema: a StrEnum type of a closed set of config values (immutable)
 }
 MUTATORS = {
     "append",

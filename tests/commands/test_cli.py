@@ -109,9 +109,20 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
         (["data=folder", "data.path=/etc/hostname"], "is a file"),
         (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
         (["no_such_key=1"], "no_such_key"),
+        # typed fields: a value outside the closed set fails at composition, choices named
+        (["trainer.resume=sometimes"], "expected one of [auto, never]"),
+        (["augment.flip=diagonal"], "horizontal_and_vertical]"),
+        # the user's own group option (--config-dir) is checked the same way
+        (["--config-dir", "{user_conf}", "augment=diag"], "full_key: augment.flip"),
+        (["--config-dir", "{user_conf}", "augment=bogus_key"], "full_key: augment.bogus"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
+    user_conf = tmp_path / "my_conf"
+    (user_conf / "augment").mkdir(parents=True)
+    (user_conf / "augment" / "diag.yaml").write_text("name: diag\nflip: diagonal\n")
+    (user_conf / "augment" / "bogus_key.yaml").write_text("name: b\nflip: none\nbogus: 1\n")
+    args = [a.format(user_conf=user_conf) for a in args]
     out = tmp_path / "run"
     res = thaw_train([*args, f"hydra.run.dir={out}"], cwd=tmp_path, timeout=60)
     assert res.returncode == 2

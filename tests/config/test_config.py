@@ -73,6 +73,39 @@ def test_wrong_type_fails_at_composition():
         compose_cfg(["trainer.head_epochs=many"])
 
 
+def _typed_fields():
+    """Every schema field with a closed set of values (a StrEnum default), as (key, choices)."""
+    import dataclasses
+    import enum
+
+    from thaw.config.schema import TrainConfig
+
+    for group in dataclasses.fields(TrainConfig):
+        if not dataclasses.is_dataclass(group.default_factory):
+            continue
+        for f in dataclasses.fields(group.default_factory):
+            if isinstance(f.default, enum.Enum):
+                yield f"{group.name}.{f.name}", [m.value for m in type(f.default)]
+
+
+@pytest.mark.parametrize("key,choices", list(_typed_fields()))
+def test_a_value_outside_a_typed_field_fails_at_composition_naming_the_choices(key, choices):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        compose_cfg([f"{key}=not_a_choice"])
+    assert f"expected one of [{', '.join(choices)}]" in str(info.value) + str(
+        info.value.__cause__
+    )
+    cfg = compose_cfg([f"{key}={choices[-1]}"])  # every choice is a plain string to the code
+    node, name = key.split(".")
+    assert cfg[node][name] == choices[-1] and f"{cfg[node][name]}" == choices[-1]
+
+
+def test_typed_fields_cover_the_closed_sets():
+    keys = dict(_typed_fields())
+    assert {"trainer.resume", "trainer.precision", "trainer.optimizer", "augment.flip"} <= set(keys)
+    assert len(keys) >= 13, keys
+
+
 def test_unknown_group_option_fails():
     with pytest.raises(Exception, match="backbone/vgg99"):
         compose_cfg(["backbone=vgg99"])

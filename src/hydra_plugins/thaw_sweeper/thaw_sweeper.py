@@ -111,7 +111,7 @@ class ThawSweeper(Sweeper):
 
         cfg = {
             k: (
-                OmegaConf.to_container(v, resolve=True)
+                OmegaConf.to_container(v, resolve=True, enum_to_str=True)
                 if isinstance(v, DictConfig) or OmegaConf.is_list(v)
                 else v
             )

@@ -66,7 +66,9 @@ def resolved(cfg):
     from thaw.sweeper.identity import without_hydra
 
     out = OmegaConf.create(
-        OmegaConf.to_container(without_hydra(cfg) if "hydra" in cfg else cfg, resolve=True)
+        OmegaConf.to_container(
+            without_hydra(cfg) if "hydra" in cfg else cfg, resolve=True, enum_to_str=True
+        )
     )
     absolute(out)
     return out
@@ -162,7 +164,7 @@ class ThawTrainSweep(AppHooks):
         from thaw.sweeper import identity
 
         cfg = OmegaConf.create(
-            OmegaConf.to_container(identity.without_hydra(job_cfg), resolve=True)
+            OmegaConf.to_container(identity.without_hydra(job_cfg), resolve=True, enum_to_str=True)
         )
         absolute(cfg)
         return identity.fixed_keys(cfg, searched, self.run_local)
@@ -262,7 +264,7 @@ class ThawTrainSweep(AppHooks):
             try:
                 node = OmegaConf.select(job_cfg, f"hydra.sweeper.{key}", default=None)
                 if node is not None:
-                    out[key] = OmegaConf.to_container(node, resolve=True)
+                    out[key] = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
             except Exception:  # an unresolvable value: the header leaves it out
                 pass
         if d.name == "folder" and d.path:

@@ -29,12 +29,16 @@ def _one_line(exc: BaseException) -> str:
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += ": " + str(cause).strip().split("\n    full_key")[0]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.strip().startswith(("reference_type=", "object_type="))
+    ]
     from thaw.runtime.secrets import (
         redact,
     )  # e.g. Hydra quoting a bad override: never a storage password
 
-    return redact("; ".join(lines))[:600]
+    return redact("; ".join(lines).replace(":; ", ": "))[:600]
 
 
 def _die(message: str) -> None:
@@ -64,7 +68,6 @@ def precheck(argv: list[str], data_state=None) -> None:
         or args.shell_completion
         or args.experimental_rerun
         or args.config_path
-        or args.config_dir
     ):
         return
     from hydra import compose, initialize_config_dir
@@ -73,6 +76,9 @@ def precheck(argv: list[str], data_state=None) -> None:
 
     try:
         overrides = _fixed_overrides(args.overrides) if args.multirun else list(args.overrides)
+        if args.config_dir:  # the user's own group options and experiments, checked the same way
+            searchpath = f"file://{os.path.abspath(args.config_dir)}"
+            overrides = [f"hydra.searchpath=[{searchpath}]", *overrides]
         with initialize_config_dir(
             config_dir=str(conf_dir()), version_base="1.3", job_name="train"
         ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import io
 import re
 import tokenize
@@ -141,7 +142,10 @@ def _fields(cls: type, prefix: str, skip=()) -> list[tuple[str, dataclasses.Fiel
 
 
 def _type(f: dataclasses.Field) -> str:
-    """The annotation as written (`int | None`), whether or not the module postpones it."""
+    """The annotation as written (`int | None`), whether or not the module postpones it; a
+    closed set of values (an Enum field) as its choices (`auto | never`)."""
+    if isinstance(f.default, enum.Enum):
+        return " | ".join(m.value for m in type(f.default))
     t = f.type
     return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
 
@@ -149,7 +153,7 @@ def _type(f: dataclasses.Field) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    return f.default
+    return f.default.value if isinstance(f.default, enum.Enum) else f.default
 
 
 def _yaml_comments(path: Path) -> dict[str, str]:

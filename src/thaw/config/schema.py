@@ -4,9 +4,33 @@ training; the values' own checks are in thaw.config.checks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from thaw.model.optimizers import NAMES as OPTIMIZER_NAMES
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """A closed set of values as a typed field: a value outside it fails at composition, naming
+    the key and the choices. A StrEnum member equals, hashes and prints as its string."""
+    return StrEnum(name, {v: v for v in values}, module=__name__)
+
+
+BatchNormMode = _choices("BatchNormMode", ("auto", "inference", "train"))
+HeadName = _choices("HeadName", ("linear", "mlp"))
+LRName = _choices("LRName", ("constant", "cosine"))
+UnfreezeName = _choices("UnfreezeName", ("top_blocks", "none", "all"))
+DataName = _choices("DataName", ("synthetic", "folder", "cats_vs_dogs"))
+OnBadImage = _choices("OnBadImage", ("error", "skip"))
+Flip = _choices("Flip", ("none", "horizontal", "vertical", "horizontal_and_vertical"))
+OptimizerName = _choices("OptimizerName", OPTIMIZER_NAMES)
+Precision = _choices("Precision", ("float32", "mixed_float16", "mixed_bfloat16"))
+Strategy = _choices("Strategy", ("default", "mirrored"))
+Resume = _choices("Resume", ("auto", "never"))
+LoggerName = _choices("LoggerName", ("none", "wandb"))
+WandbMode = _choices("WandbMode", ("online", "offline", "disabled", "auto"))
 
 
 @dataclass
@@ -17,18 +41,16 @@ class BackboneConfig:
     weights: str | None = "imagenet"  # "imagenet", null (random init) or a path to a weights file
     num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
     # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
-    batchnorm: str = "auto"
+    batchnorm: BatchNormMode = BatchNormMode.auto
     # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned
-    # for
-    # long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation,
-    # which
-    # uses the moving statistics, stays at chance while training accuracy climbs.
+    # for long ImageNet runs). A short from-scratch run needs a faster one (0.9) or its validation,
+    # which uses the moving statistics, stays at chance while training accuracy climbs.
     batchnorm_momentum: float | None = None
 
 
 @dataclass
 class HeadConfig:
-    name: str = "linear"
+    name: HeadName = HeadName.linear
     dropout: float = 0.2
     hidden_units: int = 0  # mlp: size of the hidden layer
     activation: str = "relu"
@@ -36,28 +58,26 @@ class HeadConfig:
 
 @dataclass
 class LRConfig:
-    name: str = "constant"
+    name: LRName = LRName.constant
     base: float = 1e-4
     finetune_factor: float = 0.1
-    final_fraction: float = (
-        0.0  # cosine: learning rate at the end of a phase, as a fraction of its start
-    )
+    # cosine: learning rate at the end of a phase, as a fraction of its start
+    final_fraction: float = 0.0
     # per-block (discriminative) rates in the fine-tuning phase: the top unfrozen block trains at
-    # the
-    # phase's rate, each block below at layer_decay times the block above, the head at the full
-    # rate; 1.0: one rate for all
+    # the phase's rate, each block below at layer_decay times the block above, the head at the
+    # full rate; 1.0: one rate for all
     layer_decay: float = 1.0
 
 
 @dataclass
 class UnfreezeConfig:
-    name: str = "top_blocks"
+    name: UnfreezeName = UnfreezeName.top_blocks
     depth: int = 3
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"
+    name: DataName = DataName.synthetic
     path: str | None = None
     batch_size: int = 32
     augment: bool = False
@@ -65,18 +85,15 @@ class DataConfig:
     val_fraction: float = 0.2  # folder without train/ + validation/: share held out for validation
     test_fraction: float = 0.0  # share of the validation split held out as a test split
     max_per_class: int | None = None  # cap images per class and split (quick runs)
-    on_bad_image: str = (
-        "error"  # "error": refuse the data set; "skip": drop the file with a warning
-    )
-    train_on_val: bool = (
-        False  # retraining a winner: validation images join training (needs restore_best=false)
-    )
+    # "error": refuse the data set; "skip": drop the file with a warning
+    on_bad_image: OnBadImage = OnBadImage.error
+    # retraining a winner: validation images join training (needs restore_best=false)
+    train_on_val: bool = False
     # decoded images and cached activations held in memory; larger data streams from disk
     # (null: half the memory available when the run starts, cgroup limits included)
     max_memory_mb: int | None = None
-    max_disk_mb: int | None = (
-        None  # bound on what streaming writes to disk (null: free space less 1 GB)
-    )
+    # bound on what streaming writes to disk (null: free space less 1 GB)
+    max_disk_mb: int | None = None
     # synthetic
     num_train: int = 256
     num_val: int = 128
@@ -95,7 +112,7 @@ class AugmentConfig:
     augmented."""
 
     name: str = "none"
-    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
+    flip: Flip = Flip.none  # mirror the image across its vertical and/or horizontal axis
     rotation: float = 0.0  # +- this fraction of a full turn (Keras RandomRotation's factor)
     zoom: float = 0.0  # scale in [1 - zoom, 1 + zoom]
     translate: float = 0.0  # shift up to +- this fraction of the image side
@@ -108,7 +125,7 @@ class TrainerConfig:
     finetune_epochs: int = 10
     seed: int = 42
     objective: Any = "val_accuracy"  # a metric name, or a list of them for multi-objective sweeps
-    optimizer: str = "adam"
+    optimizer: OptimizerName = OptimizerName.adam
     deterministic: bool = False
     save_model: bool = True
     export_h5: bool = False
@@ -127,26 +144,23 @@ class TrainerConfig:
     view_seed: int | None = None
     restore_best: bool = True  # model.keras and the objective come from the best validation epoch
     patience: int = 0  # stop a phase after this many epochs without improvement (0: never)
-    precision: str = "float32"  # or mixed_float16 (GPU)
+    precision: Precision = Precision.float32  # or mixed_float16 (GPU)
     jit_compile: Any = "auto"  # Keras: XLA on GPU, off on CPU (where it is ~10x slower)
     # default: one device; mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPUs)
-    strategy: str = "default"
+    strategy: Strategy = Strategy.default
     cpu_devices: int | None = None  # split the CPU into N logical devices (tests multi-device code)
-    # a checkpoint.npz in the run dir after every epoch (deleted when the run completes or is
-    # pruned)
+    # a checkpoint.npz in the run dir after every epoch (deleted when the run ends or is pruned)
     checkpoint: bool = True
-    # trials of a process reuse compiled fit models (a depth seen before is not traced again), and
-    # optimizer/metric state is built before tracing (one trace, not two); false: plain Keras
+    # trials of a process reuse compiled fit models (a depth seen before is not traced again),
+    # and optimizer/metric state is built before tracing (one trace, not two); false: plain Keras
     # compile
     reuse_compiled: bool = True
     # optimizer=adam updates each variable with TensorFlow's fused Adam kernel
-    # (thaw.model.optimizers: a
-    # new depth's first step traces half the ops); false: Keras' own Adam
+    # (thaw.model.optimizers: a new depth's first step traces half the ops); false: Keras' own Adam
     fused_optimizer: bool = True
     # auto: a run dir holding a checkpoint (a killed run re-run with the same hydra.run.dir, a
-    # retried
-    # or requeued sweep trial) continues from its last epoch; never: always from epoch 1
-    resume: str = "auto"
+    # retried or requeued sweep trial) continues from its last epoch; never: always from epoch 1
+    resume: Resume = Resume.auto
     # targets (1 - s) one-hot + s / classes: the head stops pushing logits to infinity on small data
     label_smoothing: float = 0.0
 
@@ -161,11 +175,11 @@ class OptimizerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: LoggerName = LoggerName.none
     # wandb
     project: str = "thaw"
     entity: str | None = None
-    mode: str = "auto"  # online | offline | disabled | auto (online with credentials, else offline)
+    mode: WandbMode = WandbMode.auto  # auto: online with credentials, else offline
     group: str | None = None  # default: the study name in sweeps, else the run name
     tags: list[str] = field(default_factory=list)
     log_model: bool = False  # upload model.keras as an artifact
@@ -196,12 +210,6 @@ OBJECTIVES = (
     "wall_seconds",
     "trainable_params",
 )
-HEADS = ("linear", "mlp")
-LRS = ("constant", "cosine")
-UNFREEZE = ("top_blocks", "none", "all")
-DATA = ("synthetic", "folder", "cats_vs_dogs")
-LOGGERS = ("none", "wandb")
-WANDB_MODES = ("online", "offline", "disabled", "auto")
 
 
 def register_configs() -> None:

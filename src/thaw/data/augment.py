@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 NUM_PARAMS = 7
 # on-the-fly draws (augment_views=0) use views _FRESH + epoch, disjoint from cached ones
 _FRESH = 1_000_003
-FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 
 def active(cfg_aug) -> bool:

@@ -125,7 +125,7 @@ def _image_key(cfg) -> str:
 
     if not OmegaConf.is_config(cfg):
         return repr(cfg)
-    d = OmegaConf.to_container(cfg, resolve=True)
+    d = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     return OmegaConf.to_yaml({k: v for k, v in d.items() if k not in _NOT_IMAGES})
 
 

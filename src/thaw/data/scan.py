@@ -114,7 +114,11 @@ def scan_folder(cfg, state=None) -> FolderScan:
 
     from omegaconf import OmegaConf
 
-    key = repr(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg)
+    key = repr(
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        if OmegaConf.is_config(cfg)
+        else cfg
+    )
     stamp = folder_stamp(cfg)
     if state is not None and stamp is not None and state.scan and state.scan[0] == (key, stamp):
         return copy.deepcopy(state.scan[1])

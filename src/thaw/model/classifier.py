@@ -72,7 +72,7 @@ def _classifier_key(spec, cfg, weights, num_classes: int) -> tuple:
     from omegaconf import OmegaConf
 
     head = (
-        OmegaConf.to_container(cfg.head, resolve=True)
+        OmegaConf.to_container(cfg.head, resolve=True, enum_to_str=True)
         if OmegaConf.is_config(cfg.head)
         else dict(cfg.head)
     )

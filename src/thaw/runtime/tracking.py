@@ -287,7 +287,7 @@ def _run_identity(cfg, trial, output_dir: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     lcfg = cfg.logger
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config["run_dir"] = str(output_dir)
     out = {"group": lcfg.group or cfg.name, "name": None, "job_type": "train", "tags": []}
     out["id"] = run_id(

@@ -48,7 +48,7 @@ def without_hydra(job_cfg):
 def fixed_keys(job_cfg, searched: Iterable[str], run_local: Iterable[str]) -> dict[str, str]:
     """The composed job config, resolved, without `hydra`, the searched keys and the run-local
     keys."""
-    container = OmegaConf.to_container(without_hydra(job_cfg), resolve=True)
+    container = OmegaConf.to_container(without_hydra(job_cfg), resolve=True, enum_to_str=True)
     drop = list(searched) + list(run_local)
     return {k: v for k, v in flatten(container).items() if not _dropped(k, drop)}
 

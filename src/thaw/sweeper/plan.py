@@ -117,7 +117,10 @@ def _raw_params(config) -> dict[str, str]:
     return (
         {}
         if node is None
-        else {str(k): str(v) for k, v in OmegaConf.to_container(node, resolve=False).items()}
+        else {
+            str(k): str(v)
+            for k, v in OmegaConf.to_container(node, resolve=False, enum_to_str=True).items()
+        }
     )
 
 

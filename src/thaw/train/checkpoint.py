@@ -83,7 +83,7 @@ class Checkpoint:
 def fingerprint(cfg) -> str:
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in _FREE:
         node, *rest = key.split(".")
         if rest and isinstance(data.get(node), dict):

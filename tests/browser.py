@@ -35,6 +35,28 @@ def need_chromium() -> str:
     return found
 
 
+def screenshot(url: str, shot, profile, size: str = "1400,1800", budget_ms: int = 8000) -> str:
+    """A PNG of the page as a person sees it once its scripts had `budget_ms` of virtual time;
+    returns chromium's stderr (for the assertion message when no image came)."""
+    flags = [f for f in FLAGS if f not in ("--remote-debugging-pipe",) and "window-size" not in f]
+    r = subprocess.run(
+        [
+            need_chromium(),
+            *flags,
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            f"--window-size={size}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={shot}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return r.stderr
+
+
 @dataclass
 class Visit:
     errors: list[str] = field(default_factory=list)  # console errors, uncaught exceptions

@@ -92,9 +92,7 @@ def _typed_fields():
 def test_a_value_outside_a_typed_field_fails_at_composition_naming_the_choices(key, choices):
     with pytest.raises((ConfigCompositionException, ValidationError)) as info:
         compose_cfg([f"{key}=not_a_choice"])
-    assert f"expected one of [{', '.join(choices)}]" in str(info.value) + str(
-        info.value.__cause__
-    )
+    assert f"expected one of [{', '.join(choices)}]" in str(info.value) + str(info.value.__cause__)
     cfg = compose_cfg([f"{key}={choices[-1]}"])  # every choice is a plain string to the code
     node, name = key.split(".")
     assert cfg[node][name] == choices[-1] and f"{cfg[node][name]}" == choices[-1]

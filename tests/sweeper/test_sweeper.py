@@ -268,36 +268,12 @@ def test_report_is_self_contained_with_plots(smoke_sweep):
 
 
 def test_report_renders_in_headless_chromium(smoke_sweep, tmp_path):
-    import shutil
+    from browser import screenshot
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
     res, sw = smoke_sweep
     shot = tmp_path / "report.png"
-    r = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--hide-scrollbars",
-            "--window-size=1400,1800",
-            "--virtual-time-budget=8000",
-            f"--screenshot={shot}",
-            f"file://{sw / 'report.html'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert shot.is_file(), r.stderr[-2000:]
+    stderr = screenshot(f"file://{sw / 'report.html'}", shot, tmp_path / "profile")
+    assert shot.is_file(), stderr[-2000:]
     import numpy as np
     import tensorflow as tf
 

@@ -1,11 +1,11 @@
 """Peak resident memory and wall time against the number of images, in memory vs streamed.
 
-    python benchmarks/memory.py                # 1k, 4k, 16k, 64k images, both modes (about an hour
-    on 2 cores)
+    python benchmarks/memory.py                # 1k, 4k, 16k, 64k images, both modes
+                                                 (about an hour on 2 cores)
     python benchmarks/memory.py --quick        # 1k and 4k
     python benchmarks/memory.py --sizes 64000 --modes streamed --limit-data 0.5
-    python benchmarks/memory.py --sizes 4000 --epochs 3 0 --set trainer.cache_features=false   #
-    epoch time
+    python benchmarks/memory.py --sizes 4000 --epochs 3 0 --set trainer.cache_features=false
+        # epoch time
 
 Each size is a flat folder of hard links to the shared cats_vs_dogs photos (distinct names, so the
 name-based split spreads them), built in a temp dir and removed at the end; nothing is committed.

@@ -1,13 +1,10 @@
 """thaw-train against a plain Keras script doing the same training, side by side.
 
 The same folder (the shared cats_vs_dogs; with --quick each takes 400 of its photos: the plain
-script
-the first 400 of a shuffled listing, thaw 200 per class, so not the same 400), same model
-(MobileNetV2
-alpha 0.35 + pooling + dropout + Dense), same two phases, epochs and learning rates (1e-4, then
-1e-5). Prints wall times, images/s per phase (median epoch, same
-definition for both) and the ratios, for thaw with the feature cache off (framework overhead) and
-on.
+script the first 400 of a shuffled listing, thaw 200 per class, so not the same 400), same model
+(MobileNetV2 alpha 0.35 + pooling + dropout + Dense), same two phases, epochs and learning rates
+(1e-4, then 1e-5). Prints wall times, images/s per phase (median epoch, same definition for both)
+and the ratios, for thaw with the feature cache off (framework overhead) and on.
 
 This machine drifts by up to 1.8x over minutes, so one plain run against one thaw run can say 0.8
 or 1.07 for the same code. The three commands run `--repeats` times, the order reversed every other

@@ -1,8 +1,8 @@
 """The same depth x lr search with thaw and with the tools users would pick instead.
 
     pip install -e ".[cpu,dev,bench]"
-    python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split, 3 + 3
-    epochs
+    python benchmarks/peers.py --quick     # 6 trials, 96 px, 150 images per class and split,
+                                             3 + 3 epochs
     python benchmarks/peers.py             # 8 trials, 160 px, all shared photos, 5 + 5 epochs
     python benchmarks/peers.py --quick --repeats 3   # three seeds per tool (see below)
     python benchmarks/peers.py --quick --repeats 5 --first-seed 15   # five more: seeds 15-19
@@ -26,10 +26,10 @@ With 300 validation images (--quick) one image is 0.33 pt and two seeds of the s
 1-4 pt, so one sweep per tool cannot say whether two bests are equal. `--repeats N` runs every tool
 N times, repeat r with sampler and training seed 7 + r (`--first-seed` moves the 7; the tool order
 rotated per repeat, so drift of the machine spreads over all). Per repeat it adds the time each tool
-took to come within 0.5 pt
-of the repeat's common target: the lowest of the tools' bests, a value every tool reached (time to
-a target, as optimizer benchmarks compare). The summary line gives, per peer, the medians over
-repeats of the wall ratio and of the time-to-common-target ratio, and each tool's mean best.
+took to come within 0.5 pt of the repeat's common target: the lowest of the tools' bests, a value
+every tool reached (time to a target, as optimizer benchmarks compare). The summary line gives, per
+peer, the medians over repeats of the wall ratio and of the time-to-common-target ratio, and each
+tool's mean best.
 
 Every tool line lists its trials (`per_trial`: depth, lr, state, value, best value seen, epochs
 reported). With the same sampler seed thaw and Optuna + plain Keras draw the same start-up trials;
@@ -264,8 +264,7 @@ def optuna_keras(s, out: Path, seed: int):
 
 def trial_rows(study, depth_key: str, lr_key: str) -> list:
     """Per finished trial, in order: (finish time, value or None when pruned, params, state, the
-    best
-    validation accuracy it reported, epochs it reported): the same trials of two tools side by
+    best validation accuracy it reported, epochs it reported): the same trials of two tools side by
     side."""
     rows = []
     for t in study.trials:

@@ -1,8 +1,7 @@
 """The experiment tables of experiments/README.md: recipes on a real photo folder, test accuracy
 once.
 
-    python benchmarks/recipes.py --data cats_vs_dogs                 # probe, tutorial, sweep,
-    random init
+    python benchmarks/recipes.py --data cats_vs_dogs           # probe, tutorial, sweep, random init
     python benchmarks/recipes.py --data hymenoptera --rows probe,sweep --trials 12
     python benchmarks/recipes.py --data hymenoptera --views-vs-fly --seeds 1,2,3
     python benchmarks/recipes.py --collect multirun/sweeps/NAME --log sweep.log --data hymenoptera

@@ -1,13 +1,11 @@
 """The same depth_lr sweep twice: cache, pruning, compiled-step reuse and the fused Adam off (how
-other
-tools run it: Keras' Adam, a fresh Keras compile per phase and trial), then all on.
+other tools run it: Keras' Adam, a fresh Keras compile per phase and trial), then all on.
 
-    python benchmarks/sweep_speed.py            # 8 trials, 160 px, full shared cats_vs_dogs
-    python benchmarks/sweep_speed.py --quick    # 6 trials, 96 px, 150 images per class and split
-    python benchmarks/sweep_speed.py --augment  # both with augment=standard: the baseline draws
-                                                # augmentations on the fly
-                                                (trainer.augment_views=0),
-                                                # thaw trains on 8 cached views per image
+    python benchmarks/sweep_speed.py           # 8 trials, 160 px, full shared cats_vs_dogs
+    python benchmarks/sweep_speed.py --quick   # 6 trials, 96 px, 150 images per class and split
+    python benchmarks/sweep_speed.py --augment # both with augment=standard: the baseline draws
+                                               # augmentations on the fly (trainer.augment_views=0),
+                                               # thaw trains on 8 cached views per image
 
 Prints one JSON line per sweep and one with the speed-up. Needs ../shared (real data and weights).
 """

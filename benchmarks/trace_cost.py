@@ -1,21 +1,16 @@
 """What a new fine-tuning depth's first step costs: graph ops, Python trace, first instantiation, a
-steady
-step, and the phase's first Keras epoch against its next ones, with each optimizer form.
+steady step, and the phase's first Keras epoch against its next ones, with each optimizer form.
 
-    python benchmarks/trace_cost.py                       # depth 8, 96 px: Keras' Adam, fused Adam,
-    SGD
+    python benchmarks/trace_cost.py                   # depth 8, 96 px: Keras' Adam, fused Adam, SGD
     python benchmarks/trace_cost.py --depth 12 --size 160
     python benchmarks/trace_cost.py --variants fused_adam --grappler '{}'
-    '{"disable_meta_optimizer": true}'
-                                   # the same with TensorFlow's graph optimizer options (one process
-                                   each)
+        '{"disable_meta_optimizer": true}'
+        # the same with TensorFlow's graph optimizer options (one process each)
 
 Each variant runs in its own process (nothing traced or instantiated before it), on the fit model
-thaw
-trains at that depth on cached activations (the top `depth` blocks of MobileNetV2 alpha 0.35 and the
-linear head, from the boundary activation), with random inputs of the boundary's shape. One JSON
-line
-per variant. Needs ../shared (the weights file).
+thaw trains at that depth on cached activations (the top `depth` blocks of MobileNetV2 alpha 0.35
+and the linear head, from the boundary activation), with random inputs of the boundary's shape. One
+JSON line per variant. Needs ../shared (the weights file).
 """
 
 import argparse

@@ -18,9 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 # W&B is isolated whatever the caller exported (WANDB_MODE=online, a key, a `wandb login`): tests
-# never
-# send anything anywhere, never prompt, and never read or write the user's W&B settings. Tests that
-# exercise W&B ask for offline mode themselves.
+# never send anything anywhere, never prompt, and never read or write the user's W&B settings. Tests
+# that exercise W&B ask for offline mode themselves.
 _WANDB_HOME = Path(tempfile.mkdtemp(prefix="thaw-wandb-home-"))
 for _key in [k for k in os.environ if k.startswith("WANDB_")]:
     del os.environ[_key]

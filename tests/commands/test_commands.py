@@ -1,6 +1,5 @@
 """After a sweep: thaw-predict, thaw-evaluate, thaw-export and thaw-retrain, as real subprocesses on
-a
-real trained model (synthetic shapes here; the shared photos in test_commands_real.py)."""
+a real trained model (synthetic shapes here; the shared photos in test_commands_real.py)."""
 
 import csv
 import io
@@ -171,8 +170,7 @@ def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path)
 
 def test_export_files_agree_with_keras(learned, tmp_path):
     """On a model that learned (0.98 validation accuracy): its 128 validation images are half
-    circles,
-    half squares, so agreeing with Keras means following its two answers, not one constant
+    circles, half squares, so agreeing with Keras means following its two answers, not one constant
     output."""
     run = learned
     res = command(

@@ -79,9 +79,8 @@ def test_int8_tflite_agrees_with_keras_on_real_validation_photos(cats_model, tmp
     e = r["exports"]
     assert e["tflite_fp32"]["top1_agreement"] == 1.0
     # Post-training int8 moves this quick model's probabilities by up to ~0.3 (measured 0.98
-    # agreement
-    # here; 0.983 for the full cats_vs_dogs_local preset on 1000 validation photos, README): the
-    # issue's 0.99 goal is not met, and this bound is what the test can promise.
+    # agreement here; 0.983 for the full cats_vs_dogs_local preset on 1000 validation photos,
+    # README): the 0.99 goal is not met, and this bound is what the test can promise.
     assert e["tflite_int8"]["top1_agreement"] >= 0.95, e["tflite_int8"]
     assert e["tflite_int8"]["max_abs_prob_diff"] > e["tflite_fp32"]["max_abs_prob_diff"]
     assert e["tflite_int8"]["bytes"] < 0.4 * e["tflite_fp32"]["bytes"]

@@ -1,6 +1,6 @@
 """Augmentation as numbered draws: deterministic views, view rotation, cached views equal to the
-same
-draws applied on the fly, cache keys, the budget fallback, the deprecated data.augment alias."""
+same draws applied on the fly, cache keys, the budget fallback, the deprecated data.augment
+alias."""
 
 import json
 import logging

@@ -1,6 +1,6 @@
 """Hostile image files, one row each: refused with the file named (data.on_bad_image=error, the
-default),
-or skipped with a warning and counted (data.on_bad_image=skip). Never a crash mid-epoch."""
+default), or skipped with a warning and counted (data.on_bad_image=skip). Never a crash
+mid-epoch."""
 
 import os
 import struct

@@ -38,8 +38,7 @@ def _one_step(opt, seed=0):
 )
 def test_a_layers_multiplier_is_its_learning_rate(name, fused):
     """One step with `lower` at 0.25x equals, for `lower`, a plain step at a quarter of the rate,
-    and
-    for `upper`, a plain step at the full rate."""
+    and for `upper`, a plain step at the full rate."""
     from thaw.model.optimizers import make
 
     before, scaled = _one_step(make(name, 1e-2, fused, layer_rates={"lower": 0.25}))

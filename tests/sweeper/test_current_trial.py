@@ -66,8 +66,7 @@ def test_current_trial_is_a_no_op_in_a_plain_run(tmp_path):
 
 def test_range_follows_the_searched_choice(tmp_path):
     """depth: int(interval(0, ${model.n})) with model=choice(small, big): each trial's depth range
-    is
-    its own model's (2 or 10 blocks), not the default model's; the app fails any depth outside
+    is its own model's (2 or 10 blocks), not the default model's; the app fails any depth outside
     it."""
     run_app("depth_app.py", f"hydra.sweep.dir={tmp_path}")
     study = optuna.load_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="depth")

@@ -169,8 +169,7 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.slow  # ~80 s with teardown; like the Ray launcher test, run by `-m slow` (and .ci/run)
 def test_submitit_launcher_runs_each_trial_as_a_job(tmp_path):
     """The SLURM launcher's engine (submitit) with its local executor: jobs are pickled, run in
-    their
-    own processes with their own logs, exactly as on SLURM nodes minus sbatch."""
+    their own processes with their own logs, exactly as on SLURM nodes minus sbatch."""
     pytest.importorskip(
         "hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed"
     )

@@ -30,9 +30,8 @@ def _free_port():
 
 # The server asks for a password over TCP, and the password holds every character a URL treats
 # specially ('/', ':', '?', and '@' and '#' percent-encoded, as they must be in a URL): every test
-# here
-# drives the storage through such a URL, and test_storage_password_appears_nowhere looks for each of
-# its pieces (they all contain PIECE) in everything the sweep printed or wrote.
+# here drives the storage through such a URL, and test_storage_password_appears_nowhere looks for
+# each of its pieces (they all contain PIECE) in everything the sweep printed or wrote.
 PIECE = "ThawPw"
 PASSWORD = f"{PIECE}a/{PIECE}b:{PIECE}c?{PIECE}d@{PIECE}e#{PIECE}f"
 URL_PASSWORD = PASSWORD.replace("@", "%40").replace("#", "%23")  # how the user writes it in the URL

@@ -115,8 +115,7 @@ def test_best_since_warmup_forgives_a_first_finetune_dip_but_not_a_collapse(tmp_
 
 def test_include_pruned_lets_the_reference_follow_the_whole_sweep(tmp_path):
     """Three strong finished trials and many pruned ones: with the finished ones alone as reference,
-    a
-    trial at the sweep's typical level is always pruned; counting pruned values, it is not."""
+    a trial at the sweep's typical level is always pruned; counting pruned values, it is not."""
     for include, expected in ((False, 5), (True, None)):
         study = study_with(
             StepMedianPruner(n_startup_trials=3, n_warmup_steps=5, include_pruned=include),

@@ -337,9 +337,8 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_the_last_epoch_is_recorded_never_pruned(tmp_path):
-    """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny: 1
-    + 1),
-    where stopping saves nothing, so the trials complete with both values recorded."""
+    """A pruner that would stop every trial from step 1 on: step 1 is the run's last epoch (tiny:
+    1 + 1), where stopping saves nothing, so the trials complete with both values recorded."""
     res = thaw_train(
         sweep_args(
             tmp_path / "sw",
@@ -438,8 +437,7 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, needle):
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_save_models_best_keeps_only_the_best_model_across_a_resume(tmp_path):
     """Objective trainable_params (minimized): every depth gives a distinct value, so the best is
-    one
-    trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random
+    one trial and changes as deeper-or-shallower draws arrive; the grid walks the depths in random
     order."""
     sw = tmp_path / "sw"
     for n in (2, 4):  # the second command resumes the study to 4 trials
@@ -504,8 +502,7 @@ def kill_9_then_resume(tmp_path, storage_args, open_study, marker=None):
     """kill -9 a 3-trial sweep in trial 1, right after its head phase's checkpoint (thaw's test-only
     fault hook sends the real signal at that exact point), run the same command again: exactly 3
     COMPLETE trials, the dead one FAILed as stale and retried with its params (max_retry=1), the
-    retry
-    continuing the dead trial's checkpoint at epoch 2."""
+    retry continuing the dead trial's checkpoint at epoch 2."""
     sw = tmp_path / "sw"
     args = sweep_args(
         sw,
@@ -607,8 +604,8 @@ def test_joblib_launcher_prunes_in_worker_processes(tmp_path):
 
 def test_a_job_the_launcher_returns_nothing_for_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     """A real Hydra launcher (tests/apps/plugins) that loses the first job: launch() returns None
-    for
-    it without raising. That trial FAILs with a reason, the others run, the sweep ends normally."""
+    for it without raising. That trial FAILs with a reason, the others run, the sweep ends
+    normally."""
     plugins = Path(__file__).parents[1] / "apps" / "plugins"
     res = thaw_train(
         sweep_args(

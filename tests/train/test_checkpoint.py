@@ -1,8 +1,7 @@
 """Per-epoch checkpoints: a run killed with SIGKILL (a real one, at an exact point of the recipe via
 THAW_KILL_AFTER_CHECKPOINT, which acts only with THAW_TEST_FAULTS=1) and re-run with the same run
-dir continues at its next epoch and ends
-with the same per-epoch metrics as an uninterrupted run; a bad checkpoint is refused, not
-trusted."""
+dir continues at its next epoch and ends with the same per-epoch metrics as an uninterrupted run; a
+bad checkpoint is refused, not trusted."""
 
 import json
 import logging
@@ -251,8 +250,7 @@ def test_a_run_with_a_corrupt_checkpoint_starts_over_and_completes(tmp_path):
 
 def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
     """A checkpoint resumes across trainer.reuse_compiled / fused_optimizer (same optimizer
-    variables)
-    and across logger changes, and is refused for a change of what the run trains."""
+    variables) and across logger changes, and is refused for a change of what the run trains."""
     from conftest import compose_cfg
 
     base = checkpoint.fingerprint(compose_cfg(["experiment=tiny"]))

@@ -1,6 +1,5 @@
 """optimizer.weight_decay and trainer.label_smoothing: off by default exactly as before, on when
-set,
-on the image path and the cached-activation path, recorded, checked."""
+set, on the image path and the cached-activation path, recorded, checked."""
 
 import json
 

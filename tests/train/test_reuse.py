@@ -1,7 +1,6 @@
 """Trials of an in-process sweep reuse this process's classifier (initial weights restored in
-memory)
-and its compiled fit models (optimizer state reset, traced step kept): the second trial of a process
-computes exactly what it computes in a fresh process."""
+memory) and its compiled fit models (optimizer state reset, traced step kept): the second trial of a
+process computes exactly what it computes in a fresh process."""
 
 import json
 
@@ -21,8 +20,8 @@ RUN = [
     "unfreeze.depth=3",
 ]
 # images: a random base whose BatchNorm trains (no cache); features: BatchNorm in inference mode, so
-# both
-# phases fit cached activations (the head on pooled features, the top 3 blocks at their boundary)
+# both phases fit cached activations (the head on pooled features, the top 3 blocks at their
+# boundary)
 PATHS = {
     "images": [],
     "features": ["backbone.batchnorm=inference", "trainer.cache_features=true"],
@@ -114,10 +113,8 @@ def test_reuse_compiled_false_compiles_every_phase(tmp_path):
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_a_later_run_of_a_process_evaluates_the_test_split_on_the_kept_step(tmp_path):
     """Runs of a plain multirun evaluate the test split each; later runs of the same classifier
-    reuse
-    the first one's compiled test step, also at another depth (another trainable set), and get what
-    a
-    fresh process gets."""
+    reuse the first one's compiled test step, also at another depth (another trainable set), and get
+    what a fresh process gets."""
     run = RUN + ["data.num_test=48"]
     res = thaw_train(
         [

@@ -76,9 +76,8 @@ def test_patience_stops_a_phase_that_stopped_improving(tmp_path):
 
 def test_patience_does_not_claim_an_early_stop_on_the_last_epoch(tmp_path):
     # a learning rate far below float32's resolution of the weights (and BatchNorm in inference
-    # mode):
-    # the model never changes, so epoch 1 is the best and epochs 2 and 3 reach patience=2 exactly at
-    # the phase's last epoch, every time
+    # mode): the model never changes, so epoch 1 is the best and epochs 2 and 3 reach patience=2
+    # exactly at the phase's last epoch, every time
     _, m, _ = _run(
         tmp_path,
         "q",

@@ -17,8 +17,7 @@ from hydra_plugins.thaw_sweeper import groups
 @dataclass
 class ConfirmConf:
     # after the search, the top_k COMPLETE trials and the baseline run again with `seeds` more
-    # values
-    # of seed_key each; the winner is the best mean (0: off)
+    # values of seed_key each; the winner is the best mean (0: off)
     top_k: int = 3
     seeds: int = 2
     seed_key: str = "trainer.seed"
@@ -49,8 +48,7 @@ class ThawSweeperConf:
     # default).
     direction: Any = None
     # Any Optuna storage URL; default sqlite:///${hydra.sweep.dir}/study.db. A path ending in .log
-    # or a
-    # journal:///path URL uses a journal file (many processes on one machine).
+    # or a journal:///path URL uses a journal file (many processes on one machine).
     storage: str | None = None
     study_name: str | None = None
     n_trials: int = 20  # total the study should reach, across resumes and workers
@@ -81,8 +79,7 @@ class ThawSweeperConf:
     save_models: str = "all"
     params: dict[str, Any] | None = None
     # hydra-optuna-sweeper's deprecated form of params: {name: {type: int|float|categorical, low,
-    # high,
-    # step, log, choices}}; accepted with a warning
+    # high, step, log, choices}}; accepted with a warning
     search_space: dict[str, Any] | None = None
     # dotted path to fn(cfg, trial) called after params are sampled: may suggest more (conditional)
     # parameters, also `+key` ones; a leading dot is relative to the app's module (as in HOS)

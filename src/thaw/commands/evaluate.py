@@ -1,6 +1,5 @@
 """Evaluate a saved model: on its run's held-out test split (once, after a sweep), and on any folder
-of
-class sub-folders (`thaw-evaluate`).
+of class sub-folders (`thaw-evaluate`).
 
 Sweeps optimise validation accuracy; trials never look at the test split. Only the best trial is
 evaluated on it, after the sweep, so the reported test accuracy is an honest estimate.

@@ -1,6 +1,5 @@
 """`thaw-export`: a trained model as a TensorFlow SavedModel and TensorFlow Lite files (float32,
-float16,
-int8), each checked against the Keras model on real images before it is trusted.
+float16, int8), each checked against the Keras model on real images before it is trusted.
 
 int8 is full-integer quantization calibrated on a representative sample of the run's training
 images (inputs and outputs stay float, so the file is a drop-in for the float ones). Every export is

@@ -246,8 +246,8 @@ class ThawTrainSweep(AppHooks):
 
     def confirmation_order(self, params: dict[str, Any]):
         """Within a seed, the deepest trial first: its pass through the frozen layers computes the
-        new
-        seed's augmented views once and stores every shallower boundary for the runs after it."""
+        new seed's augmented views once and stores every shallower boundary for the runs after
+        it."""
         return -int(params.get("unfreeze.depth", 0))
 
     def about(self, job_cfg, space_text: str) -> dict[str, Any]:

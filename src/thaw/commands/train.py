@@ -322,8 +322,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     workspace = Workspace()  # what this process keeps between the runs it trains
     precheck(sys.argv[1:], workspace.data)
-    # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not mid-
-    # run
+    # the tests' fault injection (off unless THAW_TEST_FAULTS=1): a bad value stops here, not
+    # mid-run
     try:
         from thaw.train.checkpoint import kill_point
 

@@ -4,10 +4,9 @@ A draw is one row of parameters per image (flip, rotation, zoom, shift, contrast
 stateless random ops from (seed, view): view `v` of image `i` is the same tensor in every process,
 every trial and every run. That is what lets the feature cache store `V` augmented views per image
 (`trainer.augment_views`) and serve them to every trial, and what makes the cached and the
-on-the-fly
-path train on exactly the same pixels. One affine warp (`keras.ops.image.affine_transform`) applies
-flip, rotation, zoom and shift together; contrast follows. Validation and test images are never
-augmented.
+on-the-fly path train on exactly the same pixels. One affine warp
+(`keras.ops.image.affine_transform`) applies flip, rotation, zoom and shift together; contrast
+follows. Validation and test images are never augmented.
 """
 
 from __future__ import annotations
@@ -124,8 +123,7 @@ def apply(images, params):
 
 def view_offsets(n: int, views: int, seed: int):
     """Per-image offset: epoch e uses view (e + offset) % views, so no image repeats a view before
-    it
-    has used all of them, and images do not move through the views in lockstep."""
+    it has used all of them, and images do not move through the views in lockstep."""
     import tensorflow as tf
 
     return tf.random.stateless_uniform(

@@ -3,9 +3,8 @@
 `data.max_memory_mb` bounds the decoded images and cached activations thaw holds in memory; what is
 larger lives on disk and streams. Its default is half the memory available when the run starts (a
 cgroup limit or `ulimit -d` counts: a SLURM job or a container sees its own share).
-`data.max_disk_mb` bounds what
-thaw writes for that (decoded copies, spilled activations); its default is the free space of the
-target disk less 1 GB.
+`data.max_disk_mb` bounds what thaw writes for that (decoded copies, spilled activations); its
+default is the free space of the target disk less 1 GB.
 """
 
 from __future__ import annotations
@@ -80,8 +79,7 @@ def _cgroup_room() -> int | None:
 
 def _rlimit_room() -> int | None:
     """Bytes under this process's RLIMIT_DATA (ulimit -d), or None if unlimited. The limit counts
-    the
-    data segment (heap, private mappings, stacks): VmData, not the resident set."""
+    the data segment (heap, private mappings, stacks): VmData, not the resident set."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
@@ -156,8 +154,7 @@ class DiskLedger:
 
     def temp_dir(self) -> Path:
         """A per-process directory for streamed data when no trainer.cache_dir is set; removed at
-        exit,
-        and by a later process if this one was killed."""
+        exit, and by a later process if this one was killed."""
         if self._tmp is None:
             remove_stale(Path(tempfile.gettempdir()), "thaw-stream-")
             self._tmp = Path(tempfile.mkdtemp(prefix=f"thaw-stream-{os.getpid()}-"))

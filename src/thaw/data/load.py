@@ -132,8 +132,7 @@ def _image_key(cfg) -> str:
 class DecodedCache:
     """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
     (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data
-    config,
-    image size and every file's path, size and mtime, so a changed folder is decoded again.
+    config, image size and every file's path, size and mtime, so a changed folder is decoded again.
     Written by decode.decoded_writer: atomic."""
 
     def __init__(self, cache_dir: str, cfg, key):

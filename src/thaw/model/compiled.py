@@ -2,18 +2,16 @@
 trace.
 
 Keras traces a model's train step the first time `fit` runs after `compile()`; a new model object or
-a
-new compile traces again. For the unfrozen top of a MobileNetV2 that costs 4-12 s on 2 CPU cores,
+a new compile traces again. For the unfrozen top of a MobileNetV2 that costs 4-12 s on 2 CPU cores,
 against under a second of compute per epoch at sweep sizes (and less on a GPU, where the trace costs
 the same). Three things cut it (trainer.reuse_compiled, on by default):
 - the optimizer, metric and loss state is built before the first trace. Keras defers it into the
   trace when no distribution strategy is set; the variables created there make TensorFlow trace the
   step a second time (measured: the first epoch of a depth-10 fine-tune 9.8 s -> 5.0 s);
 - each classifier keeps one fit model per (cut, trainable set), compiled once. A later trial puts
-its
-  optimizer's variables back to their state right after building (zero slots, the loss scale of a
-  mixed-precision optimizer), sets its learning rate (a variable, also inside a cosine schedule) and
-  fits it again on its own data: the traced step is reused and the trial computes exactly what a
+  its optimizer's variables back to their state right after building (zero slots, the loss scale of
+  a mixed-precision optimizer), sets its learning rate (a variable, also inside a cosine schedule)
+  and fits it again on its own data: the traced step is reused and the trial computes exactly what a
   fresh process computes (tests/test_reuse.py);
 - TensorFlow's global seed is not set again when unchanged (devices.seed_and_precision): setting it
   clears the kernel cache, and every kept function would be instantiated again (2-4 s a trial).
@@ -134,8 +132,7 @@ def wrapper(model):
 
 def build_state(model, element_spec) -> bool:
     """Create the optimizer, metric and loss variables now, outside the traced step, from the shapes
-    of
-    a batch (a tf.data element_spec), so the step is traced once, not twice. False if it could
+    of a batch (a tf.data element_spec), so the step is traced once, not twice. False if it could
     not."""
     try:
         # what Keras runs under a distribution strategy
@@ -148,8 +145,7 @@ def build_state(model, element_spec) -> bool:
 
 def learning_rate(name: str, initial: float, decay_steps: int, final_fraction: float):
     """The phase's learning rate: a float, or a cosine decay whose start and length are variables,
-    so
-    a kept compiled step (which bakes in constants) serves every rate and schedule length."""
+    so a kept compiled step (which bakes in constants) serves every rate and schedule length."""
     if name != "cosine":
         return initial
     return _cosine_class()(float(initial), max(1, int(decay_steps)), float(final_fraction))
@@ -200,8 +196,7 @@ def rate_form(learning_rate) -> Hashable:
 
 def _restore_optimizer(opt, built_state, learning_rate) -> None:
     """The state the optimizer had right after building (zero slots and step count, a
-    mixed-precision
-    loss scale at its initial value), then this phase's learning rate."""
+    mixed-precision loss scale at its initial value), then this phase's learning rate."""
     for v, value in zip(opt.variables, built_state):
         v.assign(value)
     if isinstance(learning_rate, (int, float)):

@@ -1,7 +1,6 @@
 """What thaw-predict, thaw-evaluate and thaw-export share: the trained model a user points at (a run
 dir, a sweep dir meaning its best trial, or a model.keras), its class names and input size, and
-image
-files decoded the way training decoded them, with bad files reported one by one, not fatal."""
+image files decoded the way training decoded them, with bad files reported one by one, not fatal."""
 
 from __future__ import annotations
 

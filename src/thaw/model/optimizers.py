@@ -5,8 +5,8 @@ the step size again for every variable, then the moment and weight updates). Tra
 instantiating them is about half of a new fine-tuning depth's first step (MobileNetV2, top 8 blocks:
 4,800 ops with Adam, 2,420 with SGD). `FusedAdam` computes the step's scalars once and updates each
 variable with one `ResourceApplyAdam`, the kernel tf.compat.v1's AdamOptimizer runs: the same rule,
-m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) +
-eps),
+m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
+w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps),
 with 1 - b1 and 1 - b2 taken in float32 inside the kernel where Keras rounds them from float64
 (1 - 0.999: 9.99987e-4 against 1.0e-3). trainer.fused_optimizer=false runs Keras' own Adam.
 """
@@ -34,12 +34,10 @@ def make(
     layer_rates: dict[str, float] | None = None,
 ):
     """A fresh optimizer for one compile; `fused` applies to Adam (the others have no fused form
-    here).
-    `weight_decay` > 0 is Keras' decoupled decay (applied before the update, the fused one too); 0
-    leaves the optimizer exactly as before (AdamW keeps its own default). `layer_rates`: {layer
-    name:
-    learning-rate multiplier} for the variables of those layers (lr.layer_decay); None or all 1: the
-    optimizer is exactly the plain one."""
+    here). `weight_decay` > 0 is Keras' decoupled decay (applied before the update, the fused one
+    too); 0 leaves the optimizer exactly as before (AdamW keeps its own default). `layer_rates`:
+    {layer name: learning-rate multiplier} for the variables of those layers (lr.layer_decay); None
+    or all 1: the optimizer is exactly the plain one."""
     import keras
 
     extra = {"weight_decay": float(weight_decay)} if weight_decay else {}
@@ -62,8 +60,7 @@ def compiled_name(
     layer_rates: dict[str, float] | None = None,
 ) -> str:
     """What a kept compiled step is keyed by (thaw.model.compiled): a fused and a Keras Adam trace
-    differently,
-    and the decay and the per-layer multipliers are constants of the traced step."""
+    differently, and the decay and the per-layer multipliers are constants of the traced step."""
     base = f"{name}+fused" if name == "adam" and fused else name
     if weight_decay:
         base += f"+wd{float(weight_decay)!r}"
@@ -75,8 +72,7 @@ def block_rates(
     block_layers: dict[str, Sequence[str]], blocks: Sequence[str], decay: float
 ) -> dict[str, float]:
     """{layer name: multiplier}: the top of `blocks` (ordered bottom to top) at 1, each block below
-    at
-    `decay` times the block above; layers outside them (the head) keep the full rate."""
+    at `decay` times the block above; layers outside them (the head) keep the full rate."""
     out: dict[str, float] = {}
     if float(decay) == 1.0:
         return out

@@ -1,7 +1,6 @@
 """The sweep report's own plots, in the user's terms: every trial (pruned and failed too) in the
 depth x learning-rate plane, learning curves against epoch with the head/fine-tune boundary, and
-time
-per trial. Optuna's generic plots follow them on the page (thaw.report.html)."""
+time per trial. Optuna's generic plots follow them on the page (thaw.report.html)."""
 
 from __future__ import annotations
 

@@ -132,8 +132,7 @@ class Confirmation:
         self, results: list[tuple[Any, int, float | None, str | None]], seconds: float = 0.0
     ) -> None:
         """Add finished runs (trial, seed, value or None, error or None) and the wall seconds they
-        took
-        to the study's record."""
+        took to the study's record."""
         rec = self.recorded()
         rec["seconds"] += seconds
         for trial, seed, value, error in results:

@@ -13,9 +13,8 @@ class PruningCallback(keras.callbacks.Callback):
     """model.fit(..., callbacks=[PruningCallback("val_loss")]) in any Hydra app swept by thaw.
 
     Reports `monitor` at each epoch end; when the study's pruner says stop, raises
-    optuna.TrialPruned,
-    which ends fit() and the job: the sweeper records the trial as PRUNED with its values so far.
-    Outside a thaw sweep it does nothing.
+    optuna.TrialPruned, which ends fit() and the job: the sweeper records the trial as PRUNED with
+    its values so far. Outside a thaw sweep it does nothing.
     """
 
     def __init__(self, monitor: str = "val_loss", trial=None):

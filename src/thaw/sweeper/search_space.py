@@ -62,9 +62,8 @@ def parse(
     params: dict[str, object], arguments: list[str], preset: dict[str, object] = None
 ) -> tuple[dict[str, object], dict[str, str]]:
     """(search space {key: distribution}, fixed overrides {key: 'key=value'}); the command line
-    wins.
-    `preset`: distributions given directly (hydra-optuna-sweeper's search_space), overridden by
-    both."""
+    wins. `preset`: distributions given directly (hydra-optuna-sweeper's search_space), overridden
+    by both."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 

@@ -101,8 +101,7 @@ class EpochCallback(keras.callbacks.Callback):
             return
         self._track_best(step, epoch, logs)
         # the pruner's step is the planned epoch (a phase stopped early leaves a gap), so step k
-        # means
-        # the same point of the recipe in every trial
+        # means the same point of the recipe in every trial
         self._maybe_prune(epoch, logs)
         self._done = epoch + 1 - self.phase.first_epoch
         self.save_checkpoint()

@@ -69,13 +69,10 @@ def seed_and_precision(cfg_trainer, state: DeviceState) -> None:
 
 def _reseed_keeping_kernels(seed: int) -> None:
     """keras.utils.set_random_seed without setting TensorFlow's global seed again (it is already
-    this
-    seed): setting it clears TensorFlow's kernel cache, so every function of the kept compiled
-    models
-    (thaw.model.compiled) would be instantiated again on its next call (2-4 s a trial at depth 8 on
-    2 CPU
-    cores). thaw's TensorFlow random ops are stateless or take an op seed, so nothing else
-    changes."""
+    this seed): setting it clears TensorFlow's kernel cache, so every function of the kept compiled
+    models (thaw.model.compiled) would be instantiated again on its next call (2-4 s a trial at
+    depth 8 on 2 CPU cores). thaw's TensorFlow random ops are stateless or take an op seed, so
+    nothing else changes."""
     import random
 
     import numpy as np

@@ -86,11 +86,9 @@ class RunRecord:
 
     def time_breakdown(self) -> dict[str, float]:
         """Where the run's time went, in seconds; the parts sum to `total` (TensorFlow's import,
-        when
-        this run paid it, plus wall_seconds). `trace`: each phase's first epoch beyond its steady
-        epochs (a one-epoch phase cannot tell them apart: all compute); `other`: compiling,
-        callbacks,
-        restoring weights, the rest."""
+        when this run paid it, plus wall_seconds). `trace`: each phase's first epoch beyond its
+        steady epochs (a one-epoch phase cannot tell them apart: all compute); `other`: compiling,
+        callbacks, restoring weights, the rest."""
         trace = compute = 0.0
         for name in dict.fromkeys(r["phase"] for r in self.history):
             secs = [float(r.get("seconds") or 0.0) for r in self.history if r["phase"] == name]

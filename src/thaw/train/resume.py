@@ -16,8 +16,7 @@ log = logging.getLogger("thaw.train")
 
 def resume_run(run: Run, out: Path):
     """Load the run dir's checkpoint (trainer.resume=auto) into the model, record, best epoch and
-    the
-    trial; returns it, or None to start from epoch 1."""
+    the trial; returns it, or None to start from epoch 1."""
     if run.cfg.trainer.resume == "never":
         return None
     resume = checkpoint.load(out, run.cfg, [tuple(v.shape) for v in run.clf.model.variables])

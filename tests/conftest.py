@@ -69,6 +69,26 @@ def thaw_train(args, cwd, timeout=600, env=None):
     )
 
 
+def thaw_multirun(args, sweep_dir, cwd, timeout=600):
+    """Several runs in one process (a plain Hydra multirun, one Workspace): {the job's swept
+    overrides as "key=value" strings, sorted: its metrics}. Tests that compare runs pay one import
+    of TensorFlow and one model build; a run in a used Workspace computes what a fresh process
+    computes (tests/train/test_workspace.py)."""
+    import json
+
+    import yaml
+
+    res = thaw_train(["--multirun", *args, f"hydra.sweep.dir={sweep_dir}"], cwd, timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    swept = {a.split("=")[0] for a in args if "," in a.split("=", 1)[-1]}
+    out = {}
+    for job in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        overrides = yaml.safe_load((job.parent / ".hydra" / "overrides.yaml").read_text())
+        key = tuple(sorted(o for o in overrides if o.split("=")[0] in swept))
+        out[key] = json.loads(job.read_text())
+    return out
+
+
 def compose_cfg(overrides=()):
     from hydra import compose, initialize_config_dir
 

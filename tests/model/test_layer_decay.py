@@ -2,11 +2,9 @@
 update rule thaw runs (fused Adam, Keras' optimizers, under loss scaling), a decay of 1 is the
 plain optimizer, and a run records the rates it used."""
 
-import json
-
 import numpy as np
 import pytest
-from conftest import thaw_train
+from conftest import thaw_multirun, thaw_train
 
 
 def _model(seed=0):
@@ -96,20 +94,14 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize(
-    "path", ["images", pytest.param("cached", marks=pytest.mark.slow)]
-)  # cached: -m slow
+# images: -m slow (each further run on images traces the whole base again, ~4x the cached path)
+@pytest.mark.parametrize("path", [pytest.param("images", marks=pytest.mark.slow), "cached"])
 def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_path, path):
     extra = ["backbone.batchnorm=inference"] if path == "cached" else []
-
-    def run(name, *more):
-        res = thaw_train(
-            [*TINY, f"hydra.run.dir={tmp_path / name}", "lr.base=0.01", *extra, *more], tmp_path
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
-        return json.loads((tmp_path / name / "metrics.json").read_text())
-
-    plain, decayed = run("plain"), run("decayed", "lr.layer_decay=0.1")
+    runs = thaw_multirun(
+        [*TINY, "lr.base=0.01", *extra, "lr.layer_decay=1.0,0.1"], tmp_path / "sw", tmp_path
+    )
+    plain, decayed = runs[("lr.layer_decay=1.0",)], runs[("lr.layer_decay=0.1",)]
     if path == "cached":
         assert decayed["feature_cache"], "the cached path was not taken"
     rates = decayed["phases"]["finetune"]["layer_rates"]

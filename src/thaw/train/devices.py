@@ -60,7 +60,7 @@ def seed_and_precision(cfg_trainer, state: DeviceState) -> None:
         keras.utils.set_random_seed(seed)
         state.tf_seed = seed
     # float32, or mixed precision on a GPU (the output layer stays float32, see heads.py)
-    keras.mixed_precision.set_global_policy(cfg_trainer.precision)
+    keras.mixed_precision.set_global_policy(str(cfg_trainer.precision))
     if cfg_trainer.deterministic:
         import tensorflow as tf
 

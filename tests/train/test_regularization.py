@@ -64,8 +64,10 @@ def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
         tmp_path / "sw",
         tmp_path,
     )
-    key = lambda ls, wd: (f"optimizer.weight_decay={wd}", f"trainer.label_smoothing={ls}")  # noqa: E731
-    base, smooth, decay, both = (runs[key(*k)] for k in ((0, 0), (0.4, 0), (0, 0.5), (0.4, 0.5)))
+    base, smooth, decay, both = (
+        runs[(f"optimizer.weight_decay={wd}", f"trainer.label_smoothing={ls}")]
+        for ls, wd in ((0, 0), (0.4, 0), (0, 0.5), (0.4, 0.5))
+    )
     if path == "cached":
         assert base["feature_cache"], "the cached path was not taken"
     assert base["regularization"] == {"weight_decay": 0.0, "label_smoothing": 0.0}

@@ -7,14 +7,15 @@ under each candidate rule, in many orders, with Optuna's real pruners.
 `record` runs `experiment=cats_vs_dogs_local sweep=depth_lr` on a shared folder with the random
 sampler, no pruner and no confirmation, so every trial trains as the preset says (early stopping
 with trainer.patience included) and none is pruned: each trial dir keeps its per-epoch validation
-accuracy and seconds (metrics.json history), its test accuracy and its total time. `replay` feeds
-those curves to an in-memory Optuna study per rule and per order (a seeded permutation of the
-recorded trials): each epoch is reported and `should_prune()` asked, exactly as thaw's trial
-callback does; a pruned trial costs its time up to that epoch (its set-up and head phase included),
-a completed one its whole time. The answer after each trial is the completed trial with the best
-validation objective, scored by its test accuracy. Printed per rule: the answer's test accuracy at
-the end and at equal CPU budgets (a quarter, a half of what all trials cost without pruning), the
-CPU seconds spent, and the share of trials after the start-up ones that complete.
+accuracy and seconds (metrics.json history), and its total time. `replay` feeds those curves to an
+in-memory Optuna study per rule and per order (a seeded permutation of the recorded trials): each
+epoch is reported and `should_prune()` asked, exactly as thaw's trial callback does; a pruned trial
+costs its time up to that epoch (its set-up and head phase included), a completed one its whole
+time. The answer after each trial is the completed trial with the best validation objective (a
+sweep's trials never look at the test split, so the replay scores answers by that objective; every
+rule is scored the same way). Printed per rule: the answer's objective at the end and at equal CPU
+budgets (a quarter, a half of what all trials cost without pruning), the CPU seconds spent, and the
+share of trials after the start-up ones that complete.
 
 What a replay leaves out: the sampler's adaptation (TPE draws from where earlier trials did well;
 here the order is random), so it compares rules on the same pool of trials, not whole sweeps.
@@ -59,7 +60,7 @@ def record(args) -> None:
 
 
 def load_trials(sweep_dir: Path) -> list[dict]:
-    """One dict per recorded trial: its fine-tuning curve by Optuna step, costs and test."""
+    """One dict per recorded trial: its curve by Optuna step, its cost and its objective."""
     out = []
     for metrics in sorted(sweep_dir.glob("trial_*/metrics.json")):
         m = json.loads(metrics.read_text())
@@ -75,7 +76,6 @@ def load_trials(sweep_dir: Path) -> list[dict]:
                 "curve": curve,  # (step, val_accuracy, seconds), both phases
                 "total": float(m["time_breakdown"]["total"]),
                 "objective": float(m["objective"]),
-                "test": float(m["test_accuracy"]),
                 "num_val": int(m["num_val"]),
             }
         )
@@ -95,20 +95,22 @@ def rules(head_epochs: int, finetune_epochs: int) -> dict:
 
     return {
         "none": optuna.pruners.NopPruner,
-        "before (current value, complete only, 3 start-up)": step_median(n_startup_trials=3),
-        "default (best since warmup, pruned in reference, 1 SE, 3 start-up)": step_median(
+        "plain step median (current value, complete only, 3 start-up)": step_median(
+            n_startup_trials=3
+        ),
+        "best since warmup, pruned in reference, 1 SE, 3 start-up": step_median(
             n_startup_trials=3, best_since_warmup=True, include_pruned=True, tolerance_se=1.0
         ),
-        "default with 0 SE": step_median(
+        "the same with 0 SE": step_median(
             n_startup_trials=3, best_since_warmup=True, include_pruned=True
         ),
-        "default with 2 SE": step_median(
+        "the same with 2 SE (sweep=depth_lr since 2026-12-03)": step_median(
             n_startup_trials=3, best_since_warmup=True, include_pruned=True, tolerance_se=2.0
         ),
-        "default with 5 start-up": step_median(
+        "1 SE with 5 start-up": step_median(
             n_startup_trials=5, best_since_warmup=True, include_pruned=True, tolerance_se=1.0
         ),
-        "default from 2nd fine-tuning epoch": lambda: StepMedianPruner(
+        "1 SE from the 2nd fine-tuning epoch": lambda: StepMedianPruner(
             n_startup_trials=3,
             n_warmup_steps=first + 1,
             best_since_warmup=True,
@@ -131,12 +133,12 @@ def rules(head_epochs: int, finetune_epochs: int) -> dict:
 
 
 def replay_one(trials: list[dict], make_pruner, order: list[int], total: int) -> list[tuple]:
-    """One sweep over `order`: per trial (cumulative seconds, answer's test, completed?). As in
+    """One sweep over `order`: per trial (cumulative seconds, answer's objective, completed?). As in
     thaw's callback, the run's last planned epoch (`total` - 1) is recorded, never judged."""
     import optuna
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner())
-    spent, best, out = 0.0, None, []
+    spent, best, out = 0.0, None, []  # out: (seconds so far, the answer's objective, completed?)
     for i in order:
         t = trials[i]
         trial = study.ask()
@@ -155,17 +157,17 @@ def replay_one(trials: list[dict], make_pruner, order: list[int], total: int) ->
             if best is None or t["objective"] > best["objective"]:
                 best = t
         spent += cost
-        out.append((spent, best["test"] if best else None, not pruned))
+        out.append((spent, best["objective"] if best else None, not pruned))
     return out
 
 
 def answer_at(path: list[tuple], budget: float):
-    """The answer's test accuracy once `budget` CPU seconds are spent (None: nothing complete)."""
+    """The answer's objective once `budget` CPU seconds are spent (None: nothing complete)."""
     answer = None
-    for spent, test, _ in path:
+    for spent, value, _ in path:
         if spent > budget:
             break
-        answer = test
+        answer = value
     return answer
 
 
@@ -184,7 +186,7 @@ def replay(args) -> None:
     cfg = yaml.safe_load((sweep_dir / trials[0]["trial"] / "resolved_config.yaml").read_text())
     head, finetune = cfg["trainer"]["head_epochs"], cfg["trainer"]["finetune_epochs"]
     full = sum(t["total"] for t in trials)
-    best_possible = max(trials, key=lambda t: t["objective"])["test"]
+    best_possible = max(t["objective"] for t in trials)
     rng = random.Random(args.seed)
     orders = [rng.sample(range(len(trials)), len(trials)) for _ in range(args.orders)]
     for name, make in rules(head, finetune).items():
@@ -193,13 +195,13 @@ def replay(args) -> None:
         for label, budget in (("quarter", full / 4), ("half", full / 2), ("all", float("inf"))):
             answers = [answer_at(p, budget) for p in paths]
             got = [a for a in answers if a is not None]
-            row[f"test_at_{label}_budget"] = round(statistics.mean(got), 4) if got else None
+            row[f"val_at_{label}_budget"] = round(statistics.mean(got), 4) if got else None
             row[f"no_answer_at_{label}_budget"] = len(answers) - len(got)
         row["cpu_seconds"] = round(statistics.mean(p[-1][0] for p in paths), 1)
         row["cpu_share_of_no_pruning"] = round(row["cpu_seconds"] / full, 3)
         later = [c for p in paths for _, _, c in p[3:]]
         row["later_complete_share"] = round(sum(later) / len(later), 3)
-        row.update(trials=len(trials), orders=len(orders), best_val_trial_test=best_possible)
+        row.update(trials=len(trials), orders=len(orders), best_recorded_val=best_possible)
         emit(**row)
 
 

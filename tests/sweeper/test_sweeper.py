@@ -32,8 +32,14 @@ STUDY_ONLY = ["backbone.batchnorm=inference"]
 
 
 def sweep_args(sweep_dir, n_trials, *extra):
-    # depth limited to the top 3 blocks so each trial stays small; the preset's lr.base interval is
-    # kept
+    """The depth_lr preset on tiny trials: depth limited to the top 3 blocks so each trial stays
+    small (the preset's lr.base interval is kept), and no confirmation runs after the search unless
+    a test asks for them (`hydra.sweeper.confirm.top_k=N` in `extra`)."""
+    confirm = (
+        []
+        if any(e.startswith("hydra.sweeper.confirm.top_k=") for e in extra)
+        else ["hydra.sweeper.confirm.top_k=0"]
+    )
     return [
         "--multirun",
         *TINY,
@@ -42,6 +48,7 @@ def sweep_args(sweep_dir, n_trials, *extra):
         f"hydra.sweeper.n_trials={n_trials}",
         "hydra.sweeper.study_name=test",
         "unfreeze.depth=range(0,4)",
+        *confirm,
         *extra,
     ]
 
@@ -96,7 +103,12 @@ def smoke_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke_sweep")
     res = thaw_train(
         sweep_args(
-            tmp / "sw", 3, "data.num_test=16", "trainer.save_model=true", "logger.mode=offline"
+            tmp / "sw",
+            3,
+            "data.num_test=16",
+            "trainer.save_model=true",
+            "logger.mode=offline",
+            "hydra.sweeper.confirm.top_k=3",  # the preset's confirmation, W&B runs and files
         ),
         cwd=tmp,
         env={"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": ""},

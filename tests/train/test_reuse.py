@@ -52,6 +52,7 @@ def test_a_trial_second_in_its_process_equals_it_in_a_fresh_process(tmp_path, pa
             "hydra/sweeper/sampler=grid",
             "lr.base=choice(0.001,0.003)",
             "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.confirm.top_k=0",  # the test reads the two trials only
             f"hydra.sweep.dir={sw}",
         ],
         cwd=tmp_path,
@@ -100,6 +101,7 @@ def test_reuse_compiled_false_compiles_every_phase(tmp_path):
             "hydra/sweeper/sampler=grid",
             "lr.base=choice(0.001,0.003)",
             "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.confirm.top_k=0",  # the test reads the two trials only
             f"hydra.sweep.dir={sw}",
         ],
         cwd=tmp_path,

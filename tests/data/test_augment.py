@@ -242,10 +242,17 @@ def test_deprecated_data_augment_alias_warns_and_augments(caplog):
     assert augment.resolve(compose_cfg(["augment=standard"])).zoom > 0
 
 
+def test_a_flip_outside_its_choices_fails_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"augment\.flip=diagonal") as info:
+        compose_cfg(["augment.flip=diagonal"])
+    assert "horizontal_and_vertical]" in str(info.value.__cause__)
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("augment.flip=diagonal", "augment.flip"),
         ("augment.rotation=0.9", "augment.rotation"),
         ("trainer.augment_views=-1", "trainer.augment_views"),
         ("trainer.patience=-2", "trainer.patience"),

@@ -33,6 +33,19 @@ os.environ.update(
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb_service_left_behind():
+    """A test that starts W&B in this process leaves W&B's service address in os.environ
+    (WANDB_SERVICE), and every later subprocess would join that service instead of starting its
+    own, as a user's fresh process does (one test's runs then share run ids with another's): each
+    test ends with W&B torn down and the address gone."""
+    yield
+    if "WANDB_SERVICE" in os.environ:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()
+        os.environ.pop("WANDB_SERVICE", None)
+
+
 def need_cats_dogs():
     if not (CATS_DOGS / "train").is_dir():
         pytest.skip(f"real data absent: {CATS_DOGS} (see ../shared/data/README.md)")

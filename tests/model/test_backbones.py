@@ -30,11 +30,13 @@ def test_preprocessing_layer_equals_keras_preprocess_input(name):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
-def test_conf_files_declare_the_registry_block_counts():
+def test_every_backbone_config_reads_its_block_count_from_the_registry():
     from conftest import compose_cfg
 
     for name, spec in SPECS.items():
         assert compose_cfg([f"backbone={name}"]).backbone.num_blocks == spec.num_blocks
+        # a user's own backbone file names the architecture and nothing else: the count follows it
+        assert compose_cfg([f"backbone.name={name}"]).backbone.num_blocks == spec.num_blocks
 
 
 def test_weights_from_a_local_file_load(mnv2_weights):

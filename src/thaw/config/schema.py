@@ -33,13 +33,26 @@ LoggerName = _choices("LoggerName", ("none", "wandb"))
 WandbMode = _choices("WandbMode", ("online", "offline", "disabled", "auto"))
 
 
+def _num_blocks(name: str) -> int:
+    """backbone.num_blocks of an architecture: its registry entry, the one place the fact lives."""
+    from thaw.model.backbones import get_spec
+
+    return get_spec(str(name)).num_blocks
+
+
+# replace=True: importing this module twice (tests, launcher workers) registers the same function
+OmegaConf.register_new_resolver("thaw.num_blocks", _num_blocks, replace=True)
+
+
 @dataclass
 class BackboneConfig:
     name: str = "mobilenet_v2"
     alpha: float = 1.0
     image_size: int = 160
     weights: str | None = "imagenet"  # "imagenet", null (random init) or a path to a weights file
-    num_blocks: int = 19  # declared by the architecture; unfreeze.depth counts these
+    # read from the architecture's entry in thaw.model.backbones (stated there only); a different
+    # value is refused. unfreeze.depth counts these
+    num_blocks: int = "${thaw.num_blocks:${.name}}"
     # BatchNorm mode: "auto" = inference mode for a pretrained base, normal training for random init
     batchnorm: BatchNormMode = BatchNormMode.auto
     # BatchNorm moving-average momentum; null keeps the architecture's (0.999 for MobileNetV2, tuned

@@ -12,6 +12,11 @@ far) and VmRSS are read from /proc, with what the Workspace keeps then (activati
 classifiers, fit models, traced forward functions: `hydra.verbose=thaw.workspace`). Prints and
 writes (--out, default benchmarks/results/soak-<date>.jsonl) one JSON line per trial and a summary
 line with the growth of peak RSS from trial 5 to the last.
+
+A deeper unfreeze needs more memory while it trains, so the peak rises the first time the sweep
+goes deep whether or not anything leaks. To tell the two apart, the trial that raised the peak the
+most after trial 5 then runs alone, the same overrides in a fresh process (`--no-alone` skips it):
+the summary's `peak_over_alone` is the sweep's final peak over that trial's own.
 """
 
 import argparse
@@ -29,6 +34,7 @@ from common import DATA, REPO, WEIGHTS, need_shared  # noqa: E402
 
 PROGRESS = re.compile(r"sweep: (\d+)/(\d+) trials done")
 KEPT = re.compile(r"workspace keeps: (\{.*\})")
+SETTLED = re.compile(r"trial (\d+) (?:COMPLETE|PRUNED|FAIL)")
 REAL = [
     "experiment=cats_vs_dogs_local",
     "sweep=depth_lr",
@@ -76,13 +82,16 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
         "hydra.verbose=thaw.workspace",  # what the Workspace keeps after each trial
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    rows, kept, t0 = [], {}, time.perf_counter()
+    rows, kept, number, t0 = [], {}, None, time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in proc.stdout:
             log.write(line)
+            settled = SETTLED.search(line)
+            if settled:
+                number = int(settled.group(1))  # in process, trials end one at a time
             k = KEPT.search(line)
             if k:
                 kept = json.loads(k.group(1))  # logged as the trial ends, before its progress line
@@ -92,6 +101,7 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
                 rows.append(
                     dict(
                         trial=int(m.group(1)),
+                        number=number,
                         seconds=round(time.perf_counter() - t0, 1),
                         **mem,
                         kept=kept,
@@ -101,6 +111,44 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
     if code != 0:
         sys.exit(f"sweep failed ({code}); log: {log_path}")
     return rows
+
+
+# a run's peak RSS, printed as it exits (Hydra's main ends in sys.exit)
+ALONE = """
+import atexit, runpy, sys
+from pathlib import Path
+
+def peak():
+    status = Path("/proc/self/status").read_text().splitlines()
+    print("ALONE_VMHWM", next(ln.split()[1] for ln in status if ln.startswith("VmHWM:")))
+
+atexit.register(peak)
+sys.argv = ["thaw-train", *sys.argv[1:]]
+runpy.run_module("thaw.commands.train", run_name="__main__")
+"""
+
+
+def heaviest_trial(rows: list[dict], first: int = 5) -> int | None:
+    """The number of the trial, among those after the `first` done, whose run raised the peak RSS
+    the most (None: none raised it)."""
+    steps = [(b["VmHWM"] - a["VmHWM"], b["number"]) for a, b in zip(rows, rows[1:])]
+    steps = [(step, n) for (step, n), b in zip(steps, rows[1:]) if b["trial"] > first and step > 0]
+    return max(steps)[1] if steps else None
+
+
+def run_alone(sweep_dir: Path, trial: int, log_path: Path) -> dict:
+    """Trial `trial`'s overrides as one run in a fresh process: its peak RSS in MiB."""
+    import yaml
+
+    overrides = yaml.safe_load((sweep_dir / f"trial_{trial}" / ".hydra" / "overrides.yaml").open())
+    overrides = [o for o in overrides if not o.startswith("sweep=")]  # one run: no search
+    cmd = [sys.executable, "-c", ALONE, *overrides, f"hydra.run.dir={log_path.parent / 'alone'}"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    log_path.write_text(out.stdout + out.stderr)
+    found = re.search(r"ALONE_VMHWM (\d+)", out.stdout)
+    if out.returncode != 0 or not found:
+        sys.exit(f"the alone run of trial {trial} failed ({out.returncode}); log: {log_path}")
+    return dict(trial=trial, overrides=overrides, peak_mib=round(int(found.group(1)) / 1024, 1))
 
 
 def growth(rows: list[dict], first: int = 5, key: str = "VmHWM") -> float:
@@ -116,6 +164,7 @@ def main():
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--tiny", action="store_true", help="the synthetic tiny experiment")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-alone", dest="alone", action="store_false", help="skip the alone run")
     ap.add_argument("--keep", type=Path, default=None, help="keep the sweep dir and log here")
     args = ap.parse_args()
     if not args.tiny:
@@ -137,6 +186,11 @@ def main():
         rss_growth_5_to_last=round(growth(rows, key="VmRSS"), 4),
         wall_s=rows[-1]["seconds"],
     )
+    heavy = heaviest_trial(rows) if args.alone else None
+    if heavy is not None:
+        alone = run_alone(work / "sweep", heavy, work / "alone.log")
+        summary["alone"] = alone
+        summary["peak_over_alone"] = round(rows[-1]["VmHWM"] / alone["peak_mib"] - 1, 4)
     with open(out, "a") as f:
         for r in rows:
             f.write(json.dumps(dict(bench="soak", label=label, **r)) + "\n")

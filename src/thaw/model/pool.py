@@ -16,6 +16,21 @@ from collections.abc import Hashable
 from typing import Any
 
 
+def give_back_freed_memory() -> bool:
+    """Memory a run freed stays in the C allocator's arenas, scattered between what later runs
+    keep and counted in the process's RSS until it exits, so a long in-process sweep's memory
+    creeps up (benchmarks/soak.py). glibc's malloc_trim hands those free pages back to the system
+    (a few ms). False where the C library has none (musl, macOS): nothing to do there."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    trim(0)
+    return True
+
+
 def release_frozen() -> None:
     """A kept model (or its compiled step) was dropped: objects frozen out of garbage collection
     (ModelPool.end_run) go back to it, so the dropped graphs' reference cycles are collected."""
@@ -64,13 +79,15 @@ class ModelPool:
         collections, which then scan only what the next trial allocated (0.4 s -> ~0.05 s a trial).
         Frozen objects that later become garbage are collected when a kept model is dropped
         (release_frozen), after a failed trial (its traceback held the trial's objects) and every
-        FULL_COLLECTION_EVERY runs."""
+        FULL_COLLECTION_EVERY runs. The memory freed goes back to the system
+        (give_back_freed_memory)."""
         if "keras" not in sys.modules:
             return
         if not keep_compiled:
             import keras
 
             keras.backend.clear_session()  # collects garbage too
+            give_back_freed_memory()
             return
         self._runs_ended += 1
         if self._unfreeze_next or self._runs_ended % self.FULL_COLLECTION_EVERY == 0:
@@ -78,3 +95,4 @@ class ModelPool:
         self._unfreeze_next = failed
         gc.collect()
         gc.freeze()
+        give_back_freed_memory()

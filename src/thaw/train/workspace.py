@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from thaw.data.state import DataState
 from thaw.model.pool import ModelPool
@@ -48,10 +49,13 @@ class Workspace:
         return seconds
 
     def end_run(self, keep_compiled: bool, failed: bool = False) -> None:
-        """A run is over: release its graphs (ModelPool.end_run)."""
+        """A run is over: release its graphs and the memory they held (ModelPool.end_run)."""
+        debug = log.isEnabledFor(logging.DEBUG)
+        rss_at_end = _rss_mib() if debug else None
         self.models.end_run(keep_compiled, failed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("workspace keeps: %s", json.dumps(self.kept()))
+        if debug:
+            rss = {"rss_mib_at_run_end": rss_at_end, "rss_mib_after_release": _rss_mib()}
+            log.debug("workspace keeps: %s", json.dumps({**self.kept(), **rss}))
 
     def kept(self) -> dict:
         """How much this process keeps for later runs (benchmarks/soak.py reads it per trial)."""
@@ -71,6 +75,16 @@ class Workspace:
         # A launcher (joblib, Ray, submitit) pickles the task with its Workspace: each worker
         # process unpickles to its own one Workspace, kept for every job it runs.
         return (of_this_process, ())
+
+
+def _rss_mib() -> float | None:
+    """This process's resident memory (Linux), for the debug line a run's end logs."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
+    return None if kib is None else round(int(kib) / 1024, 1)
 
 
 @functools.cache  # one per process: the Workspace a launcher's worker hands to every job it runs

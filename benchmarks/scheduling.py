@@ -145,6 +145,13 @@ def figures(recs, mode, n_jobs, n_trials, scale, wall) -> dict:
     held = [r["settled"] - r["asked"] for r in timed]
     span = max(r["settled"] for r in timed) - min(r["asked"] for r in timed) if timed else 0
     overhead = sorted(r["settled"] - r["asked"] - (r["end"] - r["start"]) for r in timed)
+    asks = sorted(r["asked"] for r in timed)
+    # the sweeper's own part of a freed slot: a trial settled -> the next trial asked
+    gaps = sorted(
+        min(a for a in asks if a >= r["settled"]) - r["settled"]
+        for r in timed
+        if any(a >= r["settled"] for a in asks)
+    )
     return dict(
         bench="scheduling",
         mode=mode,
@@ -168,6 +175,9 @@ def figures(recs, mode, n_jobs, n_trials, scale, wall) -> dict:
         else None,
         job_overhead_s_median=round(overhead[len(overhead) // 2], 2)
         if timed and mode == "continuous"
+        else None,
+        sweeper_gap_s_median=round(gaps[len(gaps) // 2], 3)
+        if gaps and mode == "continuous"
         else None,
         command_wall_s=round(wall, 1),
         trial_seconds=[round(s, 2) for s in sorted(spans)],

@@ -35,6 +35,7 @@ from common import DATA, REPO, WEIGHTS, need_shared  # noqa: E402
 PROGRESS = re.compile(r"sweep: (\d+)/(\d+) trials done")
 KEPT = re.compile(r"workspace keeps: (\{.*\})")
 SETTLED = re.compile(r"trial (\d+) (?:COMPLETE|PRUNED|FAIL)")
+ASKED = re.compile(r"\] trial (\d+): (.*)$")  # the sweeper's "trial N: key=value ..." line
 REAL = [
     "experiment=cats_vs_dogs_local",
     "sweep=depth_lr",
@@ -82,13 +83,16 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
         "hydra.verbose=thaw.workspace",  # what the Workspace keeps after each trial
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    rows, kept, number, t0 = [], {}, None, time.perf_counter()
+    rows, kept, number, params, t0 = [], {}, None, {}, time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in proc.stdout:
             log.write(line)
+            asked = ASKED.search(line)
+            if asked:
+                params[int(asked.group(1))] = asked.group(2).strip()
             settled = SETTLED.search(line)
             if settled:
                 number = int(settled.group(1))  # in process, trials end one at a time
@@ -102,11 +106,13 @@ def soak(args: list[str], sweep_dir: Path, log_path: Path) -> list[dict]:
                     dict(
                         trial=int(m.group(1)),
                         number=number,
+                        params=params.get(number),
                         seconds=round(time.perf_counter() - t0, 1),
                         **mem,
                         kept=kept,
                     )
                 )
+                number = None  # a trial failed without its line (no job return) has no number
         code = proc.wait()
     if code != 0:
         sys.exit(f"sweep failed ({code}); log: {log_path}")
@@ -131,8 +137,12 @@ runpy.run_module("thaw.commands.train", run_name="__main__")
 def heaviest_trial(rows: list[dict], first: int = 5) -> int | None:
     """The number of the trial, among those after the `first` done, whose run raised the peak RSS
     the most (None: none raised it)."""
-    steps = [(b["VmHWM"] - a["VmHWM"], b["number"]) for a, b in zip(rows, rows[1:])]
-    steps = [(step, n) for (step, n), b in zip(steps, rows[1:]) if b["trial"] > first and step > 0]
+    steps = [
+        (b["VmHWM"] - a["VmHWM"], b["number"])
+        for a, b in zip(rows, rows[1:])
+        if b["trial"] > first and b["number"] is not None
+    ]
+    steps = [(step, n) for step, n in steps if step > 0]
     return max(steps)[1] if steps else None
 
 

@@ -20,12 +20,14 @@ def give_back_freed_memory() -> bool:
     """Memory a run freed stays in the C allocator's arenas, scattered between what later runs
     keep and counted in the process's RSS until it exits, so a long in-process sweep's memory
     creeps up (benchmarks/soak.py). glibc's malloc_trim hands those free pages back to the system
-    (a few ms). False where the C library has none (musl, macOS): nothing to do there."""
+    (a few ms). False where the C library has none (musl, macOS, Windows): nothing to do there.
+    Under a preloaded allocator (jemalloc, tcmalloc) the call reaches glibc's idle heap and gives
+    back little; those allocators return memory on their own."""
     import ctypes
 
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     trim(0)
     return True

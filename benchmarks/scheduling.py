@@ -20,6 +20,7 @@ them (default benchmarks/results/scheduling-<date>.jsonl).
 """
 
 import argparse
+import bisect
 import json
 import os
 import random
@@ -147,11 +148,8 @@ def figures(recs, mode, n_jobs, n_trials, scale, wall) -> dict:
     overhead = sorted(r["settled"] - r["asked"] - (r["end"] - r["start"]) for r in timed)
     asks = sorted(r["asked"] for r in timed)
     # the sweeper's own part of a freed slot: a trial settled -> the next trial asked
-    gaps = sorted(
-        min(a for a in asks if a >= r["settled"]) - r["settled"]
-        for r in timed
-        if any(a >= r["settled"] for a in asks)
-    )
+    after = [(bisect.bisect_left(asks, r["settled"]), r["settled"]) for r in timed]
+    gaps = sorted(asks[i] - settled for i, settled in after if i < len(asks))
     return dict(
         bench="scheduling",
         mode=mode,

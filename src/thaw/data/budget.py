@@ -85,14 +85,19 @@ def _rlimit_room() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
     if soft == resource.RLIM_INFINITY:
         return None
-    used = 0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmData:"):
-                used = int(line.split()[1]) * 1024
-    except OSError:
-        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    kib = proc_status_kib("VmData")
+    used = (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     return max(0, soft - used)
+
+
+def proc_status_kib(key: str) -> int | None:
+    """A KiB field of /proc/self/status (VmData, VmRSS, ...); None where there is none (not
+    Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(ln.split()[1]) for ln in lines if ln.startswith(f"{key}:")), None)
 
 
 def measure_available_memory() -> int:

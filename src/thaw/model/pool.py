@@ -85,16 +85,15 @@ class ModelPool:
         (give_back_freed_memory)."""
         if "keras" not in sys.modules:
             return
-        if not keep_compiled:
+        if keep_compiled:
+            self._runs_ended += 1
+            if self._unfreeze_next or self._runs_ended % self.FULL_COLLECTION_EVERY == 0:
+                gc.unfreeze()
+            self._unfreeze_next = failed
+            gc.collect()
+            gc.freeze()
+        else:
             import keras
 
             keras.backend.clear_session()  # collects garbage too
-            give_back_freed_memory()
-            return
-        self._runs_ended += 1
-        if self._unfreeze_next or self._runs_ended % self.FULL_COLLECTION_EVERY == 0:
-            gc.unfreeze()
-        self._unfreeze_next = failed
-        gc.collect()
-        gc.freeze()
         give_back_freed_memory()

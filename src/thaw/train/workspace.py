@@ -16,8 +16,8 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from thaw.data import budget
 from thaw.data.state import DataState
 from thaw.model.pool import ModelPool
 from thaw.train.devices import DeviceState
@@ -79,12 +79,8 @@ class Workspace:
 
 def _rss_mib() -> float | None:
     """This process's resident memory (Linux), for the debug line a run's end logs."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    kib = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
-    return None if kib is None else round(int(kib) / 1024, 1)
+    kib = budget.proc_status_kib("VmRSS")
+    return None if kib is None else round(kib / 1024, 1)
 
 
 @functools.cache  # one per process: the Workspace a launcher's worker hands to every job it runs

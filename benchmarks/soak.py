@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/soak.py             # 50 trials, cats_vs_dogs_local at 96 px
     python benchmarks/soak.py --trials 20 --tiny      # synthetic tiny experiment (the test's run)
+    python benchmarks/soak.py --trials 20 --no-alone --set trainer.optimizer=sgd  # Keras SGD
 
 One `thaw-train --multirun` sweep on the basic launcher: every trial runs inside the sweeping
 process, which keeps built models and compiled steps between trials on purpose (cache_features,
@@ -176,15 +177,20 @@ def main():
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-alone", dest="alone", action="store_false", help="skip the alone run")
     ap.add_argument("--keep", type=Path, default=None, help="keep the sweep dir and log here")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more override"
+    )
     args = ap.parse_args()
     if not args.tiny:
         need_shared()
     out = args.out or REPO / "benchmarks" / "results" / f"soak-{date.today().isoformat()}.jsonl"
     work = args.keep or Path(tempfile.mkdtemp(prefix="thaw-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    overrides = (TINY if args.tiny else REAL) + [f"hydra.sweeper.n_trials={args.trials}"]
+    overrides = (TINY if args.tiny else REAL) + [f"hydra.sweeper.n_trials={args.trials}", *args.set]
     rows = soak(overrides, work / "sweep", work / "soak.log")
-    label = "tiny" if args.tiny else "cats_vs_dogs_local-96px"
+    label = ("tiny" if args.tiny else "cats_vs_dogs_local-96px") + "".join(
+        f"+{o}" for o in args.set
+    )
     at = {r["trial"]: r for r in rows}
     summary = dict(
         bench="soak",

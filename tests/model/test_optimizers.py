@@ -113,3 +113,44 @@ def test_make_builds_each_named_optimizer(name):
     assert (type(fused).__name__ == "FusedAdam") == (name == "adam")
     assert type(plain).__name__ != "FusedAdam"
     assert float(fused.learning_rate.numpy()) == pytest.approx(1e-3)
+
+
+def _live_graphs() -> int:
+    import gc
+
+    gc.collect()
+    return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
+
+
+@pytest.mark.parametrize(
+    "name,fused",
+    [("sgd", False), ("rmsprop", False), ("adamw", False), ("adam", False), ("adam", True)],
+)
+def test_a_dropped_model_leaves_no_traced_step_behind(name, fused):
+    """Keras' cross-replica gradient sum registers a tf.custom_gradient that holds the traced step's
+    graph for the life of the process; in-process trials would keep every step they compiled."""
+    import keras
+
+    from thaw.model.optimizers import make
+
+    before = _live_graphs()
+    model, _ = _fit(lambda: make(name, 1e-2, fused=fused), steps_per_epoch=2, epochs=1)
+    del model
+    keras.backend.clear_session()
+    assert _live_graphs() <= before
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adamw", "adam"])
+def test_skipping_the_one_replica_sum_changes_no_weight(name):
+    import keras
+
+    from thaw.model.optimizers import make
+
+    made, made_loss = _fit(lambda: make(name, 1e-2, fused=False), epochs=2)
+    plain, plain_loss = _fit(
+        lambda: getattr(keras.optimizers, type(made.optimizer).__name__)(1e-2), epochs=2
+    )
+    assert type(plain.optimizer) is not type(made.optimizer)
+    for a, b in zip(made.weights, plain.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert made_loss == plain_loss

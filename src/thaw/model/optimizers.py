@@ -9,6 +9,10 @@ m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
 w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps),
 with 1 - b1 and 1 - b2 taken in float32 inside the kernel where Keras rounds them from float64
 (1 - 0.999: 9.99987e-4 against 1.0e-3). trainer.fused_optimizer=false runs Keras' own Adam.
+
+Every optimizer made here skips Keras' cross-replica sum of the gradients when no distribution
+strategy is set (`single_replica`): with one replica it is the identity, and in a traced step it
+leaks the whole step's graph for the life of the process.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def make(
     if name == "adam" and fused:  # same variable paths as Adam
         cls, extra["name"] = fused_adam_class(), "adam"
     else:
-        cls = getattr(keras.optimizers, _CLASSES[name])
+        cls = single_replica(getattr(keras.optimizers, _CLASSES[name]))
     rates = {k: float(v) for k, v in (layer_rates or {}).items() if float(v) != 1.0}
     if not rates:
         return cls(learning_rate=learning_rate, **extra)
@@ -107,6 +111,27 @@ def with_layer_rates(cls: type) -> type:
     return LayerRates
 
 
+@functools.cache  # one class per optimizer class: defined once, like a module constant
+def single_replica(cls: type) -> type:
+    """`cls` that, with no distribution strategy set, leaves the gradients as they are instead of
+    summing them over the one replica. Keras' TensorFlow optimizers sum through the replica
+    context's all_reduce, a tf.custom_gradient: traced, it registers a gradient function in
+    TensorFlow's process-wide gradient registry, never removed, that holds the traced step's whole
+    graph (tensorflow/tensorflow#97697, #27492). In-process trials compile many steps: SGD on
+    MobileNetV2 at 96 px kept 22 MiB more after each model was dropped and the session cleared.
+    Under a strategy the sum runs as in Keras."""
+    import tensorflow as tf
+
+    class SingleReplica(cls):  # type: ignore[misc, valid-type]
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            if tf.distribute.has_strategy():
+                return super()._all_reduce_sum_gradients(grads_and_vars)
+            return list(grads_and_vars)
+
+    SingleReplica.__name__ = SingleReplica.__qualname__ = cls.__name__
+    return SingleReplica
+
+
 def _owner(variable) -> str:
     """The name of the layer a Keras variable belongs to (its path is `layer/variable`)."""
     path = getattr(variable, "path", "") or ""
@@ -122,7 +147,7 @@ def _define() -> Any:
     import keras
     import tensorflow as tf
 
-    class FusedAdam(keras.optimizers.Adam):
+    class FusedAdam(single_replica(keras.optimizers.Adam)):
         """keras.optimizers.Adam whose TensorFlow update is one fused kernel per variable. Falls
         back to Keras' own update under a distribution strategy, with amsgrad, sparse gradients or
         another backend."""

@@ -117,8 +117,8 @@ def single_replica(cls: type) -> type:
     summing them over the one replica. Keras' TensorFlow optimizers sum through the replica
     context's all_reduce, a tf.custom_gradient: traced, it registers a gradient function in
     TensorFlow's process-wide gradient registry, never removed, that holds the traced step's whole
-    graph (tensorflow/tensorflow#97697, #27492). In-process trials compile many steps: SGD on
-    MobileNetV2 at 96 px kept 22 MiB more after each model was dropped and the session cleared.
+    graph (tensorflow/tensorflow#97697, #27492). In-process trials compile many steps: an SGD
+    sweep's RSS rose about 17 MiB a trial (benchmarks/results/soak-2026-12-04-sgd-before.jsonl).
     Under a strategy the sum runs as in Keras."""
     import tensorflow as tf
 

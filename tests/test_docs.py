@@ -340,6 +340,24 @@ def test_the_reference_lists_every_group_option_in_conf():
         assert f"| `{group}` | `{path.stem}` |" in text, path
 
 
+def test_a_reference_default_is_what_a_run_gets():
+    """A group's default option sets some keys over the schema (`logger: wandb` in train.yaml, the
+    schema's logger.name is `none`): the reference gives the value a run with no overrides has."""
+    from conftest import compose_cfg
+
+    from thaw.config.reference import train_rows
+
+    cfg = compose_cfg()
+    rows = {r.key: r.default for r in train_rows()}
+    assert rows["logger.name"] == "wandb" == cfg.logger.name.value
+    for key, default in rows.items():
+        if isinstance(default, str) and default.startswith("${"):
+            continue  # an interpolation is shown as written: its value depends on other keys
+        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        assert default == getattr(value, "value", value), key
+
+
 def test_the_reference_follows_the_schema(monkeypatch):
     """A key added to the schema appears in the reference with its default and its comment."""
     from thaw.config import reference, schema
@@ -350,4 +368,33 @@ def test_the_reference_follows_the_schema(monkeypatch):
 
     monkeypatch.setattr(schema, "TrainConfig", Extra)
     row = next(r for r in reference.train_rows() if r.key == "new_key")
+    monkeypatch.undo()
+    schema.register_configs()  # Hydra's ConfigStore holds the schema the reference composed with
     assert (row.type, row.default, row.doc) == ("int", 7, "the doc of a key added later")
+
+
+# ------------------------------------------------------------------- files the pages name
+
+NAMING_PAGES = [
+    *PAGES,
+    ROOT / "CHANGELOG.md",
+    ROOT / "experiments" / "README.md",
+    ROOT / "benchmarks" / "README.md",
+    *sorted((ROOT / "conf").rglob("*.yaml")),
+    *sorted((ROOT / "experiments").glob("*.yaml")),
+]
+RAW_FILE = re.compile(r"(?<![\w/-])([a-z_]+-\d{4}-\d{2}-\d{2}[\w.-]*?\.jsonl)")
+
+
+def test_every_test_file_and_raw_result_a_page_names_exists():
+    """A claim cites its test (`tests/.../test_x.py`) or its raw result (`name-date.jsonl`); a file
+    moved or renamed leaves the citation pointing nowhere."""
+    results = {p.name for p in (ROOT / "benchmarks" / "results").iterdir()}
+    missing = []
+    for page in NAMING_PAGES:
+        text, rel = page.read_text(), page.relative_to(ROOT).as_posix()
+        missing += [
+            f"{rel}: {m}" for m in re.findall(r"tests/[\w/]+\.py", text) if not (ROOT / m).is_file()
+        ]
+        missing += [f"{rel}: {m}" for m in RAW_FILE.findall(text) if m not in results]
+    assert not missing, missing

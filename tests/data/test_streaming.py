@@ -177,6 +177,24 @@ def test_no_room_on_disk_for_the_stream_is_one_line_exit_2(tmp_path):
     assert not out.exists() and not (cache / "decoded").exists()
 
 
+def test_decoded_images_that_cannot_be_allocated_fail_in_one_line_naming_the_memory_key():
+    """Forced into memory (a large data.max_memory_mb) under `ulimit -d`, the decode array is
+    allocated before any image is decoded: a DataError naming the key, not NumPy's MemoryError."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_DATA, (2**30, 2**30)); "
+        "from thaw.data.decode import _allocate; from thaw.errors import DataError\n"
+        "try:\n    _allocate(4000, 512)\nexcept DataError as e:\n    print('DataError:', e)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    line = out.stdout.strip()
+    assert line.startswith("DataError: data: 4000 decoded images") and "\n" not in line, line
+    assert "data.max_memory_mb" in line and "GB" in line
+
+
 def test_the_default_memory_budget_follows_ulimit_d():
     import subprocess
     import sys

@@ -188,13 +188,37 @@ def _doc(owner: type, name: str) -> str:
     return ""
 
 
+def composed_defaults() -> dict[str, Any]:
+    """thaw-train's config with no overrides (conf/train.yaml and the default option of each
+    group), interpolations kept as written: a key's default is what a run gets, which a group
+    option may set over the schema's (`logger.name` is the schema's `none`, `wandb` in a run)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    schema.register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
+        cfg = compose(config_name="train")
+    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+
+
+def _run_default(composed: dict[str, Any], key: str, f: dataclasses.Field) -> Any:
+    """The key's value in the composed config; the schema's where composition leaves it unset."""
+    node: Any = composed
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _default(f)
+        node = node[part]
+    return _default(f) if node == "???" else node
+
+
 def train_rows() -> list[Row]:
-    """Every key of thaw-train's schema (thaw.config.schema.TrainConfig)."""
-    from_yaml = _group_default_comments()
+    """Every key of thaw-train's schema (thaw.config.schema.TrainConfig), with its default in a
+    run."""
+    from_yaml, cfg = _group_default_comments(), composed_defaults()
     rows = []
     for key, f, owner in _fields(schema.TrainConfig, ""):
         doc = _doc(owner, f.name) or from_yaml.get(key) or DOCS.get(key, "")
-        rows.append(Row(key, _type(f), _default(f), doc))
+        rows.append(Row(key, _type(f), _run_default(cfg, key, f), doc))
     return rows
 
 
@@ -288,7 +312,8 @@ def markdown() -> str:
         "",
         "Generated from `thaw.config.schema` (thaw-train's keys), the sweeper's node "
         "(`hydra_plugins.thaw_sweeper`) and the YAML files in `conf/` and `experiments/` by "
-        "`thaw.config.reference`, each time the site is built. Defaults are the schema's; a group "
+        "`thaw.config.reference`, each time the site is built. A default is what `thaw-train` gets "
+        "with no overrides (`conf/train.yaml` and the default option of each group); another group "
         "option sets the keys listed under *Config groups*. Every key is a command-line override: "
         "`thaw-train trainer.seed=7`.",
         "",

@@ -184,23 +184,22 @@ def test_decoded_images_that_cannot_be_allocated_fail_in_one_line_naming_the_mem
     import subprocess
     import sys
 
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (2**30, 2**30))\n"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")  # NumPy's thread stacks stay under the limit
-    probe = limit + (
+
+    def under_1_gib(code: str) -> subprocess.CompletedProcess:
+        limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (2**30, 2**30))\n"
+        cmd = [sys.executable, "-c", limit + code]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+    enforced = under_1_gib(
         "import numpy as np\ntry:\n    np.empty(2**31, np.uint8)\n"
         "except MemoryError:\n    print('enforced')"
     )
-    enforced = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
-    )
     if enforced.stdout.strip() != "enforced":
         pytest.skip("this kernel does not count anonymous mappings against RLIMIT_DATA")
-    script = limit + (
+    out = under_1_gib(
         "from thaw.data.decode import _allocate; from thaw.errors import DataError\n"
         "try:\n    _allocate(4000, 512)\nexcept DataError as e:\n    print('DataError:', e)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
     )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     line = out.stdout.strip()

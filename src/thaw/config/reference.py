@@ -201,24 +201,15 @@ def composed_defaults() -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
-def _run_default(composed: dict[str, Any], key: str, f: dataclasses.Field) -> Any:
-    """The key's value in the composed config; the schema's where composition leaves it unset."""
-    node: Any = composed
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _default(f)
-        node = node[part]
-    return _default(f) if node == "???" else node
-
-
 def train_rows() -> list[Row]:
     """Every key of thaw-train's schema (thaw.config.schema.TrainConfig), with its default in a
     run."""
-    from_yaml, cfg = _group_default_comments(), composed_defaults()
+    from_yaml, in_a_run = _group_default_comments(), dict(_flat(composed_defaults()))
     rows = []
     for key, f, owner in _fields(schema.TrainConfig, ""):
         doc = _doc(owner, f.name) or from_yaml.get(key) or DOCS.get(key, "")
-        rows.append(Row(key, _type(f), _run_default(cfg, key, f), doc))
+        default = in_a_run.get(key, "???")  # the schema's where composition leaves it unset
+        rows.append(Row(key, _type(f), _default(f) if default == "???" else default, doc))
     return rows
 
 

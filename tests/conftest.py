@@ -68,6 +68,18 @@ def mnv2_weights():
     return need_mnv2_weights()
 
 
+# the smallest real run: random-init base, synthetic images at 32 px, no logging, nothing saved
+TINY_RUN = [
+    "experiment=tiny",
+    "logger=none",
+    "backbone.image_size=32",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.save_model=false",
+]
+
+
 def thaw_train(args, cwd, timeout=600, env=None):
     """Run the real console entry point in a subprocess."""
     full_env = dict(os.environ)

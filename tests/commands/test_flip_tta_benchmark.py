@@ -5,25 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import thaw_train
+from conftest import TINY_RUN, thaw_train
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "flip_tta.py"
-TINY = [
-    "experiment=tiny",
-    "logger=none",
-    "backbone.image_size=32",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.num_test=16",
-    "data.batch_size=16",
-    "trainer.head_epochs=1",
-    "trainer.finetune_epochs=1",
-]
 
 
 def test_the_plain_figure_is_the_runs_test_accuracy(tmp_path):
     run_dir = tmp_path / "run"
-    res = thaw_train([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
+    # a saved model with a 16-image test split
+    overrides = [*TINY_RUN, "trainer.save_model=true", "data.num_test=16"]
+    res = thaw_train([*overrides, f"hydra.run.dir={run_dir}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     recorded = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
 

@@ -4,7 +4,7 @@ plain optimizer, and a run records the rates it used."""
 
 import numpy as np
 import pytest
-from conftest import thaw_multirun, thaw_train
+from conftest import TINY_RUN, thaw_multirun, thaw_train
 
 
 def _model(seed=0):
@@ -85,23 +85,12 @@ def test_decay_one_is_the_plain_optimizer_and_keys_the_compiled_step():
     assert compiled_name("adam", True, 0.0, {}) == "adam+fused"
 
 
-TINY = [
-    "experiment=tiny",
-    "logger=none",
-    "backbone.image_size=32",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.batch_size=16",
-    "trainer.save_model=false",
-]
-
-
 # images: -m slow (each further run on images traces the whole base again, ~4x the cached path)
 @pytest.mark.parametrize("path", [pytest.param("images", marks=pytest.mark.slow), "cached"])
 def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_path, path):
     extra = ["backbone.batchnorm=inference"] if path == "cached" else []
     runs = thaw_multirun(
-        [*TINY, "lr.base=0.01", *extra, "lr.layer_decay=1.0,0.1"], tmp_path / "sw", tmp_path
+        [*TINY_RUN, "lr.base=0.01", *extra, "lr.layer_decay=1.0,0.1"], tmp_path / "sw", tmp_path
     )
     plain, decayed = runs[("lr.layer_decay=1.0",)], runs[("lr.layer_decay=0.1",)]
     if path == "cached":
@@ -122,7 +111,7 @@ def test_a_run_with_layer_decay_trains_differently_and_records_its_rates(tmp_pat
 
 @pytest.mark.parametrize("value", ["0", "1.5", "nan"])
 def test_a_bad_decay_is_refused_in_one_line(tmp_path, value):
-    res = thaw_train([*TINY, f"lr.layer_decay={value}"], tmp_path)
+    res = thaw_train([*TINY_RUN, f"lr.layer_decay={value}"], tmp_path)
     assert (
         res.returncode == 2 and "lr.layer_decay" in res.stderr and "Traceback" not in res.stderr
     ), res.stderr

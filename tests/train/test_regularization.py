@@ -4,24 +4,15 @@ set, on the image path and the cached-activation path, recorded, checked."""
 import json
 
 import pytest
-from conftest import thaw_multirun, thaw_train
+from conftest import TINY_RUN, thaw_multirun, thaw_train
 
-TINY = [
-    "experiment=tiny",
-    "logger=none",
-    "backbone.image_size=32",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.batch_size=16",
-    "trainer.save_model=false",
-]
 CACHED = [
     "backbone.batchnorm=inference"
 ]  # a random base in inference mode: the frozen prefix is cached
 
 
 def run(tmp_path, name, *extra):
-    res = thaw_train([*TINY, f"hydra.run.dir={tmp_path / name}", *extra], tmp_path)
+    res = thaw_train([*TINY_RUN, f"hydra.run.dir={tmp_path / name}", *extra], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads((tmp_path / name / "metrics.json").read_text())
 
@@ -55,7 +46,7 @@ def test_weight_decay_and_label_smoothing_change_training(tmp_path, path):
     extra = CACHED if path == "cached" else []
     runs = thaw_multirun(
         [
-            *TINY,
+            *TINY_RUN,
             *extra,
             "lr.base=0.01",
             "trainer.label_smoothing=0,0.4",
@@ -99,5 +90,5 @@ def test_label_smoothing_with_several_classes(tmp_path):
     ],
 )
 def test_bad_values_are_refused_in_one_line(tmp_path, override, key):
-    res = thaw_train([*TINY, override], tmp_path)
+    res = thaw_train([*TINY_RUN, override], tmp_path)
     assert res.returncode == 2 and key in res.stderr and "Traceback" not in res.stderr, res.stderr

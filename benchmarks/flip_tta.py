@@ -17,22 +17,20 @@ from common import emit  # noqa: E402
 
 
 def flip_accuracies(run_dir: Path) -> dict:
-    """Test accuracy plain, mirrored and averaged, on the split `evaluate_test` uses."""
-    import keras
+    """Test accuracy plain, mirrored and averaged, on the split and model `evaluate_test` uses."""
     import numpy as np
-    import tensorflow as tf
 
     from thaw import data as data_mod
-    from thaw.model.inference import as_probabilities, run_config
+    from thaw.commands.evaluate import load_test_split
+    from thaw.model.inference import as_probabilities
 
-    cfg = run_config(run_dir)
-    ds = data_mod.load(
-        cfg.data, int(cfg.backbone.image_size), int(cfg.trainer.seed), cfg.trainer.get("cache_dir")
-    )
-    if ds.test is None or not len(ds.test):
-        sys.exit(f"{run_dir}: the run's data config holds out no test split")
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
-    images = data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x)
+    loaded = load_test_split(run_dir)
+    if loaded is None:
+        sys.exit(f"{run_dir}: the run holds out no test split")
+    ds, model, batch_size = loaded
+    import tensorflow as tf  # after thaw's start-up settings
+
+    images = data_mod.to_tf(ds.test, batch_size, False, 0).map(lambda x, y: x)
     plain = as_probabilities(model.predict(images, verbose=0))
     mirrored = as_probabilities(
         model.predict(images.map(lambda x: tf.reverse(x, axis=[2])), verbose=0)
@@ -57,9 +55,6 @@ def main():
     missing = [str(d) for d in args.run_dirs if not (d / "model.keras").is_file()]
     if missing:
         sys.exit(f"no model.keras in: {', '.join(missing)}")
-    from thaw.runtime.tf_startup import import_tensorflow
-
-    import_tensorflow()
     for run_dir in args.run_dirs:
         emit(benchmark="flip_tta", run=str(run_dir), **flip_accuracies(run_dir))
 

@@ -30,25 +30,20 @@ VARIANTS = ("keras_adam", "fused_adam", "sgd")
 def fit_model(depth: int, size: int):
     """thaw's fit model for `depth` on cached activations, and the boundary's shape."""
     import keras
-    from hydra import compose, initialize_config_dir
 
-    from thaw.config.paths import conf_dir
-    from thaw.config.schema import register_configs
+    from thaw.config.schema import compose_train
     from thaw.model import unfreeze
     from thaw.model.backbones import get_spec
     from thaw.model.classifier import build_classifier
     from thaw.train.frozen_pass import boundary_tensor
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=cats_vs_dogs_local",
-                f"backbone.image_size={size}",
-                f"backbone.weights={WEIGHTS}",
-            ],
-        )
+    cfg = compose_train(
+        [
+            "experiment=cats_vs_dogs_local",
+            f"backbone.image_size={size}",
+            f"backbone.weights={WEIGHTS}",
+        ]
+    )
     clf = build_classifier(cfg, 2)
     unfreeze.freeze_all(clf.base)
     unfreeze.apply(clf.base, get_spec("mobilenet_v2"), "top_blocks", depth)

@@ -114,15 +114,10 @@ def thaw_multirun(args, sweep_dir, cwd, timeout=600):
     return out
 
 
-def compose_cfg(overrides=()):
-    from hydra import compose, initialize_config_dir
+def compose_cfg(overrides=(), hydra_config=False):
+    from thaw.config.schema import compose_train
 
-    from thaw.config.paths import conf_dir
-    from thaw.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_train(overrides, hydra_config)
 
 
 def command(name, *args, cwd=None, timeout=300):

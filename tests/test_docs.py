@@ -145,14 +145,12 @@ def test_the_readme_shows_the_sweep_on_your_own_photos_on_its_first_screen():
 
 
 def _compose(overrides: list[str], multirun: bool):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_cfg
 
     from thaw.commands.train import _fixed_overrides
-    from thaw.config.paths import conf_dir
 
     fixed = _fixed_overrides(overrides) if multirun else overrides
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        return compose(config_name="train", overrides=fixed, return_hydra_config=multirun)
+    return compose_cfg(fixed, hydra_config=multirun)
 
 
 def check_train(cmd: Command, tmp_path: Path, monkeypatch) -> None:

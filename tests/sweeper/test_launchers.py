@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import thaw_train
+from conftest import compose_cfg, thaw_train
 from optuna.trial import TrialState
 from test_sweeper import TINY
 
@@ -151,16 +151,7 @@ def test_slurm_launcher_config_composes():
     pytest.importorskip(
         "hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed"
     )
-    from hydra import compose, initialize_config_dir
-
-    from thaw.config.paths import conf_dir
-    from thaw.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        cfg = compose(
-            config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True
-        )
+    cfg = compose_cfg(["hydra/launcher=slurm"], hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (1, 1, 120)

@@ -4,6 +4,7 @@ import math
 
 import optuna
 import pytest
+from conftest import compose_cfg
 
 from thaw.sweeper.pruners import StepMedianPruner
 
@@ -209,19 +210,9 @@ def test_the_depth_lr_preset_forgives_a_trial_within_two_standard_errors(tmp_pat
     it in every order at 94 % of the unpruned cost): a fine-tune 1.5 standard errors under the
     median runs on, one 3 standard errors under is stopped."""
     import numpy as np
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from thaw.config.paths import conf_dir
-    from thaw.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="t"):
-        cfg = compose(
-            config_name="train",
-            overrides=["sweep=depth_lr", "trainer.head_epochs=5"],
-            return_hydra_config=True,
-        )
+    cfg = compose_cfg(["sweep=depth_lr", "trainer.head_epochs=5"], hydra_config=True)
     n_val = 400
     median = [float(np.median([c[s] for c in FINISHED])) for s in range(10)]
     for under, expected in ((1.5, None), (3.0, 5)):

@@ -7,18 +7,7 @@ from omegaconf import OmegaConf
 
 
 def _composed(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    from thaw.config.paths import conf_dir
-    from thaw.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        return compose(
-            config_name="train",
-            overrides=["experiment=tiny", "sweep=finetune", *overrides],
-            return_hydra_config=True,
-        )
+    return compose_cfg(["experiment=tiny", "sweep=finetune", *overrides], hydra_config=True)
 
 
 def test_the_preset_searches_the_wider_space_with_depth_lrs_pruner_and_a_multivariate_sampler():

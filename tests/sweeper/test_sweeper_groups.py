@@ -9,11 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from thaw.commands.train import _fixed_overrides
-from thaw.config.paths import conf_dir
 from thaw.sweeper import plan as plan_mod
 from thaw.sweeper.pruners import StepMedianPruner
 from thaw.sweeper.study_setup import instantiate, sampler_node
@@ -31,10 +30,7 @@ def build(argv):
     """(sampler, pruner, n_trials) exactly as `thaw-train --multirun <argv>` would build them."""
     assert argv[:2] == ["thaw-train", "--multirun"]
     overrides = argv[2:]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=_fixed_overrides(overrides), return_hydra_config=True
-        )
+    cfg = compose_cfg(_fixed_overrides(overrides), hydra_config=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     plan = plan_mod.build(
         sweeper, cfg, [o for o in overrides if o not in _fixed_overrides(overrides)]

@@ -25,13 +25,40 @@ def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
     """{'test_accuracy', 'test_loss', 'num_test'} for the run's model.keras, or None without a test
     split. `per_image`: also 'correct', one 0/1 per test image in split order (paired
     comparisons)."""
+    from thaw import data as data_mod
+    from thaw.model.inference import as_probabilities
+
+    loaded = load_test_split(run_dir)
+    if loaded is None:
+        return None
+    ds, model, batch_size = loaded
+    logits = model.predict(
+        data_mod.to_tf(ds.test, batch_size, False, 0).map(lambda x, y: x), verbose=0
+    )
+    labels = np.asarray(ds.test.labels).reshape(-1)
+    loss = _test_loss(ds.num_classes, labels, logits)
+    correct = (np.argmax(as_probabilities(logits), axis=1) == labels).astype(int)
+    out = {
+        "test_accuracy": float(correct.mean()),
+        "test_loss": float(loss),
+        "num_test": len(ds.test),
+    }
+    _add_to_metrics(Path(run_dir) / "metrics.json", out)
+    if per_image:
+        out["correct"] = correct.tolist()
+    return out
+
+
+def load_test_split(run_dir):
+    """(data with its test split, the saved model, the run's batch size) of a run, as its test
+    figure sees them; None without a test split or model.keras."""
     from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
     import keras
 
     from thaw import data as data_mod
-    from thaw.model.inference import as_probabilities, run_config
+    from thaw.model.inference import run_config
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -44,21 +71,7 @@ def evaluate_test(run_dir, per_image: bool = False) -> dict[str, Any] | None:
     if ds.test is None or not len(ds.test):
         return None
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    logits = model.predict(
-        data_mod.to_tf(ds.test, int(cfg.data.batch_size), False, 0).map(lambda x, y: x), verbose=0
-    )
-    labels = np.asarray(ds.test.labels).reshape(-1)
-    loss = _test_loss(ds.num_classes, labels, logits)
-    correct = (np.argmax(as_probabilities(logits), axis=1) == labels).astype(int)
-    out = {
-        "test_accuracy": float(correct.mean()),
-        "test_loss": float(loss),
-        "num_test": len(ds.test),
-    }
-    _add_to_metrics(run_dir / "metrics.json", out)
-    if per_image:
-        out["correct"] = correct.tolist()
-    return out
+    return ds, model, int(cfg.data.batch_size)
 
 
 def _has_test(d) -> bool:

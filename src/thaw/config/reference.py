@@ -192,13 +192,9 @@ def composed_defaults() -> dict[str, Any]:
     """thaw-train's config with no overrides (conf/train.yaml and the default option of each
     group), interpolations kept as written: a key's default is what a run gets, which a group
     option may set over the schema's (`logger.name` is the schema's `none`, `wandb` in a run)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    schema.register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
-        cfg = compose(config_name="train")
-    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return OmegaConf.to_container(schema.compose_train(), resolve=False, enum_to_str=True)
 
 
 def train_rows() -> list[Row]:

@@ -243,3 +243,18 @@ def register_configs() -> None:
                 package="_global_",
                 provider="thaw",
             )
+
+
+def compose_train(overrides=(), hydra_config: bool = False):
+    """thaw-train's config composed from conf/ with Hydra's compose API, outside a run: for the
+    generated reference, benchmarks and tests. `hydra_config`: keep the `hydra` node (sweeper,
+    launcher) as a multirun sees it."""
+    from hydra import compose, initialize_config_dir
+
+    from thaw.config.paths import conf_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="train"):
+        return compose(
+            config_name="train", overrides=list(overrides), return_hydra_config=hydra_config
+        )

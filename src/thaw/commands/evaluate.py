@@ -202,10 +202,10 @@ def _thumbnail(path: str, size: int = 128) -> str:
     import base64
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = ImageOps.exif_transpose(im).convert("RGB")  # upright, as the model saw it
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=80)

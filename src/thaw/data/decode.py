@@ -1,5 +1,10 @@
 """Decoding a scanned folder once into uint8 arrays (Pillow + TensorFlow resize): in memory, or
-chunk by chunk into .npy files on disk that are streamed a batch at a time."""
+chunk by chunk into .npy files on disk that are streamed a batch at a time.
+
+Photos are decoded upright: phone cameras store a JPEG's pixels as the sensor saw them and the
+turn that shows them upright in the EXIF orientation tag, which TensorFlow's decoder ignores
+(a portrait photo would train on its side). Pillow reads the tag from the file's header; the turn
+is applied in the TensorFlow pipeline, as Pillow's ImageOps.exif_transpose would."""
 
 from __future__ import annotations
 
@@ -19,13 +24,49 @@ from thaw.errors import DataError
 log = logging.getLogger("thaw.data")
 
 
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8: mirrored and/or turned by a multiple of 90 degrees
+
+
+def exif_orientation(path: str) -> int:
+    """A JPEG's EXIF orientation (1 for other formats, no tag, or an unreadable file: the decoder
+    reports the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format not in ("JPEG", "MPO"):
+                return 1
+            value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a bad file is the decoder's to report, one line per file
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _upright(img, orientation):
+    """`img` turned by its EXIF `orientation` (Pillow's exif_transpose, value by value)."""
+    import tensorflow as tf
+
+    turns = [
+        lambda: img,  # 1
+        lambda: tf.image.flip_left_right(img),  # 2
+        lambda: tf.image.rot90(img, 2),  # 3
+        lambda: tf.image.flip_up_down(img),  # 4
+        lambda: tf.image.transpose(img),  # 5
+        lambda: tf.image.rot90(img, 3),  # 6: the usual portrait photo from a phone
+        lambda: tf.image.rot90(tf.image.transpose(img), 2),  # 7
+        lambda: tf.image.rot90(img, 1),  # 8
+    ]
+    return tf.switch_case(orientation - 1, turns)
+
+
 def _decode_fn(image_size: int):
     import tensorflow as tf
 
-    def decode(path):
+    def decode(path, orientation):
         raw = tf.io.read_file(path)
         img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
         img.set_shape([None, None, 3])
+        img = _upright(img, orientation)
         img = tf.image.resize(img, (image_size, image_size), method="bilinear")
         return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
@@ -33,14 +74,15 @@ def _decode_fn(image_size: int):
 
 
 def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[str]):
-    """Decode all files in parallel; if any fails, find which ones file by file."""
+    """Decode all files in parallel, upright; if any fails, find which ones file by file."""
     import tensorflow as tf
 
     if not files:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
     decode = _decode_fn(image_size)
+    orientations = np.array([exif_orientation(f) for f in files], np.int32)
     ds = (
-        tf.data.Dataset.from_tensor_slices(files)
+        tf.data.Dataset.from_tensor_slices((files, orientations))
         .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(256)
         .prefetch(2)
@@ -49,7 +91,7 @@ def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[s
     if _decode_batched(ds, out):
         return out, np.ones(len(files), bool)
     out[:] = 0
-    ok = _decode_one_by_one(files, decode, out, on_bad, skipped)
+    ok = _decode_one_by_one(files, orientations, decode, out, on_bad, skipped)
     return out[ok], ok
 
 
@@ -84,7 +126,7 @@ def _decode_batched(ds, out: np.ndarray) -> bool:
 
 
 def _decode_one_by_one(
-    files: list[str], decode, out: np.ndarray, on_bad: str, skipped: list[str]
+    files: list[str], orientations, decode, out: np.ndarray, on_bad: str, skipped: list[str]
 ) -> np.ndarray:
     """Decode file by file into `out`: a bad file raises DataError, or (on_bad=skip) is logged,
     listed in `skipped` and left out; which files decoded."""
@@ -93,7 +135,7 @@ def _decode_one_by_one(
     ok = np.ones(len(files), bool)
     for i, f in enumerate(files):
         try:
-            out[i] = decode(tf.constant(f)).numpy()
+            out[i] = decode(tf.constant(f), tf.constant(orientations[i])).numpy()
         except (tf.errors.OpError, ValueError) as exc:
             msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             if on_bad != "skip":

@@ -129,6 +129,11 @@ def _image_key(cfg) -> str:
     return OmegaConf.to_yaml({k: v for k, v in d.items() if k not in _NOT_IMAGES})
 
 
+# how files become pixels; a new value leaves the copies decoded before unread (2: photos upright
+# by their EXIF orientation)
+DECODE_VERSION = 2
+
+
 class DecodedCache:
     """Decoded splits as .npy files under <cache_dir>/decoded/<key>/, read by every later process
     (into memory, or a batch at a time when over data.max_memory_mb). The key covers the data
@@ -156,7 +161,7 @@ class DecodedCache:
                         )
                     )
         return hashlib.sha256(
-            json.dumps(list(map(str, key)) + [sorted(files)]).encode()
+            json.dumps([DECODE_VERSION, *map(str, key), sorted(files)]).encode()
         ).hexdigest()[:20]
 
     def read(self, memory_limit: int) -> Dataset | None:

@@ -3,8 +3,10 @@ chunk by chunk into .npy files on disk that are streamed a batch at a time.
 
 Photos are decoded upright: phone cameras store a JPEG's pixels as the sensor saw them and the
 turn that shows them upright in the EXIF orientation tag, which TensorFlow's decoder ignores
-(a portrait photo would train on its side). Pillow reads the tag from the file's header; the turn
-is applied in the TensorFlow pipeline, as Pillow's ImageOps.exif_transpose would."""
+(a portrait photo would train on its side). Pillow reads the tag from the file's header, and the
+few photos that have one are turned after the resize, as Pillow's ImageOps.exif_transpose shows
+them: squashing to a square and turning by quarter turns or mirroring commute, and the pipeline of
+every other photo stays as it was."""
 
 from __future__ import annotations
 
@@ -25,6 +27,16 @@ log = logging.getLogger("thaw.data")
 
 
 EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8: mirrored and/or turned by a multiple of 90 degrees
+# what shows a square image of each orientation upright (Pillow's exif_transpose, value by value)
+_UPRIGHT = {
+    2: lambda img: img[:, ::-1],
+    3: lambda img: np.rot90(img, 2),
+    4: lambda img: img[::-1],
+    5: lambda img: img.transpose(1, 0, 2),
+    6: lambda img: np.rot90(img, 3),  # the usual portrait photo from a phone
+    7: lambda img: np.rot90(img.transpose(1, 0, 2), 2),
+    8: lambda img: np.rot90(img, 1),
+}
 
 
 def exif_orientation(path: str) -> int:
@@ -39,34 +51,23 @@ def exif_orientation(path: str) -> int:
             value = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a bad file is the decoder's to report, one line per file
         return 1
-    return value if value in range(1, 9) else 1
+    return value if value in _UPRIGHT else 1
 
 
-def _upright(img, orientation):
-    """`img` turned by its EXIF `orientation` (Pillow's exif_transpose, value by value)."""
-    import tensorflow as tf
-
-    turns = [
-        lambda: img,  # 1
-        lambda: tf.image.flip_left_right(img),  # 2
-        lambda: tf.image.rot90(img, 2),  # 3
-        lambda: tf.image.flip_up_down(img),  # 4
-        lambda: tf.image.transpose(img),  # 5
-        lambda: tf.image.rot90(img, 3),  # 6: the usual portrait photo from a phone
-        lambda: tf.image.rot90(tf.image.transpose(img), 2),  # 7
-        lambda: tf.image.rot90(img, 1),  # 8
-    ]
-    return tf.switch_case(orientation - 1, turns)
+def _turn_upright(images: np.ndarray, orientations: list[int]) -> None:
+    """Turn, in place, each decoded (square) image whose photo has an EXIF orientation."""
+    for i, orientation in enumerate(orientations):
+        if orientation != 1:
+            images[i] = _UPRIGHT[orientation](images[i]).copy()
 
 
 def _decode_fn(image_size: int):
     import tensorflow as tf
 
-    def decode(path, orientation):
+    def decode(path):
         raw = tf.io.read_file(path)
         img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
         img.set_shape([None, None, 3])
-        img = _upright(img, orientation)
         img = tf.image.resize(img, (image_size, image_size), method="bilinear")
         return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
@@ -80,18 +81,20 @@ def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[s
     if not files:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
     decode = _decode_fn(image_size)
-    orientations = np.array([exif_orientation(f) for f in files], np.int32)
     ds = (
-        tf.data.Dataset.from_tensor_slices((files, orientations))
+        tf.data.Dataset.from_tensor_slices(files)
         .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(256)
         .prefetch(2)
     )
     out = _allocate(len(files), image_size)
+    orientations = [exif_orientation(f) for f in files]
     if _decode_batched(ds, out):
+        _turn_upright(out, orientations)
         return out, np.ones(len(files), bool)
     out[:] = 0
-    ok = _decode_one_by_one(files, orientations, decode, out, on_bad, skipped)
+    ok = _decode_one_by_one(files, decode, out, on_bad, skipped)
+    _turn_upright(out, orientations)
     return out[ok], ok
 
 
@@ -126,7 +129,7 @@ def _decode_batched(ds, out: np.ndarray) -> bool:
 
 
 def _decode_one_by_one(
-    files: list[str], orientations, decode, out: np.ndarray, on_bad: str, skipped: list[str]
+    files: list[str], decode, out: np.ndarray, on_bad: str, skipped: list[str]
 ) -> np.ndarray:
     """Decode file by file into `out`: a bad file raises DataError, or (on_bad=skip) is logged,
     listed in `skipped` and left out; which files decoded."""
@@ -135,7 +138,7 @@ def _decode_one_by_one(
     ok = np.ones(len(files), bool)
     for i, f in enumerate(files):
         try:
-            out[i] = decode(tf.constant(f), tf.constant(orientations[i])).numpy()
+            out[i] = decode(tf.constant(f)).numpy()
         except (tf.errors.OpError, ValueError) as exc:
             msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
             if on_bad != "skip":

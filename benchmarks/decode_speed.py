@@ -9,8 +9,9 @@ photos (4000 JPEGs), and the part of it that reads each file's EXIF orientation 
 Each round times the whole decode (header pass, TensorFlow decode, turn, resize) and then the
 header pass alone, one after the other, so the machine's drift touches both alike. The photos are
 read once before the first round (the page cache holds them for every round). --against DIR runs
-each round twice, each in its own process: first with the thaw of the checkout DIR, then with this
-one. One JSON line per round and a summary line; --out appends them to a file.
+each round twice, each in its own process: with the thaw of the checkout DIR and with this one,
+which goes first alternating from round to round. One JSON line per round and a summary line;
+--out appends them to a file.
 """
 
 import argparse
@@ -116,7 +117,7 @@ def main():
     codes = [args.against.resolve(), here] if args.against else [here]
     rows = []
     for r in range(args.rounds):
-        for src in codes:
+        for src in codes if r % 2 == 0 else codes[::-1]:  # neither always goes first
             rows.append(in_process(src, args.size, r))
             emit(**rows[-1])
     summary = summarize(rows)

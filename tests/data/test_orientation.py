@@ -78,3 +78,14 @@ def test_a_portrait_phone_photo_trains_and_predicts_upright(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
         per_image = np.abs(a.images.astype(int) - b.images.astype(int)).mean(axis=(1, 2, 3))
         assert per_image.max() < 3, per_image
+
+
+def test_photos_are_turned_upright_when_a_bad_file_is_skipped(tmp_path):
+    """The file-by-file decode (after a bad file) turns the photos the same way."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    phone = _jpeg(tmp_path / "phone.jpg", np.rot90(_picture(), 1).copy(), 6)
+    skipped: list[str] = []
+    images, ok = decode_files([str(bad), phone], SIDE, "skip", skipped)
+    assert ok.tolist() == [False, True] and skipped == [str(bad)]
+    assert np.abs(images[0].astype(int) - _as_pillow_shows(phone)).mean() < 3

@@ -41,7 +41,8 @@ DOCS = {
     "unfreeze.depth": "how many top blocks of the backbone train in phase 2 (0: the head only)",
     "data.name": "the data source (the `data` group's option): `synthetic`, `folder`, "
     "`cats_vs_dogs`",
-    "data.path": "the image folder (`data=folder`): class sub-folders, or train/ + validation/",
+    "data.path": "the image folder (`data=folder`): class sub-folders, or train/ + "
+    "validation/ (or val/, valid/)",
     "data.batch_size": "images per training step",
     "data.augment": "deprecated: true augments with a flip and rotation 0.1; use the `augment` "
     "group",

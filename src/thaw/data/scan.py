@@ -6,9 +6,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
-from thaw.data.splits import IMAGE_EXTENSIONS, TRAIN_DIRS, VAL_DIRS, FileSplit, FolderScan
+from thaw.data.splits import (
+    IMAGE_EXTENSIONS,
+    TEST_DIRS,
+    TRAIN_DIRS,
+    VAL_DIRS,
+    FileSplit,
+    FolderScan,
+)
 from thaw.errors import ConfigError, DataError
 
 log = logging.getLogger("thaw.data")
@@ -22,7 +30,15 @@ def _name_key(path: str) -> str:
 MAX_PIXELS = 50_000_000  # a decompression bomb (or a 10000x10000 scan) is refused before decoding
 # What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from
 # cameras).
-DECODABLE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}
+DECODABLE_FORMATS = {
+    "JPEG": "JPEG",
+    "MPO": "JPEG",
+    "PNG": "PNG",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "WEBP": "WebP",
+}
+FORMATS_TEXT = "a JPEG, PNG, GIF, BMP or WebP image"
 
 
 def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
@@ -42,24 +58,30 @@ def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:
             with Image.open(path) as im:
                 fmt, (width, height) = im.format, im.size
     except UnidentifiedImageError:
-        return "not a JPEG, PNG, GIF or BMP image"
+        return f"not {FORMATS_TEXT}"
     except Image.DecompressionBombError as exc:
         return f"image too large ({exc}; the limit is {max_pixels:,} pixels)"
     except OSError as exc:  # errno set: the file system refused; else Pillow found a broken header
         return f"unreadable ({exc.strerror})" if exc.errno else f"cannot decode image ({exc})"
     if fmt not in DECODABLE_FORMATS:
-        return f"not a JPEG, PNG, GIF or BMP image (a {fmt} file)"
+        return f"not {FORMATS_TEXT} (a {fmt} file)"
     if width * height > max_pixels:
         return f"image too large ({width}x{height} pixels; the limit is {max_pixels:,})"
     return None
 
 
-def list_class_dir(class_dir: Path, on_bad: str, skipped: list[str]) -> list[str]:
+def list_class_dir(
+    class_dir: Path, on_bad: str, skipped: list[str], ignored: Counter | None = None
+) -> list[str]:
+    """The image files of one class folder; files of other kinds are counted in `ignored` (by
+    extension, or "sub-folder")."""
     files = []
     for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
         if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            if ignored is not None:
+                ignored[_kind(entry)] += 1
             continue
         try:
             if not entry.is_file():  # also false for a dangling or looping symlink
@@ -78,17 +100,26 @@ def list_class_dir(class_dir: Path, on_bad: str, skipped: list[str]) -> list[str
     return files
 
 
+def _kind(entry: os.DirEntry) -> str:
+    try:
+        if entry.is_dir():
+            return "sub-folder"
+    except OSError:
+        pass
+    return os.path.splitext(entry.name)[1].lower() or "no extension"
+
+
 def class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str) -> dict:
+def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str, ignored: Counter) -> dict:
     classes = class_dirs(root)
     if not classes:
         raise DataError(f"{root}: no class sub-folders found in the {what} folder")
     out = {}
     for name in classes:
-        files = list_class_dir(root / name, on_bad, skipped)
+        files = list_class_dir(root / name, on_bad, skipped, ignored)
         if not files:
             raise DataError(
                 f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
@@ -131,7 +162,9 @@ def scan_folder(cfg, state=None) -> FolderScan:
 def _scan_folder(cfg) -> FolderScan:
     root = _root(cfg)
     skipped: list[str] = []
-    train_map, val_map = _class_files(cfg, root, skipped)
+    ignored: Counter = Counter()
+    train_map, val_map = _class_files(cfg, root, skipped, ignored)
+    _warn_ignored(root, ignored)
     class_names = sorted(train_map)
     if cfg.num_classes is not None and cfg.num_classes != len(class_names):
         raise ConfigError(
@@ -154,22 +187,62 @@ def _root(cfg) -> Path:
     return root
 
 
-def _class_files(cfg, root: Path, skipped: list[str]) -> tuple[dict, dict]:
+def _warn_ignored(root: Path, ignored: Counter) -> None:
+    """One line for the files a class folder holds that are not read (a folder of .heic photos,
+    or photos one level deeper, would otherwise be left out without a word)."""
+    if ignored:
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in ignored.most_common())
+        log.warning(
+            "data: %d entries in the class folders of %s are not read (%s); thaw reads %s files",
+            sum(ignored.values()),
+            root,
+            kinds,
+            ", ".join(IMAGE_EXTENSIONS),
+        )
+
+
+def _class_files(cfg, root: Path, skipped: list[str], ignored: Counter) -> tuple[dict, dict]:
     """{class: files} for training and validation: a folder's own train/ and val/ sub-folders,
     else every class folder split by file name."""
     on_bad = cfg.on_bad_image
-    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
-    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    train_dir = _first_dir(root, TRAIN_DIRS)
+    val_dir = _first_dir(root, VAL_DIRS)
     if train_dir is None or val_dir is None:
-        return _split_by_name(cfg, root, _scan_split(root, on_bad, skipped, "data"))
-    train_map = _scan_split(train_dir, on_bad, skipped, "train")
-    val_map = _scan_split(val_dir, on_bad, skipped, "validation")
+        _refuse_half_a_split_layout(root, train_dir or val_dir)
+        return _split_by_name(cfg, root, _scan_split(root, on_bad, skipped, "data", ignored))
+    test_dir = _first_dir(root, TEST_DIRS)
+    if test_dir is not None:
+        log.warning(
+            "data: %s is not read: the test split is held out of %s by data.test_fraction (now %s)",
+            test_dir,
+            val_dir,
+            cfg.test_fraction,
+        )
+    train_map = _scan_split(train_dir, on_bad, skipped, "train", ignored)
+    val_map = _scan_split(val_dir, on_bad, skipped, "validation", ignored)
     if set(train_map) != set(val_map):
         raise DataError(
             f"data.path: train/ and {val_dir.name}/ have different classes "
             f"({sorted(train_map)} vs {sorted(val_map)})"
         )
     return train_map, val_map
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / d for d in names if (root / d).is_dir()), None)
+
+
+def _refuse_half_a_split_layout(root: Path, split_dir: Path | None) -> None:
+    """A train/ (or validation/) folder of class folders without its other half: not classes
+    named "train" and "test" to split by name."""
+    if split_dir is None or not class_dirs(split_dir):
+        return
+    other = "validation" if split_dir.name in TRAIN_DIRS else "train"
+    names = "/, ".join(VAL_DIRS if other == "validation" else TRAIN_DIRS) + "/"
+    raise DataError(
+        f"data.path: {root} has {split_dir.name}/ with class folders but no {other} folder "
+        f"({names}); add one, or set data.path to {split_dir} to split it by data.val_fraction"
+    )
 
 
 def _split_by_name(cfg, root: Path, all_map: dict) -> tuple[dict, dict]:

@@ -14,9 +14,10 @@ from thaw.data.diskarray import DiskArray, DiskArrayWriter
 log = logging.getLogger("thaw.data")
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TRAIN_DIRS = ("train",)
-VAL_DIRS = ("validation", "val")
+VAL_DIRS = ("validation", "val", "valid")  # valid/: the layout Roboflow and YOLO exports use
+TEST_DIRS = ("test",)
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""The photo folders users bring: Roboflow's train/valid/test, Kaggle's train/test, WebP files,
+and files thaw does not read, each read or refused with one line that says what to do."""
+
+import logging
+
+import numpy as np
+import pytest
+from imagefiles import write_image
+from omegaconf import OmegaConf
+from PIL import Image
+
+from thaw.config.schema import DataConfig
+from thaw.data import load
+from thaw.data.scan import scan_folder
+from thaw.errors import DataError
+
+
+def cfg(path, **kw):
+    return OmegaConf.merge(
+        OmegaConf.structured(DataConfig(name="folder")), {"path": str(path), **kw}
+    )
+
+
+def folder(root, splits, per_class=4):
+    for split in splits:
+        for c, color in (("ants", (200, 30, 30)), ("bees", (30, 30, 200))):
+            for i in range(per_class):
+                write_image(root / split / c / f"{c}.{split or 'all'}.{i}.jpg", color)
+    return root
+
+
+def test_a_roboflow_export_reads_valid_as_validation_and_says_test_is_not_read(tmp_path, caplog):
+    root = folder(tmp_path / "export", ["train", "valid", "test"])
+    with caplog.at_level(logging.WARNING, logger="thaw.data"):
+        scan = scan_folder(cfg(root))
+    assert scan.class_names == ["ants", "bees"]
+    assert all("/valid/" in f for f in scan.val.files) and len(scan.val.files) == 8
+    assert all("/train/" in f for f in scan.train.files) and len(scan.train.files) == 8
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"{root / 'test'} is not read" in m and "data.test_fraction" in m for m in said)
+
+
+@pytest.mark.parametrize("present, missing", [("train", "validation"), ("val", "train")])
+def test_half_a_split_layout_is_refused_naming_the_missing_folder(tmp_path, present, missing):
+    root = folder(tmp_path / "kaggle", [present, "test"])
+    with pytest.raises(DataError) as err:
+        scan_folder(cfg(root))
+    msg = str(err.value)
+    assert "\n" not in msg and f"{present}/ with class folders but no {missing} folder" in msg
+    assert f"set data.path to {root / present}" in msg
+
+
+def test_a_class_named_train_with_photos_in_it_is_still_a_class(tmp_path):
+    """Only a train/ of class folders is a split; a class folder of photos called train is not."""
+    root = tmp_path / "odd"
+    for c in ("train", "other"):
+        for i in range(4):
+            write_image(root / c / f"{c}{i}.jpg", (90, 90, 90))
+    assert scan_folder(cfg(root, val_fraction=0.25)).class_names == ["other", "train"]
+
+
+def test_webp_photos_are_read_and_decode_as_pillow_shows_them(tmp_path):
+    root = folder(tmp_path / "web", [""])
+    y, x = np.mgrid[0:24, 0:24]
+    pixels = np.stack([x * 9, y * 9, (x + y) * 4], -1).astype(np.uint8)
+    Image.fromarray(pixels).save(root / "ants" / "scraped.webp", lossless=True)
+    scan = scan_folder(cfg(root, val_fraction=0.25))
+    files = scan.train.files + scan.val.files
+    assert str(root / "ants" / "scraped.webp") in files and len(files) == 9
+    data = load(cfg(root, val_fraction=0.25), 24, 0)
+    images = np.concatenate([data.train.images, data.val.images])
+    assert any(np.array_equal(img, pixels) for img in images)  # lossless: the same pixels
+
+
+def test_files_thaw_does_not_read_are_counted_in_one_warning(tmp_path, caplog):
+    root = folder(tmp_path / "mixed", [""])
+    (root / "ants" / "IMG_0001.HEIC").write_bytes(b"\x00" * 16)
+    (root / "ants" / "IMG_0002.heic").write_bytes(b"\x00" * 16)
+    (root / "bees" / "notes.txt").write_text("x")
+    write_image(root / "bees" / "more" / "deeper.jpg", (30, 30, 200))
+    with caplog.at_level(logging.WARNING, logger="thaw.data"):
+        scan_folder(cfg(root, val_fraction=0.25))
+    said = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(said) == 1
+    assert "4 entries" in said[0] and ".heic: 2" in said[0] and "sub-folder: 1" in said[0]
+    assert ".txt: 1" in said[0]

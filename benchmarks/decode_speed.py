@@ -1,22 +1,24 @@
 """What decoding photos upright costs: thaw.data.decode.decode_files on the shared cats_vs_dogs
-photos (4000 JPEGs), and the part of it that reads each file's EXIF orientation with Pillow.
+photos (4000 JPEGs), and the part of it that reads each file's header (EXIF orientation, format)
+with Pillow.
 
     python benchmarks/decode_speed.py                  # 160 px, 3 rounds
     python benchmarks/decode_speed.py --size 224 --rounds 5
     git worktree add /tmp/before 67f4655
     python benchmarks/decode_speed.py --against /tmp/before     # before / after, side by side
 
-Each round times the whole decode (header pass, TensorFlow decode, turn, resize) and then the
-header pass alone, one after the other, so the machine's drift touches both alike. The photos are
-read once before the first round (the page cache holds them for every round). --against DIR runs
-each round twice, each in its own process: with the thaw of the checkout DIR and with this one,
-which goes first alternating from round to round. One JSON line per round and a summary line;
---out appends them to a file.
+Each round times the whole decode (header pass, TensorFlow decode and resize, then the turn) and
+then the header pass alone, one after the other, so the machine's drift touches both alike. Each
+round's process reads the photos once before it times anything (into the page cache).
+--against DIR runs each round twice, each in its own process: with the thaw of the checkout DIR
+and with this one, which goes first alternating from round to round. One JSON line per round and
+a summary line; --out appends them to a file.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -31,9 +33,14 @@ def photo_files() -> list[str]:
 
 
 def one_round(size: int, r: int) -> dict:
-    """One timed decode of every photo, and the EXIF header pass alone (where the thaw imported
-    has one)."""
+    """One timed decode of every photo, and the header pass alone (where the thaw imported has
+    one)."""
     from thaw.data import decode
+
+    try:
+        from thaw.data.photos import read_header
+    except ImportError:  # a checkout from before photos were turned upright
+        read_header = None
 
     files = photo_files()
     for f in files:  # into the page cache
@@ -43,9 +50,9 @@ def one_round(size: int, r: int) -> dict:
     _, ok = decode.decode_files(files, size, "error", [])
     decode_s = time.perf_counter() - t0
     header_s = turned = None
-    if hasattr(decode, "exif_orientation"):
+    if read_header is not None:
         t0 = time.perf_counter()
-        turned = sum(decode.exif_orientation(f) != 1 for f in files)
+        turned = sum(read_header(f).orientation != 1 for f in files)
         header_s = round(time.perf_counter() - t0, 3)
     return dict(
         bench="decode_speed",
@@ -92,7 +99,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 images=mine[0]["images"],
                 rounds=len(mine),
                 decode_s_best=times[0],
-                decode_s_median=times[len(times) // 2],
+                decode_s_median=round(statistics.median(times), 3),
                 images_per_s=round(mine[0]["images"] / times[0], 1),
             )
         )

@@ -14,6 +14,7 @@ SHARED = Path(os.environ.get("THAW_SHARED_DIR", ROOT.parent / "shared"))
 PHOTOS = SHARED / "data" / "cats_vs_dogs"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"needs the shared photos in {PHOTOS}")
 def test_a_round_decodes_every_shared_photo_and_finds_them_upright(tmp_path):
     out = tmp_path / "decode.jsonl"

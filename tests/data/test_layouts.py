@@ -59,17 +59,50 @@ def test_a_class_named_train_with_photos_in_it_is_still_a_class(tmp_path):
     assert scan_folder(cfg(root, val_fraction=0.25)).class_names == ["other", "train"]
 
 
-def test_webp_photos_are_read_and_decode_as_pillow_shows_them(tmp_path):
-    root = folder(tmp_path / "web", [""])
+def _gradient(shift: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:24, 0:24]
-    pixels = np.stack([x * 9, y * 9, (x + y) * 4], -1).astype(np.uint8)
-    Image.fromarray(pixels).save(root / "ants" / "scraped.webp", lossless=True)
+    return np.stack([x * 9 + shift, y * 9, (x + y) * 4], -1).astype(np.uint8)
+
+
+def test_webp_photos_are_read_opaque_transparent_animated_or_turned(tmp_path):
+    """TensorFlow's WebP decoder refuses transparency and animation; thaw decodes every WebP."""
+    root = folder(tmp_path / "web", [""])
+    opaque, clear, first, second = _gradient(), _gradient(20), _gradient(40), _gradient(60)
+    Image.fromarray(opaque).save(root / "ants" / "opaque.webp", lossless=True)
+    alpha = np.full((24, 24, 1), 90, np.uint8)
+    Image.fromarray(np.concatenate([clear, alpha], -1), "RGBA").save(
+        root / "ants" / "transparent.webp", lossless=True
+    )
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    frames[0].save(
+        root / "bees" / "animated.webp",
+        save_all=True,
+        append_images=frames[1:],
+        lossless=True,
+        duration=100,
+    )
+    turned = Image.fromarray(np.rot90(opaque, 1).copy())
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(root / "bees" / "phone.webp", lossless=True, exif=exif)
     scan = scan_folder(cfg(root, val_fraction=0.25))
-    files = scan.train.files + scan.val.files
-    assert str(root / "ants" / "scraped.webp") in files and len(files) == 9
+    assert len(scan.train.files) + len(scan.val.files) == 12
     data = load(cfg(root, val_fraction=0.25), 24, 0)
     images = np.concatenate([data.train.images, data.val.images])
-    assert any(np.array_equal(img, pixels) for img in images)  # lossless: the same pixels
+    # lossless, decoded at their own size: the same pixels, alpha dropped, the first frame
+    for want in (opaque, clear, first):
+        assert any(np.array_equal(img, want) for img in images)
+    assert sum(np.array_equal(img, opaque) for img in images) == 2  # the turned copy too
+
+
+def test_a_broken_webp_is_named_in_one_line(tmp_path):
+    root = folder(tmp_path / "web", [""])
+    cut = root / "ants" / "cut.webp"
+    Image.fromarray(_gradient()).save(cut, lossless=True)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    with pytest.raises(DataError) as err:
+        load(cfg(root, val_fraction=0.25), 24, 0)
+    assert str(cut) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_files_thaw_does_not_read_are_counted_in_one_warning(tmp_path, caplog):

@@ -204,8 +204,12 @@ def _thumbnail(path: str, size: int = 128) -> str:
 
     from PIL import Image, ImageOps
 
+    from thaw.data.photos import exif_orientation
+
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")  # upright, as the model saw it
+        if exif_orientation(path) != 1:  # turned as the model saw it, by the same rule
+            im = ImageOps.exif_transpose(im)
+        im = im.convert("RGB")
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=80)

@@ -1,12 +1,6 @@
-"""Decoding a scanned folder once into uint8 arrays (Pillow + TensorFlow resize): in memory, or
-chunk by chunk into .npy files on disk that are streamed a batch at a time.
-
-Photos are decoded upright: phone cameras store a JPEG's pixels as the sensor saw them and the
-turn that shows them upright in the EXIF orientation tag, which TensorFlow's decoder ignores
-(a portrait photo would train on its side). Pillow reads the tag from the file's header, and the
-few photos that have one are turned after the resize, as Pillow's ImageOps.exif_transpose shows
-them: squashing to a square and turning by quarter turns or mirroring commute, and the pipeline of
-every other photo stays as it was."""
+"""Decoding a scanned folder once into uint8 arrays (TensorFlow's decoders in a parallel tf.data
+pipeline, Pillow for what they do not do right: thaw.data.photos): in memory, or chunk by chunk
+into .npy files on disk that are streamed a batch at a time. Photos come out upright."""
 
 from __future__ import annotations
 
@@ -17,48 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from thaw.data import budget
+from thaw.data import budget, photos
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.data.scan import scan_folder
 from thaw.data.splits import Dataset, FileSplit, FolderScan, Split, size_text
 from thaw.errors import DataError
 
 log = logging.getLogger("thaw.data")
-
-
-EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8: mirrored and/or turned by a multiple of 90 degrees
-# what shows a square image of each orientation upright (Pillow's exif_transpose, value by value)
-_UPRIGHT = {
-    2: lambda img: img[:, ::-1],
-    3: lambda img: np.rot90(img, 2),
-    4: lambda img: img[::-1],
-    5: lambda img: img.transpose(1, 0, 2),
-    6: lambda img: np.rot90(img, 3),  # the usual portrait photo from a phone
-    7: lambda img: np.rot90(img.transpose(1, 0, 2), 2),
-    8: lambda img: np.rot90(img, 1),
-}
-
-
-def exif_orientation(path: str) -> int:
-    """A JPEG's EXIF orientation (1 for other formats, no tag, or an unreadable file: the decoder
-    reports the file)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.format not in ("JPEG", "MPO"):
-                return 1
-            value = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # a bad file is the decoder's to report, one line per file
-        return 1
-    return value if value in _UPRIGHT else 1
-
-
-def _turn_upright(images: np.ndarray, orientations: list[int]) -> None:
-    """Turn, in place, each decoded (square) image whose photo has an EXIF orientation."""
-    for i, orientation in enumerate(orientations):
-        if orientation != 1:
-            images[i] = _UPRIGHT[orientation](images[i]).copy()
 
 
 def _decode_fn(image_size: int):
@@ -68,34 +27,46 @@ def _decode_fn(image_size: int):
         raw = tf.io.read_file(path)
         img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
         img.set_shape([None, None, 3])
-        img = tf.image.resize(img, (image_size, image_size), method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+        return photos.resize_to_square(img, image_size)
 
     return decode
 
 
 def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[str]):
-    """Decode all files in parallel, upright; if any fails, find which ones file by file."""
-    import tensorflow as tf
-
+    """Decode all files, upright: TensorFlow's in parallel (if any fails, found file by file),
+    then the WebP files with Pillow. (images of the files that decoded, which did)."""
     if not files:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.ones(0, bool)
+    out = _allocate(len(files), image_size)
+    headers = [photos.read_header(f) for f in files]
+    ok = np.ones(len(files), bool)
+    by_tf = np.array([i for i, h in enumerate(headers) if not h.by_pillow], np.int64)
+    if len(by_tf):
+        ok[by_tf] = _decode_with_tensorflow(files, by_tf, image_size, out, on_bad, skipped)
+    for i in (i for i, h in enumerate(headers) if h.by_pillow):
+        try:
+            out[i] = photos.decode_with_pillow(files[i], image_size)
+        except Exception as exc:  # whatever Pillow raises, it is this file's problem
+            ok[i] = _bad_file(files[i], exc, on_bad, skipped)
+    photos.turn_upright(out, [h.orientation for h in headers])
+    return (out, ok) if ok.all() else (out[ok], ok)
+
+
+def _decode_with_tensorflow(files, at, image_size: int, out, on_bad: str, skipped) -> np.ndarray:
+    """files[at] decoded into out[at] by the parallel pipeline; which of them decoded."""
+    import tensorflow as tf
+
     decode = _decode_fn(image_size)
     ds = (
-        tf.data.Dataset.from_tensor_slices(files)
+        tf.data.Dataset.from_tensor_slices([files[i] for i in at])
         .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(256)
         .prefetch(2)
     )
-    out = _allocate(len(files), image_size)
-    orientations = [exif_orientation(f) for f in files]
-    if _decode_batched(ds, out):
-        _turn_upright(out, orientations)
-        return out, np.ones(len(files), bool)
-    out[:] = 0
-    ok = _decode_one_by_one(files, decode, out, on_bad, skipped)
-    _turn_upright(out, orientations)
-    return out[ok], ok
+    if _decode_batched(ds, out, at):
+        return np.ones(len(at), bool)
+    out[at] = 0
+    return _decode_one_by_one(files, at, decode, out, on_bad, skipped)
 
 
 def _allocate(n: int, image_size: int) -> np.ndarray:
@@ -110,15 +81,17 @@ def _allocate(n: int, image_size: int) -> np.ndarray:
         ) from None
 
 
-def _decode_batched(ds, out: np.ndarray) -> bool:
-    """Fill `out` from the parallel pipeline; False when some file did not decode."""
+def _decode_batched(ds, out: np.ndarray, at: np.ndarray) -> bool:
+    """Fill out[at] from the parallel pipeline; False when some file did not decode."""
     import tensorflow as tf
 
+    contiguous = len(at) == len(out)  # every file (no WebP): slices, no index arrays
     try:
-        at = 0
+        done = 0
         for b in ds:
-            out[at : at + len(b)] = b.numpy()
-            at += len(b)
+            rows = slice(done, done + len(b)) if contiguous else at[done : done + len(b)]
+            out[rows] = b.numpy()
+            done += len(b)
         return True
     except (
         tf.errors.InvalidArgumentError,
@@ -129,26 +102,31 @@ def _decode_batched(ds, out: np.ndarray) -> bool:
 
 
 def _decode_one_by_one(
-    files: list[str], decode, out: np.ndarray, on_bad: str, skipped: list[str]
+    files: list[str], at: np.ndarray, decode, out: np.ndarray, on_bad: str, skipped: list[str]
 ) -> np.ndarray:
-    """Decode file by file into `out`: a bad file raises DataError, or (on_bad=skip) is logged,
-    listed in `skipped` and left out; which files decoded."""
+    """Decode files[at] one by one into out[at]; which decoded (see _bad_file for the others)."""
     import tensorflow as tf
 
-    ok = np.ones(len(files), bool)
-    for i, f in enumerate(files):
+    ok = np.ones(len(at), bool)
+    for k, i in enumerate(at):
         try:
-            out[i] = decode(tf.constant(f)).numpy()
+            out[i] = decode(tf.constant(files[i])).numpy()
         except (tf.errors.OpError, ValueError) as exc:
-            msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            if on_bad != "skip":
-                raise DataError(
-                    f"{f}: cannot decode image ({msg}); remove it, or set data.on_bad_image=skip"
-                ) from None
-            log.warning("skipping %s: cannot decode image (%s)", f, msg)
-            skipped.append(f)
-            ok[i] = False
+            ok[k] = _bad_file(files[i], exc, on_bad, skipped)
     return ok
+
+
+def _bad_file(path: str, exc: Exception, on_bad: str, skipped: list[str]) -> bool:
+    """A file that did not decode: DataError naming it, or (on_bad=skip) logged, listed in
+    `skipped` and left out (False)."""
+    msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    if on_bad != "skip":
+        raise DataError(
+            f"{path}: cannot decode image ({msg}); remove it, or set data.on_bad_image=skip"
+        ) from None
+    log.warning("skipping %s: cannot decode image (%s)", path, msg)
+    skipped.append(path)
+    return False
 
 
 def _materialize(split: FileSplit, image_size: int, on_bad: str, skipped: list[str]) -> Split:

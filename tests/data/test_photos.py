@@ -8,15 +8,16 @@ from PIL import Image, ImageOps
 
 from thaw.config.schema import DataConfig
 from thaw.data import load
-from thaw.data.decode import decode_files, exif_orientation
+from thaw.data.decode import decode_files
+from thaw.data.photos import exif_orientation
 from thaw.model.inference import decode_images
 
 SIDE = 48
 
 
-def _picture() -> np.ndarray:
+def _picture(height: int = SIDE, width: int = SIDE) -> np.ndarray:
     """A smooth picture no turn or mirror maps onto itself (a red block near the top left)."""
-    y, x = np.mgrid[0:SIDE, 0:SIDE]
+    y, x = np.mgrid[0:height, 0:width]
     pic = np.stack([x * 5, y * 5, (x + y) * 2], -1).astype(np.uint8)
     pic[4:16, 4:28] = [250, 20, 20]
     return pic
@@ -50,8 +51,9 @@ def test_every_exif_orientation_decodes_as_pillow_shows_the_photo(tmp_path):
 
 def test_a_portrait_phone_photo_trains_and_predicts_upright(tmp_path):
     """A phone stores a portrait photo's pixels turned 90 degrees, with orientation 6; training
-    (a folder) and thaw-predict both decode it as its upright copy."""
-    upright = _picture()
+    (a folder) and thaw-predict both decode it as its upright copy, squashed to a square as that
+    copy is (a phone photo is not square: the turn comes after the resize)."""
+    upright = _picture(height=64, width=40)
     sideways = np.rot90(upright, 1).copy()  # what the sensor stored; orientation 6 turns it back
     phone = _jpeg(tmp_path / "phone.jpg", sideways, 6)
     copy = _jpeg(tmp_path / "upright.jpg", upright, None)
@@ -84,7 +86,7 @@ def test_photos_are_turned_upright_when_a_bad_file_is_skipped(tmp_path):
     """The file-by-file decode (after a bad file) turns the photos the same way."""
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg at all")
-    phone = _jpeg(tmp_path / "phone.jpg", np.rot90(_picture(), 1).copy(), 6)
+    phone = _jpeg(tmp_path / "phone.jpg", np.rot90(_picture(), 1).copy(), 6)  # square: Pillow
     skipped: list[str] = []
     images, ok = decode_files([str(bad), phone], SIDE, "skip", skipped)
     assert ok.tolist() == [False, True] and skipped == [str(bad)]

@@ -204,10 +204,10 @@ def _thumbnail(path: str, size: int = 128) -> str:
 
     from PIL import Image, ImageOps
 
-    from thaw.data.photos import exif_orientation
+    from thaw.data.photos import orientation_of
 
     with Image.open(path) as im:
-        if exif_orientation(path) != 1:  # turned as the model saw it, by the same rule
+        if orientation_of(im) != 1:  # turned as the model saw it, by the same rule
             im = ImageOps.exif_transpose(im)
         im = im.convert("RGB")
         im.thumbnail((size, size))

@@ -43,11 +43,12 @@ def decode_files(files: list[str], image_size: int, on_bad: str, skipped: list[s
     by_tf = np.array([i for i, h in enumerate(headers) if not h.by_pillow], np.int64)
     if len(by_tf):
         ok[by_tf] = _decode_with_tensorflow(files, by_tf, image_size, out, on_bad, skipped)
-    for i in (i for i, h in enumerate(headers) if h.by_pillow):
-        try:
-            out[i] = photos.decode_with_pillow(files[i], image_size)
-        except Exception as exc:  # whatever Pillow raises, it is this file's problem
-            ok[i] = _bad_file(files[i], exc, on_bad, skipped)
+    for i, header in enumerate(headers):
+        if header.by_pillow:
+            try:
+                out[i] = photos.decode_with_pillow(files[i], image_size)
+            except Exception as exc:  # whatever Pillow raises, it is this file's problem
+                ok[i] = _bad_file(files[i], exc, on_bad, skipped)
     photos.turn_upright(out, [h.orientation for h in headers])
     return (out, ok) if ok.all() else (out[ok], ok)
 

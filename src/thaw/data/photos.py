@@ -39,11 +39,15 @@ def read_header(path: str) -> PhotoHeader:
 
     try:
         with Image.open(path) as im:
-            fmt = im.format
-            value = im.getexif().get(EXIF_ORIENTATION, 1) if fmt in EXIF_FORMATS else 1
+            return PhotoHeader(orientation_of(im), im.format == "WEBP")
     except Exception:  # a bad file is the decoder's to report, one line per file
         return PhotoHeader()
-    return PhotoHeader(value if value in _UPRIGHT else 1, fmt == "WEBP")
+
+
+def orientation_of(im) -> int:
+    """An open Pillow image's EXIF orientation, by the rule decoding follows (1: not turned)."""
+    value = im.getexif().get(EXIF_ORIENTATION, 1) if im.format in EXIF_FORMATS else 1
+    return value if value in _UPRIGHT else 1
 
 
 def exif_orientation(path: str) -> int:

@@ -28,8 +28,8 @@ def _name_key(path: str) -> str:
 
 
 MAX_PIXELS = 50_000_000  # a decompression bomb (or a 10000x10000 scan) is refused before decoding
-# What TensorFlow's decode_image reads, by Pillow's format name (MPO: multi-picture JPEG from
-# cameras).
+# What thaw decodes (TensorFlow; WebP with Pillow: thaw.data.photos), by Pillow's format name
+# (MPO: multi-picture JPEG from cameras) -> the name a message gives.
 DECODABLE_FORMATS = {
     "JPEG": "JPEG",
     "MPO": "JPEG",
@@ -38,7 +38,8 @@ DECODABLE_FORMATS = {
     "BMP": "BMP",
     "WEBP": "WebP",
 }
-FORMATS_TEXT = "a JPEG, PNG, GIF, BMP or WebP image"
+_NAMES = tuple(dict.fromkeys(DECODABLE_FORMATS.values()))
+FORMATS_TEXT = f"a {', '.join(_NAMES[:-1])} or {_NAMES[-1]} image"
 
 
 def sniff_image(path: str, max_pixels: int = MAX_PIXELS) -> str | None:

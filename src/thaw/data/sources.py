@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from thaw.data import photos
 from thaw.data.splits import Dataset, Split
 from thaw.errors import DataError
 
@@ -101,13 +102,7 @@ def _tfds_split(tfds, cfg, image_size: int, split_name: str) -> tuple[Split, Any
             "offline, use data=folder data.path=/path/to/images"
         ) from None
     ds = ds.map(
-        lambda x, y: (
-            tf.cast(
-                tf.clip_by_value(tf.round(tf.image.resize(x, (image_size, image_size))), 0, 255),
-                tf.uint8,
-            ),
-            y,
-        ),
+        lambda x, y: (photos.resize_to_square(x, image_size), y),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     if cfg.max_per_class:

@@ -117,3 +117,46 @@ def test_files_thaw_does_not_read_are_counted_in_one_warning(tmp_path, caplog):
     assert len(said) == 1
     assert "4 entries" in said[0] and ".heic: 2" in said[0] and "sub-folder: 1" in said[0]
     assert ".txt: 1" in said[0]
+
+
+def _refusal(root, **kw) -> str:
+    with pytest.raises(DataError) as err:
+        scan_folder(cfg(root, **kw))
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_an_unzipped_archives_own_folder_is_named_as_the_folder_to_point_at(tmp_path):
+    """flower_photos.tgz unzips to flower_photos/{daisy,...}: data.path one level too high."""
+    inner = folder(tmp_path / "downloads" / "flower_photos", [""])
+    (inner / "LICENSE.txt").write_text("CC-BY")
+    msg = _refusal(tmp_path / "downloads")
+    assert msg.startswith(f"{inner}: class folder has no images")
+    assert "it holds sub-folder: 2, .txt: 1" in msg
+    assert msg.endswith(f"if its sub-folders are the classes, set data.path to {inner}")
+
+
+def test_empty_class_folders_say_what_they_hold_instead(tmp_path):
+    """Photos one level deeper (by year), or only in a format thaw does not read (iPhone HEIC)."""
+    by_year = tmp_path / "by_year"
+    for c in ("ants", "bees"):
+        for year in ("2019", "2020"):
+            write_image(by_year / c / year / f"{c}.{year}.jpg", (90, 90, 90))
+    msg = _refusal(by_year)
+    assert "ants: class folder has no images" in msg and "it holds sub-folder: 2" in msg
+    assert msg.endswith("images in sub-folders are not read: put each class's images in its folder")
+    for c in ("ants", "bees"):
+        (tmp_path / "iphone" / c).mkdir(parents=True)
+        (tmp_path / "iphone" / c / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    assert _refusal(tmp_path / "iphone").endswith(
+        "ants: class folder has no images (.jpg, .jpeg, .png, .bmp, .gif, .webp); it holds .heic: 1"
+    )
+
+
+def test_a_class_folder_left_empty_by_skipped_bad_files_says_so(tmp_path):
+    root = folder(tmp_path / "photos", [""])
+    for f in (root / "bees").iterdir():
+        f.write_bytes(b"not a photo")
+    msg = _refusal(root, on_bad_image="skip")
+    assert "bees: class folder has no images" in msg and "left after 4 bad image file(s)" in msg

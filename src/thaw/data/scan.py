@@ -120,11 +120,12 @@ def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str, ignored:
         raise DataError(f"{root}: no class sub-folders found in the {what} folder")
     out = {}
     for name in classes:
-        files = list_class_dir(root / name, on_bad, skipped, ignored)
+        found: Counter = Counter()
+        n_skipped = len(skipped)
+        files = list_class_dir(root / name, on_bad, skipped, found)
+        ignored.update(found)
         if not files:
-            raise DataError(
-                f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise _no_images(root / name, found, len(skipped) - n_skipped, len(classes) == 1)
         out[name] = files
     if len(out) < 2:
         raise DataError(
@@ -132,6 +133,21 @@ def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str, ignored:
             "class sub-folders"
         )
     return out
+
+
+def _no_images(class_dir: Path, found: Counter, n_skipped: int, alone: bool) -> DataError:
+    """What an empty class folder holds instead, and the likely fix: an unzipped archive's own
+    folder one level above the classes, photos one level deeper, or a format thaw does not read."""
+    text = f"{class_dir}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+    if n_skipped:
+        text += f" left after {n_skipped} bad image file(s) were skipped"
+    if found:
+        text += f"; it holds {', '.join(f'{kind}: {n}' for kind, n in found.most_common())}"
+    if found["sub-folder"] and alone:
+        text += f"; if its sub-folders are the classes, set data.path to {class_dir}"
+    elif found["sub-folder"]:
+        text += "; images in sub-folders are not read: put each class's images in its folder"
+    return DataError(text)
 
 
 def _take(files: list[str], limit: int | None) -> list[str]:

@@ -33,6 +33,7 @@ def test_first_run_learns_quietly_through_both_phases(smoke_run):
     assert m["val_accuracy"] >= 0.9, m["history"]  # from chance (0.5) after the head epoch
     assert m["history"][0]["val_accuracy"] <= 0.6
     assert m["objective"] == m["val_accuracy"] and m["val_loss"] > 0
+    assert m["kept_phase"] == "finetune"  # the weights kept are from a fine-tuning epoch
     head, ft = m["phases"]["head"], m["phases"]["finetune"]
     # phase 2 unfreezes every block of the random-init base: far more trainable parameters than the
     # head
@@ -109,6 +110,13 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
         (["data=folder", "data.path=/etc/hostname"], "is a file"),
         (["backbone.weights=/no/such/weights.h5"], "backbone.weights"),
         (["no_such_key=1"], "no_such_key"),
+        # a mistyped preset or sweep name is refused, not skipped (the run would go on without it)
+        (["experiment=cats_vs_dog_local"], "Could not find 'experiment/cats_vs_dog_local'"),
+        (["sweep=depth_ltr"], "Could not find 'sweep/depth_ltr'"),
+        # a mistyped key names the setting meant; appending it with + is refused the same way
+        (["trainer.head_epoch=3"], "trainer.head_epoch: no such setting in trainer; did you mean"),
+        (["+trainer.head_epoch=3"], "did you mean trainer.head_epochs?"),
+        (["hydra.sweeper.n_trials=2"], "thaw's sweeper comes with sweep=depth_lr"),
         # typed fields: a value outside the closed set fails at composition, choices named
         (["trainer.resume=sometimes"], "expected one of [auto, never]"),
         (["augment.flip=diagonal"], "horizontal_and_vertical]"),

@@ -114,7 +114,9 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
     "args, needle",
     [
         (["{tmp}/nope", "{photos}"], "no such file or directory"),
-        (["{tmp}", "{photos}"], "no model.keras"),
+        (["{tmp}", "{photos}"], "{tmp}: not a thaw run dir, sweep dir or model.keras"),
+        # outputs/NAME/ holds dated run dirs: the newest is named
+        (["{run.parent}", "{photos}"], "it holds 1 run or sweep dir(s), the newest {run}"),
         (["{run}", "{tmp}/missing.jpg"], "missing.jpg: no such file"),
         (["{run}/metrics.json", "{photos}"], "not a .keras model file"),
         (["{run}", "{photos}", "--batch-size", "0"], "--batch-size: must be >= 1"),
@@ -122,8 +124,10 @@ def test_predict_writes_one_row_per_file_and_reports_bad_ones(trained, tmp_path)
 )
 def test_predict_bad_input_is_one_line_exit_2(trained, tmp_path, args, needle):
     run, photos = trained
-    res = command("thaw-predict", *[a.format(tmp=tmp_path, run=run, photos=photos) for a in args])
-    assert res.returncode == 2 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    names = {"tmp": tmp_path, "run": run, "photos": photos}
+    res = command("thaw-predict", *[a.format(**names) for a in args])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert needle.format(**names) in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -68,6 +68,24 @@ def test_unknown_key_fails_at_composition():
         compose_cfg(["backbone.nope=1"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "+trainer.head_epoch=3",
+            "trainer.head_epoch: no such setting in trainer; did you mean trainer.head_epochs?",
+        ),
+        ("+data.pth=/photos", "data.pth: no such setting in data; did you mean data.path?"),
+        ("+seed=3", "seed: no such setting at the top level"),
+    ],
+)
+def test_a_key_appended_where_the_schema_has_none_is_refused(override, message):
+    """`+key=value` slips past the schema; nothing would read the key, so validate refuses it."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg([override]))
+    assert str(err.value).startswith(message)
+
+
 def test_wrong_type_fails_at_composition():
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_cfg(["trainer.head_epochs=many"])

@@ -175,6 +175,12 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
         (t for t in trials[1:] if t.state.name == "COMPLETE"), key=lambda t: (-t.value, t.number)
     )
     assert set(runs) == {"0", str(top.number)}  # the top trial (top_k=1) and the baseline
+    # each trial says which phase its kept weights come from (the verdict reads it)
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            kept = json.loads((sw / f"trial_{t.number}" / "metrics.json").read_text())["kept_phase"]
+            assert t.user_attrs["kept_phase"] == kept in ("head", "finetune")
+    assert trials[0].user_attrs["kept_phase"] == "head"  # the frozen base fine-tunes nothing
     assert all(set(v) == {"43"} for v in runs.values())
     res_yaml = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert res_yaml["baseline"]["number"] == 0 and set(res_yaml["baseline"]["values"]) == {42, 43}
@@ -326,3 +332,29 @@ def thaw_cmd(module, args, cwd):
         timeout=600,
         env=dict(os.environ),
     )
+
+
+def test_a_winner_that_kept_a_head_epoch_is_said_not_to_answer_for_its_depth():
+    """restore_best can keep a head epoch of a fine-tuning trial: its model is the frozen base with
+    a trained head, and the verdict must not credit its depth."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from thaw.sweeper import confirm
+    from thaw.sweeper.verdict import verdict
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(confirm.BASELINE_ATTR, 0)
+    space = {"unfreeze.depth": IntDistribution(0, 18), "lr.base": FloatDistribution(1e-4, 1e-2)}
+    for depth, value, kept in ((0, 0.90, "head"), (8, 0.93, "head"), (3, 0.92, "finetune")):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"unfreeze.depth": depth, "lr.base": 1e-3},
+                distributions=space,
+                value=value,
+                user_attrs={"kept_phase": kept, "objective_name": "val_accuracy"},
+            )
+        )
+    said = {t.number: verdict(study, ["maximize"], t, {"best_trial": {}}) for t in study.trials}
+    assert "trial 1 kept the weights of a head epoch" in said[1] and "depth 8" in said[1]
+    assert "head epoch" not in said[2]  # its fine-tuning was kept
+    assert "head epoch" not in said[0]  # the frozen base trains only its head

@@ -97,8 +97,30 @@ def precheck(argv: list[str], data_state=None) -> None:
     except ThawError as exc:
         _die(_one_line(exc))
     except (HydraException, OmegaConfBaseException) as exc:
-        _die(_one_line(exc))
+        _die(_one_line(_no_such_setting(exc) or exc))
     _warn_ignored(cfg, overrides)
+
+
+def _no_such_setting(exc: BaseException) -> ThawError | None:
+    """Hydra's line for an override of a key the config lacks ends "To append to your config use
+    +key=value": for thaw's settings that would change nothing, so name the nearest setting."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from thaw.config.checks import not_a_setting
+    from thaw.errors import ConfigError
+
+    found = re.match(r"Could not override '([^']+)'", str(exc))
+    if not found or not isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        return None
+    key = found.group(1)
+    if key.startswith("hydra.sweeper.") and "BasicSweeperConf" in str(exc.__cause__):
+        return ConfigError(
+            f"{key}: Hydra's basic sweeper has no such setting; thaw's sweeper comes with "
+            "sweep=depth_lr or sweep=finetune"
+        )
+    return None if key.startswith("hydra.") else not_a_setting(key)
 
 
 def _warn_ignored(cfg, overrides: list[str]) -> None:
@@ -297,7 +319,10 @@ def _wind_up(
 def _complete(trial, out: Path, result) -> None:
     """The trial told its objective (and time breakdown); the objective logged and printed."""
     if trial is not None:
-        trial.describe(time_breakdown=result.metrics.get("time_breakdown"))
+        trial.describe(
+            time_breakdown=result.metrics.get("time_breakdown"),
+            kept_phase=result.metrics.get("kept_phase"),
+        )
         trial.complete(result.objective, out)
     log.info(
         "objective %s = %s  (run dir %s)", result.metrics["objective_name"], result.objective, out

@@ -99,13 +99,28 @@ def find_run(target: str) -> tuple[Path, Path | None]:
         return p, p.parent if (p.parent / "metrics.json").is_file() else None
     run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / "model.keras").is_file():
-        why = (
-            "the run was made with trainer.save_model=false"
-            if (run / "metrics.json").is_file()
-            else "not a thaw run or sweep directory"
-        )
-        raise ConfigError(f"{run}: no model.keras ({why}); retrain it with thaw-retrain {p}")
+        raise ConfigError(_no_model(run, p))
     return run / "model.keras", run
+
+
+def _no_model(run: Path, given: Path) -> str:
+    """Why a directory gives no model, and where one is: a run saved without it is retrained; a
+    folder of runs (outputs/NAME/, multirun/sweeps/) names its newest run or sweep."""
+    if (run / "metrics.json").is_file():
+        return (
+            f"{run}: no model.keras (the run was made with trainer.save_model=false); retrain it "
+            f"with thaw-retrain {given}"
+        )
+    text = f"{given}: not a thaw run dir, sweep dir or model.keras"
+    inside = [
+        d
+        for d in given.iterdir()
+        if (d / "model.keras").is_file() or (d / "optimization_results.yaml").is_file()
+    ]
+    if inside:
+        newest = max(inside, key=lambda d: d.stat().st_mtime)
+        text += f"; it holds {len(inside)} run or sweep dir(s), the newest {newest}"
+    return text
 
 
 @dataclass

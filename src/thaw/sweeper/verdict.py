@@ -23,7 +23,21 @@ def verdict(study, directions: list[str], best, res: dict[str, Any]) -> str:
         text = _unconfirmed(study, best, res, what)
     else:
         text = _confirmed(best, gain, base, what, points, directions[0] == "maximize")
-    return text + _test_text(res["best_trial"])
+    named = gain["trial"] if gain is not None and base is not None else best.number
+    return text + _kept_a_head_epoch(study, named) + _test_text(res["best_trial"])
+
+
+def _kept_a_head_epoch(study, number: int) -> str:
+    """A fine-tuned trial whose kept weights are from a head epoch says nothing of its depth."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or number == confirm.baseline_number(study):
+        return ""
+    if trial.user_attrs.get("kept_phase") != "head":
+        return ""
+    return (
+        f" (in its search run, trial {number} kept the weights of a head epoch: fine-tuning at "
+        "its depth never beat the frozen base it started from)"
+    )
 
 
 def _label(key: str) -> str:

@@ -149,6 +149,7 @@ class RunRecord:
             train_loss=row.get("loss"),
             objective_epoch=self.epoch_number(chosen),
             objective_from=f"best epoch by {monitor}" if restore_best else "last epoch",
+            kept_phase=row.get("phase"),  # "head": fine-tuning never beat the frozen base
             last_val_accuracy=self.history[-1].get("val_accuracy"),
         )
         best = self.best_epoch("val_accuracy")

@@ -116,7 +116,7 @@ def test_saved_model_reloads_without_thaw(smoke_run, tmp_path):
         # a mistyped key names the setting meant; appending it with + is refused the same way
         (["trainer.head_epoch=3"], "trainer.head_epoch: no such setting in trainer; did you mean"),
         (["+trainer.head_epoch=3"], "did you mean trainer.head_epochs?"),
-        (["hydra.sweeper.n_trials=2"], "thaw's sweeper comes with sweep=depth_lr"),
+        (["hydra.sweeper.n_trials=2"], "no such setting without thaw's sweeper (a single run"),
         # typed fields: a value outside the closed set fails at composition, choices named
         (["trainer.resume=sometimes"], "expected one of [auto, never]"),
         (["augment.flip=diagonal"], "horizontal_and_vertical]"),

@@ -53,8 +53,10 @@ def test_line_counts_like_the_sweep_and_estimates_time_left():
         _trial(5, TrialState.COMPLETE, 0.90),
     ]
     line = prog.line(trials)
-    # counted: 3 complete, 1 pruned, the failed job; not the interrupted one -> 5 of 10
-    assert line.startswith("sweep: 5/10 trials done (COMPLETE 3, FAIL 2, PRUNED 1)")
+    # counted: 3 complete, 1 pruned, the failed job; the interrupted one apart -> 5 of 10
+    assert line.startswith(
+        "sweep: 5/10 trials done (COMPLETE 3, FAIL 1, PRUNED 1; not counted: FAIL 1)"
+    )
     assert "best 0.95 (trial 1)" in line
     # 4 trials in 120 s in this process -> 30 s each, 5 left
     assert "elapsed 2m00s" in line and "about 2m30s left" in line
@@ -99,3 +101,19 @@ def test_study_trials_work_too(tmp_path):
     prog.start([])
     line = prog.line(study.get_trials(deepcopy=False))
     assert "3/5 trials done (COMPLETE 3)" in line and f"(trial {study.best_trial.number})" in line
+
+
+def test_a_line_that_says_nothing_new_is_not_logged_again(caplog):
+    """With n_jobs > 1 a trial can be counted from the storage before its settle comes round:
+    the second settle's line would repeat the first."""
+    import logging
+
+    prog = Progress(2, counted, ["maximize"], stream=io.StringIO(), clock=_Clock())
+    log = logging.getLogger("thaw.test_progress")
+    trials = [_trial(0, TrialState.COMPLETE, 0.8)]
+    with caplog.at_level(logging.INFO, logger="thaw.test_progress"):
+        prog.report(trials, log)
+        prog.report(trials, log)
+        prog.report(trials + [_trial(1, TrialState.PRUNED)], log)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "1/2 trials done" in lines[0] and "2/2 trials done" in lines[1]

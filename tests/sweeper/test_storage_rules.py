@@ -8,7 +8,7 @@ import pytest
 from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState, create_trial
 
-from thaw.sweeper.failures import TooManyFailures, check_failures
+from thaw.sweeper.failures import TooManyFailures, check_failures, counted
 from thaw.sweeper.storage import HeartbeatJournalStorage, make_storage
 
 
@@ -40,7 +40,7 @@ def test_hydra_optuna_sweeper_meaning_is_per_batch():
 
 # the sweeper asks outside Study.optimize on purpose and silences this (thaw.sweeper.core)
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
-def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path):
+def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path, caplog):
     path = str(tmp_path / "study.log")
     storage = make_storage(path, heartbeat_interval=1, grace_period=5, max_retry=1)
     assert isinstance(storage, HeartbeatJournalStorage)
@@ -52,9 +52,14 @@ def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path):
     os.utime(tmp_path / "study.log.heartbeats" / str(dead._trial_id), (old, old))
     # another process (a resumed sweep) opens the same journal and looks for stale trials
     other = optuna.load_study(study_name="s", storage=make_storage(path, 1, 5, max_retry=1))
-    fail_stale_trials(other)
+    with caplog.at_level("WARNING", logger="thaw.sweeper"):
+        fail_stale_trials(other)
     states = {t.number: t.state for t in other.get_trials()}
     assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    # the log says why, and the dead trial is not counted (no `error`: its slot runs again)
+    assert not counted(other.get_trials()[dead.number])
+    assert f"trial {dead.number}: no heartbeat within the grace period" in caplog.text
+    assert "its params run again (max_retry)" in caplog.text
     retried = [
         t
         for t in other.get_trials()

@@ -141,6 +141,50 @@ def test_an_ignored_key_on_the_command_line_is_warned_about(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_settings_a_folder_or_a_sweep_makes_inert_are_warned_about(tmp_path, capsys):
+    """Found by running thaw as a user: each of these was accepted without a word."""
+    from thaw.commands.train import precheck
+
+    folder = make_folder(tmp_path / "photos", layout="split", per_class=4)
+    precheck(["experiment=tiny", "data=folder", f"data.path={folder}", "data.val_fraction=0.3"])
+    assert f"data.val_fraction changes nothing here: {folder} has its own validation folder" in (
+        capsys.readouterr().err
+    )
+    precheck(["experiment=tiny", "trainer.save_model=false", "trainer.export_h5=true"])
+    assert "trainer.export_h5 changes nothing here: trainer.save_model=false" in (
+        capsys.readouterr().err
+    )
+    sweep_ = ["--multirun", "experiment=tiny", "logger=none", "sweep=depth_lr"]
+    precheck(
+        [
+            *sweep_,
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.confirm.top_k=0",
+            "hydra.sweeper.confirm.seeds=5",
+            "hydra.sweeper.heartbeat_interval=null",
+            "hydra.sweeper.grace_period=5",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert "hydra.sweeper.n_jobs changes nothing here: Hydra's basic launcher" in err
+    assert "hydra.sweeper.confirm.seeds changes nothing here: hydra.sweeper.confirm.top_k=0" in err
+    assert (
+        "hydra.sweeper.grace_period changes nothing here: hydra.sweeper.heartbeat_interval" in err
+    )
+    # where they matter, no word
+    flat = make_folder(tmp_path / "flat", per_class=4)
+    precheck(["experiment=tiny", "data=folder", f"data.path={flat}", "data.val_fraction=0.3"])
+    precheck(
+        [
+            *sweep_,
+            "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.confirm.seeds=5",
+            "hydra.sweeper.grace_period=50",
+        ]
+    )
+    assert "changes nothing" not in capsys.readouterr().err
+
+
 def test_pruning_without_a_per_epoch_objective_is_warned_about():
     from thaw.commands.sweep_hooks import ThawTrainSweep
 
@@ -358,3 +402,47 @@ def test_a_winner_that_kept_a_head_epoch_is_said_not_to_answer_for_its_depth():
     assert "trial 1 kept the weights of a head epoch" in said[1] and "depth 8" in said[1]
     assert "head epoch" not in said[2]  # its fine-tuning was kept
     assert "head epoch" not in said[0]  # the frozen base trains only its head
+    # before its confirmation runs (during the search, or while another worker confirms) the
+    # answer says it is provisional, not that confirmation is off
+    early = verdict(
+        study, ["maximize"], study.trials[2], {"best_trial": {}, "confirmation_pending": 4}
+    )
+    assert early.startswith("so far, with 4 confirmation run(s) to go: trial 2")
+    assert "top_k=0" not in early and "top_k=0" in said[2]
+
+
+def test_workers_started_together_draw_apart():
+    """Two workers opening one study at once hold samplers with the same seed: without DrawApart
+    (installed on every sweep's sampler) they draw the same trials; with it each worker re-seeds
+    when the other's trials come between its own, and a worker alone keeps its seeded draws."""
+    from optuna.distributions import FloatDistribution
+
+    from thaw.sweeper.study_setup import DrawApart
+
+    space = {"lr.base": FloatDistribution(1e-4, 1e-2, log=True)}
+
+    def draws(workers: int, apart: bool, rounds: int = 4) -> list[float]:
+        storage = optuna.storages.InMemoryStorage()
+        studies = []
+        for _ in range(workers):  # each opens the study before either asks
+            study = optuna.create_study(
+                study_name="s",
+                storage=storage,
+                load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=7, n_startup_trials=3),
+            )
+            if apart:
+                study.sampler.before_trial = DrawApart(study.sampler, len(study.trials))
+            studies.append(study)
+        out = []
+        for _ in range(rounds):
+            for study in studies:
+                trial = study.ask(space)
+                out.append(trial.params["lr.base"])
+                study.tell(trial, trial.params["lr.base"])
+        return out
+
+    assert len(set(draws(2, apart=False))) < 8  # the race the helper hit: the same trials twice
+    together = draws(2, apart=True)
+    assert len(set(together)) == len(together) == 8
+    assert draws(1, apart=True) == draws(1, apart=False)  # one worker: the seeded sequence

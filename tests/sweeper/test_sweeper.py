@@ -760,3 +760,10 @@ def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
         not runs["errors"] and sum(len(v) for v in runs["runs"].values()) == 2
     )  # baseline + top 1, once each
     assert sum("confirming:" in out for out in outs) == 1
+    # the other worker leaves the answer to the confirming one: one verdict, over 2 seeds
+    assert sum("confirmation: left to the worker" in out for out in outs) == 1
+    assert sum("verdict:" in out for out in outs) == 1
+    res = yaml.safe_load((sw / "optimization_results.yaml").read_text())
+    assert "confirmation_pending" not in res and "over 2 seeds" in res["verdict"], res["verdict"]
+    # two workers started together draw different trials
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)

@@ -88,6 +88,7 @@ def precheck(argv: list[str], data_state=None) -> None:
                 return_hydra_config=bool(args.multirun),
             )
         thaw_sweep = args.multirun and "thaw_sweeper" in str(cfg.hydra.sweeper.get("_target_", ""))
+        hydra_node = cfg.hydra if thaw_sweep else None
         if args.multirun:
             from thaw.sweeper.identity import without_hydra
 
@@ -98,7 +99,7 @@ def precheck(argv: list[str], data_state=None) -> None:
         _die(_one_line(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         _die(_one_line(_no_such_setting(exc) or exc))
-    _warn_ignored(cfg, overrides)
+    _warn_ignored(cfg, overrides, hydra_node)
 
 
 def _no_such_setting(exc: BaseException) -> ThawError | None:
@@ -117,24 +118,28 @@ def _no_such_setting(exc: BaseException) -> ThawError | None:
     key = found.group(1)
     if key.startswith("hydra.sweeper.") and "BasicSweeperConf" in str(exc.__cause__):
         return ConfigError(
-            f"{key}: Hydra's basic sweeper has no such setting; thaw's sweeper comes with "
-            "sweep=depth_lr or sweep=finetune"
+            f"{key}: no such setting without thaw's sweeper (a single run, or Hydra's basic "
+            "sweeper); sweep=depth_lr or sweep=finetune brings it"
         )
     return None if key.startswith("hydra.") else not_a_setting(key)
 
 
-def _warn_ignored(cfg, overrides: list[str]) -> None:
+def _warn_ignored(cfg, overrides: list[str], hydra_node=None) -> None:
     """A key given on the command line that this config ignores: one warning line naming it and why
-    (a sweep that searches such a key is refused by the sweeper instead)."""
+    (a sweep that searches such a key is refused by the sweeper instead). With a thaw sweep's
+    `hydra_node`, its sweeper settings too."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from thaw.config.checks import ignored
+    from thaw.config.checks import ignored, inert_sweeper_keys
 
     keys = [
         o.get_key_element().lstrip("+~")
         for o in OverridesParser.create().parse_overrides(overrides)
     ]
-    for key, why in ignored(cfg, keys).items():
+    found = ignored(cfg, keys)
+    if hydra_node is not None:
+        found.update({k: v for k, v in inert_sweeper_keys(hydra_node).items() if k in keys})
+    for key, why in found.items():
         print(
             f"thaw-train: warning: {key} changes nothing here: {why}", file=sys.stderr, flush=True
         )

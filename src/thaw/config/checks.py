@@ -316,6 +316,19 @@ _INERT = (
         lambda c: f"data={c.data.name} does not read a folder (data=folder does)",
     ),
     (
+        lambda c: c.data.name == "folder" and bool(c.data.path) and _has_own_split(c.data.path),
+        ("data.val_fraction",),
+        lambda c: (
+            f"{c.data.path} has its own validation folder; data.val_fraction splits a folder "
+            "of class folders"
+        ),
+    ),
+    (
+        lambda c: not c.trainer.save_model,
+        ("trainer.export_h5",),
+        "trainer.save_model=false: no model is saved, in either format",
+    ),
+    (
         lambda c: c.data.name != "synthetic",
         ("data.num_train", "data.num_val", "data.num_test"),
         lambda c: f"data={c.data.name} is not generated (the counts apply to data=synthetic)",
@@ -342,6 +355,41 @@ _INERT = (
         "logger=none: nothing is tracked",
     ),
 )
+
+
+def _has_own_split(path) -> bool:
+    from thaw.data.scan import has_own_split
+
+    return has_own_split(path)
+
+
+# thaw's sweeper settings that a multirun's `hydra` node makes inert: (condition, keys, why)
+_SWEEPER_INERT = (
+    (
+        lambda h: (
+            "BasicLauncher" in str(h.launcher.get("_target_", ""))
+            and int(h.sweeper.get("n_jobs") or 1) > 1
+        ),
+        ("hydra.sweeper.n_jobs",),
+        "Hydra's basic launcher runs one trial at a time (hydra/launcher=joblib, ray or "
+        "submitit run n_jobs at once)",
+    ),
+    (
+        lambda h: int(OmegaConf.select(h, "sweeper.confirm.top_k", default=1) or 0) == 0,
+        ("hydra.sweeper.confirm.seeds",),
+        "hydra.sweeper.confirm.top_k=0: there are no confirmation runs",
+    ),
+    (
+        lambda h: "heartbeat_interval" in h.sweeper and not h.sweeper.heartbeat_interval,
+        ("hydra.sweeper.grace_period",),
+        "hydra.sweeper.heartbeat_interval is null: without heartbeats no trial goes stale",
+    ),
+)
+
+
+def inert_sweeper_keys(hydra) -> dict:
+    """{key: why} for the sweeper settings a multirun's `hydra` node ignores."""
+    return {key: why for condition, keys, why in _SWEEPER_INERT if condition(hydra) for key in keys}
 
 
 def inert_keys(cfg) -> dict:

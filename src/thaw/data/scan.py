@@ -245,6 +245,13 @@ def _class_files(cfg, root: Path, skipped: list[str], ignored: Counter) -> tuple
     return train_map, val_map
 
 
+def has_own_split(path) -> bool:
+    """Whether a folder holds its own train and validation folders (so data.val_fraction does not
+    split it)."""
+    root = Path(os.path.expanduser(str(path)))
+    return _first_dir(root, TRAIN_DIRS) is not None and _first_dir(root, VAL_DIRS) is not None
+
+
 def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / d for d in names if (root / d).is_dir()), None)
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from thaw.runtime.outputs import write_text_atomic
 from thaw.runtime.secrets import redact
 from thaw.sweeper import confidence, confirm
-from thaw.sweeper.confirm_stage import chosen, seconds
+from thaw.sweeper.confirm_stage import chosen, confirmation, seconds
 from thaw.sweeper.failures import counted
 from thaw.sweeper.state import SweepState
 from thaw.sweeper.verdict import verdict
@@ -54,7 +54,8 @@ def results(sw: SweepState) -> dict[str, Any]:
 def _add_best(sw: SweepState, trials, out: dict[str, Any]) -> None:
     """One objective: the chosen trial, the confirmation, the test split, the cost, the verdict."""
     study = sw.study
-    best, summary = chosen(sw)
+    conf = confirmation(sw)
+    best, summary = chosen(sw, conf)
     out.update(
         best_value=best.value,
         best_params=dict(best.params),
@@ -78,6 +79,9 @@ def _add_best(sw: SweepState, trials, out: dict[str, Any]) -> None:
     after = after_startup(study, sw.directions, sw.cfg.get("pruner"), trials)
     if after is not None:
         out["after_startup"] = after
+    pending = len(conf.pending()) if conf is not None else 0
+    if pending:  # during the search, or while another worker confirms
+        out["confirmation_pending"] = pending
     out["verdict"] = verdict(study, sw.directions, best, out)
     study.set_user_attr("verdict", out["verdict"])
 

@@ -42,25 +42,27 @@ def confirmation(sw: SweepState) -> confirm.Confirmation | None:
     )
 
 
-def run(sw: SweepState, save: Callable[[], None]) -> None:
+def run(sw: SweepState, save: Callable[[], None]) -> str | None:
     """Re-run the top trials and the baseline with more seeds (recorded on the study, not told to
-    Optuna), n_jobs at a time through the launcher; `save` writes the results after each batch."""
+    Optuna), n_jobs at a time through the launcher; `save` writes the results after each batch.
+    Returns the other worker that runs them, if one does (its answer is the sweep's)."""
     from thaw.runtime import interrupt
 
     conf = confirmation(sw)
     if conf is None:
-        return
+        return None
     pending = conf.pending()
     if not pending:
-        return
+        return None
     owner = confirmation_owner(sw.study)
     if owner is not None:
         log.info(
             "confirmation: left to the worker %s of this study (it runs every confirmation run "
-            "once)",
+            "once, then writes the answer to %s)",
             owner,
+            sw.sweep_dir / "optimization_results.yaml",
         )
-        return
+        return owner
     log.info(
         "confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)",
         len(pending),
@@ -74,6 +76,7 @@ def run(sw: SweepState, save: Callable[[], None]) -> None:
         _run_batch(sw, conf, pending[i : i + n_jobs], extra, 10_000 + i)
         save()
     _log_cost(sw)
+    return None
 
 
 def _run_batch(sw: SweepState, conf, batch, extra: list[str], job_idx: int) -> None:
@@ -101,7 +104,7 @@ def _run_batch(sw: SweepState, conf, batch, extra: list[str], job_idx: int) -> N
             seed,
             f"value {value:.4f}" if error is None else f"failed ({error})",
         )
-    conf.store(results, seconds)
+    conf.store(results, seconds * len(batch))  # slot-seconds: the search's trials are summed
 
 
 def _log_cost(sw: SweepState) -> None:
@@ -118,7 +121,8 @@ def _log_cost(sw: SweepState) -> None:
 
 def seconds(sw: SweepState, trials) -> dict[str, float]:
     """What the answer cost: the search's trials (start to end, summed) and the confirmation's
-    launches (wall), so the price of "how sure" is on record."""
+    launches (wall times the runs each launched at once, so that n_jobs > 1 compares alike), so
+    the price of "how sure" is on record."""
     search = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -168,9 +172,10 @@ def alive(worker: str) -> bool:
     return True
 
 
-def chosen(sw: SweepState) -> tuple[Any, dict[str, Any] | None]:
-    """The trial the sweep answers with: the confirmed winner, else Optuna's best."""
-    conf = confirmation(sw)
+def chosen(sw: SweepState, conf=None) -> tuple[Any, dict[str, Any] | None]:
+    """The trial the sweep answers with: the confirmed winner, else Optuna's best. (`conf`: the
+    sweep's confirmation, if the caller has it.)"""
+    conf = conf if conf is not None else confirmation(sw)
     summary = conf.summary() if conf is not None else None
     if summary is not None:
         return sw.study.get_trials(deepcopy=False)[summary["winner"]], summary

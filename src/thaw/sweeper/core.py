@@ -91,7 +91,8 @@ class SweepRunner:
         beats = Heartbeats(sw.storage, sw.settings.heartbeat_interval)
         self._search(plan, beats)
         answer.log_after_startup(sw)
-        self._confirm()
+        if self._confirm() is not None:
+            return sw.study  # the confirming worker tests the winner and writes the answer
         saved_models.remove_unneeded(sw)
         confirm_stage.evaluate_best(sw)
         failure = failures.nothing_usable(sw.study)
@@ -226,9 +227,10 @@ class SweepRunner:
         self.write_results()
         progress.report(sw.study.get_trials(deepcopy=False), log)
 
-    def _confirm(self) -> None:
+    def _confirm(self) -> str | None:
+        """The confirmation runs; the other worker that runs them instead, if one does."""
         try:
-            confirm_stage.run(self.state, self.write_results)
+            return confirm_stage.run(self.state, self.write_results)
         except KeyboardInterrupt:
             log.warning(
                 "interrupted during confirmation: finished runs are kept on the study; run the "

@@ -1,9 +1,9 @@
 """One line after every trial: how far the sweep is, what is best so far, and how long is left.
 
-Trials are counted the way the sweep counts them (COMPLETE, PRUNED and failed jobs; not stale or
-interrupted ones). Time left is this process's pace so far (resumed trials do not make it look
-faster than it is) times the trials still to run. On a terminal a bar follows the line (tqdm's
-meter); in logs and CI the line stays plain.
+Trials are counted the way the sweep counts them (COMPLETE, PRUNED and failed jobs; stale and
+interrupted ones are listed apart, as not counted). Time left is this process's pace so far
+(resumed trials do not make it look faster than it is) times the trials still to run. On a
+terminal a bar follows the line (tqdm's meter); in logs and CI the line stays plain.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Progress:
         self.clock = clock
         self.t0 = clock()
         self.at_start: int | None = None
+        self.said: str | None = None  # the last line logged, up to its times
 
     def start(self, trials) -> None:
         self.at_start = sum(1 for t in trials if self.counted(t))
@@ -55,7 +56,12 @@ class Progress:
         done = sum(1 for t in trials if self.counted(t))
         if self.at_start is None:
             self.at_start = 0
-        states = Counter(t.state.name for t in trials)
+        states = Counter(
+            t.state.name for t in trials if self.counted(t) or not t.state.is_finished()
+        )
+        lost = Counter(
+            t.state.name for t in trials if t.state.is_finished() and not self.counted(t)
+        )
         elapsed = self.clock() - self.t0
         ran = done - self.at_start
         left = max(0, self.n_trials - done)
@@ -67,6 +73,8 @@ class Progress:
             else "no best yet"
         )
         state_txt = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        if lost:  # stale or interrupted: run again, so not in the count
+            state_txt += "; not counted: " + ", ".join(f"{k} {v}" for k, v in sorted(lost.items()))
         return (
             f"sweep: {done}/{self.n_trials} trials done ({state_txt}); {best_txt}; "
             f"elapsed {_clock(elapsed)}, about {_clock(eta) if left else '0s'} left"
@@ -91,7 +99,13 @@ class Progress:
         )
 
     def report(self, trials: list, log) -> str:
+        """The line, logged unless it says what the last one said (with n_jobs > 1 a trial can be
+        counted from the storage before its own settle comes round)."""
         text = self.line(trials)
+        said = text.split("; elapsed")[0]
+        if said == self.said:
+            return text
+        self.said = said
         log.info("%s", text)
         bar = self.bar(trials)
         if bar is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,6 +13,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 from thaw.errors import ConfigError
 from thaw.runtime.secrets import redact, scrub
+
+log = logging.getLogger("thaw.sweeper")
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 
@@ -82,11 +86,31 @@ def make_storage(
     # Optuna >= 4.9 names it for what it does; RetryFailedTrialCallback is the same, deprecated
     # there
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", RetryFailedTrialCallback)
-    callback = retry(max_retry=max_retry) if max_retry > 0 else None
+    callback = NoteStale(retry(max_retry=max_retry) if max_retry > 0 else None)
     path = journal_path(url)
     if path is not None:
         return _journal(path, heartbeat_interval, grace_period, callback)
     return _rdb(url, heartbeat_interval, grace_period, callback)
+
+
+class NoteStale:
+    """Optuna's stale-trial callback. A trial whose worker stopped beating ends FAIL with no word
+    of why (Optuna fails it first, and a finished trial takes no attributes): this says it in the
+    log, then runs Optuna's retry callback when hydra.sweeper.max_retry asks for one. The report
+    names the reason from the trial having no `error`."""
+
+    def __init__(self, retry=None):
+        self.retry = retry
+
+    def __call__(self, study, trial) -> None:
+        log.warning(
+            "trial %d: no heartbeat within the grace period (its worker was killed or lost): "
+            "failed, not counted; %s",
+            trial.number,
+            "its params run again (max_retry)" if self.retry else "a new trial takes its slot",
+        )
+        if self.retry is not None:
+            self.retry(study, trial)
 
 
 def _journal(path: str, heartbeat_interval: int | None, grace_period: int | None, callback):
@@ -113,6 +137,11 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, cal
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+    # Optuna >= 4.9 names the callback for what it does (failed_trial_callback is deprecated there)
+    params = inspect.signature(RDBStorage).parameters
+    name = next(
+        n for n in ("heartbeat_stale_trial_callback", "failed_trial_callback") if n in params
+    )
     for attempt in range(6):
         try:
             return RDBStorage(
@@ -120,7 +149,7 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, cal
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                failed_trial_callback=callback,
+                **{name: callback},
             )
         except Exception as exc:  # sqlalchemy / driver errors
             first = (

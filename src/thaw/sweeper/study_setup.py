@@ -103,6 +103,7 @@ def open_study(
     )
     study = _create_study(study_name, storage, sampler, pruner, directions, url)
     reseed_on_resume(study, node)  # before the baseline is enqueued: a new study is not resumed
+    study.sampler.before_trial = DrawApart(study.sampler, len(study.get_trials(deepcopy=False)))
     baseline = question.record(q, study, plan, app)
     if is_grid(node):
         requeue_lost_grid_points(study)
@@ -151,6 +152,33 @@ def reseed_on_resume(study, node) -> None:
         log.info("resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n)
     except Exception as exc:
         log.warning("could not re-seed the sampler on resume: %s", exc)
+
+
+class DrawApart:
+    """Workers started together on one study hold samplers seeded alike, and would draw the same
+    trials while their histories match. The sampler's before_trial hook sees each new trial's
+    number: when other workers' trials came between two of this worker's, the sampler is
+    re-seeded (Optuna's reseed_rng), so the workers' draws part. A worker alone never re-seeds and
+    keeps its seeded sequence."""
+
+    def __init__(self, sampler, next_number: int):
+        self.sampler, self.next_number = sampler, next_number
+        self.before_trial = sampler.before_trial  # the sampler's own hook, called after
+
+    def __call__(self, study, trial) -> None:
+        if trial.number > self.next_number:  # a smaller number is an existing trial re-opened
+            try:
+                self.sampler.reseed_rng()
+                log.info(
+                    "trial %d: %d trial(s) of other workers came first; sampler re-seeded so "
+                    "the workers draw apart",
+                    trial.number,
+                    trial.number - self.next_number,
+                )
+            except NotImplementedError:
+                pass
+        self.next_number = max(self.next_number, trial.number + 1)
+        self.before_trial(study, trial)
 
 
 def requeue_lost_grid_points(study) -> None:

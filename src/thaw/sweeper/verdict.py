@@ -24,7 +24,9 @@ def verdict(study, directions: list[str], best, res: dict[str, Any]) -> str:
     else:
         text = _confirmed(best, gain, base, what, points, directions[0] == "maximize")
     named = gain["trial"] if gain is not None and base is not None else best.number
-    return text + _kept_a_head_epoch(study, named) + _test_text(res["best_trial"])
+    text += _kept_a_head_epoch(study, named) + _test_text(res["best_trial"])
+    pending = res.get("confirmation_pending")
+    return f"so far, with {pending} confirmation run(s) to go: {text}" if pending else text
 
 
 def _kept_a_head_epoch(study, number: int) -> str:
@@ -51,7 +53,7 @@ def _unconfirmed(study, best, res: dict[str, Any], what: str) -> str:
     text = f"trial {best.number} ({what}) is the best, value {best.value:.4g}"
     if "confirmed" in res:
         mean, seeds = res["best_trial"].get("mean", best.value), len(res.get("seeds", []))
-        text += f", mean {mean:.4g} over {seeds} seeds"
+        text += f", mean {mean:.4g} over {_seeds(seeds)}"
     base_number = confirm.baseline_number(study)
     base_trial = next(
         (
@@ -62,16 +64,20 @@ def _unconfirmed(study, best, res: dict[str, Any], what: str) -> str:
         None,
     )
     if base_trial is None:
-        text += " (no baseline to compare with)"
-    elif best.number == base_trial.number:
-        text += " and is the frozen base; not confirmed over seeds "
-        text += "(hydra.sweeper.confirm.top_k=0)"
+        return text + " (no baseline to compare with)"
+    why = "" if res.get("confirmation_pending") else " (hydra.sweeper.confirm.top_k=0)"
+    if best.number == base_trial.number:
+        text += f" and is the frozen base; not confirmed over seeds{why}"
     else:
         text += (
             f"; the frozen base (trial {base_trial.number}) scored {base_trial.value:.4g}, "
-            "one seed each: not confirmed (hydra.sweeper.confirm.top_k=0)"
+            f"one seed each: not confirmed{why}"
         )
     return text
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def _confirmed(best, gain, base, what: str, points: bool, maximize: bool) -> str:
@@ -89,14 +95,14 @@ def _confirmed(best, gain, base, what: str, points: bool, maximize: bool) -> str
     if best.number == base["number"]:
         return (
             f"the frozen base (trial {best.number}) has the best mean; the best fine-tuned "
-            f"trial {tuned} differs by {fmt(gain['mean'])}{interval}, over {n} seeds"
+            f"trial {tuned} differs by {fmt(gain['mean'])}{interval}, over {_seeds(n)}"
         )
     if gain["low"] is not None and sign * gain["low"] > 0:
         by = fmt(sign * gain["mean"])
-        return f"{what} (trial {tuned}) beats the frozen base by {by}{interval}, over {n} seeds"
+        return f"{what} (trial {tuned}) beats the frozen base by {by}{interval}, over {_seeds(n)}"
     return (
         f"{what} (trial {tuned}) is not distinguishable from the frozen base: "
-        f"{fmt(sign * gain['mean'])}{interval}, over {n} seeds"
+        f"{fmt(sign * gain['mean'])}{interval}, over {_seeds(n)}"
     )
 
 

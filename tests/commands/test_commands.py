@@ -257,3 +257,15 @@ def test_retrain_reruns_the_exact_config_with_overrides(trained, tmp_path):
         "thaw-retrain", run, "data=folder", f"hydra.run.dir={tmp_path / 'grp'}", cwd=tmp_path
     )
     assert res.returncode == 2 and "data=folder" in res.stderr and not (tmp_path / "grp").exists()
+
+
+def test_a_sweep_whose_best_trial_has_no_model_is_named_as_a_sweep(tmp_path):
+    from thaw.errors import ConfigError
+    from thaw.model.inference import find_run
+
+    (tmp_path / "trial_3").mkdir()
+    (tmp_path / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"best_trial": {"number": 3, "run_dir": "trial_3"}})
+    )
+    with pytest.raises(ConfigError, match="trial_3: the sweep's best trial has no model.keras"):
+        find_run(str(tmp_path))

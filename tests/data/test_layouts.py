@@ -135,6 +135,12 @@ def test_an_unzipped_archives_own_folder_is_named_as_the_folder_to_point_at(tmp_
     assert msg.startswith(f"{inner}: class folder has no images")
     assert "it holds sub-folder: 2, .txt: 1" in msg
     assert msg.endswith(f"if its sub-folders are the classes, set data.path to {inner}")
+    # inside train/ the same wrapper is not a data.path: that would leave validation/ out
+    split = tmp_path / "split"
+    folder(split / "train" / "flower_photos", [""])
+    folder(split / "validation", [""])
+    msg = _refusal(split)
+    assert "train/flower_photos: class folder has no images" in msg and "data.path" not in msg
 
 
 def test_empty_class_folders_say_what_they_hold_instead(tmp_path):

@@ -59,7 +59,7 @@ def test_journal_heartbeats_fail_a_dead_workers_trial_and_retry_it(tmp_path, cap
     # the log says why, and the dead trial is not counted (no `error`: its slot runs again)
     assert not counted(other.get_trials()[dead.number])
     assert f"trial {dead.number}: no heartbeat within the grace period" in caplog.text
-    assert "its params run again (max_retry)" in caplog.text
+    assert "max_retry re-runs its params while retries remain" in caplog.text
     retried = [
         t
         for t in other.get_trials()

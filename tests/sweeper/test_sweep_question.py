@@ -224,7 +224,6 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
         if t.state.name == "COMPLETE":
             kept = json.loads((sw / f"trial_{t.number}" / "metrics.json").read_text())["kept_phase"]
             assert t.user_attrs["kept_phase"] == kept in ("head", "finetune")
-    assert trials[0].user_attrs["kept_phase"] == "head"  # the frozen base fine-tunes nothing
     assert all(set(v) == {"43"} for v in runs.values())
     res_yaml = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert res_yaml["baseline"]["number"] == 0 and set(res_yaml["baseline"]["values"]) == {42, 43}
@@ -402,6 +401,15 @@ def test_a_winner_that_kept_a_head_epoch_is_said_not_to_answer_for_its_depth():
     assert "trial 1 kept the weights of a head epoch" in said[1] and "depth 8" in said[1]
     assert "head epoch" not in said[2]  # its fine-tuning was kept
     assert "head epoch" not in said[0]  # the frozen base trains only its head
+    study.add_trial(  # depth 0: its fine-tuning phase trains the head only; nothing to credit
+        optuna.trial.create_trial(
+            params={"unfreeze.depth": 0, "lr.base": 2e-3},
+            distributions=space,
+            value=0.95,
+            user_attrs={"kept_phase": "head", "objective_name": "val_accuracy"},
+        )
+    )
+    assert "head epoch" not in verdict(study, ["maximize"], study.trials[3], {"best_trial": {}})
     # before its confirmation runs (during the search, or while another worker confirms) the
     # answer says it is provisional, not that confirmation is off
     early = verdict(
@@ -446,3 +454,17 @@ def test_workers_started_together_draw_apart():
     together = draws(2, apart=True)
     assert len(set(together)) == len(together) == 8
     assert draws(1, apart=True) == draws(1, apart=False)  # one worker: the seeded sequence
+
+
+def test_a_key_appended_to_a_sweep_is_refused_before_it_starts(capsys):
+    """A sweep's job config has lost its root's type: the schema is looked up by path."""
+    from thaw.commands.train import precheck
+
+    sweep_ = ["--multirun", "experiment=tiny", "logger=none", "sweep=depth_lr"]
+    for extra, said in (
+        ("+seed=3", "seed: no such setting at the top level"),
+        ("+trainer.head_epoch=3", "did you mean trainer.head_epochs?"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            precheck([*sweep_, extra])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err

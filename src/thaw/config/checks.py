@@ -51,16 +51,14 @@ def validate(cfg: DictConfig, scan_data: bool = True, data_state=None) -> None:
 
 
 def _added_keys(node, prefix: str = "") -> list[str]:
-    """Keys a `+key=value` override put where the schema has none: nothing reads them."""
-    import dataclasses
-
-    schema = OmegaConf.get_type(node)
-    known = (
-        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
-    )
+    """Keys a `+key=value` override put where the schema has none: nothing reads them. (Looked up
+    in the schema by path: a sweep's job config has lost its root's type.)"""
+    known = _schema_keys(prefix.rstrip("."))
     out = []
     for key in node:
-        if known is not None and key not in known and key != "hydra":
+        if key == "hydra":
+            continue
+        if known is not None and key not in known:
             out.append(f"{prefix}{key}")
         elif isinstance(node._get_node(key), DictConfig):
             out.extend(_added_keys(node._get_node(key), f"{prefix}{key}."))
@@ -369,6 +367,7 @@ _SWEEPER_INERT = (
         lambda h: (
             "BasicLauncher" in str(h.launcher.get("_target_", ""))
             and int(h.sweeper.get("n_jobs") or 1) > 1
+            and h.sweeper.get("scheduling") != "batch"  # batch: n_jobs trials asked per batch
         ),
         ("hydra.sweeper.n_jobs",),
         "Hydra's basic launcher runs one trial at a time (hydra/launcher=joblib, ray or "

@@ -125,7 +125,8 @@ def _scan_split(root: Path, on_bad: str, skipped: list[str], what: str, ignored:
         files = list_class_dir(root / name, on_bad, skipped, found)
         ignored.update(found)
         if not files:
-            raise _no_images(root / name, found, len(skipped) - n_skipped, len(classes) == 1)
+            alone = len(classes) == 1 and what == "data"  # a folder data.path could name
+            raise _no_images(root / name, found, len(skipped) - n_skipped, alone)
         out[name] = files
     if len(out) < 2:
         raise DataError(

@@ -111,6 +111,8 @@ def _no_model(run: Path, given: Path) -> str:
             f"{run}: no model.keras (the run was made with trainer.save_model=false); retrain it "
             f"with thaw-retrain {given}"
         )
+    if run != given:
+        return f"{run}: the sweep's best trial has no model.keras and no metrics.json"
     text = f"{given}: not a thaw run dir, sweep dir or model.keras"
     inside = [
         d

@@ -104,7 +104,7 @@ def _run_batch(sw: SweepState, conf, batch, extra: list[str], job_idx: int) -> N
             seed,
             f"value {value:.4f}" if error is None else f"failed ({error})",
         )
-    conf.store(results, seconds * len(batch))  # slot-seconds: the search's trials are summed
+    conf.store(results, seconds * _slots(sw.launcher, len(batch)))
 
 
 def _log_cost(sw: SweepState) -> None:
@@ -119,10 +119,16 @@ def _log_cost(sw: SweepState) -> None:
         )
 
 
+def _slots(launcher, runs: int) -> int:
+    """Slots a batch of runs held for its wall time: Hydra's basic launcher runs them one after
+    another (its wall time is their sum), a parallel launcher all at once."""
+    return 1 if type(launcher).__name__ == "BasicLauncher" else runs
+
+
 def seconds(sw: SweepState, trials) -> dict[str, float]:
     """What the answer cost: the search's trials (start to end, summed) and the confirmation's
-    launches (wall times the runs each launched at once, so that n_jobs > 1 compares alike), so
-    the price of "how sure" is on record."""
+    launches (slot time: wall times the runs a parallel launcher ran at once), so the price of
+    "how sure" is on record."""
     search = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials

@@ -107,7 +107,9 @@ class NoteStale:
             "trial %d: no heartbeat within the grace period (its worker was killed or lost): "
             "failed, not counted; %s",
             trial.number,
-            "its params run again (max_retry)" if self.retry else "a new trial takes its slot",
+            "hydra.sweeper.max_retry re-runs its params while retries remain"
+            if self.retry
+            else "a new trial takes its slot",
         )
         if self.retry is not None:
             self.retry(study, trial)

@@ -34,11 +34,11 @@ def _kept_a_head_epoch(study, number: int) -> str:
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or number == confirm.baseline_number(study):
         return ""
-    if trial.user_attrs.get("kept_phase") != "head":
+    if trial.user_attrs.get("kept_phase") != "head" or trial.params.get("unfreeze.depth") == 0:
         return ""
     return (
-        f" (in its search run, trial {number} kept the weights of a head epoch: fine-tuning at "
-        "its depth never beat the frozen base it started from)"
+        f" (in its search run, trial {number} kept the weights of a head epoch: no fine-tuning "
+        "epoch at its depth beat its trained head on the frozen base)"
     )
 
 

@@ -47,7 +47,9 @@ def test_sphere_tpe(with_commandline, tmp_path):
     ]
     if with_commandline:
         cmd += ["x=choice(0, 1, 2)", "y=0"]
-    run_app("sphere.py", *cmd)
+    proc = run_app("sphere.py", *cmd)
+    # an app without thaw-train's trainer.seed gets no confirmation, said once (not per trial)
+    assert (proc.stdout + proc.stderr).count("trainer.seed is not a key of this app") == 1
     returns = OmegaConf.load(tmp_path / "optimization_results.yaml")
     best_trial = optuna.load_study(storage=storage, study_name=study_name).best_trial
     assert isinstance(returns, DictConfig)
@@ -168,3 +170,14 @@ def test_failure_rate(max_failure_rate, tmp_path):
     study = optuna.load_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="sphere")
     assert len(study.trials) == (2 if max_failure_rate < 1.0 else 20)
     assert proc.returncode == 1
+
+
+def test_a_key_appended_to_the_sweeper_is_refused_naming_the_setting(tmp_path):
+    """`+hydra.sweeper.n_trails=3` would run the default 20 trials without a word."""
+    proc = run_app(
+        "sphere.py", f"hydra.sweep.dir={tmp_path}", "+hydra.sweeper.n_trails=3", check=False
+    )
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "hydra.sweeper.n_trails: no such setting of thaw's sweeper; did you mean " in lines[0]
+    assert not (tmp_path / "optimization_results.yaml").exists()

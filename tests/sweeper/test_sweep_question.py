@@ -73,6 +73,13 @@ def test_other_data_aimed_at_a_study_is_refused_and_nothing_is_written(tmp_path)
     assert again.returncode == 0 and "1 of 1 trials done" in again.stdout + again.stderr, (
         again.stderr[-2000:]
     )
+    # another search range is another question too (the same sweep dir, so it would resume)
+    before = snapshot(sw)
+    narrower = thaw_train(sweep(a, sw, *quick, "lr.base=tag(log, interval(1e-4, 1e-3))"), tmp_path)
+    assert narrower.returncode == 2, narrower.stderr[-3000:]
+    said = narrower.stderr
+    assert "hydra.sweeper.params: " in said and "lr.base 0.0001..0.001 (log)" in said, said
+    assert snapshot(sw) == before  # nothing written or touched
     # a deliberate change goes on, and the study records it
     allowed = thaw_train(
         sweep(b, sw, *quick, "hydra.sweeper.allow_config_change=true", "hydra.sweeper.n_trials=2"),
@@ -468,3 +475,12 @@ def test_a_key_appended_to_a_sweep_is_refused_before_it_starts(capsys):
         with pytest.raises(SystemExit) as exit_:
             precheck([*sweep_, extra])
         assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_study_recorded_before_its_search_space_was_kept_still_resumes():
+    from thaw.sweeper import identity
+
+    old = {"data.path": '"/a"'}  # recorded by an earlier thaw: no search space
+    new = {"data.path": '"/a"', identity.SEARCH_SPACE: "lr.base 0.0001..0.01 (log)"}
+    assert identity.differences(old, new) == []
+    assert identity.differences(new, {**new, identity.SEARCH_SPACE: "lr.base 0.001..0.01"})

@@ -4,7 +4,7 @@ workers.
 The logic lives in thaw.sweeper; this module only registers the plugin and its typed config.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -114,7 +114,7 @@ class ThawSweeper(Sweeper):
             )
             for k, v in kwargs.items()
         }
-        self.runner = SweepRunner(cfg)
+        self.runner = SweepRunner(cfg, known=tuple(f.name for f in fields(ThawSweeperConf)))
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.runner.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -145,10 +145,9 @@ class ThawTrainSweep(AppHooks):
             from thaw.report.html import build_report
 
             local = storage_url.endswith(f"{sweep_dir}/study.db")
-            path = build_report(
+            build_report(  # it logs "report: <path>"
                 str(sweep_dir) if local else storage_url, study.study_name, out_dir=sweep_dir
             )
-            log.info("sweep report: %s", path)
         except Exception as exc:
             log.warning("sweep report not written: %s", exc)
         try:

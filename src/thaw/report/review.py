@@ -204,7 +204,8 @@ def compute_html(study, recs: dict[int, dict]) -> str:
         share = 1 - pruned["run"] / pruned["planned"]
         parts.append(
             f"<p class='pruning'>Pruning: {pruned['run']} epochs run of {pruned['planned']} "
-            f"planned ({share:.0%} not run); the {len(pruned['rows'])} pruned trials skipped "
+            f"planned ({share:.0%} not run); the {len(pruned['rows'])} pruned "
+            f"{'trial' if len(pruned['rows']) == 1 else 'trials'} skipped "
             f"about {pruned['seconds']:.0f} s (their epochs left, at their median fine-tuning "
             "epoch time; early stopping might have ended some sooner).</p>"
         )

@@ -27,11 +27,13 @@ def confirmation(sw: SweepState) -> confirm.Confirmation | None:
         return None
     base_seed = OmegaConf.select(sw.job_cfg, settings.seed_key, default=None)
     if base_seed is None:
-        log.warning(
-            "hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation runs "
-            "(set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)",
-            settings.seed_key,
-        )
+        if "seed_key" not in sw.warned:  # asked after every trial: said once
+            sw.warned.add("seed_key")
+            log.warning(
+                "hydra.sweeper.confirm: %s is not a key of this app's config; no confirmation "
+                "runs (set hydra.sweeper.confirm.seed_key, or confirm.top_k=0)",
+                settings.seed_key,
+            )
         return None
     return confirm.Confirmation(
         settings,

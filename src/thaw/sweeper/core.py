@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from thaw.errors import ThawError
+from thaw.errors import ConfigError, ThawError
 from thaw.runtime.secrets import redact
 from thaw.sweeper import (
     answer,
@@ -49,8 +49,9 @@ class SweepRunner:
     """One sweep: the settings parsed once, the study opened, then ask, launch and tell until the
     study has n_trials counted; then the confirmation, the test split and the answer."""
 
-    def __init__(self, sweeper_cfg: dict[str, Any]):
+    def __init__(self, sweeper_cfg: dict[str, Any], known: tuple[str, ...] = ()):
         self.cfg = sweeper_cfg
+        self.known = known  # the sweeper's settings: a `+hydra.sweeper.key` beyond them is refused
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context = None
@@ -86,6 +87,7 @@ class SweepRunner:
             sys.exit(2)
 
     def _sweep(self, arguments: list[str]):
+        _refuse_added(self.cfg, self.known)
         plan = self._open(arguments)
         sw = self.state
         beats = Heartbeats(sw.storage, sw.settings.heartbeat_interval)
@@ -245,6 +247,17 @@ class SweepRunner:
     def _report(self) -> None:
         """report.html + PNGs in the sweep dir, and the W&B sweep-summary run (best effort)."""
         self.app.on_results(self.config, self.state.study, self.state.sweep_dir, self.state.url)
+
+
+def _refuse_added(cfg: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A key appended to the sweeper's settings (`+hydra.sweeper.n_trails=3`) would change
+    nothing: one line naming the nearest setting."""
+    import difflib
+
+    for key in sorted(set(cfg) - set(known)) if known else ():
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean hydra.sweeper.{close[0]}?" if close else ""
+        raise ConfigError(f"hydra.sweeper.{key}: no such setting of thaw's sweeper{hint}")
 
 
 def _log_start(sw: SweepState, plan, at_start: int) -> None:

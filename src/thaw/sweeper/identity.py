@@ -22,6 +22,7 @@ HASH_TOKEN = "{config_hash}"
 ATTR = "identity"  # study user attribute: {"fingerprint": ..., "keys": {key: value}}
 CHANGES_ATTR = "identity_changes"  # every accepted change (hydra.sweeper.allow_config_change=true)
 MAX_NAMED = 5
+SEARCH_SPACE = "hydra.sweeper.params"  # the identity key of the searched ranges
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -62,12 +63,15 @@ def expand_name(name: str, config_keys: dict[str, str]) -> str:
 
 
 def differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """'data.path: /a -> /b' for each differing key (a key the old study lacks reads 'unset')."""
+    """'data.path: /a -> /b' for each differing key (a key the old study lacks reads 'unset';
+    the search space, recorded since 2026-12-05, is not compared with a study that lacks it)."""
     keys = sorted(
         set(old) | set(new), key=lambda k: (k != "data.path", not k.startswith("data"), k)
     )
     return [
-        f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in keys if old.get(k) != new.get(k)
+        f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}"
+        for k in keys
+        if old.get(k) != new.get(k) and (k in old or k != SEARCH_SPACE)
     ]
 
 
@@ -96,7 +100,7 @@ def check(
         return diff
     more = f" (and {len(diff) - MAX_NAMED} more)" if len(diff) > MAX_NAMED else ""
     raise ConfigError(
-        f"study {study_name!r} was run with a different fixed config: "
+        f"study {study_name!r} was run with a different fixed config or search space: "
         f"{'; '.join(diff[:MAX_NAMED])}{more}. "
         "Its trials would answer another question: give this sweep its own "
         "hydra.sweeper.study_name or "

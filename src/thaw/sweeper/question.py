@@ -40,7 +40,11 @@ def compose(cfg: dict[str, Any], config, hydra_context, app, plan, fixed_lines) 
     if warning:
         log.warning("%s", warning)
     config_keys = app.config_keys(q.job_cfg, searched)
-    q.identity_keys = {**config_keys, **app.content_keys(q.job_cfg)}
+    q.identity_keys = {
+        **config_keys,
+        **app.content_keys(q.job_cfg),
+        identity.SEARCH_SPACE: space_text(plan),  # another range asks another question
+    }
     _expand_study_name(cfg, config, config_keys)
     q.baseline_params = baseline_params(cfg, app, q.job_cfg, plan)
     return q

@@ -117,6 +117,7 @@ class SweepState:
     job_cfg: Any = None  # a trial's fixed config; None when it did not compose
     launcher: Any = None
     fixed_lines: list[str] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)  # warnings said once per sweep
 
     @property
     def directions(self) -> list[str]:

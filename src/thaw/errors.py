@@ -13,6 +13,19 @@ class ConfigError(ThawError):
     """A config value is invalid (the message starts with the key)."""
 
 
+def unknown_setting(key: str, known, where: str) -> ConfigError:
+    """`key: no such setting <where>`, with the nearest of `known` (names under the key's parent)
+    when one is close: one line for a mistyped or appended setting."""
+    import difflib
+
+    parent, _, name = key.rpartition(".")
+    text = f"{key}: no such setting {where}"
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        text += f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return ConfigError(text)
+
+
 class DataError(ThawError):
     """The data folder or an image in it cannot be used (the message names the path)."""
 

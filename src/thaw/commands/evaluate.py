@@ -254,8 +254,7 @@ def evaluation_html(r: dict[str, Any]) -> str:
 <style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
 figure {{ display: inline-block; width: 150px; margin: 4px; font-size: 12px; vertical-align: top; }}
-figcaption {{ overflow-wrap: anywhere; }}  /* a long file name stays under its photo */
-img {{ max-width: 140px; }}</style></head><body>
+figcaption {{ overflow-wrap: anywhere; }} img {{ max-width: 140px; }}</style></head><body>
 <h1>Evaluation: {pct(r["accuracy"])} accuracy on {r["num_images"]} images</h1>
 <p>Model {esc(r["model"])}<br>Folder {esc(r["folder"])}</p>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>

@@ -109,7 +109,7 @@ def _no_such_setting(exc: BaseException) -> ThawError | None:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    from thaw.config.checks import not_a_setting
+    from thaw.config.keys import not_a_setting
     from thaw.errors import ConfigError
 
     found = re.match(r"Could not override '([^']+)'", str(exc))

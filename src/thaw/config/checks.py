@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from thaw.config.keys import added_keys, not_a_setting
 from thaw.config.schema import OBJECTIVES
 from thaw.errors import ConfigError
 
@@ -38,7 +39,7 @@ def validate(cfg: DictConfig, scan_data: bool = True, data_state=None) -> None:
     follows reuses the scan."""
     from thaw.model.backbones import get_spec
 
-    added = _added_keys(cfg)
+    added = added_keys(cfg)
     if added:
         raise not_a_setting(added[0])
     spec = get_spec(cfg.backbone.name)
@@ -48,51 +49,6 @@ def validate(cfg: DictConfig, scan_data: bool = True, data_state=None) -> None:
     _validate_unfreeze(cfg.unfreeze, cfg.backbone.name, spec)
     _validate_trainer(cfg)
     _validate_data(cfg.data, scan_data, data_state)
-
-
-def _added_keys(node, prefix: str = "") -> list[str]:
-    """Keys a `+key=value` override put where the schema has none: nothing reads them. (Looked up
-    in the schema by path: a sweep's job config has lost its root's type.)"""
-    known = _schema_keys(prefix.rstrip("."))
-    out = []
-    for key in node:
-        if key == "hydra":
-            continue
-        if known is not None and key not in known:
-            out.append(f"{prefix}{key}")
-        elif isinstance(node._get_node(key), DictConfig):
-            out.extend(_added_keys(node._get_node(key), f"{prefix}{key}."))
-    return out
-
-
-def _schema_keys(parent: str) -> list[str] | None:
-    """The settings the schema has under `parent` (dotted; "" for the top), None where it has no
-    typed node."""
-    import dataclasses
-    import typing
-
-    from thaw.config.schema import TrainConfig
-
-    node_type = TrainConfig
-    for part in parent.split(".") if parent else []:
-        node_type = typing.get_type_hints(node_type).get(part)
-        if not dataclasses.is_dataclass(node_type):
-            return None
-    return [f.name for f in dataclasses.fields(node_type)]
-
-
-def not_a_setting(key: str) -> ConfigError:
-    """One line for a key thaw has no setting for, with the nearest setting's name."""
-    import difflib
-
-    parent, _, name = key.rpartition(".")
-    known = _schema_keys(parent) or []
-    where = f"in {parent}" if parent else "at the top level"
-    text = f"{key}: no such setting {where}"
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        text += f"; did you mean {parent + '.' if parent else ''}{close[0]}?"
-    return ConfigError(text)
 
 
 def _validate_backbone(b, spec) -> None:

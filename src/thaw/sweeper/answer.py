@@ -75,7 +75,7 @@ def _add_best(sw: SweepState, trials, out: dict[str, Any]) -> None:
         )
         out.update({k: summary[k] for k in CONFIRMED_KEYS if k in summary})
     out["best_trial"].update(held_out_info(study, best))
-    out["seconds"] = seconds(sw, trials)
+    out["seconds"] = seconds(sw, trials, conf)
     after = after_startup(study, sw.directions, sw.cfg.get("pruner"), trials)
     if after is not None:
         out["after_startup"] = after

@@ -127,7 +127,7 @@ def _slots(launcher, runs: int) -> int:
     return 1 if type(launcher).__name__ == "BasicLauncher" else runs
 
 
-def seconds(sw: SweepState, trials) -> dict[str, float]:
+def seconds(sw: SweepState, trials, conf=None) -> dict[str, float]:
     """What the answer cost: the search's trials (start to end, summed) and the confirmation's
     launches (slot time: wall times the runs a parallel launcher ran at once), so the price of
     "how sure" is on record."""
@@ -137,7 +137,7 @@ def seconds(sw: SweepState, trials) -> dict[str, float]:
         if t.datetime_complete is not None and t.datetime_start is not None
     )
     out = {"search": round(search, 1)}
-    conf = confirmation(sw)
+    conf = conf if conf is not None else confirmation(sw)
     if conf is not None:
         out["confirmation"] = round(conf.recorded()["seconds"], 1)
         out["confirmation_share"] = (

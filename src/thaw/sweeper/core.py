@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from thaw.errors import ConfigError, ThawError
+from thaw.errors import ThawError, unknown_setting
 from thaw.runtime.secrets import redact
 from thaw.sweeper import (
     answer,
@@ -252,12 +252,8 @@ class SweepRunner:
 def _refuse_added(cfg: dict[str, Any], known: tuple[str, ...]) -> None:
     """A key appended to the sweeper's settings (`+hydra.sweeper.n_trails=3`) would change
     nothing: one line naming the nearest setting."""
-    import difflib
-
     for key in sorted(set(cfg) - set(known)) if known else ():
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean hydra.sweeper.{close[0]}?" if close else ""
-        raise ConfigError(f"hydra.sweeper.{key}: no such setting of thaw's sweeper{hint}")
+        raise unknown_setting(f"hydra.sweeper.{key}", known, "of thaw's sweeper")
 
 
 def _log_start(sw: SweepState, plan, at_start: int) -> None:

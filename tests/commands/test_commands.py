@@ -174,6 +174,52 @@ def test_evaluate_folder_writes_json_and_an_escaped_html_page(trained, tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+def test_evaluate_says_when_the_images_are_not_new(tmp_path):
+    """Images the run trained on, or validated on (they chose its epoch, or a sweep's winner), are
+    named, counted and warned about, also when copied elsewhere; new images are not."""
+    data = tmp_path / "data"
+    write_shapes(data / "train", per_class=16, seed=1)
+    write_shapes(data / "validation", per_class=6, seed=2)
+    run = tmp_path / "run"
+    res = thaw_train(
+        [
+            "experiment=tiny",
+            "data=folder",
+            f"data.path={data}",
+            "data.on_bad_image=skip",
+            "trainer.save_model=true",
+            "logger=none",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    mixed = tmp_path / "mixed"
+    fresh = write_shapes(tmp_path / "fresh", per_class=2, seed=3)
+    for name in ("circle", "square"):  # per class: 3 validation, 2 + 2 training, 2 new images
+        (mixed / name).mkdir(parents=True)
+        for f in sorted((data / "validation" / name).glob(f"{name}_*.png"))[:3]:
+            (mixed / name / f"val_{f.name}").write_bytes(f.read_bytes())
+        for f in sorted((data / "train" / name).glob(f"{name}_*.png"))[:2]:
+            (mixed / name / f"train_{f.name}").symlink_to(f)
+            (mixed / name / f"copy_{f.name}").write_bytes(f.read_bytes())
+        for f in sorted((fresh / name).glob(f"{name}_*.png")):
+            (mixed / name / f"new_{f.name}").write_bytes(f.read_bytes())
+    res = command("thaw-evaluate", run, mixed, "--out", tmp_path / "ev")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert r["num_images"] == 18 and r["seen_by_run"] == {"train": 8, "validation": 6}
+    warning = [line for line in res.stderr.splitlines() if "thaw-evaluate: warning" in line]
+    assert len(warning) == 1, res.stderr
+    assert "of these 18 images, 8 were trained on and 6 are validation images" in warning[0]
+    assert "Not new images" in (tmp_path / "ev" / "evaluation.html").read_text()
+    res = command("thaw-evaluate", run, fresh, "--out", tmp_path / "ev_fresh")
+    r = json.loads((tmp_path / "ev_fresh" / "evaluation.json").read_text())
+    assert res.returncode == 0 and r["seen_by_run"] == {"train": 0, "validation": 0}
+    assert "warning" not in res.stderr
+    assert "Not new images" not in (tmp_path / "ev_fresh" / "evaluation.html").read_text()
+
+
 def test_export_files_agree_with_keras(learned, tmp_path):
     """On a model that learned (0.98 validation accuracy): its 128 validation images are half
     circles, half squares, so agreeing with Keras means following its two answers, not one constant

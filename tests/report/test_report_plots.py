@@ -42,8 +42,9 @@ def test_every_trial_is_in_the_depth_lr_plane_by_state(tmp_path):
     study = _study(tmp_path)
     fig = report_plots.trials_plane(study)
     by_name = {tr.name: tr for tr in fig.data}
-    assert set(by_name) == {"complete (2)", "pruned (3)", "fail (1)"}
-    assert sum(len(tr.x) for tr in fig.data) == 6  # none vanish, unlike Optuna's slice plot
+    assert set(by_name) == {"complete (2)", "pruned (3)", "fail (1)", "chosen: trial 0"}
+    states = [tr for tr in fig.data if not tr.name.startswith("chosen")]
+    assert sum(len(tr.x) for tr in states) == 6  # none vanish, unlike Optuna's slice plot
     pruned = by_name["pruned (3)"]
     assert list(pruned.marker.color) == [0.60, 0.50, 0.66]  # at their last reported value
     assert list(by_name["fail (1)"].marker.color) == [0.40]
@@ -59,10 +60,41 @@ def test_every_trial_is_in_the_depth_lr_plane_by_state(tmp_path):
 def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
     fig = report_plots.learning_curves(_study(tmp_path))
     assert len(fig.data) == 6
-    assert list(fig.data[0].x) == [1, 2, 3, 4] and fig.layout.xaxis.title.text == "epoch"
+    by_name = {tr.name: tr for tr in fig.data}
+    assert list(by_name["trial 2 (complete)"].x) == [1, 2, 3, 4]
+    assert fig.layout.xaxis.title.text == "epoch"
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert len(lines) == 1 and lines[0].x0 == 2.5  # after epoch 2 of the head phase
     assert fig.layout.yaxis.title.text == "validation accuracy"
+
+
+def test_learning_curves_show_the_chosen_trial_and_group_the_rest_by_state(tmp_path):
+    study = _study(tmp_path)
+    fig = report_plots.learning_curves(study)
+    chosen = fig.data[-1]  # drawn last, on top
+    assert chosen.name == "trial 0 (chosen)" and chosen.legendgroup == "chosen"
+    assert chosen.line.color == report_plots.CHOSEN_COLOUR and chosen.line.width > 2
+    others = fig.data[:-1]
+    assert {tr.legendgroup for tr in others} == {"COMPLETE", "PRUNED", "FAIL"}
+    assert all((tr.line.dash == "dot") == (tr.legendgroup == "PRUNED") for tr in others)
+    assert all(tr.line.width < chosen.line.width for tr in others)
+    # the sweep's confirmed winner, not the search's best, once the sweep records it
+    study.set_user_attr("chosen_trial", 2)
+    assert report_plots.learning_curves(study).data[-1].name == "trial 2 (chosen)"
+    ring = [tr for tr in report_plots.trials_plane(study).data if tr.name.startswith("chosen")]
+    assert len(ring) == 1 and ring[0].name == "chosen: trial 2"
+    assert list(ring[0].x) == [study.trials[2].params["unfreeze.depth"]]
+
+
+def test_epochs_a_trial_skipped_are_a_gap_not_a_line(tmp_path):
+    """A head phase stopped early by patience: fine-tuning still counts from the planned head
+    epochs, and the line does not pretend the epochs between were trained."""
+    study = optuna.create_study(direction="maximize")
+    t = study.ask(SPACE)
+    for step, v in zip((0, 1, 4, 5), (0.6, 0.7, 0.8, 0.85)):
+        t.report(v, step)
+    study.tell(t, 0.85)
+    assert list(report_plots.learning_curves(study).data[0].x) == [1, 2, None, 5, 6]
 
 
 def test_time_per_trial_is_stacked_by_where_it_went(tmp_path):
@@ -109,6 +141,15 @@ def test_page_puts_them_first_and_says_its_size(tmp_path, caplog):
     )
     assert sum(len(tr.x) for tr in times.data) == 6 and times.layout.yaxis.title.text == "seconds"
     assert "MB, self-contained" in caplog.text
+
+
+def test_page_names_the_chosen_trial_when_confirmation_overruled_the_search(tmp_path):
+    study = _study(tmp_path)
+    assert "Chosen trial <b>0</b>" in build_report(str(tmp_path)).read_text()
+    study.set_user_attr("chosen_trial", 2)
+    page = build_report(str(tmp_path)).read_text()
+    assert "Chosen trial <b>2</b>" in page
+    assert "The search's best, trial 0 (0.9" in page and "ranked below trial 2" in page
 
 
 def test_boundary_of_older_trials_comes_from_their_run_dir(tmp_path):

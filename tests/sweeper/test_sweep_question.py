@@ -241,6 +241,9 @@ def test_baseline_confirmation_and_verdict_resume_and_never_feed_the_sampler(tmp
     assert gain["count"] == 2 and gain["low"] <= gain["mean"] <= gain["high"]
     best = res_yaml["best_trial"]
     assert best["number"] == res_yaml["winner"] and best["run_dir"] == f"trial_{best['number']}"
+    reloaded = optuna.load_study(study_name="q", storage=f"sqlite:///{sw}/study.db")
+    assert reloaded.user_attrs["chosen_trial"] == best["number"]  # the report marks this one
+    assert f"Chosen trial <b>{best['number']}</b>" in (sw / "report.html").read_text()
     assert (
         0
         <= best["test_interval"]["low"]

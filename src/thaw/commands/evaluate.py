@@ -179,6 +179,7 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
         "classes": trained.class_names,
         **confusion_report(y, pred, trained.class_names),
         "bad_files": {**{f: "skipped while scanning" for f in skipped}, **problems},
+        "seen_by_run": seen_by_run(trained.run_dir, good),
     }
     result["misclassified"] = [
         {
@@ -196,6 +197,44 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
 
     write_text_atomic(out_dir / "evaluation.html", evaluation_html(result))
     return result
+
+
+def seen_by_run(run_dir: Path | None, files: list[str]) -> dict[str, int] | None:
+    """The run's own training, validation and test images among `files` (thaw.data.seen); None
+    where there is no run dir."""
+    from thaw.data.seen import seen_in_splits
+    from thaw.errors import ThawError
+    from thaw.model.inference import run_config
+
+    if run_dir is None:
+        return None
+    try:
+        return seen_in_splits(run_config(run_dir).data, files)
+    except ThawError:
+        return None
+
+
+def seen_warning(r: dict[str, Any]) -> str | None:
+    """One sentence when the evaluated images are not new to the model."""
+    seen = r.get("seen_by_run") or {}
+    parts = [
+        f"{seen[k]} {what}"
+        for k, what in (
+            ("train", "were trained on"),
+            (
+                "validation",
+                "are validation images that picked the model (its epoch, or the sweep's trial)",
+            ),
+        )
+        if seen.get(k)
+    ]
+    if not parts:
+        return None
+    return (
+        f"of these {r['num_images']} images, {' and '.join(parts)}: the accuracy is optimistic; "
+        "evaluate on images the run never read for an honest figure (its held-out test split "
+        "gives test_accuracy in metrics.json)"
+    )
 
 
 def _thumbnail(path: str, size: int = 128) -> str:
@@ -216,6 +255,27 @@ def _thumbnail(path: str, size: int = 128) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _mistakes_html(mistakes: list[dict[str, Any]]) -> str:
+    """The first MAX_THUMBNAILS misclassified images as captioned thumbnails."""
+    import html
+
+    esc = html.escape
+    thumbs = []
+    for m in mistakes[:MAX_THUMBNAILS]:
+        try:
+            src = _thumbnail(m["path"])
+        except Exception:
+            src = ""
+        thumbs.append(
+            f"<figure><img src='{src}' "
+            f"alt='{esc(m['path'])}'><figcaption>{esc(Path(m['path']).name)}"
+            f"<br>true {esc(m['true'])}, predicted {esc(m['predicted'])} "
+            f"({100 * m['probability']:.0f} %)"
+            "</figcaption></figure>"
+        )
+    return "".join(thumbs)
+
+
 def evaluation_html(r: dict[str, Any]) -> str:
     """A self-contained page: summary, per-class table, confusion matrix, mistakes as thumbnails."""
     import html
@@ -232,23 +292,12 @@ def evaluation_html(r: dict[str, Any]) -> str:
         f"<tr><th>{esc(n)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
         for n, row in zip(names, r["confusion_matrix"])
     )
-    thumbs = []
-    for m in r["misclassified"][:MAX_THUMBNAILS]:
-        try:
-            src = _thumbnail(m["path"])
-        except Exception:
-            src = ""
-        thumbs.append(
-            f"<figure><img src='{src}' "
-            f"alt='{esc(m['path'])}'><figcaption>{esc(Path(m['path']).name)}"
-            f"<br>true {esc(m['true'])}, predicted {esc(m['predicted'])} "
-            f"({100 * m['probability']:.0f} %)"
-            "</figcaption></figure>"
-        )
     more = len(r["misclassified"]) - MAX_THUMBNAILS
     bad = "".join(f"<li>{esc(f)}: {esc(w)}</li>" for f, w in r["bad_files"].items())
     n_bad = len(r["bad_files"])
     bad_section = f"<h2>Bad files ({n_bad})</h2><ul>{bad}</ul>" if bad else ""
+    warning = seen_warning(r)
+    seen = f"<p><strong>Not new images:</strong> {esc(warning)}</p>" if warning else ""
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>thaw evaluation</title>
 <style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}
@@ -256,12 +305,12 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 figure {{ display: inline-block; width: 150px; margin: 4px; font-size: 12px; vertical-align: top; }}
 figcaption {{ overflow-wrap: anywhere; }} img {{ max-width: 140px; }}</style></head><body>
 <h1>Evaluation: {pct(r["accuracy"])} accuracy on {r["num_images"]} images</h1>
-<p>Model {esc(r["model"])}<br>Folder {esc(r["folder"])}</p>
+<p>Model {esc(r["model"])}<br>Folder {esc(r["folder"])}</p>{seen}
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>images</th></tr>
 {rows}</table>
 <h2>Confusion matrix</h2><p>Rows: true class; columns: predicted class.</p>
 <table><tr><th></th>{"".join(f"<th>{esc(n)}</th>" for n in names)}</tr>{cm}</table>
-<h2>Misclassified ({len(r["misclassified"])})</h2>{"".join(thumbs)}
+<h2>Misclassified ({len(r["misclassified"])})</h2>{_mistakes_html(r["misclassified"])}
 {f"<p>and {more} more (listed in evaluation.json)</p>" if more > 0 else ""}
 {bad_section}
 </body></html>
@@ -297,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             f"accuracy {r['accuracy']:.4f} on {r['num_images']} images ({per}); "
             f"{len(r['bad_files'])} bad file(s); {Path(args.out) / 'evaluation.html'}"
         )
+        warning = seen_warning(r)
+        if warning:
+            print(f"thaw-evaluate: warning: {warning}", file=sys.stderr)
         return 0
 
     return run_command("thaw-evaluate", _run)

@@ -120,7 +120,7 @@ def _figure_specs(study) -> list[tuple[str, str, object, bool]]:
         ),
         (
             "intermediate",
-            "Intermediate values per trial (pruned trials stop early)",
+            "Optuna's intermediate values per trial (step 0 is epoch 1; pruned trials stop early)",
             lambda m: m.plot_intermediate_values(study),
             any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
         ),
@@ -257,21 +257,30 @@ def _about_html(study) -> str:
 
 
 def _best_html(study) -> str:
+    """The trial the sweep answers with (its confirmed winner where the search's best lost the
+    confirmation), and its held-out test accuracy."""
+    from thaw.report.plots import chosen_trial
+
     esc = html.escape
-    if len(study.directions) != 1:
-        return ""
-    try:
-        b = study.best_trial
-    except ValueError:
+    b = chosen_trial(study)
+    if b is None:
         return ""
     best = (
-        f"<p class='best'>Best trial <b>{b.number}</b>: objective <b>{esc(_fmt(b.value))}</b>, "
-        f"params {esc(str(b.params))}, run dir {esc(str(b.user_attrs.get('run_dir', '?')))}</p>"
+        f"<p class='best'>Chosen trial <b>{b.number}</b>: objective "
+        f"<b>{esc(_fmt(b.value))}</b>, params {esc(str(b.params))}, run dir "
+        f"{esc(str(b.user_attrs.get('run_dir', '?')))}</p>"
     )
+    top = study.best_trial
+    if top.number != b.number:
+        best += (
+            f"<p class='best'>The search's best, trial {top.number} ({esc(_fmt(top.value))}), "
+            f"ranked below trial {b.number} on the mean over seeds when the top trials ran "
+            "again.</p>"
+        )
     test_eval = study.user_attrs.get("test_eval") or {}
     if test_eval.get("trial") == b.number:
         best += (
-            f"<p class='best'>Held-out test accuracy of the best trial: "
+            f"<p class='best'>Held-out test accuracy of trial {b.number}: "
             f"<b>{esc(_fmt(test_eval.get('test_accuracy')))}</b> "
             f"({esc(str(test_eval.get('num_test')))} images)</p>"
         )

@@ -4,6 +4,7 @@ time per trial. Optuna's generic plots follow them on the page (thaw.report.html
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 DEPTH, LR = "unfreeze.depth", "lr.base"
@@ -21,6 +22,7 @@ COLOURS = {
     "RUNNING": "#777777",
     "WAITING": "#777777",
 }
+CHOSEN_COLOUR = "#2ca02c"
 AXIS = {DEPTH: "unfreeze depth (blocks)", LR: "learning rate (lr.base)"}
 
 
@@ -37,6 +39,22 @@ def last_value(trial) -> float | None:
     if trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
     return None
+
+
+def chosen_trial(study):
+    """The trial the sweep answers with: its confirmed winner (recorded by thaw-train sweeps), else
+    the search's best; None with several objectives or no completed trial."""
+    if len(study.directions) != 1:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    attrs = study.user_attrs
+    number = attrs.get("chosen_trial", (attrs.get("test_eval") or {}).get("trial"))
+    if isinstance(number, int) and 0 <= number < len(trials):
+        return trials[number]
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
 
 
 def _axes(params: list[str]):
@@ -81,6 +99,18 @@ def trials_plane(study):
                 hoverinfo="text",
             )
         )
+    chosen = chosen_trial(study)
+    if chosen is not None and x in chosen.params:
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen.params[x]],
+                y=[chosen.params.get(y, 0)] if y else [last_value(chosen)],
+                mode="markers",
+                name=f"chosen: trial {chosen.number}",
+                marker=dict(symbol="circle-open", size=24, line=dict(width=3, color=CHOSEN_COLOUR)),
+                hoverinfo="skip",
+            )
+        )
     fig.update_layout(
         coloraxis=dict(colorscale="Viridis", colorbar=dict(title=label)),
         xaxis_title=AXIS.get(x, x),
@@ -115,26 +145,17 @@ def _boundaries(trials) -> dict[int, int]:
 
 
 def learning_curves(study):
-    """Validation value per epoch, one line per trial, with where fine-tuning starts."""
+    """Validation value per epoch, one line per trial (pruned ones dotted, the chosen trial bold,
+    a state's lines toggled together in the legend), with where fine-tuning starts."""
     import plotly.graph_objects as go
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     if not trials:
         return None
-    label = value_label(study)
+    chosen = chosen_trial(study)
     fig = go.Figure()
-    for t in trials:
-        steps = sorted(t.intermediate_values)
-        fig.add_trace(
-            go.Scatter(
-                x=[s + 1 for s in steps],
-                y=[t.intermediate_values[s] for s in steps],
-                mode="lines+markers",
-                name=f"trial {t.number} ({t.state.name.lower()})",
-                line=dict(color=COLOURS.get(t.state.name)),
-                opacity=0.8,
-            )
-        )
+    for t in sorted(trials, key=lambda t: chosen is not None and t.number == chosen.number):
+        fig.add_trace(_curve(t, is_chosen=chosen is not None and t.number == chosen.number))
     for head, n in _boundaries(trials).items():
         fig.add_vline(
             x=head + 0.5,
@@ -144,8 +165,48 @@ def learning_curves(study):
             + (f" ({n} trials)" if len(_boundaries(trials)) > 1 else ""),
             annotation_position="top left",
         )
-    fig.update_layout(xaxis_title="epoch", yaxis_title=label, showlegend=len(trials) <= 20)
+    fig.update_layout(
+        xaxis_title="epoch", yaxis_title=value_label(study), showlegend=len(trials) <= 20
+    )
     return fig
+
+
+def _curve(t, is_chosen: bool):
+    """One trial's line; epochs it skipped (the head phase stopped early) are a gap, not a
+    straight segment."""
+    import plotly.graph_objects as go
+
+    x: list[float | None] = []
+    y: list[float | None] = []
+    for s in sorted(t.intermediate_values):
+        if x and x[-1] is not None and s + 1 > x[-1] + 1:
+            x.append(None)
+            y.append(None)
+        x.append(s + 1)
+        y.append(t.intermediate_values[s])
+    state = t.state.name
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="lines+markers",
+        name=f"trial {t.number} ({'chosen' if is_chosen else state.lower()})",
+        legendgroup="chosen" if is_chosen else state,
+        line=dict(
+            color=CHOSEN_COLOUR if is_chosen else COLOURS.get(state),
+            width=3.5 if is_chosen else 1.5,
+            dash="dot" if state == "PRUNED" else "solid",
+        ),
+        marker=dict(size=7 if is_chosen else 4),
+        opacity=1.0 if is_chosen else 0.7,
+        hovertemplate=f"trial {t.number} ({state.lower()}) "
+        + "epoch %{x}: %{y:.4f}<br>"
+        + html.escape(", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
+        + "<extra></extra>",
+    )
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 PARTS = (

@@ -84,6 +84,7 @@ def _add_best(sw: SweepState, trials, out: dict[str, Any]) -> None:
         out["confirmation_pending"] = pending
     out["verdict"] = verdict(study, sw.directions, best, out)
     study.set_user_attr("verdict", out["verdict"])
+    study.set_user_attr("chosen_trial", best.number)  # the report marks it
 
 
 def _add_front(sw: SweepState, out: dict[str, Any]) -> None:

@@ -18,6 +18,15 @@ def test_trials_of_every_sweep_share_one_plane_and_curves_overlay(tmp_path):
     for tr in plane.data:
         per_sweep[tr.legendgroup] = per_sweep.get(tr.legendgroup, 0) + len(tr.x)
     assert per_sweep == {"a": 4, "b": 2, "a #2": 4}  # every trial, failed and pruned too
+    # each sweep a little apart at a depth: two that drew the same points do not hide each other
+    offsets = {}
+    for study, label in zip(studies, labels):
+        xs = sorted(x for tr in plane.data if tr.legendgroup == label for x in tr.x)
+        depths = sorted(t.params["unfreeze.depth"] for t in study.trials)
+        offsets[label] = {round(x - d, 6) for x, d in zip(xs, depths)}
+    assert all(len(o) == 1 and abs(next(iter(o))) <= 0.25 for o in offsets.values()), offsets
+    assert len({next(iter(o)) for o in offsets.values()}) == 3
+    assert all("<br>depth " in text for tr in plane.data for text in tr.text)  # the true depth
     assert plane.layout.yaxis.type == "log"
     lines = compare.curves(studies, labels)
     assert len(lines.data) == 10 and sum(tr.showlegend for tr in lines.data) == 3

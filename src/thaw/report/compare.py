@@ -9,7 +9,16 @@ import logging
 from pathlib import Path
 
 from thaw.errors import ConfigError
-from thaw.report.plots import AXIS, DEPTH, LR, MARKERS, last_value, value_label
+from thaw.report.plots import (
+    AXIS,
+    DEPTH,
+    LR,
+    MARKERS,
+    chosen_trial,
+    epoch_xy,
+    last_value,
+    value_label,
+)
 from thaw.runtime.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -27,12 +36,16 @@ def _labels(studies) -> list[str]:
 
 
 def trials_plane(studies, labels):
-    """Every trial of every sweep at its (depth, lr): colour by sweep, marker by state."""
+    """Every trial of every sweep at its (depth, lr): colour by sweep, marker by state; each sweep
+    a little apart at a depth, so sweeps that drew the same points (the same sampler seed) do not
+    hide one another."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    width = min(0.5, 0.15 * (len(studies) - 1))
     for i, (study, label) in enumerate(zip(studies, labels)):
         colour = PALETTE[i % len(PALETTE)]
+        dodge = width * (i / (len(studies) - 1) - 0.5) if len(studies) > 1 else 0.0
         for state, marker in MARKERS.items():
             group = [
                 t
@@ -43,7 +56,7 @@ def trials_plane(studies, labels):
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=[t.params[DEPTH] for t in group],
+                    x=[t.params[DEPTH] + dodge for t in group],
                     y=[t.params.get(LR) for t in group],
                     mode="markers",
                     name=f"{label}: {state.lower()} ({len(group)})",
@@ -53,14 +66,19 @@ def trials_plane(studies, labels):
                     hoverinfo="text",
                 )
             )
-    fig.update_layout(xaxis_title=AXIS[DEPTH], yaxis_title=AXIS[LR], legend=dict(y=-0.25))
+    fig.update_layout(
+        xaxis_title=AXIS[DEPTH], yaxis_title=AXIS[LR], legend=dict(orientation="h", y=-0.25)
+    )
     fig.update_yaxes(type="log")
     return fig if fig.data else None
 
 
 def _hover(label: str, t) -> str:
     v = last_value(t)
-    return f"{label} trial {t.number}: {t.state.name.lower()}, {'?' if v is None else f'{v:.4f}'}"
+    return (
+        f"{label} trial {t.number}: {t.state.name.lower()}, {'?' if v is None else f'{v:.4f}'}"
+        f"<br>depth {t.params.get(DEPTH)}, lr {t.params.get(LR, 0):.3g}"
+    )
 
 
 def curves(studies, labels):
@@ -73,11 +91,11 @@ def curves(studies, labels):
         for t in study.get_trials(deepcopy=False):
             if not t.intermediate_values:
                 continue
-            steps = sorted(t.intermediate_values)
+            x, y = epoch_xy(t)
             fig.add_trace(
                 go.Scatter(
-                    x=[s + 1 for s in steps],
-                    y=[t.intermediate_values[s] for s in steps],
+                    x=x,
+                    y=y,
                     mode="lines",
                     name=label,
                     legendgroup=label,
@@ -89,14 +107,18 @@ def curves(studies, labels):
                 )
             )
             shown = True
-    fig.update_layout(xaxis_title="epoch", yaxis_title=value_label(studies[0]))
+    fig.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=value_label(studies[0]),
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig if fig.data else None
 
 
 def _best(study) -> list[str]:
-    try:
-        b = study.best_trial
-    except (ValueError, RuntimeError):
+    """The chosen trial's value, number and params, and the verdict."""
+    b = chosen_trial(study)
+    if b is None:
         return ["", "", "", ""]
     params = ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items()
@@ -113,7 +135,7 @@ def _side_by_side(studies, labels, targets) -> str:
     rows = [("study", labels), ("from", [str(t) for t in targets])]
     rows += [(k, [f.get(k, "") for f in facts]) for k in keys]
     best = [_best(s) for s in studies]
-    for i, name in enumerate(("best value", "best trial", "best params", "verdict")):
+    for i, name in enumerate(("chosen trial's value", "chosen trial", "its params", "verdict")):
         rows.append((name, [b[i] for b in best]))
     body = "".join(
         f"<tr><th>{esc(k)}</th>" + "".join(f"<td>{esc(str(v))}</td>" for v in vals) + "</tr>"

@@ -176,14 +176,7 @@ def _curve(t, is_chosen: bool):
     straight segment."""
     import plotly.graph_objects as go
 
-    x: list[float | None] = []
-    y: list[float | None] = []
-    for s in sorted(t.intermediate_values):
-        if x and x[-1] is not None and s + 1 > x[-1] + 1:
-            x.append(None)
-            y.append(None)
-        x.append(s + 1)
-        y.append(t.intermediate_values[s])
+    x, y = epoch_xy(t)
     state = t.state.name
     return go.Scatter(
         x=x,
@@ -203,6 +196,19 @@ def _curve(t, is_chosen: bool):
         + html.escape(", ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
         + "<extra></extra>",
     )
+
+
+def epoch_xy(t) -> tuple[list[int | None], list[float | None]]:
+    """A trial's (epochs from 1, values), with None between epochs it skipped."""
+    x: list[int | None] = []
+    y: list[float | None] = []
+    for s in sorted(t.intermediate_values):
+        if x and x[-1] is not None and s + 1 > x[-1] + 1:
+            x.append(None)
+            y.append(None)
+        x.append(s + 1)
+        y.append(t.intermediate_values[s])
+    return x, y
 
 
 def _short(v) -> str:

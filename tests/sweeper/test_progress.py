@@ -117,3 +117,16 @@ def test_a_line_that_says_nothing_new_is_not_logged_again(caplog):
         prog.report(trials + [_trial(1, TrialState.PRUNED)], log)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "1/2 trials done" in lines[0] and "2/2 trials done" in lines[1]
+
+
+def test_waiting_is_said_once_per_set_and_says_when_it_cannot_end():
+    from thaw.sweeper.progress import Waiting
+
+    beating = Waiting(heartbeat_interval=10, grace_period=None)
+    first = beating.line([3, 4], 20)
+    assert "trials 3, 4, running in other workers, hold the last of n_trials=20" in first
+    assert "no heartbeat for 20 s" in first  # Optuna's default grace: two intervals
+    assert beating.line([3, 4], 20) is None and beating.line([], 20) is None
+    assert "trial 4, running in another worker" in beating.line([4], 20)
+    silent = Waiting(heartbeat_interval=None, grace_period=60).line([7], 8)
+    assert "stays RUNNING and this wait does not end" in silent and "heartbeat for" not in silent

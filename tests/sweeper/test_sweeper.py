@@ -769,3 +769,29 @@ def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
     # when both workers create one at once, runs the baseline's params as a search trial)
     drawn = [t.params for t in trials if t.params != trials[0].params]
     assert len({tuple(sorted(p.items())) for p in drawn}) == len(drawn)
+
+
+def test_a_worker_with_no_slot_says_what_it_waits_for(tmp_path):
+    """Another worker's trial holds the last of n_trials: this worker says so once (not a silent
+    poll), and runs a trial itself once that one stops heartbeating and is failed as stale."""
+    sw = tmp_path / "sw"
+    sw.mkdir()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sw}/study.db", heartbeat_interval=1)
+    study = optuna.create_study(study_name="test", storage=storage, direction="maximize")
+    foreign = study.ask()  # RUNNING in a worker that beats until this one starts waiting
+    args = sweep_args(sw, 1, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    worker = popen(args, tmp_path)
+    t0 = time.time()
+    while worker.poll() is None and "waiting:" not in output(worker) and time.time() - t0 < 180:
+        storage.record_heartbeat(foreign._trial_id)
+        time.sleep(0.5)
+    worker.wait(timeout=300)
+    out = output(worker)
+    assert worker.returncode == 0, out[-3000:]
+    lines = [line for line in out.splitlines() if "waiting:" in line]
+    assert len(lines) == 1, out[-3000:]
+    assert "trial 0, running in another worker, holds the last of n_trials=1" in lines[0]
+    assert "no heartbeat for 3 s" in lines[0]
+    states = by_state(load(sw))
+    assert [t.number for t in states[TrialState.FAIL]] == [0]  # failed as stale
+    assert len(states[TrialState.COMPLETE]) == 1 and TrialState.RUNNING not in states

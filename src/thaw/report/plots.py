@@ -99,18 +99,9 @@ def trials_plane(study):
                 hoverinfo="text",
             )
         )
-    chosen = chosen_trial(study)
-    if chosen is not None and x in chosen.params:
-        fig.add_trace(
-            go.Scatter(
-                x=[chosen.params[x]],
-                y=[chosen.params.get(y, 0)] if y else [last_value(chosen)],
-                mode="markers",
-                name=f"chosen: trial {chosen.number}",
-                marker=dict(symbol="circle-open", size=24, line=dict(width=3, color=CHOSEN_COLOUR)),
-                hoverinfo="skip",
-            )
-        )
+    ring = _chosen_ring(study, x, y)
+    if ring is not None:
+        fig.add_trace(ring)
     fig.update_layout(
         coloraxis=dict(colorscale="Viridis", colorbar=dict(title=label)),
         xaxis_title=AXIS.get(x, x),
@@ -120,6 +111,23 @@ def trials_plane(study):
     if y == LR:
         fig.update_yaxes(type="log")
     return fig
+
+
+def _chosen_ring(study, x: str, y: str | None):
+    """A ring around the chosen trial's point in the plane; None without one."""
+    import plotly.graph_objects as go
+
+    chosen = chosen_trial(study)
+    if chosen is None or x not in chosen.params:
+        return None
+    return go.Scatter(
+        x=[chosen.params[x]],
+        y=[chosen.params.get(y, 0)] if y else [last_value(chosen)],
+        mode="markers",
+        name=f"chosen: trial {chosen.number}",
+        marker=dict(symbol="circle-open", size=24, line=dict(width=3, color=CHOSEN_COLOUR)),
+        hoverinfo="skip",
+    )
 
 
 def _head_epochs(trial) -> int | None:

@@ -30,7 +30,7 @@ from thaw.sweeper import plan as search_space_plan
 from thaw.sweeper.failures import DEFAULT_FAILURE_RATE, TooManyFailures, counted
 from thaw.sweeper.heartbeats import Heartbeats
 from thaw.sweeper.hooks import AppHooks
-from thaw.sweeper.progress import Progress
+from thaw.sweeper.progress import Progress, Waiting
 from thaw.sweeper.state import Settings, SweepState
 from thaw.sweeper.study_setup import open_study
 
@@ -175,6 +175,7 @@ class SweepRunner:
         stop: TooManyFailures | None = None
         settled = False  # a trial ended since the last results/progress update
         deadline = _Deadline(sw.settings.timeout)
+        waiting = Waiting(sw.settings.heartbeat_interval, sw.cfg.get("grace_period"))
         while True:
             interrupt.check()
             if settled and sched.in_process:  # the next job runs here and now: report first
@@ -195,8 +196,9 @@ class SweepRunner:
                 settled = False
             if stop is not None and not sched.in_flight:
                 raise stop
-            if not sched.in_flight:
-                time.sleep(POLL_SECONDS)  # no slot: the rest is running in other workers
+            if not sched.in_flight:  # no slot: the rest is running in other workers
+                _say_waiting(sw, waiting, self.baseline_trial)
+                time.sleep(POLL_SECONDS)
                 continue
             done = sched.finished(POLL_SECONDS)
             if done is not None:
@@ -333,6 +335,19 @@ def _free_slots(sw: SweepState, mine) -> int | None:
         if t.state == TrialState.RUNNING and (mine is None or t.number != mine.number)
     ]
     return max(0, sw.n_trials - len(done) - len(running))
+
+
+def _say_waiting(sw: SweepState, waiting, mine) -> None:
+    from optuna.trial import TrialState
+
+    running = [
+        t.number
+        for t in sw.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if mine is None or t.number != mine.number
+    ]
+    line = waiting.line(sorted(running), sw.n_trials)
+    if line:
+        log.info(line)
 
 
 def _surplus(sw: SweepState, trial) -> bool:

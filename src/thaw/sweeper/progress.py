@@ -111,3 +111,39 @@ class Progress:
         if bar is not None:
             print(bar, file=self.stream, flush=True)
         return text
+
+
+class Waiting:
+    """Says, once each time the set changes, which trials of other workers this worker waits for
+    and what ends the wait: a worker with no slot would otherwise poll in silence, for ever where
+    a dead worker left its trial RUNNING without heartbeats."""
+
+    def __init__(self, heartbeat_interval, grace_period) -> None:
+        self.interval, self.grace = heartbeat_interval, grace_period
+        self.said: tuple[int, ...] | None = None
+
+    def line(self, running: list[int], n_trials: int) -> str | None:
+        """The line to log for trials `running` elsewhere; None when it was said already."""
+        if not running or tuple(running) == self.said:
+            return None
+        self.said = tuple(running)
+        names = ", ".join(str(n) for n in running)
+        if self.interval:
+            grace = int(self.grace or 2 * int(self.interval))
+            end = (
+                f"a trial that has no heartbeat for {grace} s (its worker died) is failed and run "
+                "again here"
+            )
+        else:
+            end = (
+                "without hydra.sweeper.heartbeat_interval a trial whose worker died stays "
+                "RUNNING and this wait does not end: stop it with Ctrl-C and resume with "
+                "heartbeats"
+            )
+        if len(running) == 1:
+            held = (
+                f"trial {names}, running in another worker, holds the last of n_trials={n_trials}"
+            )
+        else:
+            held = f"trials {names}, running in other workers, hold the last of n_trials={n_trials}"
+        return f"waiting: {held}; this worker runs a trial again if one fails; {end}"

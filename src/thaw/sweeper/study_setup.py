@@ -149,7 +149,12 @@ def reseed_on_resume(study, node) -> None:
         return
     try:
         study.sampler = build({**node, "seed": int(node["seed"]) + n})
-        log.info("resuming: sampler seed %d offset by the %d existing trials", int(node["seed"]), n)
+        log.info(
+            "resuming: sampler seed %d offset by the %d existing trial%s",
+            int(node["seed"]),
+            n,
+            "" if n == 1 else "s",
+        )
     except Exception as exc:
         log.warning("could not re-seed the sampler on resume: %s", exc)
 

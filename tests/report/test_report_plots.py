@@ -164,3 +164,14 @@ def test_boundary_of_older_trials_comes_from_their_run_dir(tmp_path):
     study.tell(t, 0.9)
     lines = [s for s in report_plots.learning_curves(study).layout.shapes if s.type == "line"]
     assert [s.x0 for s in lines] == [3.5]
+
+
+def test_slice_plots_outline_their_points(tmp_path):
+    """Optuna colours a slice plot's points by trial number from white: the first trials (the
+    baseline among them) vanish on the background without an outline."""
+    from thaw.report.html import _figures
+
+    figures = {slug: fig for slug, _, fig, _ in _figures(_study(tmp_path))}
+    for slug in ("depth", "lr"):
+        points = [tr for tr in figures[slug].data if tr.mode == "markers"]
+        assert points and all(tr.marker.line.width == 1 and tr.marker.size == 10 for tr in points)

@@ -81,6 +81,11 @@ def _figures(study) -> list[tuple[str, str, object, object]]:
                 fig = make(vis)
             except Exception as exc:  # e.g. importance with degenerate data
                 log.warning("report: %s not drawn: %s", title, exc)
+            if fig is not None and slug in ("depth", "lr"):  # early trials are near-white
+                fig.update_traces(
+                    marker=dict(size=10, line=dict(width=1, color="#444")),
+                    selector=dict(mode="markers"),
+                )
         out.append((slug, title, fig, (lambda m=make: m(vmat)) if fig is not None else None))
     return out
 

@@ -220,6 +220,50 @@ def test_evaluate_says_when_the_images_are_not_new(tmp_path):
     assert "Not new images" not in (tmp_path / "ev_fresh" / "evaluation.html").read_text()
 
 
+def test_export_calibrates_and_checks_on_a_folder_given_with_data(trained, tmp_path):
+    run, photos = trained  # 24 images and 2 bad files: only those it uses are decoded
+    res = command(
+        "thaw-export",
+        run,
+        "--out",
+        tmp_path / "ex",
+        "--formats",
+        "tflite_fp32",
+        "--data",
+        photos,
+        "--calibration-images",
+        4,
+        "--check-images",
+        10,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "ex" / "export.json").read_text())
+    assert r["checked_on"] == {"images": 10, "source": str(photos)}
+    assert r["calibration_images"] == 4 and r["exports"]["tflite_fp32"]["top1_agreement"] == 1.0
+
+
+def test_predictions_come_a_chunk_at_a_time_with_progress(trained, capsys):
+    """Any folder fits in memory: files are decoded and predicted a chunk at a time, with the same
+    answers as all at once, and a progress line per chunk."""
+    from thaw.model.inference import list_images, load_trained, probabilities_in_chunks
+
+    run, photos = trained
+    model = load_trained(str(run))
+    files = list_images([str(photos)])
+    whole = probabilities_in_chunks(model, files, 64, "whole")
+    assert "whole:" not in capsys.readouterr().err  # one chunk: nothing to report
+    good, probs, problems = probabilities_in_chunks(model, files, 64, "chunked", chunk=5)
+    progress = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("chunked:")
+    ]
+    assert len(progress) == -(-len(files) // 5) and progress[-1].startswith(
+        f"chunked: {len(files)}/{len(files)} images"
+    )
+    assert good == whole[0] and problems == whole[2] and len(problems) == 2
+    np.testing.assert_allclose(probs, whole[1], atol=1e-6)
+
+
 def test_export_files_agree_with_keras(learned, tmp_path):
     """On a model that learned (0.98 validation accuracy): its 128 validation images are half
     circles, half squares, so agreeing with Keras means following its two answers, not one constant

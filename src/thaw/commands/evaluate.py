@@ -161,17 +161,16 @@ def confusion_report(
 def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
     """Accuracy, per-class precision/recall, confusion matrix; evaluation.json and
     evaluation.html."""
-    from thaw.model.inference import decode_images, load_trained
+    from thaw.model.inference import load_trained, probabilities_in_chunks
 
     trained = load_trained(target)
     files, labels, skipped = _folder_files(folder, trained.class_names)
-    images, good, problems = decode_images(files, trained.image_size)
+    good, probs, problems = probabilities_in_chunks(trained, files, 64, "thaw-evaluate")
     if not good:
         raise DataError(f"{folder}: none of the {len(files)} image file(s) could be decoded")
     good_set = set(good)
     keep = [f in good_set for f in files]
     y = np.asarray(labels)[keep]
-    probs = trained.probabilities(images) if len(good) else np.zeros((0, len(trained.class_names)))
     pred = probs.argmax(axis=1)
     result = {
         "model": str(trained.path),

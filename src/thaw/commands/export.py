@@ -39,12 +39,13 @@ def sample_images(
     """(representative images, check images, where they came from): the run's own train/validation
     splits, or a folder given with --data (split by order: first for calibration, rest for
     checks)."""
-    if data:
-        images, good, _ = decode_images(list_images([data]), trained.image_size)
-        rng = np.random.default_rng(0)
-        order = rng.permutation(len(good))
+    if data:  # only the files it uses are decoded (a tenth more, for bad ones): any folder fits
+        files = list_images([data])
+        want = n_rep + n_check
+        order = np.random.default_rng(0).permutation(len(files))[: want + want // 10 + 8]
+        images, good, _ = decode_images([files[i] for i in order], trained.image_size)
         cut = min(n_rep, len(good) // 2)
-        return images[order[:cut]], images[order[cut : cut + n_check]], data
+        return images[:cut], images[cut : cut + n_check], data
     if trained.run_dir is None:
         raise ConfigError(
             f"{trained.path}: no run config next to the model; give images with --data FOLDER"

@@ -9,7 +9,7 @@ import io
 import sys
 
 from thaw.errors import ConfigError
-from thaw.model.inference import decode_images, list_images, load_trained, run_command
+from thaw.model.inference import list_images, load_trained, probabilities_in_chunks, run_command
 
 
 def predict_rows(target: str, inputs: list[str], batch_size: int = 64):
@@ -17,8 +17,7 @@ def predict_rows(target: str, inputs: list[str], batch_size: int = 64):
     only)."""
     trained = load_trained(target)
     files = list_images(inputs)
-    images, good, problems = decode_images(files, trained.image_size)
-    probs = trained.probabilities(images, batch_size) if len(good) else []
+    good, probs, problems = probabilities_in_chunks(trained, files, batch_size, "thaw-predict")
     by_file = dict(zip(good, probs))
     names = trained.class_names
     rows = []

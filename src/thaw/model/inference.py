@@ -197,6 +197,39 @@ def list_images(inputs: list[str]) -> list[str]:
     return files
 
 
+CHUNK_FILES = 512  # files decoded and predicted at a time: memory stays bounded on any folder
+
+
+def probabilities_in_chunks(
+    trained: Trained, files: list[str], batch_size: int, prog: str, chunk: int = CHUNK_FILES
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """(the files that decoded, their class probabilities, {bad file: why}), `chunk` files decoded
+    and predicted at a time; with more than one chunk, a progress line on stderr after each."""
+    import time
+
+    good: list[str] = []
+    parts: list[np.ndarray] = []
+    problems: dict[str, str] = {}
+    t0 = time.monotonic()
+    for start in range(0, len(files), chunk):
+        images, ok, bad = decode_images(files[start : start + chunk], trained.image_size)
+        if ok:
+            parts.append(trained.probabilities(images, batch_size))
+        good += ok
+        problems.update(bad)
+        done = min(start + chunk, len(files))
+        if len(files) > chunk:
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            print(
+                f"{prog}: {done}/{len(files)} images, {rate:.0f} img/s, about "
+                f"{(len(files) - done) / rate:.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
+    n_classes = len(trained.class_names)
+    return good, (np.concatenate(parts) if parts else np.zeros((0, n_classes))), problems
+
+
 def decode_images(
     files: list[str], image_size: int
 ) -> tuple[np.ndarray, list[str], dict[str, str]]:

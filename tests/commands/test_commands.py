@@ -264,6 +264,26 @@ def test_predictions_come_a_chunk_at_a_time_with_progress(trained, capsys):
     np.testing.assert_allclose(probs, whole[1], atol=1e-6)
 
 
+def test_export_data_decodes_only_the_images_it_draws(trained, monkeypatch):
+    from thaw.commands import export
+    from thaw.model.inference import load_trained
+
+    run, photos = trained  # 24 images and 2 bad files
+    decoded = []
+
+    def counting(files, size):
+        decoded.append(len(files))
+        return real(files, size)
+
+    real = export.decode_images
+    monkeypatch.setattr(export, "decode_images", counting)
+    rep, check, source = export.sample_images(load_trained(str(run)), str(photos), 4, 6)
+    assert decoded == [4 + 6 + 1 + 8] and source == str(photos)  # of 26 files
+    assert len(rep) == 4 and len(check) == 6
+    rep, check, _ = export.sample_images(load_trained(str(run)), str(photos), 12, 2)
+    assert len(rep) == 12 and len(check) == 2  # few checks do not shrink the calibration
+
+
 def test_export_files_agree_with_keras(learned, tmp_path):
     """On a model that learned (0.98 validation accuracy): its 128 validation images are half
     circles, half squares, so agreeing with Keras means following its two answers, not one constant

@@ -41,6 +41,13 @@ def test_report_command_compares_sweeps_side_by_side(tmp_path):
     page = (tmp_path / "out" / "compare.html").read_text()
     assert "2 sweeps compared" in page and 'id="plot-trials"' in page and 'id="plot-curves"' in page
     assert "<td>0.9500</td>" in page and "<td>0.9200</td>" in page  # the best of each
+    import optuna
+
+    a = optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path / 'a' / 'study.db'}")
+    a.set_user_attr("chosen_trial", 2)  # the confirmation chose trial 2 (0.89), not trial 0
+    r = command("thaw-report", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "out2")
+    page = (tmp_path / "out2" / "compare.html").read_text()
+    assert r.returncode == 0 and "<td>0.8900</td>" in page and "<td>0.9200</td>" not in page
     assert not (tmp_path / "a" / "report.html").exists()  # each sweep's own report untouched
 
 

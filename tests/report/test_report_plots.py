@@ -148,7 +148,9 @@ def test_page_names_the_chosen_trial_when_confirmation_overruled_the_search(tmp_
     assert "Chosen trial <b>0</b>" in build_report(str(tmp_path)).read_text()
     study.set_user_attr("chosen_trial", 2)
     page = build_report(str(tmp_path)).read_text()
-    assert "Chosen trial <b>2</b>" in page
+    assert "Chosen trial <b>2</b>" in page and "The search's best" not in page  # no confirmation
+    study.set_user_attr("confirmation", {"runs": {"0": {"43": 0.8}, "2": {"43": 0.86}}})
+    page = build_report(str(tmp_path)).read_text()
     assert "The search's best, trial 0 (0.9" in page and "ranked below trial 2" in page
 
 
@@ -175,3 +177,23 @@ def test_slice_plots_outline_their_points(tmp_path):
     for slug in ("depth", "lr"):
         points = [tr for tr in figures[slug].data if tr.mode == "markers"]
         assert points and all(tr.marker.line.width == 1 and tr.marker.size == 10 for tr in points)
+
+
+def test_the_chosen_trial_falls_back_to_the_best_unless_it_names_a_completed_one(tmp_path):
+    study = _study(tmp_path)  # trial 0 is the best, 2 completed too, 1 was pruned
+    assert report_plots.chosen_trial(study).number == 0
+    study.set_user_attr("test_eval", {"trial": 2})  # older sweeps: the trial tested is the answer
+    assert report_plots.chosen_trial(study).number == 2
+    for bad in (1, 99, True, "2"):  # pruned, out of range, not a trial number
+        study.set_user_attr("chosen_trial", bad)
+        assert report_plots.chosen_trial(study).number == 0, bad
+
+
+def test_a_sparse_reporting_app_keeps_one_line(tmp_path):
+    """An app that reports every 10 steps: its usual step is 10, so only a longer jump is a gap."""
+    study = optuna.create_study(direction="maximize")
+    t = study.ask(SPACE)
+    for step, v in zip((0, 10, 20, 50), (0.6, 0.7, 0.8, 0.85)):
+        t.report(v, step)
+    study.tell(t, 0.85)
+    assert list(report_plots.learning_curves(study).data[0].x) == [1, 11, 21, None, 51]

@@ -202,14 +202,14 @@ def seen_by_run(run_dir: Path | None, files: list[str]) -> dict[str, int] | None
     """The run's own training, validation and test images among `files` (thaw.data.seen); None
     where there is no run dir."""
     from thaw.data.seen import seen_in_splits
-    from thaw.errors import ThawError
     from thaw.model.inference import run_config
 
     if run_dir is None:
         return None
     try:
         return seen_in_splits(run_config(run_dir).data, files)
-    except ThawError:
+    except Exception as exc:  # advisory: an older or partial run config must not end the command
+        log.debug("seen_by_run: not compared (%s)", exc)
         return None
 
 
@@ -229,10 +229,12 @@ def seen_warning(r: dict[str, Any]) -> str | None:
     ]
     if not parts:
         return None
+    honest = "evaluate on images the run never read for an honest figure"
+    if "test" in seen:
+        honest += " (its held-out test split gives test_accuracy in metrics.json)"
     return (
-        f"of these {r['num_images']} images, {' and '.join(parts)}: the accuracy is optimistic; "
-        "evaluate on images the run never read for an honest figure (its held-out test split "
-        "gives test_accuracy in metrics.json)"
+        f"of these {r['num_images']} images, {' and '.join(parts)}: the accuracy is "
+        f"optimistic; {honest}"
     )
 
 

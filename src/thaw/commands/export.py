@@ -44,7 +44,7 @@ def sample_images(
         want = n_rep + n_check
         order = np.random.default_rng(0).permutation(len(files))[: want + want // 10 + 8]
         images, good, _ = decode_images([files[i] for i in order], trained.image_size)
-        cut = min(n_rep, len(good) // 2)
+        cut = min(n_rep, max(len(good) // 2, len(good) - n_check))
         return images[:cut], images[cut : cut + n_check], data
     if trained.run_dir is None:
         raise ConfigError(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 def seen_in_splits(data_cfg, files: list[str]) -> dict[str, int] | None:
     """How many of `files` are the training, validation (they chose the best epoch, or a sweep's
-    winner) or test images of a run with data config `data_cfg`, matched by content so a copy under
-    another name counts too; None where the run did not read a folder that is still there."""
+    winner) or test images of a run with data config `data_cfg`, each file counted once (in the
+    first of those splits that holds its bytes, so renamed copies count too); None where the run
+    did not read a folder that is still there."""
     from thaw.data.scan import scan_folder
     from thaw.errors import ThawError
 
@@ -20,39 +21,54 @@ def seen_in_splits(data_cfg, files: list[str]) -> dict[str, int] | None:
         scan = scan_folder(data_cfg)
     except (ThawError, OSError):
         return None
-    digests: dict[str, str | None] = {}
-    splits = {"train": scan.train, "validation": scan.val, "test": scan.test}
-    seen = {
-        name: same_content(files, split.files, digests)
-        for name, split in splits.items()
-        if split is not None
+    trained_on = scan.train.files + (scan.val.files if data_cfg.get("train_on_val") else [])
+    splits = {
+        "train": trained_on,
+        "validation": [] if data_cfg.get("train_on_val") else scan.val.files,
     }
-    if data_cfg.get("train_on_val"):
-        seen["train"], seen["validation"] = seen["train"] + seen["validation"], 0
+    if scan.test is not None:
+        splits["test"] = scan.test.files
+    index = ContentIndex(splits)
+    seen = dict.fromkeys(splits, 0)
+    for f in files:
+        where = index.split_of(f)
+        if where is not None:
+            seen[where] += 1
     return seen
 
 
-def same_content(files: list[str], known: list[str], digests: dict[str, str | None]) -> int:
-    """How many of `files` have the bytes of one of `known`; only files of a size in `known` are
-    read (a photo's size is nearly unique), each once (`digests`)."""
+class ContentIndex:
+    """Files by size, their bytes' digests made only for sizes a looked-up file has (a photo's
+    size is nearly unique), each file read once."""
 
-    def digest(path: str) -> str | None:
-        if path not in digests:
-            try:
-                digests[path] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
-            except OSError:
-                digests[path] = None
-        return digests[path]
+    def __init__(self, splits: dict[str, list[str]]) -> None:
+        self.by_size: dict[int, list[tuple[str, str]]] = {}
+        for name, paths in splits.items():
+            for path in paths:
+                self.by_size.setdefault(_size(path), []).append((path, name))
+        self.digests: dict[int, dict[str, str]] = {}  # size -> {digest: first split holding it}
 
-    by_size: dict[int, list[str]] = {}
-    for f in known:
-        by_size.setdefault(_size(f), []).append(f)
-    count = 0
-    for f in files:
-        candidates = by_size.get(_size(f), [])
-        if candidates and digest(f) in {digest(c) for c in candidates} - {None}:
-            count += 1
-    return count
+    def split_of(self, path: str) -> str | None:
+        """The first split (in the order given) holding `path`'s bytes; None where none does."""
+        size = _size(path)
+        if size < 0 or size not in self.by_size:
+            return None
+        if size not in self.digests:
+            known: dict[str, str] = {}
+            for candidate, name in self.by_size[size]:
+                digest = _digest(candidate)
+                if digest is not None:
+                    known.setdefault(digest, name)
+            self.digests[size] = known
+        digest = _digest(path)
+        return None if digest is None else self.digests[size].get(digest)
+
+
+def _digest(path: str) -> str | None:
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _size(path: str) -> int:

@@ -201,12 +201,13 @@ CHUNK_FILES = 512  # files decoded and predicted at a time: memory stays bounded
 
 
 def probabilities_in_chunks(
-    trained: Trained, files: list[str], batch_size: int, prog: str, chunk: int = CHUNK_FILES
+    trained: Trained, files: list[str], batch_size: int, prog: str, chunk: int | None = None
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """(the files that decoded, their class probabilities, {bad file: why}), `chunk` files decoded
     and predicted at a time; with more than one chunk, a progress line on stderr after each."""
     import time
 
+    chunk = chunk or CHUNK_FILES
     good: list[str] = []
     parts: list[np.ndarray] = []
     problems: dict[str, str] = {}

@@ -276,7 +276,7 @@ def _best_html(study) -> str:
         f"{esc(str(b.user_attrs.get('run_dir', '?')))}</p>"
     )
     top = study.best_trial
-    if top.number != b.number:
+    if top.number != b.number and (study.user_attrs.get("confirmation") or {}).get("runs"):
         best += (
             f"<p class='best'>The search's best, trial {top.number} ({esc(_fmt(top.value))}), "
             f"ranked below trial {b.number} on the mean over seeds when the top trials ran "

@@ -42,15 +42,19 @@ def last_value(trial) -> float | None:
 
 
 def chosen_trial(study):
-    """The trial the sweep answers with: its confirmed winner (recorded by thaw-train sweeps), else
-    the search's best; None with several objectives or no completed trial."""
+    """The trial the sweep answers with: its confirmed winner (recorded by thaw-train sweeps, or
+    the trial its test split was evaluated on), else the search's best; None with several
+    objectives or no completed trial."""
+    from optuna.trial import TrialState
+
     if len(study.directions) != 1:
         return None
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
     number = attrs.get("chosen_trial", (attrs.get("test_eval") or {}).get("trial"))
-    if isinstance(number, int) and 0 <= number < len(trials):
-        return trials[number]
+    if type(number) is int and 0 <= number < len(trials):
+        if trials[number].state == TrialState.COMPLETE:
+            return trials[number]
     try:
         return study.best_trial
     except ValueError:
@@ -207,11 +211,14 @@ def _curve(t, is_chosen: bool):
 
 
 def epoch_xy(t) -> tuple[list[int | None], list[float | None]]:
-    """A trial's (epochs from 1, values), with None between epochs it skipped."""
+    """A trial's (epochs from 1, values), with None where it skipped epochs: a jump longer than
+    its usual step between reports (an app that reports every 10 steps keeps one line)."""
+    steps = sorted(t.intermediate_values)
+    usual = min((b - a for a, b in zip(steps, steps[1:])), default=1)
     x: list[int | None] = []
     y: list[float | None] = []
-    for s in sorted(t.intermediate_values):
-        if x and x[-1] is not None and s + 1 > x[-1] + 1:
+    for i, s in enumerate(steps):
+        if i and s - steps[i - 1] > usual:
             x.append(None)
             y.append(None)
         x.append(s + 1)

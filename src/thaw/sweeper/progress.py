@@ -130,12 +130,9 @@ class Waiting:
         names = ", ".join(str(n) for n in running)
         if self.interval:
             grace = int(self.grace or 2 * int(self.interval))
-            end = (
-                f"a trial that has no heartbeat for {grace} s (its worker died) is failed and run "
-                "again here"
-            )
+            dead = f"one that has no heartbeat for {grace} s (its worker died) is failed as stale"
         else:
-            end = (
+            dead = (
                 "without hydra.sweeper.heartbeat_interval a trial whose worker died stays "
                 "RUNNING and this wait does not end: stop it with Ctrl-C and resume with "
                 "heartbeats"
@@ -146,4 +143,7 @@ class Waiting:
             )
         else:
             held = f"trials {names}, running in other workers, hold the last of n_trials={n_trials}"
-        return f"waiting: {held}; this worker runs a trial again if one fails; {end}"
+        return (
+            f"waiting: {held}; this worker ends when they finish, or runs a trial in the slot of "
+            f"one that is interrupted or goes stale; {dead}"
+        )

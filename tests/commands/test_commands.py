@@ -212,10 +212,15 @@ def test_evaluate_says_when_the_images_are_not_new(tmp_path):
     warning = [line for line in res.stderr.splitlines() if "thaw-evaluate: warning" in line]
     assert len(warning) == 1, res.stderr
     assert "of these 18 images, 8 were trained on and 6 are validation images" in warning[0]
+    # the honest figure on the 4 images the run never read, beside the optimistic one
+    wrong_new = sum(Path(m["path"]).name.startswith("new_") for m in r["misclassified"])
+    assert r["accuracy_on_new"] == {"accuracy": 1 - wrong_new / 4, "num_images": 4}
+    assert f"on the other 4, the accuracy is {1 - wrong_new / 4:.4f}" in warning[0]
     assert "Not new images" in (tmp_path / "ev" / "evaluation.html").read_text()
     res = command("thaw-evaluate", run, fresh, "--out", tmp_path / "ev_fresh")
     r = json.loads((tmp_path / "ev_fresh" / "evaluation.json").read_text())
     assert res.returncode == 0 and r["seen_by_run"] == {"train": 0, "validation": 0}
+    assert "accuracy_on_new" not in r  # every image is new: the accuracy above is the figure
     assert "warning" not in res.stderr
     assert "Not new images" not in (tmp_path / "ev_fresh" / "evaluation.html").read_text()
 

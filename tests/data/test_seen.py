@@ -44,9 +44,11 @@ def test_only_a_folder_that_is_still_there_is_compared(tmp_path):
 
 
 def test_an_older_partial_run_config_is_not_compared_and_does_not_fail(tmp_path):
+    import numpy as np
+
     from thaw.commands.evaluate import seen_by_run
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)  # a run from before resolved_config.yaml, keys missing
     (run / ".hydra" / "config.yaml").write_text(f"data:\n  name: folder\n  path: {tmp_path}\n")
-    assert seen_by_run(run, []) is None
+    assert seen_by_run(run, [], np.zeros(0, bool)) == {"seen_by_run": None}

@@ -771,6 +771,7 @@ def test_two_workers_confirm_once_and_share_one_baseline(tmp_path):
     assert len({tuple(sorted(p.items())) for p in drawn}) == len(drawn)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # our own ask
 def test_a_worker_with_no_slot_says_what_it_waits_for(tmp_path):
     """Another worker's trial holds the last of n_trials: this worker says so once (not a silent
     poll), and runs a trial itself once that one stops heartbeating and is failed as stale."""

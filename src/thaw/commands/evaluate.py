@@ -178,7 +178,7 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
         "classes": trained.class_names,
         **confusion_report(y, pred, trained.class_names),
         "bad_files": {**{f: "skipped while scanning" for f in skipped}, **problems},
-        "seen_by_run": seen_by_run(trained.run_dir, good),
+        **seen_by_run(trained.run_dir, good, y == pred),
     }
     result["misclassified"] = [
         {
@@ -198,19 +198,29 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
     return result
 
 
-def seen_by_run(run_dir: Path | None, files: list[str]) -> dict[str, int] | None:
-    """The run's own training, validation and test images among `files` (thaw.data.seen); None
-    where there is no run dir."""
-    from thaw.data.seen import seen_in_splits
+def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> dict[str, Any]:
+    """`seen_by_run`: how many of `files` are the run's own training, validation and test images
+    (thaw.data.seen; None where not known); where any trained or chose the model,
+    `accuracy_on_new` on the others."""
+    from thaw.data.seen import splits_of
     from thaw.model.inference import run_config
 
-    if run_dir is None:
-        return None
     try:
-        return seen_in_splits(run_config(run_dir).data, files)
+        found = splits_of(run_config(run_dir).data, files) if run_dir is not None else None
     except Exception as exc:  # advisory: an older or partial run config must not end the command
         log.debug("seen_by_run: not compared (%s)", exc)
-        return None
+        found = None
+    if found is None:
+        return {"seen_by_run": None}
+    names, where = found
+    out: dict[str, Any] = {"seen_by_run": {n: sum(1 for w in where if w == n) for n in names}}
+    new = np.array([w not in ("train", "validation") for w in where], bool)
+    if not new.all():
+        out["accuracy_on_new"] = {
+            "accuracy": float(correct[new].mean()) if new.any() else None,
+            "num_images": int(new.sum()),
+        }
+    return out
 
 
 def seen_warning(r: dict[str, Any]) -> str | None:
@@ -232,6 +242,12 @@ def seen_warning(r: dict[str, Any]) -> str | None:
     honest = "evaluate on images the run never read for an honest figure"
     if "test" in seen:
         honest += " (its held-out test split gives test_accuracy in metrics.json)"
+    on_new = r.get("accuracy_on_new") or {}
+    if on_new.get("num_images"):
+        honest = (
+            f"on the other {on_new['num_images']}, the accuracy is {on_new['accuracy']:.4f}; "
+            + honest
+        )
     return (
         f"of these {r['num_images']} images, {' and '.join(parts)}: the accuracy is "
         f"optimistic; {honest}"

@@ -9,9 +9,18 @@ from pathlib import Path
 
 def seen_in_splits(data_cfg, files: list[str]) -> dict[str, int] | None:
     """How many of `files` are the training, validation (they chose the best epoch, or a sweep's
-    winner) or test images of a run with data config `data_cfg`, each file counted once (in the
-    first of those splits that holds its bytes, so renamed copies count too); None where the run
-    did not read a folder that is still there."""
+    winner) or test images of a run with data config `data_cfg` (splits_of)."""
+    found = splits_of(data_cfg, files)
+    if found is None:
+        return None
+    names, where = found
+    return {name: sum(1 for w in where if w == name) for name in names}
+
+
+def splits_of(data_cfg, files: list[str]) -> tuple[list[str], list[str | None]] | None:
+    """(the run's split names, the split of each of `files`: the first that holds its bytes, so
+    renamed copies count too, or None); None where the run did not read a folder that is still
+    there."""
     from thaw.data.scan import scan_folder
     from thaw.errors import ThawError
 
@@ -29,12 +38,7 @@ def seen_in_splits(data_cfg, files: list[str]) -> dict[str, int] | None:
     if scan.test is not None:
         splits["test"] = scan.test.files
     index = ContentIndex(splits)
-    seen = dict.fromkeys(splits, 0)
-    for f in files:
-        where = index.split_of(f)
-        if where is not None:
-            seen[where] += 1
-    return seen
+    return list(splits), [index.split_of(f) for f in files]
 
 
 class ContentIndex:

@@ -487,3 +487,16 @@ def test_a_study_recorded_before_its_search_space_was_kept_still_resumes():
     new = {"data.path": '"/a"', identity.SEARCH_SPACE: "lr.base 0.0001..0.01 (log)"}
     assert identity.differences(old, new) == []
     assert identity.differences(new, {**new, identity.SEARCH_SPACE: "lr.base 0.001..0.01"})
+
+
+def test_the_report_names_a_weights_file_by_its_absolute_path(tmp_path, monkeypatch):
+    """The report and W&B are read from anywhere: `../shared/weights.h5` as typed says nothing
+    there."""
+    from thaw.commands.sweep_hooks import _weights_text
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "base.h5").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "w")
+    assert _weights_text("../w/base.h5") == str(tmp_path / "w" / "base.h5")
+    assert _weights_text("imagenet") == "imagenet" and _weights_text(None) == "None"
+    assert _weights_text("/no/such.h5") == "/no/such.h5"  # as given: the trials say what is wrong

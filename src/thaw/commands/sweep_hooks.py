@@ -254,7 +254,7 @@ class ThawTrainSweep(AppHooks):
         b, d = job_cfg.backbone, job_cfg.data
         out: dict[str, Any] = {
             "backbone": f"{b.name} alpha {b.alpha}",
-            "weights": str(b.weights),
+            "weights": _weights_text(b.weights),
             "image_size": int(b.image_size),
             "search_space": space_text,
             "data": d.name,
@@ -305,3 +305,11 @@ def _contains(dist, value) -> bool:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError, AttributeError):
         return False
+
+
+def _weights_text(weights) -> str:
+    """imagenet, None, or a weights file's absolute path (the report is read from anywhere)."""
+    text = str(weights)
+    if text in ("imagenet", "None", "null") or not os.path.exists(os.path.expanduser(text)):
+        return text
+    return os.path.abspath(os.path.expanduser(text))

@@ -289,6 +289,27 @@ def test_export_data_decodes_only_the_images_it_draws(trained, monkeypatch):
     assert len(rep) == 12 and len(check) == 2  # few checks do not shrink the calibration
 
 
+@pytest.mark.parametrize(
+    "prog, out, needle",
+    [
+        ("thaw-predict", "{tmp}/a_dir", "is a directory; give a file name"),
+        ("thaw-predict", "{tmp}/new/", "is a directory; give a file name"),
+        ("thaw-evaluate", "{tmp}/a_file", "is a file, not a directory"),
+        ("thaw-export", "{tmp}/a_file/sub", "is a file, not a directory"),
+        ("thaw-report", "{tmp}/a_file", "is a file, not a directory"),
+    ],
+)
+def test_an_out_path_in_the_way_is_refused_before_any_work(trained, tmp_path, prog, out, needle):
+    run, photos = trained
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    target = {"thaw-report": [tmp_path / "nope"], "thaw-export": [run]}.get(prog, [run, photos])
+    res = command(prog, *target, "--out", out.format(tmp=tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
 def test_export_files_agree_with_keras(learned, tmp_path):
     """On a model that learned (0.98 validation accuracy): its 128 validation images are half
     circles, half squares, so agreeing with Keras means following its two answers, not one constant

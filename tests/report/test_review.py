@@ -75,3 +75,34 @@ def test_report_of_a_study_without_run_dirs_still_renders(tmp_path):
     study.tell(study.ask(SPACE), 0.3)
     page = build_report(str(tmp_path)).read_text()
     assert "no trial recorded its epochs yet" in page and "No trial failed" in page
+
+
+def test_a_copied_sweep_is_reported_from_its_own_files(tmp_path):
+    """The trials recorded their run dirs where the sweep ran; a copy, with the original gone, is
+    read from the copy (records, page, dashboard files), not from the recorded paths."""
+    import shutil
+
+    from thaw.report.html import open_study
+
+    make_sweep(tmp_path / "ran")
+    shutil.copytree(tmp_path / "ran", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "ran")
+    study, _ = open_study(str(tmp_path / "copy"))
+    assert {review.run_dir(t, study).parent for t in study.trials} == {tmp_path / "copy"}
+    assert len(review.records(study)) == 4
+    page = build_report(str(tmp_path / "copy")).read_text()
+    assert str(tmp_path / "ran") not in page and str(tmp_path / "copy" / "trial_0") in page
+    assert "no trial recorded its epochs" not in page
+
+
+def test_report_hints_name_the_sweep_dir(tmp_path):
+    import pytest
+
+    from thaw.errors import ConfigError
+    from thaw.report.html import open_study
+
+    make_sweep(tmp_path / "sw")
+    with pytest.raises(ConfigError, match=r"pass its sweep dir .*sw\) or sqlite:///"):
+        open_study(str(tmp_path / "sw" / "study.db"))
+    with pytest.raises(ConfigError, match="a trial's run dir: pass its sweep dir"):
+        open_study(str(tmp_path / "sw" / "trial_0"))

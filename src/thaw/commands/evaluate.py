@@ -354,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def _run() -> int:
-        r = evaluate_folder(args.model, args.folder, Path(args.out))
+        from thaw.runtime.outputs import output_dir
+
+        r = evaluate_folder(args.model, args.folder, output_dir(args.out))
         per = ", ".join(
             f"{n} P {c['precision'] or 0:.3f} R {c['recall'] or 0:.3f}"
             for n, c in r["per_class"].items()

@@ -231,6 +231,10 @@ def _main(argv: list[str] | None) -> int:
             f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from "
             f"{', '.join(FORMATS)}"
         )
+    if args.out:
+        from thaw.runtime.outputs import output_dir
+
+        output_dir(args.out)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     res = export(
         args.model, args.out, formats, args.data, args.calibration_images, args.check_images

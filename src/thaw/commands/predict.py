@@ -40,10 +40,16 @@ def _main(argv: list[str] | None) -> int:
         "inputs", nargs="+", help="image files and/or folders (searched recursively)"
     )
     parser.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="images per prediction step (default: 64)"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.out:
+        from thaw.runtime.outputs import output_file
+
+        output_file(args.out, "--out", "predictions.csv")
     header, rows, trained = predict_rows(args.model, args.inputs, args.batch_size)
     buf = io.StringIO()
     writer = csv.writer(buf)

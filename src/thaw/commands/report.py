@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from thaw.errors import ThawError
 from thaw.report.html import build_report
+from thaw.runtime.outputs import output_dir
 
 
 def main(argv=None) -> int:
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = Path(args.out) if args.out else None
     try:
+        out = output_dir(args.out) if args.out else None
         if len(args.targets) == 1:
             path = build_report(args.targets[0], args.study, out)
         elif args.study is not None:

@@ -17,6 +17,8 @@ import mimetypes
 import uuid
 from pathlib import Path
 
+from thaw.report.review import local_run_dir
+
 log = logging.getLogger(__name__)
 
 STUDY_PREFIX = "artifacts:"  # optuna.artifacts' key prefix, read by optuna-dashboard
@@ -39,13 +41,13 @@ def sync(storage, study_id: int, store, sweep_dir: Path | None = None) -> int:
     attached = dict(storage.get_study_system_attrs(study_id).get(ATTACHED) or {})
     count = 0
     for trial in storage.get_all_trials(study_id, deepcopy=False):
-        run_dir = trial.user_attrs.get("run_dir")
-        if not run_dir:
+        run_dir = local_run_dir(trial.user_attrs.get("run_dir"), sweep_dir)
+        if run_dir is None:
             continue
         prefix = TRIAL_PREFIX.format(trial_id=trial._trial_id)
         for name in TRIAL_FILES:
             what = f"trial {trial.number}/{name}"
-            count += _attach(storage, study_id, store, Path(run_dir) / name, prefix, what, attached)
+            count += _attach(storage, study_id, store, run_dir / name, prefix, what, attached)
     for path in report_files(sweep_dir):
         what = f"report/{path.relative_to(sweep_dir)}"
         count += _attach(storage, study_id, store, path, STUDY_PREFIX, what, attached)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from thaw.errors import ConfigError
 from thaw.report.plots import DEPTH, LR
+from thaw.report.review import run_dir
 from thaw.runtime.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,21 @@ def _storage(target: str):
         return make_storage(target), Path(journal).resolve().parent
     path = Path(target)
     if "://" not in target:
+        if path.is_file() and path.suffix == ".db":
+            raise ConfigError(
+                f"{target}: an SQLite file; pass its sweep dir ({path.parent}) or "
+                f"sqlite:///{path.resolve()}"
+            )
         if not path.is_dir():
             raise ConfigError(f"{target}: not a sweep directory or storage URL")
         db = path / "study.db"
         if not db.is_file():
-            raise ConfigError(
-                f"{target}: no study.db in this directory (pass the storage URL instead)"
+            inside = (
+                " (a trial's run dir: pass its sweep dir)"
+                if (path.parent / "study.db").is_file()
+                else " (pass the storage URL instead)"
             )
+            raise ConfigError(f"{target}: no study.db in this directory{inside}")
         return f"sqlite:///{db.resolve()}", path
     return target, Path.cwd()
 
@@ -64,7 +73,9 @@ def open_study(target: str, study_name: str | None = None):
         raise ConfigError(
             f"--study: no study {study_name!r} in {target} (found: {', '.join(names) or 'none'})"
         )
-    return optuna.load_study(study_name=study_name, storage=url), out_dir
+    study = optuna.load_study(study_name=study_name, storage=url)
+    study.thaw_sweep_dir = out_dir if "://" not in target else None  # review.run_dir reads it
+    return study, out_dir
 
 
 def _figures(study) -> list[tuple[str, str, object, object]]:
@@ -151,7 +162,7 @@ def _trial_rows(study):
                 value,
                 *[t.params.get(p, "") for p in params],
                 f"{dur:.1f}" if dur is not None else "",
-                t.user_attrs.get("run_dir", ""),
+                str(run_dir(t, study) or ""),
                 note,
             ]
         )
@@ -273,7 +284,7 @@ def _best_html(study) -> str:
     best = (
         f"<p class='best'>Chosen trial <b>{b.number}</b>: objective "
         f"<b>{esc(_fmt(b.value))}</b>, params {esc(str(b.params))}, run dir "
-        f"{esc(str(b.user_attrs.get('run_dir', '?')))}</p>"
+        f"{esc(str(run_dir(b, study) or '?'))}</p>"
     )
     top = study.best_trial
     if top.number != b.number and (study.user_attrs.get("confirmation") or {}).get("runs"):

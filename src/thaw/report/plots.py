@@ -5,7 +5,6 @@ time per trial. Optuna's generic plots follow them on the page (thaw.report.html
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 DEPTH, LR = "unfreeze.depth", "lr.base"
 MARKERS = {
@@ -134,23 +133,23 @@ def _chosen_ring(study, x: str, y: str | None):
     )
 
 
-def _head_epochs(trial) -> int | None:
+def _head_epochs(trial, study=None) -> int | None:
     """Recorded by the trial (user attribute); for studies made before that, from its run dir."""
     if trial.user_attrs.get("head_epochs") is not None:
         return int(trial.user_attrs["head_epochs"])
-    run_dir = trial.user_attrs.get("run_dir")
     try:
         from thaw.model.inference import run_config
+        from thaw.report.review import run_dir
 
-        return int(run_config(Path(run_dir)).trainer.head_epochs)
+        return int(run_config(run_dir(trial, study)).trainer.head_epochs)
     except Exception:
         return None
 
 
-def _boundaries(trials) -> dict[int, int]:
+def _boundaries(trials, study=None) -> dict[int, int]:
     out: dict[int, int] = {}
     for t in trials:
-        head = _head_epochs(t)
+        head = _head_epochs(t, study)
         if head:
             out[int(head)] = out.get(int(head), 0) + 1
     return out
@@ -168,13 +167,14 @@ def learning_curves(study):
     fig = go.Figure()
     for t in sorted(trials, key=lambda t: chosen is not None and t.number == chosen.number):
         fig.add_trace(_curve(t, is_chosen=chosen is not None and t.number == chosen.number))
-    for head, n in _boundaries(trials).items():
+    boundaries = _boundaries(trials, study)
+    for head, n in boundaries.items():
         fig.add_vline(
             x=head + 0.5,
             line_dash="dash",
             line_color="#444",
             annotation_text="fine-tuning starts"
-            + (f" ({n} trials)" if len(_boundaries(trials)) > 1 else ""),
+            + (f" ({n} trials)" if len(boundaries) > 1 else ""),
             annotation_position="top left",
         )
     fig.update_layout(

@@ -18,13 +18,26 @@ import yaml
 esc = html.escape
 
 
+def run_dir(trial, study=None) -> Path | None:
+    """A trial's run dir: inside the sweep dir the report was asked for when it is there (a copied
+    or moved sweep reads its own files), else where the trial recorded it."""
+    return local_run_dir(trial.user_attrs.get("run_dir"), getattr(study, "thaw_sweep_dir", None))
+
+
+def local_run_dir(recorded, sweep_dir) -> Path | None:
+    if not recorded:
+        return None
+    if sweep_dir is not None and (Path(sweep_dir) / Path(recorded).name).is_dir():
+        return Path(sweep_dir) / Path(recorded).name
+    return Path(recorded)
+
+
 def records(study) -> dict[int, dict]:
     """{trial number: its metrics.json} for the trials whose run dir holds one."""
     out = {}
     for t in study.get_trials(deepcopy=False):
-        run_dir = t.user_attrs.get("run_dir")
         try:
-            out[t.number] = json.loads((Path(run_dir) / "metrics.json").read_text())
+            out[t.number] = json.loads((run_dir(t, study) / "metrics.json").read_text())
         except (OSError, ValueError, TypeError):
             continue
     return out
@@ -34,9 +47,8 @@ def _hydra_sweeper(study) -> dict:
     """The sweeper's settings from a trial's .hydra/hydra.yaml (sweeps made before `about` named
     the sampler and pruner)."""
     for t in study.get_trials(deepcopy=False):
-        run_dir = t.user_attrs.get("run_dir")
         try:
-            text = (Path(run_dir) / ".hydra" / "hydra.yaml").read_text()
+            text = (run_dir(t, study) / ".hydra" / "hydra.yaml").read_text()
             return (yaml.safe_load(text) or {}).get("hydra", {}).get("sweeper") or {}
         except (OSError, TypeError, yaml.YAMLError, AttributeError):
             continue
@@ -117,7 +129,7 @@ def pruning_saved(study, recs: dict[int, dict]) -> dict:
     out = {"run": 0, "planned": 0, "rows": [], "seconds": 0.0}
     for number, rec in sorted(recs.items()):
         if _planned(rec) is None:
-            rec = {**rec, "_config": _config(trials[number].user_attrs.get("run_dir"))}
+            rec = {**rec, "_config": _config(run_dir(trials[number], study))}
         planned, run = _planned(rec), len(rec.get("history") or [])
         if planned is None:
             continue

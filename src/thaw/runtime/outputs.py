@@ -43,3 +43,36 @@ def write_text_atomic(path, text: str) -> None:
 
 def write_json_atomic(path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
+def output_dir(path, flag: str = "--out") -> Path:
+    """`path` as a directory to write into, checked before any work: refused in one line where a
+    file is in its way (it or a parent). Nothing is created here."""
+    from thaw.errors import ConfigError
+
+    path = Path(path).expanduser()
+    blocked = _first_existing(path)
+    if blocked is not None and not blocked.is_dir():
+        raise ConfigError(f"{flag}: {blocked} is a file, not a directory to write into")
+    return path
+
+
+def output_file(path, flag: str = "--out", example: str = "out") -> Path:
+    """`path` as a file to write, checked before any work: refused where it names a directory
+    (or ends in /) or a parent is a file."""
+    from thaw.errors import ConfigError
+
+    text = str(path)
+    path = Path(path).expanduser()
+    if text.endswith(os.sep) or path.is_dir():
+        raise ConfigError(f"{flag}: {text} is a directory; give a file name, e.g. {path / example}")
+    output_dir(path.parent, flag)
+    return path
+
+
+def _first_existing(path: Path) -> Path | None:
+    """`path` or its nearest parent that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return None

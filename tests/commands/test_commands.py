@@ -4,6 +4,7 @@ a real trained model (synthetic shapes here; the shared photos in test_commands_
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,12 +216,15 @@ def test_evaluate_says_when_the_images_are_not_new(tmp_path):
     # the honest figure on the 4 images the run never read, beside the optimistic one
     wrong_new = sum(Path(m["path"]).name.startswith("new_") for m in r["misclassified"])
     assert r["accuracy_on_new"] == {"accuracy": 1 - wrong_new / 4, "num_images": 4}
-    assert f"on the other 4, the accuracy is {1 - wrong_new / 4:.4f}" in warning[0]
+    assert (
+        f"on the other 4 (images the run never read), the accuracy is {1 - wrong_new / 4:.4f}"
+        in warning[0]
+    )
     assert "Not new images" in (tmp_path / "ev" / "evaluation.html").read_text()
     res = command("thaw-evaluate", run, fresh, "--out", tmp_path / "ev_fresh")
     r = json.loads((tmp_path / "ev_fresh" / "evaluation.json").read_text())
     assert res.returncode == 0 and r["seen_by_run"] == {"train": 0, "validation": 0}
-    assert "accuracy_on_new" not in r  # every image is new: the accuracy above is the figure
+    assert r["accuracy_on_new"] == {"accuracy": r["accuracy"], "num_images": 4}  # all new
     assert "warning" not in res.stderr
     assert "Not new images" not in (tmp_path / "ev_fresh" / "evaluation.html").read_text()
 
@@ -246,6 +250,7 @@ def test_export_calibrates_and_checks_on_a_folder_given_with_data(trained, tmp_p
     r = json.loads((tmp_path / "ex" / "export.json").read_text())
     assert r["checked_on"] == {"images": 10, "source": str(photos)}
     assert r["calibration_images"] == 4 and r["exports"]["tflite_fp32"]["top1_agreement"] == 1.0
+    assert "checked on only 10 image(s)" in res.stderr  # too few to say much: said
 
 
 def test_predictions_come_a_chunk_at_a_time_with_progress(trained, capsys):
@@ -308,6 +313,24 @@ def test_an_out_path_in_the_way_is_refused_before_any_work(trained, tmp_path, pr
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
     assert needle in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+def test_predict_names_an_empty_folder_and_refuses_when_nothing_reads(trained, tmp_path):
+    run, photos = trained
+    (tmp_path / "empty").mkdir()
+    res = command("thaw-predict", run, tmp_path / "empty", photos / "circle" / "circle_0.png")
+    assert res.returncode == 0 and f"thaw-predict: warning: {tmp_path / 'empty'}" in res.stderr
+    assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 1
+    bad = [photos / "circle" / "notes.jpg", photos / "square" / "empty.png"]
+    res = command("thaw-predict", run, *bad)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "none of the 2 file(s) could be read as an image" in res.stderr and not res.stdout
+    # a model.keras copied away from its run has no class names: said, not silently class_0
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    res = command("thaw-predict", tmp_path / "bare" / "model.keras", photos / "circle")
+    assert res.returncode == 0 and "prob_class_0" in res.stdout
+    assert "thaw-predict: warning: no metrics.json beside" in res.stderr
 
 
 def test_export_files_agree_with_keras(learned, tmp_path):
@@ -405,3 +428,23 @@ def test_a_sweep_whose_best_trial_has_no_model_is_named_as_a_sweep(tmp_path):
     )
     with pytest.raises(ConfigError, match="trial_3: the sweep's best trial has no model.keras"):
         find_run(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "status, save_model, why",
+    [
+        ("pruned", True, "the trial was pruned: pruned trials keep no model"),
+        ("complete", False, "made with trainer.save_model=false"),
+        ("complete", True, "hydra.sweeper.save_models=best keeps only the best trial's"),
+    ],
+)
+def test_a_run_without_a_model_says_why(tmp_path, status, save_model, why):
+    from thaw.errors import ConfigError
+    from thaw.model.inference import find_run
+
+    run = tmp_path / "trial_3"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"status": status}))
+    (run / RESOLVED_CONFIG).write_text(yaml.safe_dump({"trainer": {"save_model": save_model}}))
+    with pytest.raises(ConfigError, match=f"no model.keras \\(.*{re.escape(why)}.*thaw-retrain"):
+        find_run(str(run))

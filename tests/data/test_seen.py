@@ -51,4 +51,21 @@ def test_an_older_partial_run_config_is_not_compared_and_does_not_fail(tmp_path)
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)  # a run from before resolved_config.yaml, keys missing
     (run / ".hydra" / "config.yaml").write_text(f"data:\n  name: folder\n  path: {tmp_path}\n")
-    assert seen_by_run(run, [], np.zeros(0, bool)) == {"seen_by_run": None}
+    assert seen_by_run(run, [], np.zeros(0, bool)) == {"seen_by_run": None, "accuracy_on_new": None}
+
+
+def test_the_warning_says_when_the_other_images_are_the_test_split():
+    from thaw.commands.evaluate import seen_warning
+
+    r = {
+        "num_images": 153,
+        "seen_by_run": {"train": 0, "validation": 76, "test": 77},
+        "accuracy_on_new": {"accuracy": 0.9091, "num_images": 77},
+    }
+    line = seen_warning(r)
+    assert line.startswith("of these 153 images, 76 are validation images")
+    assert "on the other 77 (its held-out test split: test_accuracy in metrics.json)" in line
+    r["seen_by_run"]["test"], r["accuracy_on_new"]["num_images"] = 10, 77
+    assert "on the other 77 (10 of them its held-out test split)" in seen_warning(r)
+    r["accuracy_on_new"]["num_images"] = 0
+    assert seen_warning(r).endswith("evaluate on images the run never read for an honest figure")

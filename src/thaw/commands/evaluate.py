@@ -163,7 +163,7 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
     evaluation.html."""
     from thaw.model.inference import load_trained, probabilities_in_chunks
 
-    trained = load_trained(target)
+    trained = load_trained(target, "thaw-evaluate")
     files, labels, skipped = _folder_files(folder, trained.class_names)
     good, probs, problems = probabilities_in_chunks(trained, files, 64, "thaw-evaluate")
     if not good:
@@ -177,7 +177,7 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
         "folder": str(Path(folder).expanduser()),
         "classes": trained.class_names,
         **confusion_report(y, pred, trained.class_names),
-        "bad_files": {**{f: "skipped while scanning" for f in skipped}, **problems},
+        "bad_files": {**{f: _why_skipped(f) for f in skipped}, **problems},
         **seen_by_run(trained.run_dir, good, y == pred),
     }
     result["misclassified"] = [
@@ -198,10 +198,20 @@ def evaluate_folder(target: str, folder: str, out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _why_skipped(path: str) -> str:
+    """What the folder scan found wrong with a file it skipped."""
+    from thaw.data.scan import sniff_image
+
+    try:
+        return sniff_image(path) or "skipped while scanning"
+    except OSError:
+        return "not a regular file (broken or looping link?)"
+
+
 def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> dict[str, Any]:
     """`seen_by_run`: how many of `files` are the run's own training, validation and test images
-    (thaw.data.seen; None where not known); where any trained or chose the model,
-    `accuracy_on_new` on the others."""
+    (thaw.data.seen), and `accuracy_on_new`, the accuracy on the others; both None where not
+    known."""
     from thaw.data.seen import splits_of
     from thaw.model.inference import run_config
 
@@ -211,15 +221,14 @@ def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> 
         log.debug("seen_by_run: not compared (%s)", exc)
         found = None
     if found is None:
-        return {"seen_by_run": None}
+        return {"seen_by_run": None, "accuracy_on_new": None}
     names, where = found
     out: dict[str, Any] = {"seen_by_run": {n: sum(1 for w in where if w == n) for n in names}}
     new = np.array([w not in ("train", "validation") for w in where], bool)
-    if not new.all():
-        out["accuracy_on_new"] = {
-            "accuracy": float(correct[new].mean()) if new.any() else None,
-            "num_images": int(new.sum()),
-        }
+    out["accuracy_on_new"] = {
+        "accuracy": float(correct[new].mean()) if new.any() else None,
+        "num_images": int(new.sum()),
+    }
     return out
 
 
@@ -239,19 +248,24 @@ def seen_warning(r: dict[str, Any]) -> str | None:
     ]
     if not parts:
         return None
-    honest = "evaluate on images the run never read for an honest figure"
-    if "test" in seen:
-        honest += " (its held-out test split gives test_accuracy in metrics.json)"
-    on_new = r.get("accuracy_on_new") or {}
-    if on_new.get("num_images"):
-        honest = (
-            f"on the other {on_new['num_images']}, the accuracy is {on_new['accuracy']:.4f}; "
-            + honest
-        )
     return (
         f"of these {r['num_images']} images, {' and '.join(parts)}: the accuracy is "
-        f"optimistic; {honest}"
+        f"optimistic; {_honest_figure(seen, r.get('accuracy_on_new') or {})}"
     )
+
+
+def _honest_figure(seen: dict[str, int], on_new: dict[str, Any]) -> str:
+    """The accuracy on the images that did not train or choose the model, and which they are."""
+    n_new, n_test = on_new.get("num_images") or 0, seen.get("test", 0)
+    if not n_new:
+        return "evaluate on images the run never read for an honest figure"
+    if n_test == n_new:
+        which = "its held-out test split: test_accuracy in metrics.json"
+    elif n_test:
+        which = f"{n_test} of them its held-out test split"
+    else:
+        which = "images the run never read"
+    return f"on the other {n_new} ({which}), the accuracy is {on_new['accuracy']:.4f}"
 
 
 def _thumbnail(path: str, size: int = 128) -> str:
@@ -334,6 +348,10 @@ figcaption {{ overflow-wrap: anywhere; }} img {{ max-width: 140px; }}</style></h
 """
 
 
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -358,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
         r = evaluate_folder(args.model, args.folder, output_dir(args.out))
         per = ", ".join(
-            f"{n} P {c['precision'] or 0:.3f} R {c['recall'] or 0:.3f}"
+            f"{n} P {_ratio(c['precision'])} R {_ratio(c['recall'])}"
             for n, c in r["per_class"].items()
         )
         print(

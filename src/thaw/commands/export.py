@@ -31,6 +31,7 @@ from thaw.runtime.tf_startup import native_stderr_filtered
 log = logging.getLogger(__name__)
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
+FEW_CHECKS = 50  # below this, an agreement figure is worth a warning
 
 
 def sample_images(
@@ -145,11 +146,18 @@ def export(
     n_rep: int,
     n_check: int,
 ) -> dict[str, Any]:
-    trained = load_trained(target)
+    trained = load_trained(target, "thaw-export")
     out_dir = Path(out) if out else (trained.run_dir or trained.path.parent) / "export"
     rep, check, source = sample_images(trained, data, n_rep, n_check)
     if not len(check) or ("tflite_int8" in formats and not len(rep)):
         raise ConfigError(f"{source}: too few images to calibrate and check the exports")
+    if len(check) < FEW_CHECKS:
+        log.warning(
+            "export: checked on only %d image(s) from %s: agreement on so few says little "
+            "(--data a folder with more, or --check-images)",
+            len(check),
+            source,
+        )
     reference = trained.model.predict(check.astype(np.float32), batch_size=64, verbose=0)
     import shutil
     import tempfile
@@ -240,7 +248,7 @@ def _main(argv: list[str] | None) -> int:
         args.model, args.out, formats, args.data, args.calibration_images, args.check_images
     )
     print(
-        f"checked on {res['checked_on']['images']} images; model.keras "
+        f"checked on {res['checked_on']['images']} image(s); model.keras "
         f"{res['keras_bytes'] / 1e6:.2f} MB"
     )
     for fmt, e in res["exports"].items():

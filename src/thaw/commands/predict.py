@@ -8,16 +8,22 @@ import csv
 import io
 import sys
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, DataError
 from thaw.model.inference import list_images, load_trained, probabilities_in_chunks, run_command
 
 
 def predict_rows(target: str, inputs: list[str], batch_size: int = 64):
     """(header, rows): path, predicted class, probability per class, error (bad files: error
     only)."""
-    trained = load_trained(target)
-    files = list_images(inputs)
+    trained = load_trained(target, "thaw-predict")
+    files = list_images(inputs, "thaw-predict")
     good, probs, problems = probabilities_in_chunks(trained, files, batch_size, "thaw-predict")
+    if not good:
+        first = next(iter(problems.items()))
+        raise DataError(
+            f"none of the {len(files)} file(s) could be read as an image (first: {first[0]}: "
+            f"{first[1]})"
+        )
     by_file = dict(zip(good, probs))
     names = trained.class_names
     rows = []

@@ -107,10 +107,7 @@ def _no_model(run: Path, given: Path) -> str:
     """Why a directory gives no model, and where one is: a run saved without it is retrained; a
     folder of runs (outputs/NAME/, multirun/sweeps/) names its newest run or sweep."""
     if (run / "metrics.json").is_file():
-        return (
-            f"{run}: no model.keras (the run was made with trainer.save_model=false); retrain it "
-            f"with thaw-retrain {given}"
-        )
+        return f"{run}: no model.keras ({_why_no_model(run)}); retrain it with thaw-retrain {given}"
     if run != given:
         return f"{run}: the sweep's best trial has no model.keras and no metrics.json"
     text = f"{given}: not a thaw run dir, sweep dir or model.keras"
@@ -123,6 +120,20 @@ def _no_model(run: Path, given: Path) -> str:
         newest = max(inside, key=lambda d: d.stat().st_mtime)
         text += f"; it holds {len(inside)} run or sweep dir(s), the newest {newest}"
     return text
+
+
+def _why_no_model(run: Path) -> str:
+    """Why a run with a metrics.json has no model: pruned, not saved, or removed by the sweep."""
+    try:
+        status = json.loads((run / "metrics.json").read_text()).get("status")
+        saved = bool(run_config(run).trainer.get("save_model", True))
+    except Exception:
+        status, saved = None, True
+    if status == "pruned":
+        return "the trial was pruned: pruned trials keep no model; its sweep dir gives the winner"
+    if not saved:
+        return "the run was made with trainer.save_model=false"
+    return "removed: a sweep with hydra.sweeper.save_models=best keeps only the best trial's"
 
 
 @dataclass
@@ -158,7 +169,7 @@ def _class_names(run_dir: Path | None, n_out: int) -> list[str]:
     return list(names) if names and len(names) == n else [f"class_{i}" for i in range(n)]
 
 
-def load_trained(target: str) -> Trained:
+def load_trained(target: str, prog: str = "thaw") -> Trained:
     path, run_dir = find_run(target)
     from thaw.runtime.tf_startup import import_tensorflow
 
@@ -171,23 +182,34 @@ def load_trained(target: str) -> Trained:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: cannot load the model ({first})") from None
     size = int(model.input_shape[1])
-    return Trained(path, run_dir, _class_names(run_dir, int(model.output_shape[-1])), size, model)
+    names = _class_names(run_dir, int(model.output_shape[-1]))
+    if names[0] == "class_0":
+        print(
+            f"{prog}: warning: no metrics.json beside {path}: its classes are named "
+            f"{', '.join(names)} (copy the run's metrics.json next to it for their names)",
+            file=sys.stderr,
+        )
+    return Trained(path, run_dir, names, size, model)
 
 
-def list_images(inputs: list[str]) -> list[str]:
-    """Files as given, folders searched recursively (sorted); only image extensions from folders."""
+def list_images(inputs: list[str], prog: str = "thaw") -> list[str]:
+    """Files as given, folders searched recursively (sorted); only image extensions from folders;
+    a folder with none is named on stderr (the others are still read)."""
     from thaw.data import IMAGE_EXTENSIONS
 
     files: list[str] = []
     for item in inputs:
         p = Path(os.path.expanduser(item))
         if p.is_dir():
-            files += sorted(
+            found = sorted(
                 str(f)
                 for f in p.rglob("*")
                 if f.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
+            if not found and len(inputs) > 1:
+                print(f"{prog}: warning: {item}: no image files in it", file=sys.stderr)
+            files += found
         elif p.exists() or p.is_symlink():
             files.append(str(p))
         else:

@@ -157,7 +157,9 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.compare { border-collapse: collapse; font-size: 13px; }
 table.compare td, table.compare th { border: 1px solid #ccc; padding: 3px 8px; vertical-align: top;
   text-align: left; max-width: 40em; }
-section.plot { display: inline-block; width: 48%; min-width: 480px; vertical-align: top; }
+section.plot { display: inline-block; width: 48%; min-width: 480px; vertical-align: top;
+  margin: 0 1% 1.5em 0; box-sizing: border-box; padding: 0 0.5em; border-top: 1px solid #ddd; }
+section.plot h2 { font-size: 1.05em; }
 """
 
 

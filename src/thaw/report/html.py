@@ -74,7 +74,7 @@ def open_study(target: str, study_name: str | None = None):
             f"--study: no study {study_name!r} in {target} (found: {', '.join(names) or 'none'})"
         )
     study = optuna.load_study(study_name=study_name, storage=url)
-    study.thaw_sweep_dir = out_dir if "://" not in target else None  # review.run_dir reads it
+    study.thaw_sweep_dir = out_dir.resolve() if "://" not in target else None  # review.run_dir
     return study, out_dir
 
 
@@ -305,7 +305,9 @@ def _best_html(study) -> str:
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-section.plot { display: inline-block; width: 48%; min-width: 480px; vertical-align: top; }
+section.plot { display: inline-block; width: 48%; min-width: 480px; vertical-align: top;
+  margin: 0 1% 1.5em 0; box-sizing: border-box; padding: 0 0.5em; border-top: 1px solid #ddd; }
+section.plot h2 { font-size: 1.05em; }
 table.trials { border-collapse: collapse; font-size: 13px; }
 table.trials th { cursor: pointer; background: #eee; }
 table.trials td, table.trials th { border: 1px solid #ccc; padding: 3px 8px; }

@@ -14,6 +14,9 @@ def test_trials_of_every_sweep_share_one_plane_and_curves_overlay(tmp_path):
     labels = compare._labels(studies)
     assert labels == ["a", "b", "a #2"]
     plane = compare.trials_plane(studies, labels)
+    rings = [tr for tr in plane.data if "chosen" in tr.name]
+    assert [tr.name for tr in rings] == [f"{g}: chosen (trial 0)" for g in labels]  # each sweep's
+    plane.data = [tr for tr in plane.data if "chosen" not in tr.name]
     per_sweep = {}
     for tr in plane.data:
         per_sweep[tr.legendgroup] = per_sweep.get(tr.legendgroup, 0) + len(tr.x)

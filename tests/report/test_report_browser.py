@@ -57,5 +57,5 @@ def test_comparison_renders_without_console_errors(tmp_path):
     seen = visit(page.as_uri(), DRAWN, tmp_path / "profile")
     assert seen.ready and seen.errors == [], seen
     assert seen.value["traces"]["plot-curves"] == 4 + 2  # both sweeps' trials, overlaid
-    assert seen.value["traces"]["plot-trials"] == 3 + 2  # a: complete, pruned, fail; b: two
+    assert seen.value["traces"]["plot-trials"] == 3 + 2 + 2  # a: 3 states, b: 2; each a ring
     assert seen.value["sweeps"] >= 12  # one row per fact, a column per sweep

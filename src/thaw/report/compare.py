@@ -66,11 +66,32 @@ def trials_plane(studies, labels):
                     hoverinfo="text",
                 )
             )
+        _ring_chosen(fig, study, label, colour, dodge)
     fig.update_layout(
         xaxis_title=AXIS[DEPTH], yaxis_title=AXIS[LR], legend=dict(orientation="h", y=-0.25)
     )
     fig.update_yaxes(type="log")
     return fig if fig.data else None
+
+
+def _ring_chosen(fig, study, label: str, colour: str, dodge: float) -> None:
+    """A ring, in the sweep's colour, around the trial the sweep answers with."""
+    import plotly.graph_objects as go
+
+    chosen = chosen_trial(study)
+    if chosen is None or DEPTH not in chosen.params:
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[chosen.params[DEPTH] + dodge],
+            y=[chosen.params.get(LR)],
+            mode="markers",
+            name=f"{label}: chosen (trial {chosen.number})",
+            legendgroup=label,
+            marker=dict(symbol="circle-open", size=22, line=dict(width=3, color=colour)),
+            hoverinfo="skip",
+        )
+    )
 
 
 def _hover(label: str, t) -> str:

@@ -206,6 +206,18 @@ def _export_all(
     return result
 
 
+def _formats(text: str) -> list[str]:
+    """--formats as a list, each one known."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(
+            f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from "
+            f"{', '.join(FORMATS)}"
+        )
+    return formats
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="thaw-export",
@@ -232,13 +244,7 @@ def _main(argv: list[str] | None) -> int:
     ):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(
-            f"--formats: unknown {', '.join(bad) or '(none given)'}; choose from "
-            f"{', '.join(FORMATS)}"
-        )
+    formats = _formats(args.formats)
     if args.out:
         from thaw.runtime.outputs import output_dir
 

@@ -212,7 +212,7 @@ def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> 
     """`seen_by_run`: how many of `files` are the run's own training, validation and test images
     (thaw.data.seen), and `accuracy_on_new`, the accuracy on the others; both None where not
     known."""
-    from thaw.data.seen import splits_of
+    from thaw.data.seen import split_counts, splits_of
     from thaw.model.inference import run_config
 
     try:
@@ -222,14 +222,13 @@ def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> 
         found = None
     if found is None:
         return {"seen_by_run": None, "accuracy_on_new": None}
-    names, where = found
-    out: dict[str, Any] = {"seen_by_run": {n: sum(1 for w in where if w == n) for n in names}}
+    where = found[1]
     new = np.array([w not in ("train", "validation") for w in where], bool)
-    out["accuracy_on_new"] = {
-        "accuracy": float(correct[new].mean()) if new.any() else None,
-        "num_images": int(new.sum()),
+    on_new = {"accuracy": float(correct[new].mean()) if new.any() else None}
+    return {
+        "seen_by_run": split_counts(*found),
+        "accuracy_on_new": {**on_new, "num_images": int(new.sum())},
     }
-    return out
 
 
 def seen_warning(r: dict[str, Any]) -> str | None:

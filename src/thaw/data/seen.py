@@ -13,7 +13,11 @@ def seen_in_splits(data_cfg, files: list[str]) -> dict[str, int] | None:
     found = splits_of(data_cfg, files)
     if found is None:
         return None
-    names, where = found
+    return split_counts(*found)
+
+
+def split_counts(names: list[str], where: list[str | None]) -> dict[str, int]:
+    """{split: how many files it holds} from splits_of's answer."""
     return {name: sum(1 for w in where if w == name) for name in names}
 
 
@@ -30,10 +34,10 @@ def splits_of(data_cfg, files: list[str]) -> tuple[list[str], list[str | None]] 
         scan = scan_folder(data_cfg)
     except (ThawError, OSError):
         return None
-    trained_on = scan.train.files + (scan.val.files if data_cfg.get("train_on_val") else [])
+    on_val = bool(data_cfg.get("train_on_val"))  # a retrain trained on its validation images
     splits = {
-        "train": trained_on,
-        "validation": [] if data_cfg.get("train_on_val") else scan.val.files,
+        "train": scan.train.files + (scan.val.files if on_val else []),
+        "validation": [] if on_val else scan.val.files,
     }
     if scan.test is not None:
         splits["test"] = scan.test.files

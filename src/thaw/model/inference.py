@@ -158,15 +158,15 @@ def as_probabilities(out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _class_names(run_dir: Path | None, n_out: int) -> list[str]:
-    n = 2 if n_out == 1 else n_out
+def _class_names(run_dir: Path | None, n: int) -> list[str] | None:
+    """The run's class names from its metrics.json; None where it has none for `n` classes."""
     try:
         names = (
             json.loads((run_dir / "metrics.json").read_text()).get("classes") if run_dir else None
         )
     except (OSError, ValueError):
         names = None
-    return list(names) if names and len(names) == n else [f"class_{i}" for i in range(n)]
+    return list(names) if names and len(names) == n else None
 
 
 def load_trained(target: str, prog: str = "thaw") -> Trained:
@@ -182,8 +182,10 @@ def load_trained(target: str, prog: str = "thaw") -> Trained:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: cannot load the model ({first})") from None
     size = int(model.input_shape[1])
-    names = _class_names(run_dir, int(model.output_shape[-1]))
-    if names[0] == "class_0":
+    n = 2 if int(model.output_shape[-1]) == 1 else int(model.output_shape[-1])
+    names = _class_names(run_dir, n)
+    if names is None:
+        names = [f"class_{i}" for i in range(n)]
         print(
             f"{prog}: warning: no metrics.json beside {path}: its classes are named "
             f"{', '.join(names)} (copy the run's metrics.json next to it for their names)",

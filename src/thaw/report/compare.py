@@ -14,6 +14,7 @@ from thaw.report.plots import (
     DEPTH,
     LR,
     MARKERS,
+    chosen_ring,
     chosen_trial,
     epoch_xy,
     last_value,
@@ -66,32 +67,14 @@ def trials_plane(studies, labels):
                     hoverinfo="text",
                 )
             )
-        _ring_chosen(fig, study, label, colour, dodge)
+        ring = chosen_ring(study, DEPTH, LR, colour, dodge, label)
+        if ring is not None:
+            fig.add_trace(ring)
     fig.update_layout(
         xaxis_title=AXIS[DEPTH], yaxis_title=AXIS[LR], legend=dict(orientation="h", y=-0.25)
     )
     fig.update_yaxes(type="log")
     return fig if fig.data else None
-
-
-def _ring_chosen(fig, study, label: str, colour: str, dodge: float) -> None:
-    """A ring, in the sweep's colour, around the trial the sweep answers with."""
-    import plotly.graph_objects as go
-
-    chosen = chosen_trial(study)
-    if chosen is None or DEPTH not in chosen.params:
-        return
-    fig.add_trace(
-        go.Scatter(
-            x=[chosen.params[DEPTH] + dodge],
-            y=[chosen.params.get(LR)],
-            mode="markers",
-            name=f"{label}: chosen (trial {chosen.number})",
-            legendgroup=label,
-            marker=dict(symbol="circle-open", size=22, line=dict(width=3, color=colour)),
-            hoverinfo="skip",
-        )
-    )
 
 
 def _hover(label: str, t) -> str:

@@ -102,7 +102,7 @@ def trials_plane(study):
                 hoverinfo="text",
             )
         )
-    ring = _chosen_ring(study, x, y)
+    ring = chosen_ring(study, x, y)
     if ring is not None:
         fig.add_trace(ring)
     fig.update_layout(
@@ -116,19 +116,25 @@ def trials_plane(study):
     return fig
 
 
-def _chosen_ring(study, x: str, y: str | None):
-    """A ring around the chosen trial's point in the plane; None without one."""
+def chosen_ring(
+    study, x: str, y: str | None, colour: str = CHOSEN_COLOUR, dodge: float = 0.0, label=None
+):
+    """A ring around the chosen trial's point in a (x, y) plane (moved `dodge` along x, named
+    after the sweep's `label` when several share the plane); None without one."""
     import plotly.graph_objects as go
 
     chosen = chosen_trial(study)
     if chosen is None or x not in chosen.params:
         return None
     return go.Scatter(
-        x=[chosen.params[x]],
+        x=[chosen.params[x] + dodge],
         y=[chosen.params.get(y, 0)] if y else [last_value(chosen)],
         mode="markers",
-        name=f"chosen: trial {chosen.number}",
-        marker=dict(symbol="circle-open", size=24, line=dict(width=3, color=CHOSEN_COLOUR)),
+        name=f"{label}: chosen (trial {chosen.number})"
+        if label
+        else f"chosen: trial {chosen.number}",
+        legendgroup=label,
+        marker=dict(symbol="circle-open", size=24, line=dict(width=3, color=colour)),
         hoverinfo="skip",
     )
 

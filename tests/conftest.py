@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,16 +13,24 @@ SHARED = Path(os.environ.get("THAW_SHARED_DIR", REPO.parent / "shared"))
 CATS_DOGS = SHARED / "data" / "cats_vs_dogs"
 MNV2_035 = SHARED / "weights" / "mobilenet_v2_0.35_no_top_imagenet.h5"
 
-# Keras writes ~/.keras/keras.json on import; keep tests out of the user's home.
-_KERAS_HOME = tempfile.mkdtemp(prefix="thaw-keras-home-")
-os.environ.setdefault("KERAS_HOME", _KERAS_HOME)
+# Keras writes ~/.keras/keras.json on import; keep tests out of the user's home. Each pytest
+# process (xdist's workers too) removes its own homes when it exits.
+_TEST_HOMES = Path(tempfile.mkdtemp(prefix="thaw-test-homes-"))
+atexit.register(shutil.rmtree, _TEST_HOMES, ignore_errors=True)
+(_TEST_HOMES / "keras").mkdir()
+os.environ.setdefault("KERAS_HOME", str(_TEST_HOMES / "keras"))
+# Child processes (xdist's workers, the thaw commands tests start) keep their temp files here too:
+# one a test kills leaves TensorFlow's autograph sources behind, which its exit would have removed.
+(_TEST_HOMES / "tmp").mkdir()
+os.environ["TMPDIR"] = str(_TEST_HOMES / "tmp")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 # W&B is isolated whatever the caller exported (WANDB_MODE=online, a key, a `wandb login`): tests
 # never send anything anywhere, never prompt, and never read or write the user's W&B settings. Tests
 # that exercise W&B ask for offline mode themselves.
-_WANDB_HOME = Path(tempfile.mkdtemp(prefix="thaw-wandb-home-"))
+_WANDB_HOME = _TEST_HOMES / "wandb"
+_WANDB_HOME.mkdir()
 for _key in [k for k in os.environ if k.startswith("WANDB_")]:
     del os.environ[_key]
 os.environ.update(

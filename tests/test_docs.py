@@ -398,3 +398,29 @@ def test_every_test_file_and_raw_result_a_page_names_exists():
         ]
         missing += [f"{rel}: {m}" for m in RAW_FILE.findall(text) if m not in results]
     assert not missing, missing
+
+
+def _first_run_outputs() -> dict[str, str]:
+    """{page: the objective line it shows after `thaw-train experiment=smoke`}."""
+    out = {}
+    for page in PAGES:
+        text = page.read_text()
+        shown = re.findall(r"^objective val_accuracy = (\S+)$", text, re.M)
+        if shown and "thaw-train experiment=smoke\n" in text:
+            out[page.relative_to(ROOT).as_posix()] = shown
+    return out
+
+
+def test_every_page_shows_the_first_run_figure_measured_last():
+    """The first run's figure a page shows is the newest measured one for the default seed
+    (benchmarks/results/smoke_seeds-*.jsonl), on every page that shows it."""
+    import json
+
+    raw = sorted((ROOT / "benchmarks" / "results").glob("smoke_seeds-*.jsonl"))[-1]
+    rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
+    default_seed = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml").seed
+    [measured] = {r["val_accuracy"] for r in rows if r["seed"] == default_seed}
+    shown = _first_run_outputs()
+    assert {"README.md", "docs/getting-started.md"} <= set(shown), shown
+    for page, figures in shown.items():
+        assert [float(f) for f in figures] == [measured], (page, figures, raw.name)

@@ -435,7 +435,7 @@ def test_a_sweep_whose_best_trial_has_no_model_is_named_as_a_sweep(tmp_path):
     [
         ("pruned", True, "the trial was pruned: pruned trials keep no model"),
         ("complete", False, "made with trainer.save_model=false"),
-        ("complete", True, "hydra.sweeper.save_models=best keeps only the best trial's"),
+        ("complete", True, "deleted or moved since, or removed by the sweep"),
     ],
 )
 def test_a_run_without_a_model_says_why(tmp_path, status, save_model, why):

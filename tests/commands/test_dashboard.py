@@ -185,3 +185,33 @@ def test_a_missing_or_unreadable_sweep_is_one_line(tmp_path, make, expect):
     assert r.stderr.startswith("thaw-dashboard: error: ") and r.stderr.count("\n") == 1, r.stderr
     assert expect in r.stderr and str(target).split("///")[-1] in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_copied_sweep_dir_shows_its_own_study(tmp_path, kind):
+    """The copy's study, not the original's its optimization_results.yaml recorded: the
+    dashboard attaches files to the study it shows."""
+    import shutil
+
+    from thaw.commands.dashboard import locate
+
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    if kind == "sqlite":
+        url = f"sqlite:///{orig / 'study.db'}"
+        optuna.create_study(study_name="s", storage=url)
+    else:
+        url = str(orig / "study.log")
+        optuna.create_study(
+            study_name="s",
+            storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)),
+        )
+    (orig / "optimization_results.yaml").write_text(f"storage: {url}\nstudy_name: s\n")
+    assert locate(str(orig)) == (url, orig.resolve())
+    copy = tmp_path / "copy"
+    shutil.copytree(orig, copy)
+    own = url.replace(str(orig), str(copy.resolve()))
+    assert locate(str(copy)) == (own, copy.resolve())
+    # a study kept elsewhere (PostgreSQL, another file) is still the one the sweep recorded
+    (copy / Path(url.split("///")[-1]).name).unlink()
+    assert locate(str(copy)) == (url, copy.resolve())

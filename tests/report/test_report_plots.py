@@ -6,6 +6,7 @@ from optuna.trial import TrialState
 
 from thaw.report import plots as report_plots
 from thaw.report.html import build_report
+from thaw.runtime.chosen_trial import chosen_trial
 
 SPACE = {
     "unfreeze.depth": IntDistribution(0, 8),
@@ -181,12 +182,12 @@ def test_slice_plots_outline_their_points(tmp_path):
 
 def test_the_chosen_trial_falls_back_to_the_best_unless_it_names_a_completed_one(tmp_path):
     study = _study(tmp_path)  # trial 0 is the best, 2 completed too, 1 was pruned
-    assert report_plots.chosen_trial(study).number == 0
+    assert chosen_trial(study).number == 0
     study.set_user_attr("test_eval", {"trial": 2})  # older sweeps: the trial tested is the answer
-    assert report_plots.chosen_trial(study).number == 2
+    assert chosen_trial(study).number == 2
     for bad in (1, 99, True, "2"):  # pruned, out of range, not a trial number
         study.set_user_attr("chosen_trial", bad)
-        assert report_plots.chosen_trial(study).number == 0, bad
+        assert chosen_trial(study).number == 0, bad
 
 
 def test_a_sparse_reporting_app_keeps_one_line(tmp_path):

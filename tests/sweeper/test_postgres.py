@@ -45,9 +45,8 @@ def postgres_url(tmp_path_factory):
         pytest.skip("PostgreSQL server binaries not found (Debian package postgresql)")
     import tempfile
 
-    root = Path(
-        tempfile.mkdtemp(prefix="thaw-pg-")
-    )  # not under pytest's 0700 tmp: the server user must reach it
+    # not under pytest's tmp or the test process's TMPDIR (both 0700): the server user must reach it
+    root = Path(tempfile.mkdtemp(prefix="thaw-pg-", dir="/tmp"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     pwfile = root / "pwfile"
@@ -143,7 +142,7 @@ def test_three_workers_on_postgres_reach_n_trials_with_pruning(tmp_path, postgre
     assert all(list(t.intermediate_values) == [0] for t in trials)
 
 
-@pytest.mark.slow  # default-run budget: SQLite and journal run this in the default run
+@pytest.mark.slow  # default-run budget: SQLite runs it in the default run, the journal in -m slow
 def test_postgres_sweep_survives_kill_9_and_resumes(tmp_path, postgres_url):
     kill_9_then_resume(
         tmp_path,

@@ -57,25 +57,19 @@ def _is_journal(path: Path) -> bool:
 
 
 def _from_dir(path: Path) -> str:
-    """The storage URL a sweep dir names: optimization_results.yaml's, else its study.db, else
-    the journal file in it."""
-    results = path / "optimization_results.yaml"
-    if results.is_file():
-        try:
-            url = (yaml.safe_load(results.read_text()) or {}).get("storage")
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{results}: unreadable ({str(exc).splitlines()[0]})") from None
-        if url and "***" in str(url):
-            raise ConfigError(
-                f"{path}: the study lives in {url} (password redacted there): pass that storage "
-                "URL with its password instead of the sweep dir"
-            )
-        if url:
-            return str(url)
-    if (path / "study.db").is_file():
-        return f"sqlite:///{(path / 'study.db').resolve()}"
-    from thaw.sweeper.storage import JOURNAL_SUFFIXES
+    """The storage URL of a sweep dir: its own study.db or journal file, so a copied or moved
+    sweep shows (and attaches files to) its copy; else the storage its optimization_results.yaml
+    names (PostgreSQL, or a file kept elsewhere)."""
+    from thaw.sweeper.storage import JOURNAL_SUFFIXES, journal_path
 
+    recorded = _recorded_storage(path)
+    if (path / "study.db").is_file():
+        return _own(f"sqlite:///{(path / 'study.db').resolve()}", recorded)
+    recorded_journal = journal_path(recorded) if recorded else None
+    if recorded_journal is not None and _is_journal(path / Path(recorded_journal).name):
+        return _own(str((path / Path(recorded_journal).name).resolve()), recorded)
+    if recorded:
+        return recorded
     journals = [p for p in sorted(path.iterdir()) if p.suffix in JOURNAL_SUFFIXES]
     journals = [p for p in journals if p.is_file() and _is_journal(p)]
     if len(journals) == 1:
@@ -84,6 +78,35 @@ def _from_dir(path: Path) -> str:
         f"{path}: no study here (no optimization_results.yaml, study.db or journal file); pass "
         "the sweep dir, a journal file or the storage URL"
     )
+
+
+def _recorded_storage(path: Path) -> str | None:
+    """The storage URL optimization_results.yaml records, if any."""
+    results = path / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    try:
+        url = (yaml.safe_load(results.read_text()) or {}).get("storage")
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{results}: unreadable ({str(exc).splitlines()[0]})") from None
+    if url and "***" in str(url) and not (path / "study.db").is_file():
+        raise ConfigError(
+            f"{path}: the study lives in {url} (password redacted there): pass that storage "
+            "URL with its password instead of the sweep dir"
+        )
+    return str(url) if url else None
+
+
+def _own(url: str, recorded: str | None) -> str:
+    """The sweep dir's own storage, said where the sweep recorded another (a copy or a move)."""
+    from thaw.sweeper.storage import journal_path
+
+    target = journal_path(url) or url.removeprefix("sqlite:///")
+    was = journal_path(recorded) if recorded else None
+    was = was or (recorded.removeprefix("sqlite:///") if recorded else None)
+    if was and Path(was).resolve() != Path(target):
+        log.info("thaw-dashboard: reading this dir's copy of the study (the sweep ran on %s)", was)
+    return url
 
 
 def locate(target: str) -> tuple[str, Path | None]:

@@ -133,7 +133,10 @@ def _why_no_model(run: Path) -> str:
         return "the trial was pruned: pruned trials keep no model; its sweep dir gives the winner"
     if not saved:
         return "the run was made with trainer.save_model=false"
-    return "removed: a sweep with hydra.sweeper.save_models=best keeps only the best trial's"
+    return (
+        "it is gone: deleted or moved since, or removed by the sweep "
+        "(hydra.sweeper.save_models=best keeps only the best trial's)"
+    )
 
 
 @dataclass

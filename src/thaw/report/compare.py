@@ -15,11 +15,11 @@ from thaw.report.plots import (
     LR,
     MARKERS,
     chosen_ring,
-    chosen_trial,
     epoch_xy,
     last_value,
     value_label,
 )
+from thaw.runtime.chosen_trial import chosen_trial
 from thaw.runtime.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)

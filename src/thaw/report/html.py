@@ -275,7 +275,7 @@ def _about_html(study) -> str:
 def _best_html(study) -> str:
     """The trial the sweep answers with (its confirmed winner where the search's best lost the
     confirmation), and its held-out test accuracy."""
-    from thaw.report.plots import chosen_trial
+    from thaw.runtime.chosen_trial import chosen_trial
 
     esc = html.escape
     b = chosen_trial(study)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 
+from thaw.runtime.chosen_trial import chosen_trial
+
 DEPTH, LR = "unfreeze.depth", "lr.base"
 MARKERS = {
     "COMPLETE": "circle",
@@ -38,26 +40,6 @@ def last_value(trial) -> float | None:
     if trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
     return None
-
-
-def chosen_trial(study):
-    """The trial the sweep answers with: its confirmed winner (recorded by thaw-train sweeps, or
-    the trial its test split was evaluated on), else the search's best; None with several
-    objectives or no completed trial."""
-    from optuna.trial import TrialState
-
-    if len(study.directions) != 1:
-        return None
-    trials = study.get_trials(deepcopy=False)
-    attrs = study.user_attrs
-    number = attrs.get("chosen_trial", (attrs.get("test_eval") or {}).get("trial"))
-    if type(number) is int and 0 <= number < len(trials):
-        if trials[number].state == TrialState.COMPLETE:
-            return trials[number]
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def _axes(params: list[str]):

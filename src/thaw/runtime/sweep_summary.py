@@ -102,21 +102,24 @@ def trials_table(wandb, study):
 
 
 def summarise_best(run, study) -> None:
-    """The best trial and, when confirmed, the verdict on the run's summary; a study without a
-    finished trial has no best."""
+    """The trial the sweep answers with (its confirmed winner, as optimization_results.yaml and
+    the report name it; the search's best beside it where they differ) and, when confirmed, the
+    verdict on the run's summary; a study without a finished trial has no best."""
+    from thaw.runtime.chosen_trial import chosen_trial
+
     if study.user_attrs.get("verdict"):  # the confirmed winner against the baseline, in words
         run.summary.update({"verdict": study.user_attrs["verdict"]})
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     run.summary.update({"trials": counts})
-    try:
+    best = chosen_trial(study)
+    if best is None:
+        return
+    run.summary.update(
+        {"best_value": best.value, "best_params": best.params, "best_trial": best.number}
+    )
+    if best.number != study.best_trial.number:
         run.summary.update(
-            {
-                "best_value": study.best_value,
-                "best_params": study.best_params,
-                "best_trial": study.best_trial.number,
-            }
+            {"search_best_trial": study.best_trial.number, "search_best_value": study.best_value}
         )
-    except (ValueError, RuntimeError):
-        pass

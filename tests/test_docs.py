@@ -34,7 +34,11 @@ import pytest
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+    ROOT / "experiments" / "README.md",
+]
 THAW_COMMANDS = {
     "thaw-report",
     "thaw-predict",
@@ -187,14 +191,14 @@ def check_sweep(cfg, overrides: list[str]) -> None:
     """The search space, sampler and pruner, built as the sweeper builds them."""
     from thaw.commands.train import _fixed_overrides
     from thaw.sweeper import plan as plan_mod
-    from thaw.sweeper.study_setup import instantiate, sampler_node
+    from thaw.sweeper.study_setup import build_pruner, instantiate, sampler_node
 
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     fixed = _fixed_overrides(overrides)
     plan = plan_mod.build(sweeper, cfg, [o for o in overrides if o not in fixed])
     node, _ = sampler_node(sweeper, plan, int(sweeper["n_trials"]))
     assert instantiate(sweeper, "sampler", None, node) is not None
-    instantiate(sweeper, "pruner", None)
+    build_pruner(sweeper)
 
 
 TRAIN = [c for c in ALL if kind(c) == "train"]

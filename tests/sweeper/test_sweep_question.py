@@ -8,8 +8,9 @@ import sys
 import optuna
 import pytest
 import yaml
-from conftest import compose_cfg, thaw_train
+from conftest import TINY_RUN, compose_cfg, thaw_train
 from imagefiles import make_folder
+from optuna.distributions import IntDistribution
 
 # A random-init MobileNetV2 at 32 px on a few real image files: seconds a trial.
 FAST = [
@@ -500,3 +501,26 @@ def test_the_report_names_a_weights_file_by_its_absolute_path(tmp_path, monkeypa
     assert _weights_text("../w/base.h5") == str(tmp_path / "w" / "base.h5")
     assert _weights_text("imagenet") == "imagenet" and _weights_text(None) == "None"
     assert _weights_text("/no/such.h5") == "/no/such.h5"  # as given: the trials say what is wrong
+
+
+def test_the_baseline_takes_its_depth_range_from_its_own_backbone(tmp_path):
+    """With the backbone searched, the depth range follows it; the baseline (depth 0 on the preset's
+    backbone) is made with that backbone's range (it was refused as 'depth not searched')."""
+    sw = tmp_path / "sw"
+    args = [
+        "--multirun",
+        *TINY_RUN,
+        "sweep=depth_lr",
+        "backbone=choice(mobilenet_v2,mobilenet_v3_small)",
+        "backbone.weights=null",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.confirm.top_k=0",
+        "hydra.sweeper.study_name=dep",
+        f"hydra.sweep.dir={sw}",
+    ]
+    res = thaw_train(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    base = optuna.load_study(study_name="dep", storage=f"sqlite:///{sw}/study.db").trials[0]
+    assert base.user_attrs.get("baseline") is True
+    assert base.params["backbone"] == "mobilenet_v2" and base.params["unfreeze.depth"] == 0
+    assert base.distributions["unfreeze.depth"] == IntDistribution(0, 19)

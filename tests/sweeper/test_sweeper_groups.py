@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from thaw.commands.train import _fixed_overrides
 from thaw.sweeper import plan as plan_mod
 from thaw.sweeper.pruners import StepMedianPruner
-from thaw.sweeper.study_setup import instantiate, sampler_node
+from thaw.sweeper.study_setup import build_pruner, instantiate, sampler_node
 
 SWAP_PAGE = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "samplers-and-pruners.md"
 
@@ -38,7 +38,7 @@ def build(argv):
     node, n_trials = sampler_node(sweeper, plan, int(sweeper["n_trials"]))
     return (
         instantiate(sweeper, "sampler", None, node),
-        instantiate(sweeper, "pruner", None),
+        build_pruner(sweeper),
         n_trials,
     )
 
@@ -127,3 +127,68 @@ def test_selecting_a_group_replaces_the_whole_node():
         and pruner.n_warmup_steps == 4
         and pruner.n_startup_trials == 3
     )
+
+
+@pytest.mark.parametrize(
+    "target, kind",
+    [
+        ("optuna.pruners.MedianPruner", optuna.pruners.MedianPruner),
+        ("optuna.pruners.PercentilePruner", optuna.pruners.PercentilePruner),
+    ],
+)
+def test_the_older_form_swaps_the_presets_pruner(target, kind, caplog):
+    """`hydra.sweeper.pruner._target_=...` keeps the preset's other keys: the ones only
+    StepMedianPruner takes are left out, with a warning naming them; the rest still apply."""
+    extra = ["+hydra.sweeper.pruner.percentile=25"] if "Percentile" in target else []
+    argv = ["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr"]
+    with caplog.at_level("WARNING", logger="thaw.sweeper"):
+        _, pruner, _ = build([*argv, f"hydra.sweeper.pruner._target_={target}", *extra])
+    assert type(pruner) is kind
+    assert pruner._n_startup_trials == 3  # the preset's, kept
+    assert "takes no best_since_warmup, include_pruned, tolerance_se" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="thaw.sweeper"):
+        _, pruner, _ = build(argv)  # the preset itself: nothing left out, nothing said
+    assert type(pruner) is StepMedianPruner and pruner.tolerance_se == 2.0
+    assert "takes no" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "node, why",
+    [
+        (
+            "{_target_: optuna.pruners.ThresholdPruner, lowr: 0.6}",
+            "(TypeError: ThresholdPruner.__init__() got an unexpected keyword argument 'lowr')",
+        ),
+        ("{_target_: optuna.pruners.ThresholdPruner}", "Either lower or upper must be specified"),
+        ("{_target_: optuna.pruners.NoSuchPruner}", "(no such class or function)"),
+    ],
+)
+def test_a_pruner_that_cannot_be_built_says_why(node, why):
+    from thaw.errors import ConfigError
+
+    argv = ["thaw-train", "--multirun", "experiment=tiny", "sweep=depth_lr"]
+    with pytest.raises(ConfigError, match="^hydra.sweeper.pruner: cannot build ") as err:
+        build([*argv, "~hydra/sweeper/pruner", f"hydra.sweeper.pruner={node}"])
+    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_job_builds_the_swapped_pruner_as_its_sweeper_did(tmp_path):
+    """The job side re-attaches to its trial with the pruner node of its own Hydra config, the
+    preset's StepMedianPruner keys still in it: it leaves them out as the sweeper did."""
+    from thaw.sweeper.trial import TrialHandle
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    trial = study.ask()
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "sweep=depth_lr",
+            "hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+        ],
+        hydra_config=True,
+    )
+    handle = TrialHandle(url, "s", trial.number, cfg.hydra.sweeper.pruner, None, None)
+    assert type(handle.study.pruner) is optuna.pruners.MedianPruner
+    assert handle.study.pruner._n_startup_trials == 3

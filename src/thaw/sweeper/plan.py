@@ -39,6 +39,22 @@ class Plan:
     extender: Callable | None = None
     config: Any = None  # what the extender is called with (the sweep's config)
 
+    def space_for(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every param's distribution for a trial whose searched keys took these values: each
+        dependent range is the one its owners' values pick (the baseline's trial is made so)."""
+        out = dict(self.space)
+        for key, dep in self.dependent.items():
+            out[key] = dep.table[tuple(params[o] for o in dep.owners)]
+        return out
+
+    def widest_space(self) -> dict[str, Any]:
+        """Every param's distribution, a dependent range as the widest of its ranges: where the
+        owners' values are not known yet."""
+        return {
+            **self.space,
+            **{k: _widest(list(d.table.values())) for k, d in self.dependent.items()},
+        }
+
     def ask(self, study):
         """A new trial with every param drawn; a failing custom_search_space fails it (exit 2)."""
         trial = study.ask(self.space)
@@ -215,3 +231,18 @@ def _describe(dist) -> str:
     if hasattr(dist, "low"):
         return f"{dist.low}..{dist.high}"
     return str(list(dist.choices))
+
+
+def _widest(dists: list[Any]):
+    """One distribution holding each of these (the union of choices; the lowest low and the
+    highest high of ranges of one kind); the first where they are of different kinds."""
+    from optuna.distributions import CategoricalDistribution
+
+    first = dists[0]
+    if not all(type(d) is type(first) for d in dists):
+        return first
+    if isinstance(first, CategoricalDistribution):
+        return CategoricalDistribution(list(dict.fromkeys(c for d in dists for c in d.choices)))
+    return type(first)(
+        min(d.low for d in dists), max(d.high for d in dists), log=first.log, step=first.step
+    )

@@ -14,12 +14,20 @@ epoch rarely catches up (the trial keeps its intermediate values, best included,
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import logging
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+
+log = logging.getLogger("thaw.sweeper")
+# the keys sweep=depth_lr sets beside MedianPruner's (its pruner node is plain keys)
+STEP_MEDIAN_KEYS = ("best_since_warmup", "include_pruned", "tolerance_se")
 
 
 class StepMedianPruner(optuna.pruners.BasePruner):
@@ -120,3 +128,30 @@ class StepMedianPruner(optuna.pruners.BasePruner):
         if not self.tolerance_se or not n or not 0.0 <= median <= 1.0:
             return 0.0
         return self.tolerance_se * math.sqrt(median * (1.0 - median) / float(n))
+
+
+def swapped_pruner_node(node, warn: bool = False):
+    """The pruner node with StepMedianPruner's own keys left out where its `_target_` was swapped
+    for a pruner that takes none of them (`hydra.sweeper.pruner._target_=...`, the form that keeps
+    the preset's other keys): they change nothing there, which `warn` says once."""
+    if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+        return node
+    present = [k for k in STEP_MEDIAN_KEYS if k in node]
+    if not present:
+        return node
+    module, _, name = node["_target_"].rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except Exception:  # not found or not callable: building it says so
+        return node
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return node
+    extra = [k for k in present if k not in params]
+    if extra and warn:
+        log.warning(
+            "hydra.sweeper.pruner: %s takes no %s (StepMedianPruner's, from sweep=depth_lr): "
+            "left out",
+            node["_target_"],
+            ", ".join(extra),
+        )
+    return {k: node[k] for k in node if k not in extra}

@@ -84,7 +84,11 @@ def baseline_params(cfg: dict[str, Any], app, job_cfg, plan) -> dict[str, Any] |
             "trial; include unfreeze.depth=0 in it to measure the frozen base)"
         )
         return None
-    return app.baseline(job_cfg, plan.space)
+    if not plan.dependent:
+        return app.baseline(job_cfg, plan.space)
+    # a range that follows another searched key (depth follows backbone): the baseline's own value
+    # of that key picks the range its own value is checked against
+    return app.baseline(job_cfg, plan.space_for(app.baseline(job_cfg, plan.widest_space())))
 
 
 def refuse_other(q: Question, cfg: dict[str, Any], url: str, study_name: str, sampler, pruner):
@@ -130,7 +134,7 @@ def record(q: Question, study, plan, app):
 
 
 def _create_baseline(study, params: dict[str, Any], plan):
-    trial = running_trial(study, params, plan.space, {"baseline": True})
+    trial = running_trial(study, params, plan.space_for(params), {"baseline": True})
     # workers starting at once may each create one: the lowest number is the baseline, for all
     first = min(t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline"))
     if first != trial.number:

@@ -49,10 +49,27 @@ def instantiate(cfg: dict[str, Any], key: str, default, node=None):
     try:
         return build(node)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
         raise ConfigError(
-            f"hydra.sweeper.{key}: cannot build {node.get('_target_')} ({first})"
+            f"hydra.sweeper.{key}: cannot build {node.get('_target_')} ({_why_not_built(exc)})"
         ) from None
+
+
+def build_pruner(cfg: dict[str, Any]):
+    """hydra.sweeper.pruner built (None without one); a swapped `_target_` leaves out the keys
+    only StepMedianPruner takes, with a warning."""
+    from thaw.sweeper.pruners import swapped_pruner_node
+
+    return instantiate(cfg, "pruner", None, swapped_pruner_node(cfg.get("pruner"), warn=True))
+
+
+def _why_not_built(exc: Exception) -> str:
+    """The cause Hydra's InstantiationException wraps ('Error in call to target ...' alone names
+    no problem): the constructor's own error, or a target that does not exist."""
+    if str(exc).startswith("Error locating target"):
+        return "no such class or function"
+    cause = exc.__cause__ or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text}"[:200] if cause is not exc else text[:200]
 
 
 def sampler_node(cfg: dict[str, Any], plan, n_trials: int):
@@ -85,7 +102,7 @@ def open_study(
 
     node, n_trials = sampler_node(cfg, plan, n_trials)
     sampler = instantiate(cfg, "sampler", None, node) or optuna.samplers.TPESampler()
-    pruner = instantiate(cfg, "pruner", None) or optuna.pruners.NopPruner()
+    pruner = build_pruner(cfg) or optuna.pruners.NopPruner()
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     url = cfg.get("storage") or f"sqlite:///{sweep_dir / 'study.db'}"
     study_name = cfg.get("study_name") or "thaw"

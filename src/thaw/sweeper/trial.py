@@ -33,6 +33,9 @@ class TrialHandle:
 
         self.number = number
         self.storage = make_storage(storage_url, heartbeat_interval, grace_period)
+        from thaw.sweeper.pruners import swapped_pruner_node
+
+        pruner_cfg = swapped_pruner_node(pruner_cfg)  # as the sweeper built it
         pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
         self.study = optuna.load_study(study_name=study_name, storage=self.storage, pruner=pruner)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(

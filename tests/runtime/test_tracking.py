@@ -19,6 +19,32 @@ def test_auto_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     assert tracking.resolve_mode("offline") == "offline"
 
 
+def test_online_without_a_key_logs_offline_and_says_so(monkeypatch, tmp_path, caplog):
+    """W&B would wait at its login prompt on a terminal: no key, no online run."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    for how in ("online", "auto"):
+        monkeypatch.setenv("WANDB_MODE", "online" if how == "auto" else "")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert tracking.resolve_mode(how) == "offline"
+        assert "no API key found for api.wandb.ai" in caplog.text
+    # a `wandb login` entry for the server W&B uses counts, a self-hosted one too
+    (tmp_path / "netrc").write_text("machine wandb.example.org\n  login user\n  password k\n")
+    assert tracking.resolve_mode("online") == "offline"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings").write_text(
+        "[default]\nbase_url = https://wandb.example.org\n"
+    )
+    assert tracking.resolve_mode("online") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")
+    assert tracking.resolve_mode("online") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.resolve_mode("online") == "online"
+
+
 def test_unwritable_wandb_dir_warns_and_training_goes_on(tmp_path, caplog):
     cfg = compose_cfg(["logger=wandb", "logger.mode=offline", "logger.dir=/dev/null/wandb"])
     with caplog.at_level(logging.WARNING):

@@ -154,3 +154,42 @@ def test_a_retried_trial_is_its_own_run_linked_to_the_dead_ones(tmp_path, monkey
     assert rec.config["trial"]["retry_of"] == {"number": 0, "run_id": run_id("s", "t0")}
     value = optuna.load_study(study_name="s", storage=url).trials[1].value
     assert rec.summary["objective"] == value == 0.61
+
+
+def test_online_without_a_key_never_waits_at_a_prompt_on_a_terminal(tmp_path):
+    """On a terminal, W&B asks for an account and waits for ever; thaw runs offline instead."""
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    args = [a for a in TINY if not a.startswith("logger.mode")] + ["logger.mode=online"]
+    master, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thaw.commands.train", *args, f"hydra.run.dir={tmp_path / 'r'}"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=tmp_path,
+        env=env,
+    )
+    os.close(terminal)
+    out, deadline = b"", time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                out += os.read(master, 65536)
+            except OSError:
+                break
+    try:  # the terminal closed (the run's last output), or time is up
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("still running after 240 s: " + out.decode(errors="replace")[-1500:])
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert "Enter your choice" not in text and "no API key found" in text
+    assert len(offline_runs(tmp_path / "r" / "wandb")) == 1

@@ -46,22 +46,53 @@ def _argv_redacted():
 
 
 def _has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+    """An API key W&B finds without asking: WANDB_API_KEY, an identity token file, or a netrc
+    entry for the W&B host (WANDB_BASE_URL, else `wandb login --host`'s, else api.wandb.ai)."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
+        hosts = netrc.netrc(str(path)).hosts
+    except (OSError, netrc.NetrcParseError):
         return False
+    return _wandb_host() in hosts
+
+
+def _wandb_host() -> str:
+    """The W&B server's host name, as W&B's netrc entries name it."""
+    import configparser
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        config_dir = os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb"
+        settings = configparser.ConfigParser()
+        try:
+            settings.read(Path(config_dir) / "settings")
+            url = settings.get("default", "base_url", fallback=None)
+        except configparser.Error:
+            url = None
+    return urlparse(url or "https://api.wandb.ai").hostname or "api.wandb.ai"
 
 
 def resolve_mode(mode: str) -> str:
-    if mode != "auto":
-        return mode
-    env = os.environ.get("WANDB_MODE")
-    if env in ("online", "offline", "disabled"):
-        return env
-    return "online" if _has_credentials() else "offline"
+    """online, offline or disabled. Online needs an API key W&B finds without asking: without one
+    W&B waits at its login prompt on a terminal, so such a run logs offline, with a warning."""
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        if env not in ("online", "offline", "disabled"):
+            return "online" if _has_credentials() else "offline"
+        mode = env
+    if mode == "online" and not _has_credentials():
+        log.warning(
+            "W&B online: no API key found for %s (WANDB_API_KEY, or `wandb login`); this run "
+            "logs offline, and `wandb sync` uploads it later",
+            _wandb_host(),
+        )
+        return "offline"
+    return mode
 
 
 class Tracker:

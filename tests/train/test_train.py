@@ -20,6 +20,37 @@ def test_batchnorm_mode_follows_the_weights():
     )
 
 
+@pytest.mark.parametrize("unfreeze", ["unfreeze=all", "unfreeze.depth=2"], ids=["images", "cut"])
+@pytest.mark.parametrize("mode, kept", [("inference", True), ("train", False)])
+def test_fine_tuning_keeps_the_bases_batchnorm_statistics(tmp_path, unfreeze, mode, kept):
+    """Inference mode holds through fit, on images and from the feature cache's cut: the unfrozen
+    blocks' BatchNorm layers keep the statistics the base came with (calling the base with
+    training=False alone did not: fit's training=True reached the nested base's layers)."""
+    import keras
+
+    from thaw.train.recipe import train
+
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "backbone.weights=null",  # moving statistics start at mean 0, variance 1
+            f"backbone.batchnorm={mode}",
+            unfreeze,
+            "trainer.restore_best=false",  # the model of the fine-tuning epoch
+            "trainer.save_model=true",
+        ]
+    )
+    train(cfg, tmp_path)
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    bns = [x for x in model._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)]
+    moved = [
+        x.name
+        for x in bns
+        if np.any(x.moving_mean.numpy() != 0) or np.any(x.moving_variance.numpy() != 1)
+    ]
+    assert bns and (not moved) is kept, moved[:5]
+
+
 def test_pretrained_head_learns_synthetic_shapes(tmp_path, mnv2_weights):
     from thaw.train.recipe import train
 

@@ -21,8 +21,10 @@ def base_training_flag(cfg_backbone):
 
     A pretrained base runs BatchNorm in inference mode in both phases (training=False), as the
     Keras transfer-learning guide requires: updating its statistics on a small new data set wrecks
-    the features. A random-init base has no statistics worth keeping, so its BatchNorm trains
-    normally (training=None follows fit/predict), or it stays at chance.
+    the features. The flag alone does not hold during fit (Keras passes fit's training=True down
+    to a nested model's layers), so fine-tuning also keeps such a base's BatchNorm layers frozen
+    (model.unfreeze.apply). A random-init base has no statistics worth keeping, so its BatchNorm
+    trains normally (training=None follows fit/predict), or it stays at chance.
     """
     mode = cfg_backbone.batchnorm
     if mode == "inference":

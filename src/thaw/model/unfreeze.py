@@ -55,8 +55,16 @@ def freeze_all(base) -> None:
     base.trainable = False
 
 
-def apply(base, spec, mode: str, depth: int) -> list[str]:
-    """Make exactly the top `depth` blocks trainable (or none/all); returns their names."""
+def apply(base, spec, mode: str, depth: int, frozen_batchnorm: bool = False) -> list[str]:
+    """Make exactly the top `depth` blocks trainable (or none/all); returns their names.
+
+    `frozen_batchnorm`: their BatchNormalization layers stay frozen, which is what keeps them in
+    inference mode (Keras runs a BatchNormalization layer on its moving statistics, and updates
+    none, only when it is not trainable). Calling the base with training=False does not: inside a
+    functional model, fit's training=True reaches the nested base's layers all the same
+    (measured on Keras 3.15: the moving means of every unfrozen block moved during fine-tuning)."""
+    import keras
+
     blocks = set(trainable_blocks(base, spec, mode, depth))
     if not blocks:
         base.trainable = False
@@ -64,5 +72,7 @@ def apply(base, spec, mode: str, depth: int) -> list[str]:
     base.trainable = True
     mapping = layer_blocks(base, spec)
     for layer in base.layers:
-        layer.trainable = mapping[layer.name] in blocks
+        layer.trainable = mapping[layer.name] in blocks and not (
+            frozen_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        )
     return [b for b in block_order(base, spec) if b in blocks]

@@ -20,6 +20,7 @@ from typing import Any
 from thaw import data as data_mod
 from thaw.errors import ConfigError, DataError, TrainingError
 from thaw.model import unfreeze
+from thaw.model.classifier import base_training_flag
 from thaw.runtime import interrupt
 from thaw.train import checkpoint
 from thaw.train.compile_step import compile_phase, loss_and_metrics
@@ -60,8 +61,15 @@ def _train(run: Run, out: Path) -> TrainResult:
         unfreeze.freeze_all(base)
         fit_phase(run, head_phase(cfg), resume)
         # Phase 2: the top blocks join, at a lower learning rate so pretrained features are nudged,
-        # not overwritten. The base keeps training=False (see model.base_training_flag).
-        blocks = unfreeze.apply(base, spec, cfg.unfreeze.name, int(cfg.unfreeze.depth))
+        # not overwritten. A pretrained base's BatchNorm layers stay frozen: inference mode, their
+        # ImageNet statistics kept (see model.base_training_flag).
+        blocks = unfreeze.apply(
+            base,
+            spec,
+            cfg.unfreeze.name,
+            int(cfg.unfreeze.depth),
+            frozen_batchnorm=base_training_flag(cfg.backbone) is False,
+        )
         run.record.phase("finetune")["unfrozen_blocks"] = blocks
         fit_phase(run, finetune_phase(cfg, blocks), resume)
         run.record.summarize(run.best.monitor, restore_best=bool(cfg.trainer.restore_best))

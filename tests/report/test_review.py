@@ -106,3 +106,20 @@ def test_report_hints_name_the_sweep_dir(tmp_path):
         open_study(str(tmp_path / "sw" / "study.db"))
     with pytest.raises(ConfigError, match="a trial's run dir: pass its sweep dir"):
         open_study(str(tmp_path / "sw" / "trial_0"))
+
+
+def test_a_sweep_dir_with_a_journal_file_is_reported(tmp_path):
+    """A sweep run on a journal file in its sweep dir: thaw-report takes the dir, as
+    thaw-dashboard does."""
+    from thaw.report.html import open_study
+
+    sw = tmp_path / "sw"
+    sw.mkdir()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sw / "study.log"))
+    )
+    study = optuna.create_study(study_name="j", storage=storage, direction="maximize")
+    study.tell(study.ask(SPACE), 0.7)
+    opened, out_dir = open_study(str(sw))
+    assert opened.study_name == "j" and out_dir == sw and opened.best_value == 0.7
+    assert (build_report(str(sw))).is_file()

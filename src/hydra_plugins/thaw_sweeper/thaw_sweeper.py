@@ -75,7 +75,8 @@ class ThawSweeperConf:
     grace_period: int | None = 60
     max_retry: int = 0  # re-run (with the same params) a trial whose worker died, this many times
     # model.keras of every trial (all), of the best trial only (best: the others' are deleted as the
-    # sweep goes, across resumes and workers), or of none (trials run with trainer.save_model=false)
+    # sweep goes, across resumes and workers; the baseline's and the confirmation's candidates' are
+    # kept), or of none (trials run with trainer.save_model=false)
     save_models: str = "all"
     params: dict[str, Any] | None = None
     # hydra-optuna-sweeper's deprecated form of params: {name: {type: int|float|categorical, low,

@@ -46,66 +46,16 @@ def _args(argv):
     return p.parse_args(argv)
 
 
-def _is_journal(path: Path) -> bool:
-    """A journal file: its first line is one of Optuna's journal operations."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return first.startswith("{") and '"op_code"' in first
-
-
 def _from_dir(path: Path) -> str:
-    """The storage URL of a sweep dir: its own study.db or journal file, so a copied or moved
-    sweep shows (and attaches files to) its copy; else the storage its optimization_results.yaml
-    names (PostgreSQL, or a file kept elsewhere)."""
-    from thaw.sweeper.storage import JOURNAL_SUFFIXES, journal_path
+    """The storage URL of a sweep dir (thaw.sweeper.sweep_dir), or one line saying none is there."""
+    from thaw.sweeper.sweep_dir import storage_of
 
-    recorded = _recorded_storage(path)
-    if (path / "study.db").is_file():
-        return _own(f"sqlite:///{(path / 'study.db').resolve()}", recorded)
-    recorded_journal = journal_path(recorded) if recorded else None
-    if recorded_journal is not None and _is_journal(path / Path(recorded_journal).name):
-        return _own(str((path / Path(recorded_journal).name).resolve()), recorded)
-    if recorded:
-        return recorded
-    journals = [p for p in sorted(path.iterdir()) if p.suffix in JOURNAL_SUFFIXES]
-    journals = [p for p in journals if p.is_file() and _is_journal(p)]
-    if len(journals) == 1:
-        return str(journals[0].resolve())
-    raise ConfigError(
-        f"{path}: no study here (no optimization_results.yaml, study.db or journal file); pass "
-        "the sweep dir, a journal file or the storage URL"
-    )
-
-
-def _recorded_storage(path: Path) -> str | None:
-    """The storage URL optimization_results.yaml records, if any."""
-    results = path / "optimization_results.yaml"
-    if not results.is_file():
-        return None
-    try:
-        url = (yaml.safe_load(results.read_text()) or {}).get("storage")
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{results}: unreadable ({str(exc).splitlines()[0]})") from None
-    if url and "***" in str(url) and not (path / "study.db").is_file():
+    url = storage_of(path, "thaw-dashboard")
+    if url is None:
         raise ConfigError(
-            f"{path}: the study lives in {url} (password redacted there): pass that storage "
-            "URL with its password instead of the sweep dir"
+            f"{path}: no study here (no optimization_results.yaml, study.db or journal file); "
+            "pass the sweep dir, a journal file or the storage URL"
         )
-    return str(url) if url else None
-
-
-def _own(url: str, recorded: str | None) -> str:
-    """The sweep dir's own storage, said where the sweep recorded another (a copy or a move)."""
-    from thaw.sweeper.storage import journal_path
-
-    target = journal_path(url) or url.removeprefix("sqlite:///")
-    was = journal_path(recorded) if recorded else None
-    was = was or (recorded.removeprefix("sqlite:///") if recorded else None)
-    if was and Path(was).resolve() != Path(target):
-        log.info("thaw-dashboard: reading this dir's copy of the study (the sweep ran on %s)", was)
     return url
 
 

@@ -1,6 +1,7 @@
 """`thaw-retrain`: run a sweep's winner (or any run) again from the exact config it ran with.
 
-The run's own `.hydra/config.yaml` (what ran, even if conf/ changed since) is applied on top of
+The run's own `resolved_config.yaml` (what ran, paths absolute, even if conf/ changed since; an
+older run's `.hydra/config.yaml`) is applied on top of
 thaw's schema as a `# @package _global_` config (`+retrain=winner`, from a temporary search-path
 entry), so types are still checked and keys added to thaw since keep their defaults. Command-line
 overrides come last (more epochs, `--train-on-val`). The new run goes to

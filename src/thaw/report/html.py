@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 def _storage(target: str):
     """(storage or URL, output dir) for a sweep dir, a journal file or an Optuna storage URL."""
     from thaw.sweeper.storage import journal_path, make_storage
+    from thaw.sweeper.sweep_dir import storage_of
 
     journal = journal_path(target)
     if journal is not None:
@@ -37,15 +38,15 @@ def _storage(target: str):
             )
         if not path.is_dir():
             raise ConfigError(f"{target}: not a sweep directory or storage URL")
-        db = path / "study.db"
-        if not db.is_file():
+        url = storage_of(path, "thaw-report")  # its own study.db or journal, else the recorded
+        if url is None:
             inside = (
                 " (a trial's run dir: pass its sweep dir)"
                 if (path.parent / "study.db").is_file()
                 else " (pass the storage URL instead)"
             )
-            raise ConfigError(f"{target}: no study.db in this directory{inside}")
-        return f"sqlite:///{db.resolve()}", path
+            raise ConfigError(f"{target}: no study.db or journal file in this directory{inside}")
+        return (make_storage(url) if journal_path(url) else url), path
     return target, Path.cwd()
 
 

@@ -181,3 +181,21 @@ def test_a_key_appended_to_the_sweeper_is_refused_naming_the_setting(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert "hydra.sweeper.n_trails: no such setting of thaw's sweeper; did you mean " in lines[0]
     assert not (tmp_path / "optimization_results.yaml").exists()
+
+
+def test_the_deprecated_search_space_still_searches_and_says_so(tmp_path):
+    """HOS's `search_space` (before `params`): the same distributions, with its deprecation
+    warning."""
+    storage = f"sqlite:///{tmp_path / 'test.db'}"
+    proc = run_app(
+        "sphere.py",
+        "--config-path=search_space_conf",
+        f"hydra.sweep.dir={tmp_path}",
+        f"hydra.sweeper.storage={storage}",
+    )
+    assert "hydra.sweeper.search_space is deprecated" in proc.stdout + proc.stderr
+    study = optuna.load_study(storage=storage, study_name="sphere")
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
+    for t in study.trials:
+        assert t.distributions["x"] == optuna.distributions.FloatDistribution(-5.5, 5.5, step=0.5)
+        assert t.params["y"] in (-5, 0, 5) and t.value == t.params["x"] ** 2 + t.params["y"] ** 2

@@ -123,6 +123,11 @@ def disk(tmp: Path, unfreeze):
 
 
 def main():
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help says what it measures instead of running it
     points = sorted(random.Random(16).sample(POINTS, 5), key=POINTS.index)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -41,6 +41,9 @@ def test_fine_tuning_keeps_the_bases_batchnorm_statistics(tmp_path, unfreeze, mo
         ]
     )
     train(cfg, tmp_path)
+    finetune = json.loads((tmp_path / "metrics.json").read_text())["phases"]["finetune"]
+    if mode == "inference" and unfreeze.startswith("unfreeze.depth"):  # trained from the cut
+        assert finetune["cache"].startswith("at block_"), finetune
     model = keras.saving.load_model(tmp_path / "model.keras")
     bns = [x for x in model._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)]
     moved = [

@@ -57,11 +57,23 @@ def boundary_tag(tensor) -> str:
 def cut_point(base):
     """(tensor, tag) where the trainable layers meet the frozen prefix: the base's output, "pooled",
     when only the head trains; None when the trainable blocks read more than one tensor of it."""
-    trainable = {l.name for l in base.layers if l.trainable}
-    if not trainable:
+    top = top_layers(base)
+    if not top:
         return base.output, "pooled"
-    bt = boundary_tensor(base, trainable)
+    bt = boundary_tensor(base, top)
     return None if bt is None else (bt, boundary_tag(bt))
+
+
+def top_layers(base) -> set:
+    """The layers above the frozen prefix: the trainable ones and every layer that reads only their
+    outputs (an unfrozen block's BatchNorm stays frozen, model.unfreeze, yet sits above the cut)."""
+    top: set = set()
+    for layer in base.layers:
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        producers = {t._keras_history[0].name for t in inputs}
+        if layer.trainable or (producers and producers <= top):
+            top.add(layer.name)
+    return top
 
 
 def pooled_models(clf, extra_tensors=()):

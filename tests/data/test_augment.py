@@ -91,9 +91,11 @@ def _run(tmp_path, name, *overrides):
 
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it
-def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
-    off = _run(tmp_path, "off", "trainer.cache_features=false")
-    on = _run(tmp_path, "on", "trainer.cache_features=true")
+def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path, mnv2_weights):
+    # pretrained: a random base in inference mode stays at chance whatever it is shown
+    weights = f"backbone.weights={mnv2_weights}"
+    off = _run(tmp_path, "off", weights, "trainer.cache_features=false")
+    on = _run(tmp_path, "on", weights, "trainer.cache_features=true")
     assert not off["feature_cache"] and on["feature_cache"]
     assert (
         on["phases"]["head"]["augment_views"] == 3
@@ -107,7 +109,7 @@ def test_cached_views_train_exactly_like_the_same_draws_on_the_fly(tmp_path):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (key, a, b)
     # augmentation really changed the training images: the same run without it trains differently
-    plain = _run(tmp_path, "plain", "augment=none", "trainer.cache_features=true")
+    plain = _run(tmp_path, "plain", weights, "augment=none", "trainer.cache_features=true")
     assert plain["augment"] is None
     assert any(abs(a["loss"] - b["loss"]) > 1e-4 for a, b in zip(plain["history"], on["history"]))
 

@@ -58,6 +58,18 @@ def test_every_trial_is_in_the_depth_lr_plane_by_state(tmp_path):
     )
 
 
+def test_a_surplus_trial_is_on_no_plot(tmp_path):
+    """A trial given back unrun (another worker took the last slot) is no failed point."""
+    study = _study(tmp_path)
+    given_back = study.ask(SPACE)
+    study._storage.set_trial_user_attr(given_back._trial_id, "surplus", True)
+    study.tell(given_back, state=TrialState.FAIL)
+    by_name = {tr.name: tr for tr in report_plots.trials_plane(study).data}
+    assert "fail (1)" in by_name and "fail (2)" not in by_name
+    shown = [x for tr in report_plots.trial_times(study).data for x in tr.x]
+    assert given_back.number not in shown and len(shown) == 6
+
+
 def test_learning_curves_mark_where_fine_tuning_starts(tmp_path):
     fig = report_plots.learning_curves(_study(tmp_path))
     assert len(fig.data) == 6

@@ -61,6 +61,20 @@ def test_failures_say_why_and_what_retried_them(tmp_path):
     assert "unfreeze.depth=" in rows[3][1]
 
 
+def test_a_surplus_trial_is_not_called_a_failure(tmp_path):
+    """A worker that asked after another took the last slot gives its trial back unrun
+    (core._surplus): not a failure, and the header says what it was."""
+    study = make_sweep(tmp_path / "sw")
+    given_back = study.ask(SPACE)
+    study._storage.set_trial_user_attr(given_back._trial_id, "surplus", True)
+    study.tell(given_back, state=TrialState.FAIL)
+    assert given_back.number not in {r[0] for r in review.failures(study)}
+    facts = dict(review.header_facts(study))
+    assert facts["trials"] == (
+        "COMPLETE 2, FAIL 1, PRUNED 1; 1 surplus, never run (another worker took the last slot)"
+    )
+
+
 def test_report_page_holds_the_answers(tmp_path):
     make_sweep(tmp_path / "sw")
     page = build_report(str(tmp_path / "sw")).read_text()

@@ -51,11 +51,13 @@ def test_line_counts_like_the_sweep_and_estimates_time_left():
         _trial(3, TrialState.FAIL, error="OOM"),
         _trial(4, TrialState.FAIL, interrupted="x"),
         _trial(5, TrialState.COMPLETE, 0.90),
+        _trial(6, TrialState.FAIL, surplus=True),
     ]
     line = prog.line(trials)
-    # counted: 3 complete, 1 pruned, the failed job; the interrupted one apart -> 5 of 10
+    # counted: 3 complete, 1 pruned, the failed job; the interrupted one and the surplus one (given
+    # back unrun) apart -> 5 of 10
     assert line.startswith(
-        "sweep: 5/10 trials done (COMPLETE 3, FAIL 1, PRUNED 1; not counted: FAIL 1)"
+        "sweep: 5/10 trials done (COMPLETE 3, FAIL 1, PRUNED 1; not counted: FAIL 1, surplus 1)"
     )
     assert "best 0.95 (trial 1)" in line
     # 4 trials in 120 s in this process -> 30 s each, 5 left

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 
 from thaw.runtime.chosen_trial import chosen_trial
+from thaw.sweeper.failures import is_surplus
 
 DEPTH, LR = "unfreeze.depth", "lr.base"
 MARKERS = {
@@ -53,7 +54,7 @@ def trials_plane(study):
     """Every trial at its (depth, lr), marker by state, colour by its (last) validation value."""
     import plotly.graph_objects as go
 
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]  # never ran
     x, y = _axes(sorted({p for t in trials for p in t.params}))
     if x is None:
         return None
@@ -237,7 +238,9 @@ def trial_times(study):
     trial), or, for trials without one, wall time coloured by state."""
     import plotly.graph_objects as go
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.duration is not None]
+    trials = [
+        t for t in study.get_trials(deepcopy=False) if t.duration is not None and not is_surplus(t)
+    ]
     if not trials:
         return None
     fig = go.Figure()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from thaw.sweeper.failures import is_surplus
+
 esc = html.escape
 
 
@@ -68,7 +70,12 @@ def header_facts(study) -> list[tuple[str, str]]:
     about = dict(study.user_attrs.get("about") or {})
     sweeper = _hydra_sweeper(study) if not ("sampler" in about and "pruner" in about) else {}
     images = about.get("images") or {}
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials if not is_surplus(t))
+    surplus = sum(1 for t in trials if is_surplus(t))
+    counts_txt = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"
+    if surplus:
+        counts_txt += f"; {surplus} surplus, never run (another worker took the last slot)"
     facts = [("data", str(about.get("data", "?")))]
     if images:
         facts.append(
@@ -85,7 +92,7 @@ def header_facts(study) -> list[tuple[str, str]]:
         ("search space", str(about.get("search_space", "?"))),
         ("sampler", component(about.get("sampler", sweeper.get("sampler")))),
         ("pruner", component(about.get("pruner", sweeper.get("pruner")))),
-        ("trials", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
+        ("trials", counts_txt),
     ]
     return facts
 
@@ -172,8 +179,8 @@ def cache_saved(recs: dict[int, dict]) -> dict:
 
 
 def failures(study) -> list[list]:
-    """[trial, params, reason, retried as] of every failed trial."""
-    trials = study.get_trials(deepcopy=False)
+    """[trial, params, reason, retried as] of every failed trial (a surplus one never ran)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     retried = {}
     for t in trials:
         for dead in t.system_attrs.get("retry_history") or []:

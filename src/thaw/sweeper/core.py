@@ -27,7 +27,7 @@ from thaw.sweeper import (
     schedule,
 )
 from thaw.sweeper import plan as search_space_plan
-from thaw.sweeper.failures import DEFAULT_FAILURE_RATE, TooManyFailures, counted
+from thaw.sweeper.failures import DEFAULT_FAILURE_RATE, SURPLUS_ATTR, TooManyFailures, counted
 from thaw.sweeper.heartbeats import Heartbeats
 from thaw.sweeper.hooks import AppHooks
 from thaw.sweeper.progress import Progress, Waiting
@@ -362,6 +362,6 @@ def _surplus(sw: SweepState, trial) -> bool:
     ]
     if len(before) < sw.n_trials:
         return False
-    sw.study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+    sw.study._storage.set_trial_user_attr(trial._trial_id, SURPLUS_ATTR, True)
     launch.fail(sw.storage, trial._trial_id)
     return True

@@ -9,6 +9,12 @@ from __future__ import annotations
 from thaw.errors import ThawError
 
 DEFAULT_FAILURE_RATE = 0.25  # thaw's rule when hydra.sweeper.max_failure_rate is unset
+SURPLUS_ATTR = "surplus"  # asked after another worker took the last of n_trials: failed unrun
+
+
+def is_surplus(trial) -> bool:
+    """A trial given back at once (core._surplus): it never ran, and nothing about it failed."""
+    return bool(trial.user_attrs.get(SURPLUS_ATTR))
 
 
 class TooManyFailures(ThawError):

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from thaw.sweeper.failures import is_surplus
+
 
 def _clock(seconds: float | None) -> str:
     if seconds is None:
@@ -60,7 +62,9 @@ class Progress:
             t.state.name for t in trials if self.counted(t) or not t.state.is_finished()
         )
         lost = Counter(
-            t.state.name for t in trials if t.state.is_finished() and not self.counted(t)
+            "surplus" if is_surplus(t) else t.state.name
+            for t in trials
+            if t.state.is_finished() and not self.counted(t)
         )
         elapsed = self.clock() - self.t0
         ran = done - self.at_start

@@ -121,7 +121,14 @@ def test_dashboard_of_a_live_sweep_renders_in_chromium(tmp_path):
         late = add_trial(study, sw, "COMPLETE", [0.75, 0.95])
         sid = study._study_id
         for t in study.get_trials():
-            files = wait_for(lambda t=t: trial_artifacts(storage, sid, t._trial_id))
+            # each file is attached in its own commit: wait for the pair, then check it is exact
+            files = wait_for(
+                lambda t=t: (
+                    (f := trial_artifacts(storage, sid, t._trial_id))
+                    and {"metrics.json", "train.log"} <= set(f)
+                    and f
+                )
+            )
             assert set(files) == {"metrics.json", "train.log"}
             url = f"http://127.0.0.1:{port}/artifacts/{sid}/{t._trial_id}/{files['metrics.json']}"
             with urllib.request.urlopen(url, timeout=10) as r:

@@ -93,6 +93,8 @@ def test_in_flight_trials_never_share_a_device(tmp_path):
         "hydra.sweeper.n_trials=6",
         "hydra.sweeper.devices=[0,1]",
         "hold=0.5",
+        "gate=3",  # trial 0 stays in flight while 3 others run: the slots overlap by structure
+        "gate_timeout=120",
     )
     ts = {t.number: t for t in trials(tmp_path)}
     recs = records(tmp_path)
@@ -265,13 +267,14 @@ def test_bad_scheduling_settings_are_one_line_exit_2(tmp_path, arg, needle):
 
 
 def test_timeout_stops_new_trials_and_lets_the_one_in_flight_finish(tmp_path):
-    proc = sweep(tmp_path, "hold=1.0", "hydra.sweeper.n_trials=20", "hydra.sweeper.timeout=2.5")
+    """In process, trial 0 starts at once and holds 6 s: the 3 s timeout passes while it runs, it
+    finishes, and no trial starts after it (by structure, not by how fast the machine is)."""
+    proc = sweep(tmp_path, "hold=6.0", "hydra.sweeper.n_trials=20", "hydra.sweeper.timeout=3")
     done = trials(tmp_path)
-    # 1 s per trial in process: trials 0-2 start before 2.5 s, the one running then finishes
-    assert 2 <= len(done) <= 5, [t.state for t in done]
-    assert all(t.state == TrialState.COMPLETE for t in done)
-    assert "timeout: 2.5 s of search spent" in proc.stdout + proc.stderr
-    assert sorted(records(tmp_path)) == [t.number for t in done]
+    assert [(t.number, t.state) for t in done] == [(0, TrialState.COMPLETE)]
+    rec = records(tmp_path)[0]
+    assert rec["end"] - rec["start"] >= 6.0  # in flight when the timeout passed
+    assert "timeout: 3 s of search spent" in proc.stdout + proc.stderr
 
 
 def test_a_timeout_that_is_not_positive_is_refused(tmp_path):

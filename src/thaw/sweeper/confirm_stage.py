@@ -19,6 +19,7 @@ from thaw.sweeper.launch import confirmation_value
 from thaw.sweeper.state import SweepState
 
 log = logging.getLogger("thaw.sweeper")
+OWNER_ATTR = "confirmation_owner"  # host:pid of the worker that runs the confirmation
 
 
 def confirmation(sw: SweepState) -> confirm.Confirmation | None:
@@ -54,9 +55,8 @@ def run(sw: SweepState, save: Callable[[], None]) -> str | None:
     if conf is None:
         return None
     pending = conf.pending()
-    if not pending:
-        return None
-    owner = confirmation_owner(sw.study)
+    # every run done: a live owner is still testing the winner and writing the answer
+    owner = confirmation_owner(sw.study) if pending else live_owner(sw.study)
     if owner is not None:
         log.info(
             "confirmation: left to the worker %s of this study (it runs every confirmation run "
@@ -65,6 +65,8 @@ def run(sw: SweepState, save: Callable[[], None]) -> str | None:
             sw.sweep_dir / "optimization_results.yaml",
         )
         return owner
+    if not pending:
+        return None
     log.info(
         "confirming: %d run(s) of trials %s with seeds %s (the winner is the best mean)",
         len(pending),
@@ -150,17 +152,26 @@ def confirmation_owner(study) -> str | None:
     """None when this worker runs the confirmation, else the worker that does: several workers
     finishing one study's search would otherwise run the same confirmation runs into the same
     dirs."""
+    owner = live_owner(study)
+    if owner is not None:
+        return owner
+    study.set_user_attr(OWNER_ATTR, _me())
+    time.sleep(1.0)  # two workers claiming at once: the later write stands, both read it back
+    owner = study.user_attrs.get(OWNER_ATTR)
+    return None if owner == _me() else owner
+
+
+def live_owner(study) -> str | None:
+    """Another worker that claimed the confirmation and still runs, if one did."""
+    owner = study.user_attrs.get(OWNER_ATTR)
+    return owner if owner and owner != _me() and alive(owner) else None
+
+
+def _me() -> str:
     import os
     import socket
 
-    attr, me = "confirmation_owner", f"{socket.gethostname()}:{os.getpid()}"
-    owner = study.user_attrs.get(attr)
-    if owner and owner != me and alive(owner):
-        return owner
-    study.set_user_attr(attr, me)
-    time.sleep(1.0)  # two workers claiming at once: the later write stands, both read it back
-    owner = study.user_attrs.get(attr)
-    return None if owner == me else owner
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def alive(worker: str) -> bool:

@@ -1,29 +1,41 @@
 """Read what an offline W&B run wrote (its run-<id>.wandb file), without W&B's servers: the file is
-a LevelDB-style log of protobuf records (W&B's own wandb_internal_pb2.Record)."""
+a LevelDB-style log of protobuf records (W&B's own wandb_internal_pb2.Record).
+
+W&B's service writes the file on its own, so a reader can find it mid-write:
+`read` waits (bounded) until every record's checksum holds and the run's exit record is there."""
 
 from __future__ import annotations
 
 import json
 import struct
+import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BLOCK = 32768
 
 
+class TornFile(Exception):
+    """The file ends inside a record, or a record's checksum fails: it is still being written."""
+
+
 def _chunks(data: bytes):
-    """The records of a LevelDB log: 7-byte headers (crc, length, type) in 32 KiB blocks."""
+    """The records of a LevelDB log: 7-byte headers (crc, length, type) in 32 KiB blocks, each
+    chunk's CRC-32 (W&B's "IEEE" variant) taken over its type byte and data."""
     pos, pending = 7, b""  # past W&B's own 7-byte file header
     while pos + 7 <= len(data):
         left = BLOCK - pos % BLOCK
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:  # block padding
             pos += left
             continue
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if pos > len(data) or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise TornFile(f"record at byte {pos - length - 7} of {len(data)}")
         if kind == 1:  # full
             yield chunk
         elif kind == 2:  # first
@@ -53,11 +65,24 @@ class OfflineRun:
     exit_code: int | None = None
 
 
-def read(path: Path) -> OfflineRun:
+def read(path: Path, timeout: float = 30.0) -> OfflineRun:
+    """The finished run in `path`, once W&B's service has written all of it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out = _parse(Path(path).read_bytes())
+            if out.exit_code is not None or time.monotonic() > deadline:
+                return out
+        except TornFile:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def _parse(data: bytes) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", path
+    assert data[:4] == b":W&B", data[:7]
     out = OfflineRun()
     for chunk in _chunks(data):
         rec = pb.Record()

@@ -51,8 +51,6 @@ def sync(storage, study_id: int, store, sweep_dir: Path | None = None) -> int:
     for path in report_files(sweep_dir):
         what = f"report/{path.relative_to(sweep_dir)}"
         count += _attach(storage, study_id, store, path, STUDY_PREFIX, what, attached)
-    if count:
-        storage.set_study_system_attr(study_id, ATTACHED, attached)
     return count
 
 
@@ -81,11 +79,14 @@ def _attach(storage, study_id: int, store, path: Path, prefix: str, what: str, a
         "encoding": None,
     }
     storage.set_study_system_attr(study_id, prefix + artifact_id, json.dumps(meta))
+    attached[what] = [artifact_id, signature]
+    # recorded at once: a round cut short later (a sweep holding the SQLite lock) must not
+    # attach this file a second time next round
+    storage.set_study_system_attr(study_id, ATTACHED, attached)
     if old is not None:  # the earlier copy: gone from the dashboard (as its delete button does)
         storage.set_study_system_attr(study_id, prefix + old[0], json.dumps(None))
         try:
             store.remove(old[0])
         except Exception as exc:
             log.debug("earlier copy of %s not removed: %s", what, exc)
-    attached[what] = [artifact_id, signature]
     return 1

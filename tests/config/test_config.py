@@ -143,6 +143,7 @@ def test_unknown_group_option_fails():
         ("trainer.objective=accuracy_at_5", "trainer.objective"),
         ("head.dropout=1.0", "head.dropout"),
         ("data.batch_size=0", "data.batch_size"),
+        ("trainer.kept_fit_models=0", "trainer.kept_fit_models"),
     ],
 )
 def test_bad_values_name_their_key(override, key):

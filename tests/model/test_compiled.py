@@ -51,3 +51,27 @@ def test_without_a_budget_only_the_count_bounds_them():
     for i in range(MAX_FIT_MODELS + 2):
         fits.get(i, lambda: dense_stack(1))
     assert fits.keys() == list(range(2, MAX_FIT_MODELS + 2))
+
+
+def test_a_lower_count_bound_drops_the_least_recently_used_at_once():
+    fits = FitModels(max_models=3)
+    for key in "abc":
+        fits.get(key, lambda: dense_stack(1))
+    fits.get("a", lambda: dense_stack(1))  # now the most recent
+    fits.get("d", lambda: dense_stack(1))  # a fourth: "b" goes
+    assert fits.keys() == ["c", "a", "d"]
+    fits.bound(1)  # a run with trainer.kept_fit_models=1: nothing older than "d" stays
+    assert fits.keys() == ["d"] and fits.weights() == 2
+    fits.bound(3)
+    fits.get("e", lambda: dense_stack(1))
+    assert fits.keys() == ["d", "e"]
+
+
+def test_kept_fit_models_is_ignored_without_reuse_compiled():
+    from conftest import compose_cfg
+
+    from thaw.config.checks import ignored
+
+    key = ["trainer.kept_fit_models"]
+    assert ignored(compose_cfg(["experiment=tiny", "trainer.reuse_compiled=false"]), key)
+    assert not ignored(compose_cfg(["experiment=tiny"]), key)

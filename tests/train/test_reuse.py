@@ -150,3 +150,28 @@ def test_a_later_run_of_a_process_evaluates_the_test_split_on_the_kept_step(tmp_
     assert (
         abs(runs[3]["test_loss"] - runs[2]["test_loss"]) > 1e-5
     )  # not the run before's (lr 0.001) result
+
+
+def test_kept_fit_models_bounds_what_a_process_keeps_for_its_next_run(tmp_path):
+    """trainer.kept_fit_models=1 keeps one compiled fit model: the next run traces its head again
+    where the default bound reuses it, and computes the same."""
+    from conftest import compose_cfg
+
+    from thaw.train.recipe import train
+    from thaw.train.workspace import Workspace
+
+    def run(name, *extra):
+        train(compose_cfg([*RUN, *PATHS["features"], *extra]), tmp_path / name, workspace=ws)
+        ws.end_run(keep_compiled=True)
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    ws = Workspace()
+    first = run("first")
+    assert ws.kept()["fit_models"] == 2  # the head's and depth 3's
+    again = run("again")
+    assert [p["compiled"] for p in again["phases"].values()] == ["reused", "reused"]
+    bounded = run("bounded", "trainer.kept_fit_models=1")
+    assert [p["compiled"] for p in bounded["phases"].values()] == ["new", "new"]
+    assert ws.kept()["fit_models"] == 1
+    for a, b in zip(first["history"], bounded["history"], strict=True):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)

@@ -28,6 +28,7 @@ RUN_LOCAL = (
     "trainer.cache_max_mb",
     "trainer.cache_features",
     "trainer.reuse_compiled",
+    "trainer.kept_fit_models",
     "trainer.fused_optimizer",
     "trainer.save_model",
     "trainer.export_h5",

@@ -155,6 +155,11 @@ def _validate_runtime(t) -> None:
         raise ConfigError(
             f"trainer.jit_compile: expected auto, true or false, got {t.jit_compile!r}"
         )
+    if t.get("kept_fit_models", 1) < 1:
+        raise ConfigError(
+            f"trainer.kept_fit_models: must be >= 1 (trainer.reuse_compiled=false keeps no "
+            f"compiled step), got {t.kept_fit_models}"
+        )
     if t.cpu_devices is not None and t.cpu_devices < 1:
         raise ConfigError(f"trainer.cpu_devices: must be >= 1, got {t.cpu_devices}")
     if not (math.isfinite(float(t.label_smoothing)) and 0.0 <= float(t.label_smoothing) < 1.0):
@@ -302,6 +307,11 @@ _INERT = (
         ("backbone.batchnorm_momentum",),
         "the pretrained base runs BatchNorm in inference mode, so its "
         "moving averages never update (backbone.batchnorm=train would)",
+    ),
+    (
+        lambda c: not c.trainer.reuse_compiled,
+        ("trainer.kept_fit_models",),
+        "trainer.reuse_compiled=false: every phase compiles afresh, so no compiled step is kept",
     ),
     (
         lambda c: c.logger.name == "none",

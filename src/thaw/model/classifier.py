@@ -64,6 +64,7 @@ def build_classifier(cfg, num_classes: int, pool: ModelPool | None = None) -> Cl
             "model: reusing this process's %s classifier (initial weights restored in memory)",
             spec.name,
         )
+        clf.fits.bound(_kept_fit_models(cfg))
         return clf
     clf = _build(spec, cfg, weights, num_classes, pool)
     pool.keep("classifiers", key, clf, _snapshot(clf.model.variables, clf.base))
@@ -102,8 +103,14 @@ def _build(spec, cfg, weights, num_classes: int, pool: ModelPool) -> Classifier:
     outputs = build_head(features, cfg.head, num_classes)
     model = keras.Model(inputs, outputs, name=f"thaw_{spec.name}")
     trainable = sum(1 for w in model.weights if w.trainable)  # when every layer is unfrozen
-    fits = FitModels(max_weights=int(FIT_MODELS_SIZE * trainable))
+    fits = FitModels(int(FIT_MODELS_SIZE * trainable), _kept_fit_models(cfg))
     return Classifier(model, base, features, spec, fits)
+
+
+def _kept_fit_models(cfg) -> int:
+    from thaw.model.compiled import MAX_FIT_MODELS
+
+    return int(cfg.trainer.get("kept_fit_models", MAX_FIT_MODELS))
 
 
 def _base_key(spec, cfg, size: int, weights) -> tuple:

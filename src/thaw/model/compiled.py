@@ -29,7 +29,7 @@ from thaw.model.pool import ModelPool, release_frozen
 
 log = logging.getLogger("thaw.train")
 
-MAX_FIT_MODELS = 8  # per classifier: the head on pooled features plus a few fine-tuning depths
+MAX_FIT_MODELS = 8  # per classifier (trainer.kept_fit_models): the head plus a few depths
 # ... and together they train at most this many times the weights the whole classifier can train
 # (each counted when kept): a compiled step's traced graph grows with the layers it trains, so 8
 # deep steps held 3x the memory of 8 shallow ones, and a long sweep that drifted deep grew by half
@@ -39,13 +39,20 @@ FIT_MODELS_SIZE = 2.0
 
 class FitModels:
     """The models a classifier's phases fit, by what they take and train: least recently used
-    dropped first, beyond MAX_FIT_MODELS or beyond `max_weights` trained weights in all (the
-    newest is always kept)."""
+    dropped first, beyond `max_models` (trainer.kept_fit_models) or beyond `max_weights` trained
+    weights in all (the newest is always kept)."""
 
-    def __init__(self, max_weights: int | None = None):
+    def __init__(self, max_weights: int | None = None, max_models: int = MAX_FIT_MODELS):
         self._models: OrderedDict[Hashable, Any] = OrderedDict()
         self._cost: dict[Hashable, int] = {}
         self.max_weights = max_weights
+        self.max_models = max_models
+
+    def bound(self, max_models: int) -> None:
+        """Keep at most `max_models` from now on: a run with a lower bound drops the extra ones at
+        once, so what it keeps is what a fresh process would keep."""
+        self.max_models = int(max_models)
+        self._trim()
 
     def __len__(self) -> int:
         return len(self._models)
@@ -64,14 +71,17 @@ class FitModels:
             return self._models[key]
         model = self._models[key] = make()
         self._cost[key] = len(model.trainable_weights)  # layers share flags: count them now
+        self._trim()
+        return model
+
+    def _trim(self) -> None:
         while len(self._models) > 1 and (
-            len(self._models) > MAX_FIT_MODELS
+            len(self._models) > self.max_models
             or (self.max_weights is not None and self.weights() > self.max_weights)
         ):
             dropped, _ = self._models.popitem(last=False)
             del self._cost[dropped]
             release_frozen()
-        return model
 
 
 def compile_for_fit(

@@ -43,6 +43,7 @@ _FREE = (
     "name",
     # how the step is compiled and run: the optimizer's variables are the same either way
     "trainer.reuse_compiled",
+    "trainer.kept_fit_models",
     "trainer.fused_optimizer",
 )
 

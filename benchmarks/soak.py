@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/soak.py             # 50 trials, cats_vs_dogs_local at 96 px
     python benchmarks/soak.py --trials 20 --tiny      # synthetic tiny experiment (the test's run)
     python benchmarks/soak.py --trials 20 --no-alone --set trainer.optimizer=sgd  # Keras SGD
+    python benchmarks/soak.py --no-alone --set trainer.kept_fit_models=4  # fewer fit models kept
 
 One `thaw-train --multirun` sweep on the basic launcher: every trial runs inside the sweeping
 process, which keeps built models and compiled steps between trials on purpose (cache_features,

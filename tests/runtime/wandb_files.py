@@ -70,7 +70,11 @@ def read(path: Path, timeout: float = 30.0) -> OfflineRun:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            out = _parse(Path(path).read_bytes())
+            data = Path(path).read_bytes()
+            if len(data) < 7:
+                raise TornFile(f"{path}: the file header is not written yet")
+            assert data[:4] == b":W&B", f"{path} is no W&B run file: it starts {data[:7]!r}"
+            out = _parse(data)
             if out.exit_code is not None or time.monotonic() > deadline:
                 return out
         except TornFile:
@@ -82,7 +86,6 @@ def read(path: Path, timeout: float = 30.0) -> OfflineRun:
 def _parse(data: bytes) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    assert data[:4] == b":W&B", data[:7]
     out = OfflineRun()
     for chunk in _chunks(data):
         rec = pb.Record()

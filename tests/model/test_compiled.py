@@ -65,13 +65,3 @@ def test_a_lower_count_bound_drops_the_least_recently_used_at_once():
     fits.bound(3)
     fits.get("e", lambda: dense_stack(1))
     assert fits.keys() == ["d", "e"]
-
-
-def test_kept_fit_models_is_ignored_without_reuse_compiled():
-    from conftest import compose_cfg
-
-    from thaw.config.checks import ignored
-
-    key = ["trainer.kept_fit_models"]
-    assert ignored(compose_cfg(["experiment=tiny", "trainer.reuse_compiled=false"]), key)
-    assert not ignored(compose_cfg(["experiment=tiny"]), key)

@@ -71,9 +71,9 @@ def read(path: Path, timeout: float = 30.0) -> OfflineRun:
     while True:
         try:
             data = Path(path).read_bytes()
+            assert data[:4] == b":W&B"[: len(data)], f"{path} is no W&B run file: {data[:7]!r}"
             if len(data) < 7:
                 raise TornFile(f"{path}: the file header is not written yet")
-            assert data[:4] == b":W&B", f"{path} is no W&B run file: it starts {data[:7]!r}"
             out = _parse(data)
             if out.exit_code is not None or time.monotonic() > deadline:
                 return out

@@ -254,7 +254,13 @@ def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
     from conftest import compose_cfg
 
     base = checkpoint.fingerprint(compose_cfg(["experiment=tiny"]))
-    for free in ("trainer.fused_optimizer=false", "trainer.reuse_compiled=false", "logger=none"):
+    free_keys = (
+        "trainer.fused_optimizer=false",
+        "trainer.reuse_compiled=false",
+        "trainer.kept_fit_models=3",
+        "logger=none",
+    )
+    for free in free_keys:
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", free])) == base, free
     for bound in ("lr.base=0.01", "unfreeze.depth=2", "trainer.optimizer=sgd"):
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", bound])) != base, bound

@@ -152,6 +152,7 @@ def test_a_later_run_of_a_process_evaluates_the_test_split_on_the_kept_step(tmp_
     )  # not the run before's (lr 0.001) result
 
 
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
 def test_kept_fit_models_bounds_what_a_process_keeps_for_its_next_run(tmp_path):
     """trainer.kept_fit_models=1 keeps one compiled fit model: the next run traces its head again
     where the default bound reuses it, and computes the same."""

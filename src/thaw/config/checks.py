@@ -157,8 +157,8 @@ def _validate_runtime(t) -> None:
         )
     if t.get("kept_fit_models", 1) < 1:
         raise ConfigError(
-            f"trainer.kept_fit_models: must be >= 1 (trainer.reuse_compiled=false keeps no "
-            f"compiled step), got {t.kept_fit_models}"
+            f"trainer.kept_fit_models: must be >= 1 (the newest fit model is always kept), "
+            f"got {t.kept_fit_models}"
         )
     if t.cpu_devices is not None and t.cpu_devices < 1:
         raise ConfigError(f"trainer.cpu_devices: must be >= 1, got {t.cpu_devices}")
@@ -307,11 +307,6 @@ _INERT = (
         ("backbone.batchnorm_momentum",),
         "the pretrained base runs BatchNorm in inference mode, so its "
         "moving averages never update (backbone.batchnorm=train would)",
-    ),
-    (
-        lambda c: not c.trainer.reuse_compiled,
-        ("trainer.kept_fit_models",),
-        "trainer.reuse_compiled=false: every phase compiles afresh, so no compiled step is kept",
     ),
     (
         lambda c: c.logger.name == "none",

@@ -168,9 +168,10 @@ class TrainerConfig:
     # and optimizer/metric state is built before tracing (one trace, not two); false: plain Keras
     # compile
     reuse_compiled: bool = True
-    # how many compiled fit models (the head, each depth's fine-tuning step) a process keeps for
-    # later trials, least recently used dropped first: fewer holds less memory in a long sweep and
-    # traces a depth again more often (benchmarks/soak.py; docs/scheduling.md)
+    # how many fit models (the head's, each depth's, the test split's) each kept classifier holds
+    # with their traced steps for later trials, least recently used dropped first: fewer holds less
+    # memory in a long sweep and traces again more often; a run uses 2 or 3, so 3 or more let the
+    # next run reuse its steps (benchmarks/soak.py; docs/scheduling.md)
     kept_fit_models: int = 8
     # optimizer=adam updates each variable with TensorFlow's fused Adam kernel
     # (thaw.model.optimizers: a new depth's first step traces half the ops); false: Keras' own Adam

@@ -35,7 +35,7 @@ def _args(argv):
         "file (.log/.journal/.jsonl, journal:///path) or an Optuna storage URL",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
     p.add_argument(
         "--artifact-dir", default=None, help="artifact store (default: <sweep dir>/artifacts)"
     )
@@ -44,6 +44,13 @@ def _args(argv):
         "--sync-seconds", type=float, default=10.0, help="how often new files are attached"
     )
     return p.parse_args(argv)
+
+
+def _check(args) -> None:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be 0 to 65535, got {args.port}")
+    if not args.sync_seconds > 0:  # 0 would attach files in a busy loop
+        raise ConfigError(f"--sync-seconds: must be > 0, got {args.sync_seconds}")
 
 
 def _from_dir(path: Path) -> str:
@@ -85,8 +92,9 @@ def locate(target: str) -> tuple[str, Path | None]:
 
 def open_storage(url: str, target: str):
     """The storage, checked readable and holding at least one study."""
-    from thaw.sweeper.storage import make_storage
+    from thaw.sweeper.storage import existing_study_db, make_storage
 
+    existing_study_db(url, target)
     try:
         storage = make_storage(url)
         studies = storage.get_all_studies()
@@ -167,7 +175,9 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    made = []  # the artifact folder, where this start made it: removed if the start fails
     try:
+        _check(args)
         url, sweep_dir = locate(args.target)
         storage, studies = open_storage(url, args.target)
         store = None
@@ -175,10 +185,13 @@ def main(argv=None) -> int:
             from optuna.artifacts import FileSystemArtifactStore
 
             folder = Path(args.artifact_dir) if args.artifact_dir else sweep_dir / "artifacts"
+            made = [] if folder.exists() else [folder]
             folder.mkdir(parents=True, exist_ok=True)
             store = FileSystemArtifactStore(str(folder))
         server = _server(storage, store, args.host, args.port)
     except (ThawError, OSError) as exc:
+        for folder in made:
+            folder.rmdir()
         print(f"thaw-dashboard: error: {exc}", file=sys.stderr)
         return 2
     return _serve(server, storage, store, sweep_dir, url, studies, args)

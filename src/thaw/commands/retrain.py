@@ -17,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 from thaw.errors import ConfigError
-from thaw.model.inference import RESOLVED_CONFIG, best_trial_dir, run_command
+from thaw.model.inference import (
+    RESOLVED_CONFIG,
+    best_trial_dir,
+    run_command,
+    run_config,
+    run_config_file,
+)
 
 TRAIN_ON_VAL = ["data.train_on_val=true", "trainer.restore_best=false", "trainer.patience=0"]
 
@@ -35,9 +41,10 @@ def source_run(target: str) -> Path:
 
 def write_winner(run: Path, search_dir: Path) -> None:
     """The run's config as an optional `retrain` group entry that overrides every key: its resolved
-    copy (paths absolute, so the winner finds its data from any directory) where the run has one."""
-    resolved = run / RESOLVED_CONFIG
-    text = (resolved if resolved.is_file() else run / ".hydra" / "config.yaml").read_text()
+    copy (paths absolute, so the winner finds its data from any directory) where the run has one.
+    Read and checked first: a damaged file is named, not the temporary copy."""
+    run_config(run)
+    text = run_config_file(run).read_text()
     (search_dir / "retrain").mkdir(parents=True, exist_ok=True)
     (search_dir / "retrain" / "winner.yaml").write_text(
         f"# @package _global_\n# from {run}\n{text}"

@@ -37,16 +37,35 @@ RESOLVED_CONFIG = (
 )
 
 
-def run_config(run_dir: Path):
+def run_config(run_dir: Path, needs: tuple[str, ...] = ("backbone", "data", "trainer")):
     """The config a run ran with: its resolved copy (reads the same from any directory), or, for a
-    run made before thaw wrote one, Hydra's `.hydra/config.yaml`."""
-    from omegaconf import OmegaConf
+    run made before thaw wrote one, Hydra's `.hydra/config.yaml`. A damaged one is one line naming
+    the file, not a YAML or OmegaConf error later (`needs`: the groups the caller reads)."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
 
-    run_dir = Path(run_dir)
+    path = run_config_file(Path(run_dir))
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable ({_first_line(exc)})") from None
+    keys = cfg if isinstance(cfg, DictConfig) else {}
+    missing = [k for k in needs if k not in keys]
+    if missing:
+        raise ConfigError(f"{path}: not a thaw run's config (no {missing[0]} settings)")
+    return cfg
+
+
+def run_config_file(run_dir: Path) -> Path:
     for path in (run_dir / RESOLVED_CONFIG, run_dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            return OmegaConf.load(path)
+            return path
     raise ConfigError(f"{run_dir}: not a thaw run dir (no {RESOLVED_CONFIG} or .hydra/config.yaml)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def best_trial_dir(sweep: Path) -> Path:
@@ -58,12 +77,17 @@ def best_trial_dir(sweep: Path) -> Path:
         res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(
-            f"{sweep / 'optimization_results.yaml'}: unreadable ({str(exc).splitlines()[0][:160]})"
+            f"{sweep / 'optimization_results.yaml'}: unreadable ({_first_line(exc)})"
         ) from None
-    best = (res.get("best_trial") or {}) if isinstance(res, dict) else {}
-    if "number" not in best:
+    best = res.get("best_trial") if isinstance(res, dict) else None
+    if not best:
         raise ConfigError(
             f"{sweep}: the sweep has no completed trial yet (optimization_results.yaml)"
+        )
+    if not isinstance(best, dict) or not isinstance(best.get("number"), int):
+        raise ConfigError(
+            f"{sweep / 'optimization_results.yaml'}: best_trial is not a trial (expected its "
+            f"number and run_dir, found {str(best)[:80]!r})"
         )
     recorded = (
         Path(str(best["run_dir"])) if best.get("run_dir") else Path(f"trial_{best['number']}")
@@ -97,6 +121,11 @@ def find_run(target: str) -> tuple[Path, Path | None]:
                 "model.keras)"
             )
         return p, p.parent if (p.parent / "metrics.json").is_file() else None
+    if not p.is_dir():
+        raise ConfigError(
+            f"{target}: not a regular file or directory (expected a run dir, a sweep dir or a "
+            "model.keras)"
+        )
     run = best_trial_dir(p) if (p / "optimization_results.yaml").is_file() else p
     if not (run / "model.keras").is_file():
         raise ConfigError(_no_model(run, p))
@@ -164,12 +193,13 @@ def as_probabilities(out: np.ndarray) -> np.ndarray:
 def _class_names(run_dir: Path | None, n: int) -> list[str] | None:
     """The run's class names from its metrics.json; None where it has none for `n` classes."""
     try:
-        names = (
-            json.loads((run_dir / "metrics.json").read_text()).get("classes") if run_dir else None
-        )
+        record = json.loads((run_dir / "metrics.json").read_text()) if run_dir else None
     except (OSError, ValueError):
-        names = None
-    return list(names) if names and len(names) == n else None
+        record = None
+    names = record.get("classes") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        return None
+    return names if len(names) == n else None
 
 
 def load_trained(target: str, prog: str = "thaw") -> Trained:
@@ -177,8 +207,12 @@ def load_trained(target: str, prog: str = "thaw") -> Trained:
     from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
+    import zipfile
+
     import keras
 
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise ConfigError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:

@@ -56,13 +56,19 @@ def open_study(target: str, study_name: str | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from thaw.sweeper.storage import existing_study_db
+
     url, out_dir = _storage(target)
+    if isinstance(url, str):
+        existing_study_db(url, target)
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as exc:
         raise ConfigError(
             f"{target}: cannot open the storage ({str(exc).splitlines()[0][:200]})"
         ) from None
+    if not names:
+        raise ConfigError(f"{target}: the storage holds no study")
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(

@@ -130,7 +130,7 @@ def _head_epochs(trial, study=None) -> int | None:
         from thaw.model.inference import run_config
         from thaw.report.review import run_dir
 
-        return int(run_config(run_dir(trial, study)).trainer.head_epochs)
+        return int(run_config(run_dir(trial, study), needs=("trainer",)).trainer.head_epochs)
     except Exception:
         return None
 

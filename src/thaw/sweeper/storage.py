@@ -126,6 +126,34 @@ def _journal(path: str, heartbeat_interval: int | None, grace_period: int | None
         raise ConfigError(
             f"hydra.sweeper.storage: cannot open journal file {path} ({exc})"
         ) from None
+    except ValueError as exc:  # a line that is no JSON: another program's file, or damaged
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not an Optuna journal file ({first})") from None
+
+
+def existing_study_db(url: str, shown: str) -> None:
+    """A reader of a study (thaw-report, thaw-dashboard) never creates or migrates a database: an
+    SQLite URL must name an existing file that already holds Optuna's tables, or Optuna would add
+    them to another program's file (or make an empty one) before saying there is no study."""
+    import sqlite3
+
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+    if not path.is_file():
+        raise ConfigError(f"{shown}: no such SQLite file")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{shown}: cannot read the SQLite file {path} ({exc})") from None
+    if not {"studies", "alembic_version"} <= {name for (name,) in rows}:
+        raise ConfigError(
+            f"{shown}: {path} is an SQLite file without Optuna's tables, not a study database"
+        )
 
 
 def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, callback):

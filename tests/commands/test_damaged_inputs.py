@@ -129,3 +129,57 @@ def test_a_model_file_that_is_no_keras_archive_is_named(tmp_path):
     (tmp_path / "model.keras").write_text("garbage")
     with pytest.raises(ConfigError, match="not a Keras model file"):
         load_trained(str(tmp_path / "model.keras"))
+
+
+def test_a_sweep_never_writes_its_study_into_another_programs_database(tmp_path):
+    from conftest import thaw_train
+
+    db = other_apps_db(tmp_path / "app.db")
+    before = digest(db)
+    res = thaw_train(
+        [
+            "--multirun",
+            "experiment=tiny",
+            "sweep=depth_lr",
+            "logger=none",
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage=sqlite:///{db}",
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "hydra.sweeper.storage" in res.stderr and "another program's SQLite database" in (
+        res.stderr
+    )
+    assert "Traceback" not in res.stderr and digest(db) == before
+
+
+def test_an_empty_sqlite_file_is_still_a_new_study(tmp_path):
+    from thaw.sweeper.storage import make_storage
+
+    db = tmp_path / "new.db"
+    sqlite3.connect(db).close()  # made by another tool, no tables yet: Optuna makes them
+    assert make_storage(f"sqlite:///{db}").get_all_studies() == []
+
+
+def test_a_dangling_link_in_the_data_folder_does_not_stop_the_decoded_cache(tmp_path):
+    from conftest import compose_cfg
+
+    from thaw.data.load import DecodedCache
+
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    cfg = compose_cfg(["data=folder", f"data.path={tmp_path / 'photos'}"]).data
+    assert len(DecodedCache.digest(cfg, ("key",))) == 20
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(tmp_path):
+    from conftest import compose_cfg
+
+    from thaw.config.checks import validate
+
+    (tmp_path / "cache").write_text("a file")
+    cfg = compose_cfg(["experiment=tiny", f"trainer.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match="^trainer.cache_dir: .* is a file"):
+        validate(cfg)

@@ -264,3 +264,15 @@ def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", free])) == base, free
     for bound in ("lr.base=0.01", "unfreeze.depth=2", "trainer.optimizer=sgd"):
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", bound])) != base, bound
+
+
+def test_a_second_refused_checkpoint_keeps_the_first_and_says_what_it_is(tmp_path, caplog):
+    path = tmp_path / checkpoint.NAME
+    for content in (b"first damaged file", b"second damaged file"):
+        path.write_bytes(content)
+        with caplog.at_level(logging.WARNING, logger="thaw.train"):
+            assert checkpoint.load(tmp_path, _cfg()) is None
+    assert (tmp_path / "checkpoint.refused.npz").read_bytes() == b"first damaged file"
+    assert (tmp_path / "checkpoint.refused-2.npz").read_bytes() == b"second damaged file"
+    said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert all("not a checkpoint file" in line for line in said) and len(said) == 2, said

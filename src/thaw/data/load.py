@@ -152,7 +152,7 @@ class DecodedCache:
             root = os.path.expanduser(str(cfg.path))
             for dirpath, _, names in os.walk(root):
                 for name in names:
-                    st = os.stat(os.path.join(dirpath, name))
+                    st = os.lstat(os.path.join(dirpath, name))  # a dangling link has no target
                     files.append(
                         (
                             os.path.relpath(os.path.join(dirpath, name), root),

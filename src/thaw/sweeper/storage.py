@@ -135,31 +135,60 @@ def existing_study_db(url: str, shown: str) -> None:
     """A reader of a study (thaw-report, thaw-dashboard) never creates or migrates a database: an
     SQLite URL must name an existing file that already holds Optuna's tables, or Optuna would add
     them to another program's file (or make an empty one) before saying there is no study."""
-    import sqlite3
-
     if not url.startswith("sqlite:///"):
         return
-    path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+    path = _sqlite_file(url)
     if not path.is_file():
         raise ConfigError(f"{shown}: no such SQLite file")
+    if not {"studies", "alembic_version"} <= _tables(path, shown):
+        raise ConfigError(
+            f"{shown}: {path} is an SQLite file without Optuna's tables, not a study database"
+        )
+
+
+def refuse_foreign_sqlite(url: str, shown: str = "hydra.sweeper.storage") -> None:
+    """A sweep may make Optuna's tables in a new or empty SQLite file, never in another program's
+    database. (A file with any of Optuna's tables is Optuna's: a worker starting beside another
+    may find it half made.)"""
+    path = _sqlite_file(url)
+    if not url.startswith("sqlite:///") or not path.is_file() or not path.stat().st_size:
+        return
+    tables = _tables(path, shown)
+    if tables and not tables & OPTUNA_TABLES:
+        raise ConfigError(
+            f"{shown}: {path} is another program's SQLite database (tables: "
+            f"{', '.join(sorted(tables)[:5])}); give the study a file of its own"
+        )
+
+
+OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version", "study_directions"}
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url[len("sqlite:///") :].split("?", 1)[0])
+
+
+def _tables(path: Path, shown: str) -> set[str]:
+    """The tables of an SQLite file, read-only (the check itself changes nothing), waiting for a
+    writer's lock as the sweep's own connections do."""
+    import sqlite3
+
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=120)
         try:
             rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         finally:
             con.close()
     except sqlite3.Error as exc:
         raise ConfigError(f"{shown}: cannot read the SQLite file {path} ({exc})") from None
-    if not {"studies", "alembic_version"} <= {name for (name,) in rows}:
-        raise ConfigError(
-            f"{shown}: {path} is an SQLite file without Optuna's tables, not a study database"
-        )
+    return {name for (name,) in rows}
 
 
 def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, callback):
     import optuna
     from optuna.storages import RDBStorage
 
+    refuse_foreign_sqlite(url)
     engine_kwargs = {}
     if url.startswith("sqlite"):
         # several workers on one file: wait for the lock instead of failing with "database is

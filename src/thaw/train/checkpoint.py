@@ -10,7 +10,8 @@ early-stopping state and a fingerprint of the config. The data order of epoch e 
 Rule: the file is deleted when the run ends COMPLETE or PRUNED (model.keras and metrics.json hold
 what is left to know); it stays when the run fails, is interrupted or is killed, for the next
 attempt. A checkpoint that cannot be read, or was written for another config, is refused with one
-line, renamed checkpoint.refused.npz, and the run starts over.
+line, renamed checkpoint.refused.npz (checkpoint.refused-2.npz ... when one is there), and the run
+starts over.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
     try:
         header, model, optimizer, best = _read(path, cfg, shapes)
     except _UNREADABLE as exc:
-        refused = out / "checkpoint.refused.npz"
+        refused = _aside(out)
         os.replace(path, refused)
         log.warning(
             "checkpoint %s refused (%s); kept as %s, starting over",
@@ -220,9 +221,21 @@ def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
     )
 
 
+def _aside(out: Path) -> Path:
+    """Where a refused checkpoint is kept: checkpoint.refused.npz, or the next free
+    checkpoint.refused-N.npz (an earlier refused one is never overwritten)."""
+    refused, n = out / "checkpoint.refused.npz", 1
+    while refused.exists():
+        n += 1
+        refused = out / f"checkpoint.refused-{n}.npz"
+    return refused
+
+
 def _read(path: Path, cfg, shapes) -> tuple[dict, list, list, dict | None]:
     """(header, model arrays, optimizer arrays, best weights) of a checkpoint written by this
     version for this config and model; ValueError (one line: why) otherwise."""
+    if not zipfile.is_zipfile(path):  # numpy would call any other bytes "pickled data"
+        raise ValueError("not a checkpoint file (no .npz archive)")
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(bytes(z["header"]).decode())
         if header.get("version") != VERSION:

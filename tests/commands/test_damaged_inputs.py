@@ -183,3 +183,13 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(tmp_path):
     cfg = compose_cfg(["experiment=tiny", f"trainer.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match="^trainer.cache_dir: .* is a file"):
         validate(cfg)
+
+
+def test_weights_given_as_a_directory_are_named_as_one(tmp_path):
+    from conftest import compose_cfg
+
+    from thaw.config.checks import validate
+
+    cfg = compose_cfg(["experiment=tiny", f"backbone.weights={tmp_path}"])
+    with pytest.raises(ConfigError, match="^backbone.weights: a directory, not a file"):
+        validate(cfg)

@@ -80,8 +80,9 @@ def _validate_backbone(b, spec) -> None:
         )
     if b.weights not in (None, "imagenet"):
         if not os.path.isfile(b.weights):
+            what = "a directory, not a file" if os.path.isdir(b.weights) else "no such file"
             raise ConfigError(
-                f"backbone.weights: no such file: {b.weights} "
+                f"backbone.weights: {what}: {b.weights} "
                 "(use imagenet, null, or a path to a Keras weights file)"
             )
 

@@ -253,6 +253,36 @@ def test_export_calibrates_and_checks_on_a_folder_given_with_data(trained, tmp_p
     assert "checked on only 10 image(s)" in res.stderr  # too few to say much: said
 
 
+def test_an_export_that_fails_midway_leaves_the_last_export_whole(trained, tmp_path, monkeypatch):
+    """Outputs are made beside the old ones and moved in at the end: a re-export cut short (here
+    after its SavedModel and first TFLite file) changes none of the last export's files."""
+    from thaw.commands import export
+
+    run, photos = trained
+    out = tmp_path / "ex"
+    args = (str(run), str(out), ["saved_model", "tflite_fp32"], str(photos), 4, 4)
+    first = export.export(*args)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert all(Path(e["path"]).parent == out for e in first["exports"].values())
+
+    def cut_short(path, images):
+        raise KeyboardInterrupt  # as a kill would, after the conversion wrote its file
+
+    monkeypatch.setattr(export, "run_tflite", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(*args)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # same files, same bytes; no scratch folder left
+    monkeypatch.undo()
+    again = export.export(*args)  # a whole re-export replaces them
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json",
+        "model_fp32.tflite",
+        "saved_model",
+    ]
+    assert json.loads((out / "export.json").read_text()) == again
+
+
 def test_predictions_come_a_chunk_at_a_time_with_progress(trained, capsys):
     """Any folder fits in memory: files are decoded and predicted a chunk at a time, with the same
     answers as all at once, and a progress line per chunk."""

@@ -193,3 +193,24 @@ def test_weights_given_as_a_directory_are_named_as_one(tmp_path):
     cfg = compose_cfg(["experiment=tiny", f"backbone.weights={tmp_path}"])
     with pytest.raises(ConfigError, match="^backbone.weights: a directory, not a file"):
         validate(cfg)
+
+
+def test_a_second_retrain_goes_beside_the_first_unless_the_first_was_cut_short(tmp_path):
+    from thaw.commands.retrain import retrain_argv
+    from thaw.train.checkpoint import NAME
+
+    run = tmp_path / "trial_3"
+    run.mkdir()
+    (run / "resolved_config.yaml").write_text("backbone: {}\ndata: {}\ntrainer: {}\n")
+
+    def run_dir():
+        argv = retrain_argv(str(run), [], False, tmp_path / "search")
+        return next(a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir="))
+
+    first = tmp_path / "retrain_trial_3"
+    assert run_dir() == str(first)
+    first.mkdir()
+    (first / "metrics.json").write_text("{}")  # a finished retrain
+    assert run_dir() == str(tmp_path / "retrain_trial_3-2")
+    (first / NAME).write_bytes(b"")  # a retrain that was killed: continued in place
+    assert run_dir() == str(first)

@@ -142,6 +142,28 @@ def test_decoded_cache_is_read_by_later_loads_and_follows_the_files(tmp_path, ca
     assert len(list((cache / "decoded").iterdir())) == 2
 
 
+def test_a_decoded_cache_cut_short_is_decoded_again_and_rewritten(tmp_path, caplog):
+    """A power loss can leave a renamed-in cache file empty (never flushed): the next run decodes
+    again, says so, and writes the cache anew, instead of failing on every later run."""
+    import logging
+
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    make_folder(root, per_class=4, fmt="png")
+    c = cfg(path=str(root), val_fraction=0.25)
+    first = load(c, 32, 0, str(cache))
+    [entry] = list((cache / "decoded").iterdir())
+    (entry / "train_images.npy").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="thaw.data"):
+        again = load(c, 32, 0, str(cache))
+    assert any("is damaged" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(again.train.images, first.train.images)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="thaw.data"):
+        third = load(c, 32, 0, str(cache))
+    assert any("read the decoded splits" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(third.train.images, first.train.images)
+
+
 def test_a_folder_is_decoded_once_whatever_the_seed(tmp_path):
     """Only synthetic data depends on trainer.seed: a sweep over seeds reuses the decoded folder."""
     from thaw.config.schema import DataConfig

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -162,21 +163,35 @@ def export(
     import shutil
     import tempfile
 
-    scratch = Path(tempfile.mkdtemp(prefix="thaw-export-"))  # the SavedModel TFLite converts from
-    saved = out_dir / "saved_model" if "saved_model" in formats else scratch / "saved_model"
-    try:
-        result = _export_all(trained, saved, out_dir, formats, rep, check, reference, source)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     from thaw.runtime.outputs import write_json_atomic
 
+    # every output is made beside the old ones, then moved in: a killed export leaves the last
+    # export whole (its files and export.json agree), never a mix
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".thaw-export-", dir=out_dir))
+    try:
+        result = _export_all(trained, scratch, formats, rep, check, reference, source)
+        _move_in(result, scratch, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     write_json_atomic(out_dir / "export.json", result)
     return result
 
 
-def _export_all(
-    trained, saved: Path, out_dir: Path, formats, rep, check, reference, source
-) -> dict[str, Any]:
+def _move_in(result: dict[str, Any], scratch: Path, out_dir: Path) -> None:
+    """Each export into out_dir, replacing the earlier one of its name (an old SavedModel folder is
+    moved into the scratch folder first, to be removed with it)."""
+    for entry in result["exports"].values():
+        made = Path(entry["path"])
+        final = out_dir / made.name
+        if final.is_dir():
+            final.rename(scratch / f"old-{made.name}")
+        os.replace(made, final)
+        entry["path"] = str(final)
+
+
+def _export_all(trained, scratch: Path, formats, rep, check, reference, source) -> dict[str, Any]:
+    saved = scratch / "saved_model"  # what TFLite converts from, kept when asked for
     trained.model.export(str(saved), format="tf_saved_model", verbose=False)
     result: dict[str, Any] = {
         "model": str(trained.path),
@@ -190,7 +205,7 @@ def _export_all(
         if fmt == "saved_model":
             path, outputs = saved, run_saved_model(saved, check)
         else:
-            path = out_dir / f"model_{fmt.split('_')[1]}.tflite"
+            path = scratch / f"model_{fmt.split('_')[1]}.tflite"
             from thaw.runtime.outputs import write_bytes_atomic
 
             with native_stderr_filtered():

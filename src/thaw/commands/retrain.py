@@ -51,6 +51,19 @@ def write_winner(run: Path, search_dir: Path) -> None:
     )
 
 
+def _unused(parent: Path, name: str) -> Path:
+    """retrain_<name>, or retrain_<name>-2, -3, ... where an earlier retrain finished there (its
+    metrics.json and no checkpoint): a second retrain never overwrites the first. A retrain that
+    was killed (its checkpoint is there) is continued."""
+    from thaw.train.checkpoint import NAME
+
+    out, n = parent / f"retrain_{name}", 1
+    while (out / "metrics.json").is_file() and not (out / NAME).is_file():
+        n += 1
+        out = parent / f"retrain_{name}-{n}"
+    return out
+
+
 def _refuse_group_overrides(overrides: list[str]) -> None:
     """The winner's config sets every key after the config groups compose, so `data=folder` would
     be silently undone: only dotted keys are overrides here."""
@@ -73,7 +86,7 @@ def retrain_argv(
     run = source_run(target)
     write_winner(run, search_dir)
     base = Path(target).expanduser().resolve()
-    default_dir = (base if base != run.resolve() else run.resolve().parent) / f"retrain_{run.name}"
+    default_dir = _unused((base if base != run.resolve() else run.resolve().parent), run.name)
     _refuse_group_overrides(overrides)
     extra = list(overrides) + (TRAIN_ON_VAL if train_on_val else [])
     if not any(o.startswith("hydra.run.dir=") for o in extra):

@@ -171,7 +171,10 @@ class DecodedCache:
             meta = json.loads((self.dir / "meta.json").read_text())
             size = sum(DiskArray(self.dir / f"{name}_images.npy").nbytes for name in meta["splits"])
             data = read_decoded(self.dir, stream=size * budget.IN_MEMORY_COPIES > memory_limit)
-        except (OSError, ValueError, KeyError, SyntaxError):
+        except OSError:
+            return None  # not there (or not now): decoded again, the cache left as it is
+        except (EOFError, ValueError, KeyError, SyntaxError) as exc:
+            self._drop_damaged(exc)  # cut short by a power loss: written again after decoding
             return None
         log.info(
             "data: read the decoded splits from %s%s",
@@ -179,6 +182,12 @@ class DecodedCache:
             " (streamed: over data.max_memory_mb)" if data.streamed_from else "",
         )
         return data
+
+    def _drop_damaged(self, exc: BaseException) -> None:
+        import shutil
+
+        log.warning("data: the decoded cache %s is damaged (%s); decoding again", self.dir, exc)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def write(self, data: Dataset) -> None:
         if self.dir.exists():

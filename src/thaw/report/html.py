@@ -14,7 +14,7 @@ from pathlib import Path
 from thaw.errors import ConfigError
 from thaw.report.plots import DEPTH, LR
 from thaw.report.review import run_dir
-from thaw.runtime.outputs import write_text_atomic
+from thaw.runtime.outputs import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,9 @@ def _plot_section(slug: str, title: str, fig, png: str | None = None) -> str:
 
 
 def _save_png(make_png, path: Path, title: str) -> bool:
+    """Rendered in memory, then written whole: a kill mid-write leaves the last report's PNG."""
+    import io
+
     import matplotlib.pyplot as plt
 
     try:
@@ -221,8 +224,10 @@ def _save_png(make_png, path: Path, title: str) -> bool:
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        figure.savefig(path, dpi=110)
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=110)
         plt.close(figure)
+        write_bytes_atomic(path, png.getvalue())
         return True
     except Exception as exc:
         log.warning("report: PNG for %s not written: %s", title, exc)

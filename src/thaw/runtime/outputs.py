@@ -29,12 +29,20 @@ def write_bytes_atomic(path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _mode(path: Path) -> int:
+    """A replaced file keeps its permissions (a user's private 0600 CSV stays private)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o644
 
 
 def write_text_atomic(path, text: str) -> None:

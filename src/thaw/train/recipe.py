@@ -370,11 +370,11 @@ def _raise_if_stopped(record: RunRecord, callback) -> None:
 
 
 def save_model(model, out: Path, export_h5: bool) -> None:
-    """model.keras (and model.h5), replaced atomically: a crash never leaves half a model."""
-    tmp = out / ".model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, out / "model.keras")
-    if export_h5:
-        tmp = out / ".model.tmp.h5"
+    """model.keras (and model.h5), replaced atomically and on disk before the rename: neither a
+    crash nor a power loss leaves half a model (the checkpoint is deleted once it is saved)."""
+    for name in ("model.keras", "model.h5") if export_h5 else ("model.keras",):
+        tmp = out / f".model.tmp{Path(name).suffix}"
         model.save(tmp)
-        os.replace(tmp, out / "model.h5")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out / name)

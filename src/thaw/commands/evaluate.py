@@ -216,7 +216,7 @@ def seen_by_run(run_dir: Path | None, files: list[str], correct: np.ndarray) -> 
     from thaw.model.inference import run_config
 
     try:
-        found = splits_of(run_config(run_dir).data, files) if run_dir is not None else None
+        found = splits_of(run_config(run_dir, needs=("data",)).data, files) if run_dir else None
     except Exception as exc:  # advisory: an older or partial run config must not end the command
         log.debug("seen_by_run: not compared (%s)", exc)
         found = None

@@ -155,7 +155,7 @@ def _why_no_model(run: Path) -> str:
     """Why a run with a metrics.json has no model: pruned, not saved, or removed by the sweep."""
     try:
         status = json.loads((run / "metrics.json").read_text()).get("status")
-        saved = bool(run_config(run).trainer.get("save_model", True))
+        saved = bool(run_config(run, needs=("trainer",)).trainer.get("save_model", True))
     except Exception:
         status, saved = None, True
     if status == "pruned":

@@ -149,7 +149,8 @@ class DiskArray:
             yield from chunk
 
     def __del__(self):
-        if self._fd is not None and self._pid == os.getpid():
+        # getattr: an __init__ that failed on a damaged file set neither
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
             try:
                 os.close(self._fd)
             except OSError:

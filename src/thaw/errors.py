@@ -9,6 +9,13 @@ class ThawError(Exception):
     exit_code = EXIT_USAGE
 
 
+def first_line(exc: BaseException, width: int | None = 200) -> str:
+    """An exception as one line for a one-line error: its message's first line (at most `width`
+    characters), or its type's name where it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:width] if text else type(exc).__name__
+
+
 class ConfigError(ThawError):
     """A config value is invalid (the message starts with the key)."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from thaw.errors import ConfigError, ThawError
+from thaw.errors import ConfigError, ThawError, first_line
 from thaw.runtime.secrets import redact
 
 log = logging.getLogger("thaw.dashboard")
@@ -108,8 +108,7 @@ def open_storage(url: str, target: str):
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return redact(text.split("cannot open ", 1)[-1])[:200]
+    return redact(first_line(exc, None).split("cannot open ", 1)[-1])[:200]
 
 
 def _report_study(sweep_dir: Path | None, studies) -> str | None:

@@ -137,12 +137,12 @@ def _validate_schedule(cfg) -> None:
         )
     if t.cache_max_mb < 0:
         raise ConfigError(f"trainer.cache_max_mb: must be >= 0, got {t.cache_max_mb}")
-    if t.cache_dir and Path(str(t.cache_dir)).expanduser().exists():
-        if not Path(str(t.cache_dir)).expanduser().is_dir():
-            raise ConfigError(
-                f"trainer.cache_dir: {t.cache_dir} is a file; expected a directory (one that "
-                "is not there yet is made)"
-            )
+    cache_dir = Path(str(t.cache_dir)).expanduser() if t.cache_dir else None
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError(
+            f"trainer.cache_dir: {t.cache_dir} is a file; expected a directory (one that "
+            "is not there yet is made)"
+        )
     if t.augment_views < 0:
         raise ConfigError(f"trainer.augment_views: must be >= 0, got {t.augment_views}")
     if t.patience < 0:

@@ -15,7 +15,7 @@ from thaw.data import budget, photos
 from thaw.data.diskarray import DiskArray, DiskArrayWriter
 from thaw.data.scan import scan_folder
 from thaw.data.splits import Dataset, FileSplit, FolderScan, Split, size_text
-from thaw.errors import DataError
+from thaw.errors import DataError, first_line
 
 log = logging.getLogger("thaw.data")
 
@@ -120,7 +120,7 @@ def _decode_one_by_one(
 def _bad_file(path: str, exc: Exception, on_bad: str, skipped: list[str]) -> bool:
     """A file that did not decode: DataError naming it, or (on_bad=skip) logged, listed in
     `skipped` and left out (False)."""
-    msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    msg = first_line(exc, 120)
     if on_bad != "skip":
         raise DataError(
             f"{path}: cannot decode image ({msg}); remove it, or set data.on_bad_image=skip"

@@ -10,7 +10,7 @@ import numpy as np
 
 from thaw.data import photos
 from thaw.data.splits import Dataset, Split
-from thaw.errors import DataError
+from thaw.errors import DataError, first_line
 
 log = logging.getLogger("thaw.data")
 
@@ -96,7 +96,7 @@ def _tfds_split(tfds, cfg, image_size: int, split_name: str) -> tuple[Split, Any
             data_dir=cfg.tfds_data_dir,
         )
     except Exception as exc:  # download or preparation failure
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise DataError(
             f"data.tfds_name={cfg.tfds_name}: could not load split {split_name} ({first}); "
             "offline, use data=folder data.path=/path/to/images"

@@ -9,7 +9,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from thaw.errors import ConfigError, WeightsError
+from thaw.errors import ConfigError, WeightsError, first_line
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def build_base(spec: BackboneSpec, alpha: float, image_size: int, weights: str |
     try:
         return ctor(**kwargs)
     except Exception as exc:  # keras raises plain Exception on URL failures
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         if weights == "imagenet":
             raise WeightsError(
                 "backbone.weights=imagenet: could not download the ImageNet weights "

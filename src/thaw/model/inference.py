@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from thaw.errors import ConfigError, DataError, ThawError
+from thaw.errors import ConfigError, DataError, ThawError, first_line
 
 
 def run_command(prog: str, fn: Callable[[], int], per_file_logs: bool = False) -> int:
@@ -48,7 +48,7 @@ def run_config(run_dir: Path, needs: tuple[str, ...] = ("backbone", "data", "tra
     try:
         cfg = OmegaConf.load(path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: unreadable ({_first_line(exc)})") from None
+        raise ConfigError(f"{path}: unreadable ({first_line(exc, 160)})") from None
     keys = cfg if isinstance(cfg, DictConfig) else {}
     missing = [k for k in needs if k not in keys]
     if missing:
@@ -63,11 +63,6 @@ def run_config_file(run_dir: Path) -> Path:
     raise ConfigError(f"{run_dir}: not a thaw run dir (no {RESOLVED_CONFIG} or .hydra/config.yaml)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def best_trial_dir(sweep: Path) -> Path:
     """The sweep's chosen trial, located inside `sweep` (a copied or moved sweep dir serves its own
     model, never the original's)."""
@@ -77,7 +72,7 @@ def best_trial_dir(sweep: Path) -> Path:
         res = yaml.safe_load((sweep / "optimization_results.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(
-            f"{sweep / 'optimization_results.yaml'}: unreadable ({_first_line(exc)})"
+            f"{sweep / 'optimization_results.yaml'}: unreadable ({first_line(exc, 160)})"
         ) from None
     best = res.get("best_trial") if isinstance(res, dict) else None
     if not best:
@@ -203,21 +198,20 @@ def _class_names(run_dir: Path | None, n: int) -> list[str] | None:
 
 
 def load_trained(target: str, prog: str = "thaw") -> Trained:
+    import zipfile
+
     path, run_dir = find_run(target)
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
+        raise ConfigError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     from thaw.runtime.tf_startup import import_tensorflow
 
     import_tensorflow()
-    import zipfile
-
     import keras
 
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a file that is there
-        raise ConfigError(f"{path}: not a Keras model file (a .keras file is a zip archive)")
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: cannot load the model ({first})") from None
+        raise ConfigError(f"{path}: cannot load the model ({first_line(exc)})") from None
     size = int(model.input_shape[1])
     n = 2 if int(model.output_shape[-1]) == 1 else int(model.output_shape[-1])
     names = _class_names(run_dir, n)

@@ -55,9 +55,9 @@ def open_study(target: str, study_name: str | None = None):
     URL."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from thaw.sweeper.storage import existing_study_db
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url, out_dir = _storage(target)
     if isinstance(url, str):
         existing_study_db(url, target)

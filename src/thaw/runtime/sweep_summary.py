@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from thaw.errors import first_line
 from thaw.runtime.tracking import _argv_redacted, _settings, resolve_mode, run_id
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def log_sweep_summary(logger_cfg, study, sweep_dir: Path, storage_url: str | Non
     try:
         run = _init(logger_cfg, study, Path(sweep_dir), storage_url, mode)
     except Exception as exc:
-        log.warning("W&B sweep summary not logged: %s", str(exc).splitlines()[0][:200])
+        log.warning("W&B sweep summary not logged: %s", first_line(exc))
         return
     try:
         import wandb

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from thaw.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -373,7 +375,7 @@ def _init_or_offline(init, mode: str):
         log.warning(
             "W&B online failed (%s: %s); falling back to offline",
             server,
-            str(exc).splitlines()[0][:200],
+            first_line(exc),
         )
         try:
             import wandb

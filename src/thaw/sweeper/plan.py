@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 from thaw.sweeper import search_space
 
 log = logging.getLogger("thaw.sweeper")
@@ -206,7 +206,7 @@ def _resolve(key: str, expr: str, choice: dict[str, Any], plan: Plan, config, co
     try:
         job = config_loader.load_sweep_config(config, overrides)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)
         raise ConfigError(
             f"hydra.sweeper.params.{key}: cannot compose the config with {' '.join(overrides)} "
             f"to resolve {expr!r} ({first})"

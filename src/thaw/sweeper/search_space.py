@@ -6,7 +6,7 @@ range(a,b[,step]) a grid with the end excluded, choice(...) / a,b,c categorical 
 
 from __future__ import annotations
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 
 
 def _distribution(override):
@@ -187,8 +187,7 @@ def load_function(path: str, key: str = "hydra.sweeper.custom_search_space"):
             return get_method(path.lstrip("."))
         return get_method(path)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{key}: cannot load {path!r} ({first})") from None
+        raise ConfigError(f"{key}: cannot load {path!r} ({first_line(exc)})") from None
 
 
 def interpolated_keys(expression: object) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 from thaw.runtime.secrets import redact, scrub
 
 log = logging.getLogger("thaw.sweeper")
@@ -127,8 +127,7 @@ def _journal(path: str, heartbeat_interval: int | None, grace_period: int | None
             f"hydra.sweeper.storage: cannot open journal file {path} ({exc})"
         ) from None
     except ValueError as exc:  # a line that is no JSON: another program's file, or damaged
-        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not an Optuna journal file ({first})") from None
+        raise ConfigError(f"{path}: not an Optuna journal file ({first_line(exc, 120)})") from None
 
 
 def existing_study_db(url: str, shown: str) -> None:
@@ -150,8 +149,10 @@ def refuse_foreign_sqlite(url: str, shown: str = "hydra.sweeper.storage") -> Non
     """A sweep may make Optuna's tables in a new or empty SQLite file, never in another program's
     database. (A file with any of Optuna's tables is Optuna's: a worker starting beside another
     may find it half made.)"""
+    if not url.startswith("sqlite:///"):
+        return
     path = _sqlite_file(url)
-    if not url.startswith("sqlite:///") or not path.is_file() or not path.stat().st_size:
+    if not path.is_file() or not path.stat().st_size:
         return
     tables = _tables(path, shown)
     if tables and not tables & OPTUNA_TABLES:
@@ -211,9 +212,7 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, cal
                 **{name: callback},
             )
         except Exception as exc:  # sqlalchemy / driver errors
-            first = (
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            )
+            first = first_line(exc)
             # Several processes creating the schema of a new database at once race on it
             # ("UNIQUE constraint failed: alembic_version"): the loser retries and finds it made.
             if attempt < 5 and any(

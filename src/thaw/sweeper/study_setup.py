@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 from thaw.runtime.secrets import redact
 from thaw.sweeper import question, search_space
 from thaw.sweeper.failures import counted
@@ -140,7 +140,7 @@ def _create_study(study_name: str, storage, sampler, pruner, directions, url: st
             load_if_exists=True,
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)
         raise ConfigError(
             f"hydra.sweeper.storage: cannot open study {study_name!r} at {redact(url)} ({first})"
         ) from None

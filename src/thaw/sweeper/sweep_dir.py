@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 from thaw.sweeper.storage import JOURNAL_SUFFIXES, journal_path
 
 log = logging.getLogger("thaw.sweeper")
@@ -49,7 +49,7 @@ def _recorded_storage(path: Path) -> str | None:
     try:
         url = (yaml.safe_load(results.read_text()) or {}).get("storage")
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{results}: unreadable ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{results}: unreadable ({first_line(exc, None)})") from None
     if url and "***" in str(url) and not (path / "study.db").is_file():
         raise ConfigError(
             f"{path}: the study lives in {url} (password redacted there): pass that storage "

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from thaw.errors import ConfigError
+from thaw.errors import ConfigError, first_line
 
 log = logging.getLogger("thaw.train")
 
@@ -201,7 +201,7 @@ def load(out: Path, cfg, shapes=None) -> Checkpoint | None:
         log.warning(
             "checkpoint %s refused (%s); kept as %s, starting over",
             path,
-            str(exc).splitlines()[0][:200],
+            first_line(exc),
             refused.name,
         )
         return None

@@ -13,7 +13,8 @@ trials only). After each progress line ("sweep: k/N trials done") the process's 
 far) and VmRSS are read from /proc, with what the Workspace keeps then (activations in memory,
 classifiers, fit models, traced forward functions: `hydra.verbose=thaw.workspace`). Prints and
 writes (--out, default benchmarks/results/soak-<date>.jsonl) one JSON line per trial and a summary
-line with the growth of peak RSS from trial 5 to the last.
+line with the growth of peak RSS from trial 5 to the last, the seconds of the trials after trial
+5, and how many of the trials' phases traced a new compiled step or reused a kept one.
 
 A deeper unfreeze needs more memory while it trains, so the peak rises the first time the sweep
 goes deep whether or not anything leaks. To tell the two apart, the trial that raised the peak the
@@ -163,6 +164,19 @@ def run_alone(sweep_dir: Path, trial: int, log_path: Path) -> dict:
     return dict(trial=trial, overrides=overrides, peak_mib=round(int(found.group(1)) / 1024, 1))
 
 
+def compiled_steps(sweep_dir: Path) -> dict[str, int]:
+    """How the trials' phases got their compiled steps (each trial's metrics.json): "new" ones were
+    traced (a fit model built), "reused" ones a kept fit model's; the test split's step too."""
+    counts = {"new": 0, "reused": 0}
+    for path in sweep_dir.glob("trial_*/metrics.json"):
+        record = json.loads(path.read_text())
+        how = [p.get("compiled") for p in record.get("phases", {}).values()]
+        for h in [*how, record.get("test_compiled")]:
+            if h in counts:
+                counts[h] += 1
+    return counts
+
+
 def growth(rows: list[dict], first: int = 5, key: str = "VmHWM") -> float:
     """Relative growth of `key` from trial `first` to the last trial."""
     by_trial = {r["trial"]: r for r in rows}
@@ -202,6 +216,8 @@ def main():
         peak_growth_5_to_last=round(growth(rows), 4),
         rss_growth_5_to_last=round(growth(rows, key="VmRSS"), 4),
         wall_s=rows[-1]["seconds"],
+        seconds_after_5=round(at[max(at)]["seconds"] - at[5]["seconds"], 1) if 5 in at else None,
+        compiled_steps=compiled_steps(work / "sweep"),
     )
     heavy = heaviest_trial(rows) if args.alone else None
     if heavy is not None:

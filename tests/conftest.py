@@ -136,3 +136,25 @@ def command(name, *args, cwd=None, timeout=300):
     return subprocess.run(
         [exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
+
+
+def dead_and_retried(url, study_name, space=None):
+    """(dead, retry): a trial whose worker stopped beating, failed by Optuna's stale-trial check
+    and asked again through Optuna's retry callback, on thaw's storage with max_retry=1."""
+    import time
+    import warnings
+
+    import optuna
+
+    from thaw.sweeper.storage import make_storage
+
+    storage = make_storage(url, heartbeat_interval=1, grace_period=1, max_retry=1)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    with warnings.catch_warnings():  # thaw beats outside Study.optimize on purpose
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        dead = study.ask(space)
+        storage.record_heartbeat(dead._trial_id)
+        time.sleep(2.2)  # past the grace period (SQLite keeps heartbeats in whole seconds)
+        optuna.storages.fail_stale_trials(study)
+        retry = study.ask(space)
+    return dead, retry

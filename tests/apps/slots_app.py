@@ -1,7 +1,7 @@
 """A Hydra app that is not thaw-train, for the scheduler's tests: each job writes a record (its
 trial, the CUDA_VISIBLE_DEVICES it was given, its pid, when it ran, its batch size) to `marks`;
 trial 0 can wait for other trials to finish first (a batch barrier never lets them); and a job can
-run out of memory (an exception named like TensorFlow's) above a batch size."""
+run out of memory (TensorFlow's ResourceExhaustedError) above a batch size."""
 
 import json
 import os
@@ -14,10 +14,6 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from thaw.sweeper import current_trial
-
-
-class ResourceExhaustedError(Exception):
-    """Named as tf.errors.ResourceExhaustedError: the sweeper recognises it by name."""
 
 
 def _wait_for_others(marks: Path, want: int, timeout: float) -> int:
@@ -37,7 +33,9 @@ def _out_of_memory(cfg, number) -> None:
         handle = attach_trial(HydraConfig.get())
         handle.fail(f"ResourceExhaustedError: {message}")
         handle.close()
-    raise ResourceExhaustedError(message)
+    import tensorflow as tf  # the real error, as a trial that ran out of memory raises it
+
+    raise tf.errors.ResourceExhaustedError(None, None, message)
 
 
 @hydra.main(version_base=None, config_path="slots_conf", config_name="config")

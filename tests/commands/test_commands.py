@@ -237,7 +237,7 @@ def test_export_calibrates_and_checks_on_a_folder_given_with_data(trained, tmp_p
         "--out",
         tmp_path / "ex",
         "--formats",
-        "tflite_fp32",
+        "tflite_fp32,tflite_int8",
         "--data",
         photos,
         "--calibration-images",
@@ -249,8 +249,27 @@ def test_export_calibrates_and_checks_on_a_folder_given_with_data(trained, tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "ex" / "export.json").read_text())
     assert r["checked_on"] == {"images": 10, "source": str(photos)}
-    assert r["calibration_images"] == 4 and r["exports"]["tflite_fp32"]["top1_agreement"] == 1.0
+    assert r["calibration_images"] == 4 and set(r["exports"]) == {"tflite_fp32", "tflite_int8"}
     assert "checked on only 10 image(s)" in res.stderr  # too few to say much: said
+    assert "--calibration-images: ignored" not in res.stderr
+    # only int8 is calibrated: a count given without it changes nothing, and is said to
+    res = command(
+        "thaw-export",
+        run,
+        "--out",
+        tmp_path / "fp32",
+        "--formats",
+        "tflite_fp32",
+        "--data",
+        photos,
+        "--calibration-images",
+        4,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--calibration-images: ignored, only tflite_int8 is calibrated" in res.stderr
+    r = json.loads((tmp_path / "fp32" / "export.json").read_text())
+    assert r["calibration_images"] == 0 and set(r["exports"]) == {"tflite_fp32"}
 
 
 def test_an_export_that_fails_midway_leaves_the_last_export_whole(trained, tmp_path, monkeypatch):
@@ -440,7 +459,11 @@ def test_retrain_reruns_the_exact_config_with_overrides(trained, tmp_path):
         f"hydra.run.dir={tmp_path / 'typo'}",
         cwd=tmp_path,
     )
-    assert res.returncode == 2 and "finetune_epoch" in res.stderr and "Traceback" not in res.stderr
+    # (the retrain echoes the command it hands over, so the key alone is no evidence)
+    errors = [line for line in res.stderr.splitlines() if ": error: " in line]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "trainer.finetune_epoch: no such setting in trainer; did you mean" in errors[0]
+    assert not (tmp_path / "typo").exists()
     # a config group cannot be swapped under the winner's keys (it would be silently undone)
     res = command(
         "thaw-retrain", run, "data=folder", f"hydra.run.dir={tmp_path / 'grp'}", cwd=tmp_path

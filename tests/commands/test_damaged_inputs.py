@@ -163,15 +163,28 @@ def test_an_empty_sqlite_file_is_still_a_new_study(tmp_path):
     assert make_storage(f"sqlite:///{db}").get_all_studies() == []
 
 
-def test_a_dangling_link_in_the_data_folder_does_not_stop_the_decoded_cache(tmp_path):
+def test_a_dangling_link_in_the_data_folder_does_not_stop_the_decoded_cache(tmp_path, caplog):
+    import numpy as np
     from conftest import compose_cfg
+    from imagefiles import make_folder
 
-    from thaw.data.load import DecodedCache
+    from thaw.data.load import DecodedCache, load
 
-    (tmp_path / "photos" / "a").mkdir(parents=True)
-    (tmp_path / "photos" / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    cfg = compose_cfg(["data=folder", f"data.path={tmp_path / 'photos'}"]).data
-    assert len(DecodedCache.digest(cfg, ("key",))) == 20
+    photos = make_folder(tmp_path / "photos", per_class=8)
+    (photos / "cats" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    cfg = compose_cfg(["data=folder", f"data.path={photos}", "data.on_bad_image=skip"]).data
+    cache = str(tmp_path / "cache")
+    with caplog.at_level("INFO"):
+        first = load(cfg, 32, 0, cache)
+        caplog.clear()
+        again = load(cfg, 32, 0, cache)  # a fresh process's load: from the decoded cache
+    assert "read the decoded splits" in caplog.text
+    assert np.array_equal(first.train.images, again.train.images)
+    assert np.array_equal(first.val.labels, again.val.labels)
+    # the link counts as a file of the folder: removing it is another folder, another entry
+    before = DecodedCache.digest(cfg, ("key",))
+    (photos / "cats" / "gone.jpg").unlink()
+    assert DecodedCache.digest(cfg, ("key",)) != before
 
 
 def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(tmp_path):

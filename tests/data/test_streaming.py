@@ -135,6 +135,7 @@ def test_a_streamed_run_trains_like_the_run_in_memory(tmp_path, cache, weights, 
         "unfreeze.depth=2",
         "data.batch_size=8",
         f"trainer.cache_features={cache}",
+        "trainer.deterministic=true",
     ]
     mem = _train(tmp_path, "mem", *common)
     with caplog.at_level("INFO"):
@@ -144,9 +145,9 @@ def test_a_streamed_run_trains_like_the_run_in_memory(tmp_path, cache, weights, 
     assert len(mem["history"]) == len(disk["history"]) == 4
     for a, b in zip(mem["history"], disk["history"]):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert a[key] == pytest.approx(b[key], abs=1e-3), (key, a, b)
-    if weights == "pretrained":  # it learns, so equal curves mean something
-        assert mem["history"][-1]["loss"] < mem["history"][0]["loss"]
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (key, a, b)
+    # the loss moves (the head learns even on a random base), so equal curves mean something
+    assert mem["history"][-1]["loss"] < mem["history"][0]["loss"]
 
 
 def test_no_room_on_disk_for_the_stream_is_one_line_exit_2(tmp_path):

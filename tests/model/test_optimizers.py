@@ -115,6 +115,21 @@ def test_make_builds_each_named_optimizer(name):
     assert float(fused.learning_rate.numpy()) == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("name,fused", [("adam", True), ("adam", False), ("sgd", False)])
+def test_weight_decay_shrinks_each_weight_by_rate_times_decay_per_step(name, fused):
+    """Decoupled decay at its stated strength (w -= lr * weight_decay * w per step, apart from the
+    gradient's update): with zero gradients the update is zero and only the decay moves a weight."""
+    import keras
+
+    from thaw.model.optimizers import make
+
+    opt = make(name, 0.1, fused=fused, weight_decay=0.5)
+    w = keras.Variable(np.full((3,), 2.0, "float32"))
+    for _ in range(4):
+        opt.apply_gradients([(keras.ops.zeros((3,)), w)])
+    np.testing.assert_allclose(w.numpy(), 2.0 * (1 - 0.1 * 0.5) ** 4, rtol=1e-6)
+
+
 def _registered_gradients() -> int:
     from tensorflow.python.framework import ops
 

@@ -2,6 +2,7 @@
 saved, why trials failed (real Optuna studies on SQLite, run dirs with metrics.json)."""
 
 import optuna
+from conftest import dead_and_retried
 from optuna.trial import TrialState
 from sweeps import ABOUT, SPACE, make_sweep
 
@@ -50,11 +51,9 @@ def test_compute_saved_by_pruning_and_by_the_cache(tmp_path):
 
 def test_failures_say_why_and_what_retried_them(tmp_path):
     study = make_sweep(tmp_path / "sw")
-    dead = study.ask(SPACE)  # a worker killed: no reason recorded, retried as the next trial
-    study.tell(dead, state=TrialState.FAIL)
-    retry = study.ask(SPACE)
-    study._storage.set_trial_system_attr(retry._trial_id, "retry_history", [dead.number])
-    study.tell(retry, 0.5)
+    # a worker killed: no reason recorded, retried as the next trial
+    dead, retry = dead_and_retried(f"sqlite:///{tmp_path / 'sw' / 'study.db'}", "s", SPACE)
+    study.tell(retry.number, 0.5)
     rows = {r[0]: r for r in review.failures(study)}
     assert rows[3][2] == "TrainingError: loss became nan in finetune epoch 1" and rows[3][3] == ""
     assert "no heartbeat" in rows[dead.number][2] and rows[dead.number][3] == retry.number

@@ -29,6 +29,17 @@ TINY = [
 OFFLINE = {"WANDB_MODE": "", "WANDB_SERVICE": ""}
 
 
+def test_unwritable_wandb_dir_warns_and_training_goes_on(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "logger.dir=/dev/null/wandb", f"hydra.run.dir={run}"]
+    res = thaw_train(args, cwd=tmp_path, env=OFFLINE)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "W&B directory /dev/null/wandb cannot be created" in res.stdout + res.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and len(metrics["history"]) == 2  # both phases ran
+    assert not (run / "wandb").exists()
+
+
 def test_run_killed_and_resumed_is_one_wandb_run(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "trainer.head_epochs=2", "trainer.finetune_epochs=2", f"hydra.run.dir={run}"]
@@ -128,18 +139,15 @@ def test_every_trials_wandb_run_says_what_the_study_recorded(tmp_path):
 def test_a_retried_trial_is_its_own_run_linked_to_the_dead_ones(tmp_path, monkeypatch):
     """Trial 1 retries trial 0, whose worker died: its own W&B run (one per Optuna trial), carrying
     the dead trial's number and run id; pruned, its summary objective is the study's value."""
-    from conftest import compose_cfg
+    from conftest import compose_cfg, dead_and_retried
 
     from thaw.runtime import tracking
     from thaw.sweeper.trial import TrialHandle
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
-    dead = study.ask()
-    study.tell(dead, state=TrialState.FAIL)
-    retry = study.ask()
-    study._storage.set_trial_system_attr(retry._trial_id, "retry_history", [dead.number])
+    optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dead, retry = dead_and_retried(url, "s")
     handle = TrialHandle(url, "s", retry.number, None, None, None)
     cfg = compose_cfg(["experiment=tiny", "logger=wandb", "logger.mode=offline"])
     tracker = tracking.start(cfg, tmp_path / "run", handle)

@@ -194,6 +194,8 @@ def _wandb_records(run_dir):
         text=True,
         timeout=120,
     )
+    if "No such option '--json'" in out.stderr or "No such command 'leet'" in out.stderr:
+        pytest.skip("reading an offline run back needs wandb >= 0.31 (`wandb leet inspect --json`)")
     assert out.returncode == 0, out.stderr[-2000:]
     recs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     summ = subprocess.run(
@@ -607,8 +609,9 @@ def test_two_workers_share_one_study(tmp_path):
     numbers = [t.number for t in complete]
     assert len(set(numbers)) == 4
     assert all((sw / f"trial_{n}" / "metrics.json").is_file() for n in numbers)
-    # both workers did part of the work
-    assert all("trial" in out and "COMPLETE" in out for out in outs)
+    # both workers did part of the work, and no trial ran twice
+    ran = [{int(n) for n in re.findall(r"trial (\d+) COMPLETE value=", out)} for out in outs]
+    assert all(ran) and not ran[0] & ran[1] and ran[0] | ran[1] == set(numbers), ran
 
 
 def test_joblib_launcher_prunes_in_worker_processes(tmp_path):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 FEW_CHECKS = 50  # below this, an agreement figure is worth a warning
+CALIBRATION_IMAGES = 200  # what tflite_int8 is calibrated on unless --calibration-images says
 
 
 def sample_images(
@@ -233,6 +234,19 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def _calibration(args, formats: list[str]) -> int:
+    """How many images to calibrate on: only tflite_int8 is calibrated (a count given without it
+    changes nothing, and is said so)."""
+    if "tflite_int8" in formats:
+        return args.calibration_images or CALIBRATION_IMAGES
+    if args.calibration_images is not None:
+        log.warning(
+            "--calibration-images: ignored, only tflite_int8 is calibrated and --formats is %s",
+            ",".join(formats),
+        )
+    return 0
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="thaw-export",
@@ -250,14 +264,19 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument(
         "--data", default=None, help="images for calibration and checks (default: the run's data)"
     )
-    parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help=f"images tflite_int8 is calibrated on (default {CALIBRATION_IMAGES})",
+    )
     parser.add_argument("--check-images", type=int, default=1000)
     args = parser.parse_args(argv)
     for flag, value in (
         ("--calibration-images", args.calibration_images),
         ("--check-images", args.check_images),
     ):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     formats = _formats(args.formats)
     if args.out:
@@ -266,7 +285,7 @@ def _main(argv: list[str] | None) -> int:
         output_dir(args.out)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     res = export(
-        args.model, args.out, formats, args.data, args.calibration_images, args.check_images
+        args.model, args.out, formats, args.data, _calibration(args, formats), args.check_images
     )
     print(
         f"checked on {res['checked_on']['images']} image(s); model.keras "

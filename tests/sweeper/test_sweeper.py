@@ -609,9 +609,9 @@ def test_two_workers_share_one_study(tmp_path):
     numbers = [t.number for t in complete]
     assert len(set(numbers)) == 4
     assert all((sw / f"trial_{n}" / "metrics.json").is_file() for n in numbers)
-    # both workers did part of the work, and no trial ran twice
+    # each trial ran in exactly one of the workers (a worker that starts late may find none left)
     ran = [{int(n) for n in re.findall(r"trial (\d+) COMPLETE value=", out)} for out in outs]
-    assert all(ran) and not ran[0] & ran[1] and ran[0] | ran[1] == set(numbers), ran
+    assert not ran[0] & ran[1] and ran[0] | ran[1] == set(numbers), ran
 
 
 def test_joblib_launcher_prunes_in_worker_processes(tmp_path):

@@ -247,13 +247,12 @@ def _calibration(args, formats: list[str]) -> int:
     return 0
 
 
-def _main(argv: list[str] | None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thaw-export",
         description=(
             "Export a trained thaw model to SavedModel and TensorFlow Lite (fp32, fp16, int8), "
-            "each checked "
-            "against the Keras model on real images; writes export.json."
+            "each checked against the Keras model on real images; writes export.json."
         ),
     )
     parser.add_argument("model", help="run dir, sweep dir (its best trial) or model.keras")
@@ -271,7 +270,11 @@ def _main(argv: list[str] | None) -> int:
         help=f"images tflite_int8 is calibrated on (default {CALIBRATION_IMAGES})",
     )
     parser.add_argument("--check-images", type=int, default=1000)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
     for flag, value in (
         ("--calibration-images", args.calibration_images),
         ("--check-images", args.check_images),

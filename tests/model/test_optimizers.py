@@ -130,6 +130,26 @@ def test_weight_decay_shrinks_each_weight_by_rate_times_decay_per_step(name, fus
     np.testing.assert_allclose(w.numpy(), 2.0 * (1 - 0.1 * 0.5) ** 4, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name,fused", [("adam", True), ("adam", False), ("sgd", False)])
+def test_weight_decay_follows_each_layers_rate_multiplier(name, fused):
+    """With lr.layer_decay a layer at half the rate is also decayed at half the rate (timm's rule):
+    zero gradients, so only the decay moves the weights."""
+    import keras
+
+    from thaw.model.optimizers import make
+
+    layers = {n: keras.layers.Dense(1, use_bias=False, name=n) for n in ("slow", "fast")}
+    for layer in layers.values():
+        layer.build((None, 3))
+        layer.set_weights([np.full((3, 1), 2.0, "float32")])
+    opt = make(name, 0.1, fused=fused, weight_decay=0.5, layer_rates={"slow": 0.5})
+    kernels = [layers["slow"].kernel, layers["fast"].kernel]
+    for _ in range(4):
+        opt.apply_gradients([(keras.ops.zeros((3, 1)), k) for k in kernels])
+    np.testing.assert_allclose(kernels[0].numpy(), 2.0 * (1 - 0.1 * 0.5 * 0.5) ** 4, rtol=1e-6)
+    np.testing.assert_allclose(kernels[1].numpy(), 2.0 * (1 - 0.1 * 0.5) ** 4, rtol=1e-6)
+
+
 def _registered_gradients() -> int:
     from tensorflow.python.framework import ops
 

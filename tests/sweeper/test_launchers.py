@@ -147,6 +147,27 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, ray_head):
         assert metrics["status"] == "pruned"
 
 
+@pytest.mark.slow  # shares the Ray head above; `-m slow` (and .ci/run) runs it
+def test_ray_launcher_frees_a_slot_at_once(tmp_path, ray_head):
+    """No batch barrier on Ray either: trial 0 returns only once 3 other trials have finished,
+    which with 2 slots they can only do in the other slot while trial 0 is in flight."""
+    from test_scheduling import assert_no_barrier, sweep
+
+    sweep(
+        tmp_path,
+        "hydra/launcher=ray",  # Hydra's own option: the app has no thaw config (ray_cluster)
+        f"hydra.launcher.ray.init.address={ray_head}",
+        "++hydra.launcher.ray.init.object_store_memory=null",
+        "++hydra.launcher.ray.remote.num_cpus=1",
+        "++hydra.launcher.ray.remote.num_gpus=0",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=5",
+        "gate=3",
+        "gate_timeout=120",
+    )
+    assert_no_barrier(tmp_path)
+
+
 def test_slurm_launcher_config_composes():
     pytest.importorskip(
         "hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed"

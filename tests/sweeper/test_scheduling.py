@@ -14,6 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from thaw.report import review
+
 APPS = Path(__file__).parents[1] / "apps"
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
 
@@ -40,9 +42,13 @@ def sweep(tmp_path, *args, ok=True):
     return proc
 
 
-def trials(tmp_path):
+def load(tmp_path):
     storage = f"sqlite:///{tmp_path / 'sw' / 'study.db'}"
-    return optuna.load_study(storage=storage, study_name="slots").get_trials()
+    return optuna.load_study(storage=storage, study_name="slots")
+
+
+def trials(tmp_path):
+    return load(tmp_path).get_trials()
 
 
 def records(tmp_path):
@@ -76,6 +82,11 @@ def test_a_finished_trial_frees_its_slot_at_once(tmp_path, launcher):
     if launcher is SUBMITIT:
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep(tmp_path, *launcher, "hydra.sweeper.n_trials=5", "gate=3", "gate_timeout=120")
+    assert_no_barrier(tmp_path)
+
+
+def assert_no_barrier(tmp_path):
+    """What a gated 5-trial sweep on 2 slots leaves when a finished trial frees its slot at once."""
     ts = {t.number: t for t in trials(tmp_path)}
     assert sorted(ts) == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in ts.values())
@@ -140,6 +151,7 @@ def test_out_of_memory_is_retried_once_at_half_batch(tmp_path, tell_itself):
     assert t.user_attrs["oom_retry"] == {"batch_size": 32, "from": 64}
     assert "fail_reason" not in t.user_attrs
     assert [a["batch_size"] for a in attempts(tmp_path)] == [64, 32]
+    assert review.failures(load(tmp_path)) == []  # retried and completed: not a failure
     metrics = json.loads((tmp_path / "sw" / "trial_0" / "metrics.json").read_text())
     assert metrics["batch_size"] == 32 and metrics["oom_retry"] == {"batch_size": 32, "from": 64}
 
@@ -159,6 +171,11 @@ def test_a_second_out_of_memory_makes_the_trial_infeasible(tmp_path, tell_itself
     from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
 
     assert all(_get_infeasible_trial_score(t) > 0 for t in ts)
+    rows = review.failures(load(tmp_path))  # the report's Failures table says why
+    assert [r[0] for r in rows] == [0, 1]
+    for _, _, reason, _ in rows:
+        assert reason.startswith("out of memory twice (batch 64, then 32): infeasible")
+        assert "ResourceExhaustedError" in reason
 
 
 def test_the_current_trial_handle_is_per_context():
@@ -281,3 +298,36 @@ def test_a_timeout_that_is_not_positive_is_refused(tmp_path):
     proc = sweep(tmp_path, "hydra.sweeper.timeout=0", ok=False)
     assert proc.returncode == 2 and "hydra.sweeper.timeout: must be > 0" in proc.stderr
     assert not (tmp_path / "marks").exists()
+
+
+def test_a_trial_run_once_more_gets_the_device_it_gave_back():
+    """The out-of-memory retry runs where the trial ran, even when another device is free too."""
+    from thaw.sweeper.devices import DevicePool
+
+    pool = DevicePool(["0", "1"])
+    assert [pool.take(10, set()), pool.take(11, set())] == ["0", "1"]
+    pool.give_back(10)
+    pool.give_back(11)  # trial 11 ran out of memory: both devices are free now
+    assert pool.take(11, set()) == "1"
+    assert pool.take(12, set()) == "0"
+
+
+def test_by_default_every_visible_gpu_is_a_device(tmp_path, monkeypatch):
+    """hydra.sweeper.devices unset: CUDA_VISIBLE_DEVICES when set (-1 or empty: none), else the
+    GPUs nvidia-smi lists, else none."""
+    from thaw.sweeper.devices import parse
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert parse(None) == ["2", "3"]
+    for hidden in ("-1", ""):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert parse(None) == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    smi = tmp_path / "bin" / "nvidia-smi"  # a stand-in for the driver's tool, as it prints
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(smi.parent))
+    assert parse(None) == ["0", "1"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert parse(None) == []

@@ -60,3 +60,55 @@ def test_layer_decay_is_refused_where_no_block_trains():
         compose_cfg(["experiment=tiny", "trainer.finetune_epochs=0"]), ["lr.layer_decay"]
     )
     assert not ignored(compose_cfg(["experiment=tiny"]), ["lr.layer_decay"])
+
+
+@pytest.mark.slow  # default-run budget; `-m slow` (and .ci/run) runs it
+def test_the_preset_runs_and_every_searched_value_reaches_its_trial(tmp_path):
+    """Three tiny trials of sweep=finetune (the baseline and two sampled): each sampled value is
+    what the trial's run trained with, as its metrics.json and Hydra's overrides record it."""
+    import json
+
+    import optuna
+    import yaml
+    from conftest import thaw_train
+    from test_sweeper import STUDY_ONLY, TINY
+
+    sw = tmp_path / "sw"
+    res = thaw_train(
+        [
+            "--multirun",
+            *TINY,
+            *STUDY_ONLY,
+            "logger=none",
+            "sweep=finetune",
+            f"hydra.sweep.dir={sw}",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.study_name=wide",
+            "hydra.sweeper.confirm.top_k=0",
+            "unfreeze.depth=range(0,4)",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    trials = optuna.load_study(study_name="wide", storage=f"sqlite:///{sw}/study.db").get_trials()
+    assert len(trials) == 3
+    for t in trials:
+        assert set(t.params) == {
+            "unfreeze.depth",
+            "lr.base",
+            "lr.layer_decay",
+            "optimizer.weight_decay",
+            "trainer.label_smoothing",
+            "augment",
+        }
+        run = sw / f"trial_{t.number}"
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["unfreeze"]["depth"] == t.params["unfreeze.depth"]
+        assert m["lr"]["base"] == pytest.approx(t.params["lr.base"])
+        assert m["lr"]["layer_decay"] == pytest.approx(t.params["lr.layer_decay"])
+        assert m["regularization"] == {
+            "weight_decay": pytest.approx(t.params["optimizer.weight_decay"]),
+            "label_smoothing": pytest.approx(t.params["trainer.label_smoothing"]),
+        }
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+        assert f"augment={t.params['augment']}" in overrides

@@ -136,6 +136,8 @@ def test_smoke_sweep_completes_with_results(smoke_sweep):
         assert m["status"] == "complete" and m["objective"] == t.value
         assert m["unfreeze"]["depth"] == t.params["unfreeze.depth"]
         assert m["lr"]["base"] == pytest.approx(t.params["lr.base"])
+        # the pruner's noise margin is two standard errors of this many validation images
+        assert t.user_attrs["num_val"] == m["num_val"] > 0
         # one intermediate value per epoch of both phases
         assert sorted(t.intermediate_values) == [0, 1]
         # trials never look at the test split ...
@@ -364,6 +366,30 @@ def test_pruner_prunes_and_keeps_intermediate_values(tmp_path):
         m = json.loads((run_dir / "metrics.json").read_text())
         assert m["status"] == "pruned" and len(m["history"]) == 1
         assert "pruned" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
+def test_the_sweep_logs_and_records_the_trials_after_the_pruners_start_up(tmp_path):
+    """The default pruner's 3 start-up trials and one more: the sweep says how the later one ended,
+    in its log and in optimization_results.yaml."""
+    res = thaw_train(sweep_args(tmp_path / "sw", 4, *STUDY_ONLY), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    trials = load(tmp_path / "sw").get_trials()
+    fourth = trials[3].state
+    after = yaml.safe_load((tmp_path / "sw" / "optimization_results.yaml").read_text())[
+        "after_startup"
+    ]
+    assert after["startup_trials"] == 3 and after["later_trials"] == 1
+    assert after["later_complete"] == (fourth == TrialState.COMPLETE)
+    assert after["later_pruned"] == (fourth == TrialState.PRUNED)
+    assert after["best_found_after_startup"] == (load(tmp_path / "sw").best_trial.number == 3)
+    where = "after the start-up" if after["best_found_after_startup"] else "among the start-up"
+    line = (
+        f"search: {after['later_complete']} of 1 trials after the pruner's 3 start-up trials "
+        f"completed ({after['later_pruned']} pruned); the best trial was found {where}"
+    )
+    assert line in out, out[-3000:]
 
 
 @pytest.mark.slow  # default-run budget; `-m slow` runs it

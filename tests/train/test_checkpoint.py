@@ -262,7 +262,15 @@ def test_fingerprint_ignores_how_the_step_is_compiled_not_what_it_trains():
     )
     for free in free_keys:
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", free])) == base, free
-    for bound in ("lr.base=0.01", "unfreeze.depth=2", "trainer.optimizer=sgd"):
+    bound_keys = (
+        "lr.base=0.01",
+        "unfreeze.depth=2",
+        "trainer.optimizer=sgd",
+        "lr.layer_decay=0.5",  # issue 34's keys change what the fine-tuning phase trains
+        "optimizer.weight_decay=0.01",
+        "trainer.label_smoothing=0.1",
+    )
+    for bound in bound_keys:
         assert checkpoint.fingerprint(compose_cfg(["experiment=tiny", bound])) != base, bound
 
 

@@ -3,6 +3,7 @@ set, on the image path and the cached-activation path, recorded, checked."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN, thaw_multirun, thaw_train
@@ -22,23 +23,50 @@ def losses(metrics):
     return [(r["loss"], r["val_loss"], r["val_accuracy"]) for r in metrics["history"]]
 
 
-@pytest.mark.slow  # default-run budget; `-m slow` runs it
-def test_zero_settings_are_exactly_the_old_run(tmp_path):
+BEFORE = Path(__file__).parent / "fixtures" / "smoke_before_issue_34.json"
+
+
+def _machine() -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    return {**versions, "cpu": cpu}
+
+
+@pytest.mark.slow  # default-run budget (two 45 s runs); `-m slow` runs it
+@pytest.mark.parametrize(
+    "keys",
+    [[], ["optimizer.weight_decay=0", "trainer.label_smoothing=0", "lr.layer_decay=1.0"]],
+    ids=["defaults", "explicit"],
+)
+def test_zero_settings_are_exactly_the_old_run(tmp_path, keys):
+    """The keys at their defaults, or set to them, train bit for bit what the code before them
+    trained: the deterministic smoke run's every epoch, recorded then (its fixture says where)."""
     from thaw.model.optimizers import compiled_name
 
-    plain = run(tmp_path, "plain")
-    zeros = run(
-        tmp_path,
-        "zeros",
-        "optimizer.weight_decay=0",
-        "trainer.label_smoothing=0",
-        "lr.layer_decay=1.0",
+    before = json.loads(BEFORE.read_text())
+    if _machine() != before["recorded_on"]:
+        pytest.skip(
+            f"recorded on {before['recorded_on']}, this machine has {_machine()}: "
+            "bit-identical figures need the same libraries and CPU"
+        )
+    res = thaw_train(
+        ["experiment=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'r'}", *keys], tmp_path
     )
-    assert losses(plain) == losses(zeros)
-    assert plain["regularization"] == {"weight_decay": 0.0, "label_smoothing": 0.0}
-    assert (
-        compiled_name("adam", True, 0.0) == "adam+fused"
-    )  # the kept compiled steps are keyed as before
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [{k: row[k] for k in before["history"][0]} for row in metrics["history"]] == before[
+        "history"
+    ]
+    assert metrics["regularization"] == {"weight_decay": 0.0, "label_smoothing": 0.0}
+    assert metrics["lr"]["layer_decay"] == 1.0
+    # the kept compiled steps are keyed as before
+    assert compiled_name("adam", True, 0.0) == "adam+fused"
 
 
 # images: -m slow (each further run on images traces the whole base again, ~4x the cached path)

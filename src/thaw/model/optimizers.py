@@ -107,6 +107,22 @@ def with_layer_rates(cls: type) -> type:
                 gradient, variable, learning_rate if m == 1.0 else learning_rate * m
             )
 
+        def _apply_weight_decay(self, variables):
+            """Decoupled decay at each variable's own rate, as timm and BEiT apply it: a block
+            that trains slower is pulled toward zero slower. Keras' own decay (and its handling
+            of a distribution strategy) runs once per multiplier, with the decay scaled by it."""
+            if self.weight_decay is None:
+                return
+            decay = self.weight_decay
+            for m in sorted({self.lr_multiplier(v) for v in variables}):
+                try:
+                    self.weight_decay = decay * m  # read (a constant when traced) by Keras' call
+                    super()._apply_weight_decay(
+                        [v for v in variables if self.lr_multiplier(v) == m]
+                    )
+                finally:
+                    self.weight_decay = decay
+
     LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
     return LayerRates
 

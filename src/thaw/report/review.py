@@ -179,7 +179,8 @@ def cache_saved(recs: dict[int, dict]) -> dict:
 
 
 def failures(study) -> list[list]:
-    """[trial, params, reason, retried as] of every failed trial (a surplus one never ran)."""
+    """[trial, params, reason, retried as] of every failed trial (a surplus one never ran) and of
+    every trial that ran out of memory twice (PRUNED as infeasible, so the sampler sees it)."""
     trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     retried = {}
     for t in trials:
@@ -187,18 +188,33 @@ def failures(study) -> list[list]:
             retried.setdefault(int(dead), t.number)
     rows = []
     for t in trials:
-        if t.state.name != "FAIL":
+        reason = _failure_reason(t)
+        if reason is None:
             continue
-        reason = (
-            t.user_attrs.get("error")
-            or t.user_attrs.get("interrupted")
-            or t.system_attrs.get("fail_reason")
-            or "its worker stopped (killed or lost: no heartbeat within the grace period) "
-            "before it could say why"
-        )
         again = retried.get(t.number)
         rows.append([t.number, _params(t.params), reason, "" if again is None else again])
     return rows
+
+
+def _failure_reason(t) -> str | None:
+    """Why `t` failed, or None when it did not."""
+    if t.user_attrs.get("fail_reason") == "oom":
+        retry = t.user_attrs.get("oom_retry") or {}
+        sizes = f" (batch {retry['from']}, then {retry['batch_size']})" if retry else ""
+        return (
+            f"out of memory{' twice' if retry else ''}{sizes}: infeasible, the sampler avoids "
+            f"it; {t.user_attrs.get('error', '')}".rstrip("; ")
+        )
+    if t.state.name != "FAIL":
+        return None
+    return (
+        t.user_attrs.get("error")
+        or t.user_attrs.get("interrupted")
+        or t.user_attrs.get("fail_reason")
+        or t.system_attrs.get("fail_reason")  # where Optuna 2's study.optimize recorded it
+        or "its worker stopped (killed or lost: no heartbeat within the grace period) "
+        "before it could say why"
+    )
 
 
 def _params(params: dict) -> str:

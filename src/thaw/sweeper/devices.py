@@ -80,24 +80,33 @@ class DevicePool:
         self.devices, self.sticky = list(devices), sticky
         self.in_use: dict[int, str] = {}  # trial id -> device
         self._mine: str | None = None
+        self._returned: tuple[int, str] | None = None  # the last (trial id, device) given back
 
     def take(self, trial_id: int, held_elsewhere: set[str]) -> str | None:
         """A device no in-flight trial holds (here or, by its user attribute, in another worker);
         None when there are no devices. Another worker's claim is only avoided while a device is
-        left for this one."""
+        left for this one. A trial run once more (out of memory) gets the device it gave back."""
         if not self.devices:
             return None
+        free = [d for d in self.devices if d not in self.in_use.values()]
         if self.sticky and self._mine is not None:
             device = self._mine
+        elif (
+            self._returned is not None
+            and self._returned[0] == trial_id
+            and self._returned[1] in free
+        ):
+            device = self._returned[1]
         else:
-            free = [d for d in self.devices if d not in self.in_use.values()]
             device = next((d for d in free if d not in held_elsewhere), free[0])
             self._mine = device
         self.in_use[trial_id] = device
         return device
 
     def give_back(self, trial_id: int) -> None:
-        self.in_use.pop(trial_id, None)
+        device = self.in_use.pop(trial_id, None)
+        if device is not None:
+            self._returned = (trial_id, device)
 
 
 def job_lines(device: str | None) -> list[str]:

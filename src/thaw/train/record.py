@@ -43,6 +43,7 @@ class RunRecord:
                 "base": float(cfg.lr.base),
                 "finetune": float(cfg.lr.base * cfg.lr.finetune_factor),
                 "schedule": cfg.lr.name,
+                "layer_decay": float(cfg.lr.get("layer_decay", 1.0)),
             },
             regularization={
                 "weight_decay": float(cfg.get("optimizer", {}).get("weight_decay", 0.0)),

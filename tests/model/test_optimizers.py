@@ -130,11 +130,13 @@ def test_weight_decay_shrinks_each_weight_by_rate_times_decay_per_step(name, fus
     np.testing.assert_allclose(w.numpy(), 2.0 * (1 - 0.1 * 0.5) ** 4, rtol=1e-6)
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("name,fused", [("adam", True), ("adam", False), ("sgd", False)])
-def test_weight_decay_follows_each_layers_rate_multiplier(name, fused):
+def test_weight_decay_follows_each_layers_rate_multiplier(name, fused, traced):
     """With lr.layer_decay a layer at half the rate is also decayed at half the rate (timm's rule):
     zero gradients, so only the decay moves the weights."""
     import keras
+    import tensorflow as tf
 
     from thaw.model.optimizers import make
 
@@ -144,10 +146,62 @@ def test_weight_decay_follows_each_layers_rate_multiplier(name, fused):
         layer.set_weights([np.full((3, 1), 2.0, "float32")])
     opt = make(name, 0.1, fused=fused, weight_decay=0.5, layer_rates={"slow": 0.5})
     kernels = [layers["slow"].kernel, layers["fast"].kernel]
+
+    def step():
+        opt.apply_gradients([(tf.zeros((3, 1)), k) for k in kernels])
+
+    step = tf.function(step) if traced else step
     for _ in range(4):
-        opt.apply_gradients([(keras.ops.zeros((3, 1)), k) for k in kernels])
+        step()
     np.testing.assert_allclose(kernels[0].numpy(), 2.0 * (1 - 0.1 * 0.5 * 0.5) ** 4, rtol=1e-6)
     np.testing.assert_allclose(kernels[1].numpy(), 2.0 * (1 - 0.1 * 0.5) ** 4, rtol=1e-6)
+    assert opt.weight_decay == 0.5
+
+
+TWO_REPLICAS = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from thaw.model.optimizers import make
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    layers = [keras.layers.Dense(1, use_bias=False, name=n) for n in ("slow", "fast")]
+    for layer in layers:
+        layer.build((None, 3))
+        layer.set_weights([np.full((3, 1), 2.0, "float32")])
+    opt = make("adam", 0.1, fused=True, weight_decay=0.5, layer_rates={"slow": 0.5})
+    kernels = [layer.kernel for layer in layers]
+    opt.build(kernels)
+
+@tf.function
+def step():
+    strategy.run(lambda: opt.apply_gradients([(tf.zeros((3, 1)), k) for k in kernels]))
+
+for _ in range(4):
+    step()
+print(float(kernels[0].numpy()[0, 0]), float(kernels[1].numpy()[0, 0]), opt.weight_decay)
+"""
+
+
+def test_weight_decay_per_layer_under_a_two_replica_strategy(tmp_path):
+    """Under MirroredStrategy each replica runs the step in its own thread: the decay is applied
+    once per variable, at its layer's rate, with nothing shared changed (a fresh process: the two
+    logical CPUs must be set before TensorFlow starts)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", TWO_REPLICAS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    slow, fast, decay = (float(x) for x in res.stdout.split()[-3:])
+    assert slow == pytest.approx(2.0 * (1 - 0.1 * 0.5 * 0.5) ** 4, rel=1e-6)
+    assert fast == pytest.approx(2.0 * (1 - 0.1 * 0.5) ** 4, rel=1e-6)
+    assert decay == 0.5
 
 
 def _registered_gradients() -> int:

@@ -109,19 +109,29 @@ def with_layer_rates(cls: type) -> type:
 
         def _apply_weight_decay(self, variables):
             """Decoupled decay at each variable's own rate, as timm and BEiT apply it: a block
-            that trains slower is pulled toward zero slower. Keras' own decay (and its handling
-            of a distribution strategy) runs once per multiplier, with the decay scaled by it."""
+            that trains slower is pulled toward zero slower. Keras' TensorFlow decay with the
+            multiplier added (cross-replica, as Keras applies it under a distribution strategy)."""
             if self.weight_decay is None:
                 return
-            decay = self.weight_decay
-            for m in sorted({self.lr_multiplier(v) for v in variables}):
-                try:
-                    self.weight_decay = decay * m  # read (a constant when traced) by Keras' call
-                    super()._apply_weight_decay(
-                        [v for v in variables if self.lr_multiplier(v) == m]
-                    )
-                finally:
-                    self.weight_decay = decay
+            import keras
+            import tensorflow as tf
+
+            def decay_all(distribution, variables):
+                for variable in variables:
+                    value = variable.value if isinstance(variable, keras.Variable) else variable
+                    m = self.lr_multiplier(value)
+
+                    def decay(v, m=m):
+                        if self._use_weight_decay(v):
+                            lr = tf.cast(self.learning_rate, v.dtype)
+                            lr = lr if m == 1.0 else lr * tf.constant(m, v.dtype)
+                            v.assign_sub(v * tf.cast(self.weight_decay, v.dtype) * lr)
+
+                    distribution.extended.update(value, decay, group=False)
+
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                decay_all, self._distribution_strategy, variables
+            )
 
     LayerRates.__name__ = LayerRates.__qualname__ = f"{cls.__name__}WithLayerRates"
     return LayerRates

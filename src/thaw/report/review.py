@@ -211,7 +211,7 @@ def _failure_reason(t) -> str | None:
         t.user_attrs.get("error")
         or t.user_attrs.get("interrupted")
         or t.user_attrs.get("fail_reason")
-        or t.system_attrs.get("fail_reason")  # where Optuna 2's study.optimize recorded it
+        or t.system_attrs.get("fail_reason")  # a study file from Optuna 2, which recorded it here
         or "its worker stopped (killed or lost: no heartbeat within the grace period) "
         "before it could say why"
     )

@@ -2,6 +2,8 @@
 update rule thaw runs (fused Adam, Keras' optimizers, under loss scaling), a decay of 1 is the
 plain optimizer, and a run records the rates it used."""
 
+import math
+
 import numpy as np
 import pytest
 from conftest import TINY_RUN, thaw_multirun, thaw_train
@@ -51,15 +53,18 @@ def test_a_layers_multiplier_is_its_learning_rate(name, fused):
         np.testing.assert_allclose(scaled[i], full[i], rtol=1e-6, atol=1e-9)
 
 
-def test_the_multiplier_survives_loss_scaling():
+@pytest.mark.parametrize("name,fused", [("sgd", False), ("adam", True), ("adam", False)])
+def test_the_multiplier_survives_loss_scaling(name, fused):
+    """Mixed precision wraps the optimizer in a LossScaleOptimizer: the fused Adam's kernel and
+    Keras' update rules still get each layer's rate."""
     import keras
 
     from thaw.model.optimizers import make
 
     before, scaled = _one_step(
-        keras.optimizers.LossScaleOptimizer(make("sgd", 1e-2, layer_rates={"lower": 0.5}))
+        keras.optimizers.LossScaleOptimizer(make(name, 1e-2, fused, layer_rates={"lower": 0.5}))
     )
-    _, half = _one_step(keras.optimizers.LossScaleOptimizer(make("sgd", 5e-3)))
+    _, half = _one_step(keras.optimizers.LossScaleOptimizer(make(name, 5e-3, fused)))
     np.testing.assert_allclose(scaled[0] - before[0], half[0] - before[0], rtol=1e-5, atol=1e-9)
 
 
@@ -119,3 +124,35 @@ def test_a_bad_decay_is_refused_in_one_line(tmp_path, value):
     assert (
         res.returncode == 2 and "lr.layer_decay" in res.stderr and "Traceback" not in res.stderr
     ), res.stderr
+
+
+@pytest.mark.slow  # default-run budget; `-m slow` runs it
+def test_the_keys_train_under_mixed_precision_from_the_cache(tmp_path, mnv2_weights):
+    """Mixed precision (a LossScaleOptimizer over the fused Adam) with per-block rates, weight
+    decay and label smoothing, fine-tuning from the feature cache: each run trains and records its
+    keys, and the rates and the decay change the fine-tuning epoch."""
+    runs = thaw_multirun(
+        [
+            *TINY_RUN,
+            "lr.base=0.01",
+            f"backbone.weights={mnv2_weights}",
+            "trainer.precision=mixed_float16",
+            "trainer.label_smoothing=0.1",
+            "lr.layer_decay=1.0,0.5",
+            "optimizer.weight_decay=0,0.01",
+        ],
+        tmp_path / "sw",
+        tmp_path,
+    )
+    plain = runs[("lr.layer_decay=1.0", "optimizer.weight_decay=0")]
+    both = runs[("lr.layer_decay=0.5", "optimizer.weight_decay=0.01")]
+    for m in runs.values():
+        assert m["phases"]["finetune"]["cache"].startswith("at "), "not from the cache"
+        assert m["regularization"]["label_smoothing"] == 0.1
+        assert all(math.isfinite(r["loss"]) for r in m["history"])
+    assert both["lr"]["layer_decay"] == 0.5 and "layer_rates" in both["phases"]["finetune"]
+    assert both["regularization"]["weight_decay"] == 0.01
+    loss = lambda m: [r["loss"] for r in m["history"]]  # noqa: E731
+    assert loss(both)[1] != loss(plain)[1]
+    assert loss(runs[("lr.layer_decay=0.5", "optimizer.weight_decay=0")])[1] != loss(plain)[1]
+    assert loss(runs[("lr.layer_decay=1.0", "optimizer.weight_decay=0.01")])[1] != loss(plain)[1]

@@ -5,6 +5,15 @@ import pytest
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
+SEARCHED = {  # the keys sweep=finetune searches
+    "unfreeze.depth",
+    "lr.base",
+    "lr.layer_decay",
+    "optimizer.weight_decay",
+    "trainer.label_smoothing",
+    "augment",
+}
+
 
 def _composed(*overrides):
     return compose_cfg(["experiment=tiny", "sweep=finetune", *overrides], hydra_config=True)
@@ -13,14 +22,7 @@ def _composed(*overrides):
 def test_the_preset_searches_the_wider_space_with_depth_lrs_pruner_and_a_multivariate_sampler():
     cfg = _composed()
     sweeper = cfg.hydra.sweeper
-    assert set(sweeper.params) == {
-        "unfreeze.depth",
-        "lr.base",
-        "lr.layer_decay",
-        "optimizer.weight_decay",
-        "trainer.label_smoothing",
-        "augment",
-    }
+    assert set(sweeper.params) == SEARCHED
     assert (
         sweeper.sampler.multivariate is True
         and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
@@ -93,14 +95,7 @@ def test_the_preset_runs_and_every_searched_value_reaches_its_trial(tmp_path):
     trials = optuna.load_study(study_name="wide", storage=f"sqlite:///{sw}/study.db").get_trials()
     assert len(trials) == 3
     for t in trials:
-        assert set(t.params) == {
-            "unfreeze.depth",
-            "lr.base",
-            "lr.layer_decay",
-            "optimizer.weight_decay",
-            "trainer.label_smoothing",
-            "augment",
-        }
+        assert set(t.params) == SEARCHED
         run = sw / f"trial_{t.number}"
         m = json.loads((run / "metrics.json").read_text())
         assert m["unfreeze"]["depth"] == t.params["unfreeze.depth"]

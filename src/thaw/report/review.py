@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from thaw.sweeper import oom
 from thaw.sweeper.failures import is_surplus
 
 esc = html.escape
@@ -198,13 +199,12 @@ def failures(study) -> list[list]:
 
 def _failure_reason(t) -> str | None:
     """Why `t` failed, or None when it did not."""
-    if t.user_attrs.get("fail_reason") == "oom":
-        retry = t.user_attrs.get("oom_retry") or {}
-        sizes = f" (batch {retry['from']}, then {retry['batch_size']})" if retry else ""
-        return (
-            f"out of memory{' twice' if retry else ''}{sizes}: infeasible, the sampler avoids "
-            f"it; {t.user_attrs.get('error', '')}".rstrip("; ")
-        )
+    if t.user_attrs.get(oom.FAIL_REASON) == "oom":
+        retry = t.user_attrs.get(oom.RETRY_ATTR) or {}
+        sizes = f" twice (batch {retry['from']}, then {retry['batch_size']})" if retry else ""
+        error = t.user_attrs.get("error")
+        said = f"out of memory{sizes}: infeasible, the sampler avoids it"
+        return f"{said}; {error}" if error else said
     if t.state.name != "FAIL":
         return None
     return (
